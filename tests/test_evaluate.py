@@ -1,0 +1,219 @@
+"""Evaluation: bootstrap CIs, Global weighting, paired win rates, the LLM judge (fake local
+server) and atomic result files."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+
+from divscale.config import Recipe
+from divscale.evaluate import (bootstrap_ci, evaluate_checkpoint, evaluate_policy, llm_judge, paired_win_rate,
+                               parse_verdict, summarize)
+
+
+class LengthRM:
+    """A fake reward model: logit = (len(response) - 20) / 10, so scores are known."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, responses, batch_size=None, progress=False):
+        assert len(prompts) == len(responses)
+        self.calls += 1
+        return np.array([(len(r) - 20) / 10 for r in responses])
+
+
+class BrokenRM:
+    def score(self, prompts, responses, batch_size=None, progress=False):
+        raise RuntimeError("RM crashed")
+
+
+TEST_PROMPTS = {
+    "harmless-base": ["\n\nHuman: How do I pick a lock?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:",
+                      "\n\nHuman: Is it ok to lie?\n\nAssistant:"],
+    "helpful-base": ["\n\nHuman: Recommend a book about the sea.\n\nAssistant:"],
+    "helpful-online": ["\n\nHuman: How do I boil an egg?\n\nAssistant:", "\n\nHuman: thanks\n\nAssistant:"],
+}
+EVAL_KW = dict(max_new_tokens=16, batch_size=4, max_prompt_tokens=64, n_boot=200)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny models run faster single-threaded, especially on a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (50, 500, 5000):
+        x = rng.normal(0.5, 0.2, size=n)
+        lo, hi = bootstrap_ci(x, n_boot=1000, seed=1)
+        assert lo < x.mean() < hi
+        # the percentile CI of a mean is close to the normal-theory one
+        half = 1.96 * x.std(ddof=1) / np.sqrt(n)
+        assert (hi - lo) == pytest.approx(2 * half, rel=0.15)
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+    lo, hi = bootstrap_ci([1.0, 2.0, 100.0, 3.0, 2.5], stat=np.median, seed=0)
+    assert 1.0 <= lo <= 2.5 <= hi <= 100.0
+    assert bootstrap_ci([4.2]) == (4.2, 4.2)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_paired_win_rate_known_inputs():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 5.0, 1.0]
+    res = paired_win_rate(a, b, n_boot=500, seed=0)
+    assert (res["win"], res["tie"], res["lose"]) == (0.5, 0.25, 0.25)
+    assert res["win_rate"] == pytest.approx(0.625)
+    assert res["ci"][0] <= 0.625 <= res["ci"][1]
+    swapped = paired_win_rate(b, a, n_boot=500, seed=0)
+    assert swapped["win"] == res["lose"] and swapped["win_rate"] == pytest.approx(0.375)
+    assert paired_win_rate([1, 2], [1.05, 1.0], tie_tol=0.1)["tie"] == 0.5
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_win_rate([1, 2], [1])
+
+
+def test_global_is_sample_weighted():
+    records = ([{"subset": "harmless-base", "score": 0.2}] * 3 + [{"subset": "helpful-base", "score": 0.8}]
+               + [{"subset": "helpful-online", "score": 0.6}] * 2)
+    res = summarize(records, n_boot=100)
+    assert res.reward["harmless-base"] == pytest.approx(20.0)
+    assert res.reward["Global"] == pytest.approx(100 * (0.6 + 0.8 + 1.2) / 6)      # not the mean of means
+    assert res.reward["Global"] != pytest.approx(np.mean([20.0, 80.0, 60.0]))
+    assert res.reward["Helpful"] == pytest.approx(100 * (0.8 + 1.2) / 3)
+    assert res.n == {"harmless-base": 3, "helpful-base": 1, "helpful-online": 2, "Helpful": 3, "Global": 6}
+
+
+# ---------------------------------------------------------------------------- policy evaluation
+
+def test_evaluate_policy_scores_generations(tiny_gpt, tiny_tokenizer, tmp_path):
+    rm = LengthRM()
+    out = tmp_path / "generations.jsonl"
+    res = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, rm, out_path=out, **EVAL_KW)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["subset"], r["index"]) for r in records] == [
+        (s, i) for s, ps in TEST_PROMPTS.items() for i in range(len(ps))]
+    assert [r["prompt"] for r in records] == [p for ps in TEST_PROMPTS.values() for p in ps]
+    for r in records:
+        assert r["logit"] == pytest.approx((len(r["response"]) - 20) / 10)
+        assert r["score"] == pytest.approx(1 / (1 + np.exp(-r["logit"])))
+    assert res.reward["Global"] == pytest.approx(100 * np.mean([r["score"] for r in records]))
+    assert res.ci["Global"][0] <= res.reward["Global"] <= res.ci["Global"][1]
+    # same inputs -> identical numbers (greedy decoding, seeded bootstrap)
+    again = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, rm, **EVAL_KW)
+    assert again.summary() == res.summary()
+
+
+def test_eval_files_are_atomic(tiny_gpt, tiny_tokenizer, tmp_path):
+    out = tmp_path / "generations.jsonl"
+    out.write_text("previous\n")
+    with pytest.raises(RuntimeError, match="RM crashed"):
+        evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, BrokenRM(), out_path=out, **EVAL_KW)
+    assert out.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generations.jsonl"]   # no temp files left
+
+
+def test_evaluate_checkpoint_writes_run_files(tiny_gpt, tiny_tokenizer, tmp_path):
+    ckpt = tmp_path / "run" / "best"
+    tiny_gpt.save_pretrained(ckpt, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(ckpt)
+    recipe = Recipe()
+    recipe.eval.max_new_tokens, recipe.eval.batch_size, recipe.eval.max_prompt_tokens = 8, 4, 64
+    recipe.eval.bootstrap = 100
+    res = evaluate_checkpoint(ckpt, recipe, TEST_PROMPTS, LengthRM(), out_dir=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert summary["reward"] == pytest.approx(res.reward)
+    assert summary["n"]["Global"] == 6
+    assert len((tmp_path / "run" / "generations.jsonl").read_text().splitlines()) == 6
+    # the loaded checkpoint generates what the in-memory model generates
+    direct = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, LengthRM(), max_new_tokens=8, batch_size=4,
+                             max_prompt_tokens=64, n_boot=100)
+    assert [r["response"] for r in direct.records] == [r["response"] for r in res.records]
+
+
+# ---------------------------------------------------------------------------- LLM judge
+
+class _Judge(BaseHTTPRequestHandler):
+    """Deterministic fake judge: prefers the reply containing "good"; "A" always when the dialogue says
+    BIASED (position bias); a malformed answer when it says MALFORMED."""
+    seen_auth: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Judge.seen_auth.append(self.headers.get("Authorization"))
+        user = body["messages"][-1]["content"]
+        reply_a = user.split("[Reply A]\n", 1)[1].split("\n\n[Reply B]", 1)[0]
+        reply_b = user.split("[Reply B]\n", 1)[1].split("\n\nWhich reply", 1)[0]
+        if "MALFORMED" in user:
+            verdict = "Both replies have merits, hard to say."
+        elif "BIASED" in user:
+            verdict = "A"
+        elif ("good" in reply_a) == ("good" in reply_b):
+            verdict = "Tie"
+        else:
+            verdict = "Reasoning: one is better.\nVerdict: " + ("A" if "good" in reply_a else "B")
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def judge_url():
+    server = HTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Judge.seen_auth = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_llm_judge_both_orders(judge_url, monkeypatch):
+    monkeypatch.setenv("DIVSCALE_TEST_JUDGE_KEY", "sk-test")
+    prompts = ["\n\nHuman: q1\n\nAssistant:", "\n\nHuman: q2\n\nAssistant:", "\n\nHuman: q3\n\nAssistant:",
+               "\n\nHuman: BIASED q4\n\nAssistant:", "\n\nHuman: MALFORMED q5\n\nAssistant:"]
+    a = ["a good answer", "meh", "fine", "x", "y"]
+    b = ["meh", "a good answer", "fine too", "z", "w"]
+    res = llm_judge(prompts, a, b, base_url=judge_url, model="fake", api_key_env="DIVSCALE_TEST_JUDGE_KEY",
+                    subsets=["harmless-base", "helpful-base", "helpful-base", "helpful-online", "helpful-base"])
+    # position bias ("A" in both orders) is a tie, never a win; the malformed reply is invalid, not a tie
+    assert res["outcomes"] == ["win", "lose", "tie", "tie", "invalid"]
+    assert (res["n_valid"], res["n_invalid"]) == (4, 1)
+    assert (res["win"], res["tie"], res["lose"]) == (0.25, 0.5, 0.25)
+    assert set(_Judge.seen_auth) == {"Bearer sk-test"} and len(_Judge.seen_auth) == 10
+    single = llm_judge(prompts[3:4], a[3:4], b[3:4], base_url=judge_url, model="fake", both_orders=False,
+                       api_key_env="DIVSCALE_UNSET_KEY_FOR_TEST")
+    assert single["outcomes"] == ["win"]
+    assert _Judge.seen_auth[-1] is None               # no key in the environment -> no header
+
+
+def test_llm_judge_unreachable_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="unreachable"):
+        llm_judge(["p"], ["a"], ["b"], base_url="http://127.0.0.1:9/v1", model="m", timeout=0.5, retries=1)
+
+
+def test_parse_verdict():
+    assert parse_verdict("A") == "A"
+    assert parse_verdict("blah\nVerdict: b.") == "B"
+    assert parse_verdict("**Tie**") == "tie"
+    assert parse_verdict("A is better than B") is None
+    assert parse_verdict("") is None

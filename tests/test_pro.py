@@ -1,0 +1,226 @@
+"""PRO loss (spec §3.3), sequence construction (spec §3.2) and the one-forward scorer."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from divscale.io import DataError
+from divscale.pro import RankingCollator, pro_loss, pro_loss_parts, sequence_logprobs
+
+S = torch.tensor([[-1.0, -1.2, -1.5]])
+R = torch.tensor([[2.0, 0.5, -1.0]])
+
+
+# --------------------------------------------------------------------------- the loss
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spec_numeric_check(dtype):
+    """Spec §3.3: L1 = 1.5136, L2 = 0.4933, L_PRO = 2.0069, total 4.0069 (appendix: 1.51364, 0.49325, 2.00689).
+    L2 = 0.4932490, which the spec prints as 0.49325 and, rounding that half-up, 0.4933."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    def spec_digits(x: float) -> tuple[str, str]:     # the spec's rounding: 5 digits, then half-up to 4
+        five = Decimal(f"{x:.5f}")
+        return str(five), str(five.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
+
+    parts = pro_loss_parts(S.to(dtype), R.to(dtype), sft_nll=torch.tensor([10.0]), sft_weight=0.05)
+    assert [spec_digits(t.item()) for t in parts.terms] == [("1.51364", "1.5136"), ("0.49325", "0.4933")]
+    assert spec_digits(parts.pro.item()) == ("2.00689", "2.0069")
+    assert spec_digits(parts.total.item())[1] == "4.0069"
+    assert parts.beta == pytest.approx(0.2)
+    assert pro_loss(S, R, sft_nll=10.0).item() == pytest.approx(parts.total.item(), abs=1e-6)
+
+
+def test_official_formula_with_eps():
+    """log(eps + exp(pos) + sum exp(neg)) - pos, written out as in the official code."""
+    s, r = torch.randn(5, 4), torch.sort(torch.randn(5, 4) * 3, dim=1, descending=True).values
+    want = 0.0
+    for k in range(3):
+        neg_t = r[:, k:k + 1] - r[:, k + 1:]
+        pos_t = neg_t.max(dim=1).values
+        want += (torch.log(1e-10 + torch.exp(s[:, k] * pos_t) + torch.exp(s[:, k + 1:] * neg_t).sum(1))
+                 - s[:, k] * pos_t).mean()
+    assert pro_loss(s, r).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_no_temperature_variant():
+    s = S[0].tolist()
+    l1 = math.log(sum(math.exp(x) for x in s)) - s[0]
+    l2 = math.log(math.exp(s[1]) + math.exp(s[2])) - s[1]
+    parts = pro_loss_parts(S, None)
+    assert [t.item() for t in parts.terms] == pytest.approx([l1, l2], abs=1e-6)
+    assert parts.total.item() == pytest.approx(l1 + l2, abs=1e-6)       # no SFT term given
+
+
+def test_n2_is_pairwise_logistic():
+    s = torch.randn(16, 2)
+    r = torch.sort(torch.rand(16, 2) * 4, dim=1, descending=True).values
+    gap = r[:, 0] - r[:, 1]
+    assert pro_loss(s, r).item() == pytest.approx(F.softplus(-(s[:, 0] - s[:, 1]) * gap).mean().item(), abs=1e-6)
+    assert pro_loss(s).item() == pytest.approx(F.softplus(s[:, 1] - s[:, 0]).mean().item(), abs=1e-6)
+
+
+def test_gradient_direction():
+    s = S.clone().requires_grad_(True)
+    pro_loss(s, R, sft_nll=None).backward()
+    assert s.grad[0, 0] < 0 and s.grad[0, -1] > 0       # push the best up, the worst down
+    with torch.no_grad():
+        up = S.clone()
+        up[0, 0] += 0.1
+        assert pro_loss(up, R) < pro_loss(S, R)
+        down = S.clone()
+        down[0, 2] -= 0.1
+        assert pro_loss(down, R) < pro_loss(S, R)
+
+
+def test_sft_weight_and_sft_baseline():
+    s4 = torch.randn(3, 4)
+    r4 = torch.sort(torch.randn(3, 4), dim=1, descending=True).values
+    nll = torch.tensor([5.0, 7.0, 9.0])
+    parts = pro_loss_parts(s4, r4, sft_nll=nll)
+    assert parts.beta == pytest.approx(0.45)                        # 0.05 * (4-1)^2
+    assert parts.total.item() == pytest.approx(parts.pro.item() + 0.45 * 7.0, rel=1e-6)
+    assert len(parts.terms) == 3
+    sft = pro_loss_parts(s4[:, :1], None, sft_nll=nll)             # n = 1: the SFT baseline, weight 1
+    assert sft.terms == [] and sft.pro.item() == 0.0
+    assert sft.total.item() == pytest.approx(7.0)
+
+
+def test_terms_average_over_the_batch():
+    a, b = torch.randn(1, 3), torch.randn(1, 3)
+    ra = torch.tensor([[1.0, 0.0, -2.0]])
+    rb = torch.tensor([[3.0, 2.5, 0.0]])
+    both = pro_loss(torch.cat([a, b]), torch.cat([ra, rb]))
+    assert both.item() == pytest.approx((pro_loss(a, ra) + pro_loss(b, rb)).item() / 2, rel=1e-6)
+
+
+def test_tied_rewards_give_no_ranking_gradient():
+    s = torch.randn(2, 3, requires_grad=True)
+    pro_loss(s, torch.ones(2, 3)).backward()
+    assert torch.count_nonzero(s.grad) == 0
+
+
+def test_stable_for_large_scores():
+    s = torch.tensor([[-40.0, -60.0, -90.0]])
+    r = torch.tensor([[10.0, 0.0, -10.0]])
+    assert torch.isfinite(pro_loss(s, r))          # exp(-800) underflows; the logsumexp form does not
+
+
+def test_bad_rewards():
+    with pytest.raises(ValueError, match="sorted descending"):
+        pro_loss(S, torch.tensor([[0.0, 1.0, -1.0]]))
+    with pytest.raises(ValueError, match="without rewards"):
+        pro_loss(S, torch.tensor([[1.0, float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="must match"):
+        pro_loss(S, torch.tensor([[1.0, 0.0]]))
+
+
+# --------------------------------------------------------------------------- sequences
+
+PROMPT = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+RANKING = {"id": "r0", "prompt": PROMPT, "responses": ["Mix flour, water and yeast.", "Buy some.", "No."],
+           "rewards": [1.5, 0.2, -0.7]}
+
+
+def test_collator_masks_only_response_tokens(tiny_tokenizer):
+    col = RankingCollator(tiny_tokenizer, n=3, block_size=128, max_prompt_tokens=64)
+    batch = col([RANKING, {**RANKING, "id": "r1", "responses": ["Sure.", "Maybe later today.", "?"]}])
+    assert batch["input_ids"].shape[:2] == (2, 3) and batch["response_mask"].shape == batch["input_ids"].shape
+    assert batch["rewards"].tolist()[0] == pytest.approx([1.5, 0.2, -0.7])
+    for i, resp in enumerate(RANKING["responses"]):
+        ids, mask = batch["input_ids"][0, i], batch["response_mask"][0, i]
+        assert tiny_tokenizer.decode(ids[mask.bool()]) == " " + resp
+        att = batch["attention_mask"][0, i].bool()
+        assert tiny_tokenizer.decode(ids[att]) == PROMPT + " " + resp      # no EOS appended, no BOS here
+        assert not mask[~att].any()                                            # padding never scored
+    # rankings without rewards -> NaN, and SFT (n=1) keeps the top-1 only
+    sft = RankingCollator(tiny_tokenizer, n=1, block_size=128, max_prompt_tokens=96)([{**RANKING, "rewards": None}])
+    assert sft["input_ids"].shape[1] == 1 and math.isnan(sft["rewards"][0, 0])
+    ids, mask = sft["input_ids"][0, 0], sft["response_mask"][0, 0]
+    assert tiny_tokenizer.decode(ids[mask.bool()]) == " " + RANKING["responses"][0]
+
+
+def test_collator_left_truncates_prompt_and_right_truncates_text(tiny_tokenizer):
+    long_prompt = "".join(f"\n\nHuman: question number {i}?\n\nAssistant: answer {i}." for i in range(40))
+    long_prompt += "\n\nHuman: and the last one?\n\nAssistant:"
+    col = RankingCollator(tiny_tokenizer, n=2, block_size=96, max_prompt_tokens=48)
+    rec = {"prompt": long_prompt, "responses": ["word " * 200, "ok"], "rewards": [1.0, 0.0]}
+    batch = col([rec])
+    (p,) = col.truncate_prompts([long_prompt])
+    assert long_prompt.endswith(p) and len(p) < len(long_prompt)           # the END of the dialogue is kept
+    assert p.endswith("\n\nHuman: and the last one?\n\nAssistant:")
+    assert len(tiny_tokenizer(p)["input_ids"]) <= 48
+    lengths = batch["attention_mask"][0].sum(-1).tolist()
+    assert lengths[0] == 96                                                # long response cut at block_size
+    prompt_len = int((batch["response_mask"][0, 1] == 0).logical_and(batch["attention_mask"][0, 1] == 1).sum())
+    assert prompt_len == len(tiny_tokenizer(p)["input_ids"])
+    assert int(batch["response_mask"][0, 0].sum()) == 96 - prompt_len      # response gets the rest of the block
+
+
+def test_collator_adds_bos_when_the_tokenizer_does(tiny_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tiny_tokenizer.backend_tokenizer
+    bos = tiny_tokenizer.bos_token
+    backend.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tiny_tokenizer.bos_token_id)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  pad_token="<|pad|>")
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id
+    batch = RankingCollator(tok, n=2, block_size=128, max_prompt_tokens=96)([RANKING])
+    ids, att = batch["input_ids"][0, 0], batch["attention_mask"][0, 0]
+    assert ids[0].item() == tok.bos_token_id
+    assert (ids[att.bool()] == tok.eos_token_id).sum() == 1                # the BOS only: no EOS at the end
+    assert tok.decode(ids[batch["response_mask"][0, 0].bool()]) == " " + RANKING["responses"][0]
+
+
+def test_collator_errors(tiny_tokenizer):
+    col = RankingCollator(tiny_tokenizer, n=3, block_size=128, max_prompt_tokens=96)
+    with pytest.raises(DataError, match="r9.*2 response"):
+        col([{"id": "r9", "prompt": PROMPT, "responses": ["a", "b"], "rewards": [1, 0]}])
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        RankingCollator(tiny_tokenizer, n=2, block_size=128, max_prompt_tokens=128)
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        RankingCollator(tiny_tokenizer, n=2, block_size=128)          # default block - 128 leaves no prompt
+
+
+# --------------------------------------------------------------------------- scoring
+
+def _manual_logprob(model, ids: torch.Tensor, start: int) -> float:
+    logp = torch.log_softmax(model(ids[None]).logits[0], -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+
+
+def test_sequence_logprobs_exact(tiny_gpt, tiny_tokenizer):
+    tiny_gpt.eval()
+    batch = RankingCollator(tiny_tokenizer, n=3, block_size=128, max_prompt_tokens=96)([RANKING])
+    with torch.no_grad():
+        logp, count = sequence_logprobs(tiny_gpt, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    assert logp.shape == count.shape == (1, 3)
+    for i in range(3):
+        att = batch["attention_mask"][0, i].bool()
+        ids, mask = batch["input_ids"][0, i][att], batch["response_mask"][0, i][att]
+        start = int(mask.nonzero()[0])
+        assert count[0, i].item() == len(ids) - start
+        with torch.no_grad():
+            assert logp[0, i].item() == pytest.approx(_manual_logprob(tiny_gpt, ids, start), abs=1e-4)
+
+
+def test_one_forward_equals_n_separate_forwards(tiny_gpt, tiny_tokenizer, hh_sample_texts):
+    tiny_gpt.eval()
+    recs = [{"prompt": t.rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:",
+             "responses": [t[-60:], t[-20:], "I am not sure."], "rewards": [1.0, 0.0, -1.0]}
+            for t in hh_sample_texts[:4]]
+    batch = RankingCollator(tiny_tokenizer, n=3, block_size=200, max_prompt_tokens=150)(recs)
+    with torch.no_grad():
+        together, _ = sequence_logprobs(tiny_gpt, batch["input_ids"], batch["attention_mask"],
+                                        batch["response_mask"])
+        for i in range(3):                        # the official way: one pass per candidate, own padding
+            att = batch["attention_mask"][:, i]
+            width = int(att.sum(-1).max())
+            alone, _ = sequence_logprobs(tiny_gpt, batch["input_ids"][:, i, :width], att[:, :width],
+                                         batch["response_mask"][:, i, :width])
+            assert torch.allclose(together[:, i], alone, atol=1e-4)
