@@ -18,11 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from divscale.config import PolicyConfig  # noqa: E402
-from divscale.data import load_hh_rlhf  # noqa: E402
-from divscale.generation import format_prompt, generate  # noqa: E402
+from divscale.config import PolicyConfig
+from divscale.data import load_hh_rlhf
+from divscale.generation import format_prompt, generate
 
 
 def count_tokens(model, tokenizer):
@@ -67,10 +67,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--no-smollm2", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for these small models on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     data = load_hh_rlhf(("harmless-base", "helpful-base"))
     prompts = [p for p in data["prompt"][:400] if len(p) < 1500][:args.prompts]
-    print(f"torch threads {torch.get_num_threads()}, {len(prompts)} HH test prompts, {args.new_tokens} new tokens")
+    print(f"torch threads {torch.get_num_threads()}, {len(prompts)} HH test prompts, "
+          f"{args.new_tokens} new tokens")
     runs = [("greedy batch 1", dict(batch_size=1)), ("greedy batch 8", dict(batch_size=8)),
             ("sampled batch 8", dict(batch_size=8, do_sample=True, temperature=0.7, top_p=0.9))]
 

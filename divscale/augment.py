@@ -30,17 +30,18 @@ implementation choice for scale, not the paper's.
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 __all__ = [
-    "JaccardFilter", "ExactJaccard", "MinHashJaccard", "BACKENDS", "make_filter", "jaccard", "ngram_sets",
-    "AugmentResult", "diverse_augment", "random_augment", "augment_rankings", "configure_parser", "command",
+    "BACKENDS", "AugmentResult", "ExactJaccard", "JaccardFilter", "MinHashJaccard", "augment_rankings",
+    "command", "configure_parser", "diverse_augment", "jaccard", "make_filter", "ngram_sets",
+    "random_augment",
 ]
 
 
@@ -76,7 +77,7 @@ class JaccardFilter(Protocol):
     """
     tau: float
 
-    def fit(self, support_sets: Iterable) -> "JaccardFilter": ...
+    def fit(self, support_sets: Iterable) -> JaccardFilter: ...
     def add(self, code_set) -> None: ...
     def keep_mask(self, candidate_sets: Sequence) -> np.ndarray: ...
     def __len__(self) -> int: ...
@@ -162,7 +163,7 @@ class ExactJaccard:
         rank[order] = np.arange(len(cols)) - starts[seg[order]]
         return rank, rank < self._prefix_len(sizes)[seg]
 
-    def fit(self, support_sets: Iterable) -> "ExactJaccard":
+    def fit(self, support_sets: Iterable) -> ExactJaccard:
         sets = [_as_set(s) for s in support_sets]
         sizes = np.array([len(s) for s in sets], dtype=np.int64)
         flat = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
@@ -307,7 +308,7 @@ class MinHashJaccard:
     2.0 changed the default hashing; older ``legacy`` signatures differ) and our own vectorised
     64->32-bit hash of the N-gram codes. Signatures are never cached across runs.
 
-    The LSH index (threshold ``lsh_threshold``, default ``tau``) proposes support sets; each proposal is
+    The LSH index (threshold ``lsh_threshold``, default ``tau``, at most 0.95) proposes support sets; each proposal is
     verified with the signature estimate ``mean(sig_c == sig_s)`` and the candidate is dropped when an
     estimate reaches ``tau``. Errors: near-threshold pairs can go either way (the estimate's standard
     deviation is ``sqrt(J(1-J)/num_perm)``, about 0.044 at J=0.5 with 128 permutations) and LSH can miss
@@ -318,24 +319,27 @@ class MinHashJaccard:
                  weights: tuple[float, float] = (0.5, 0.5)):
         self.tau = _check_tau(tau)
         self.num_perm, self.seed = int(num_perm), int(seed)
-        self.lsh_threshold = self.tau if lsh_threshold is None else float(lsh_threshold)
+        # datasketch cannot band for a threshold near 1 (b < 2); a lower LSH threshold only adds proposals
+        self.lsh_threshold = min(self.tau if lsh_threshold is None else float(lsh_threshold), 0.95)
         self.weights = tuple(weights)
         self._ds = _require_datasketch()
         self.fit([])
 
     def sketch(self, sets: Sequence) -> list:
         """datasketch MinHash signatures of N-gram sets (``MinHash.generator``, pinned parameters)."""
-        sets = [_as_set(s) for s in sets]
-        return list(self._ds.MinHash.generator(_hash32(sets), num_perm=self.num_perm, seed=self.seed,
+        return self._sketch([_as_set(s) for s in sets])
+
+    def _sketch(self, unique_sets: Sequence[np.ndarray]) -> list:
+        return list(self._ds.MinHash.generator(_hash32(unique_sets), num_perm=self.num_perm, seed=self.seed,
                                                hashfunc=int, scheme="affine32"))
 
-    def fit(self, support_sets: Iterable) -> "MinHashJaccard":
+    def fit(self, support_sets: Iterable) -> MinHashJaccard:
         self._lsh = self._ds.MinHashLSH(threshold=self.lsh_threshold, num_perm=self.num_perm,
                                         weights=self.weights)
         self._sigs = _Growable(np.uint32, self.num_perm)
         self._n = 0
         sets = [_as_set(s) for s in support_sets]
-        sketches = self.sketch(sets)
+        sketches = self._sketch(sets)
         with self._lsh.insertion_session() as session:
             for i, (s, mh) in enumerate(zip(sets, sketches)):
                 if len(s):                          # an empty set matches nothing (J = 0)
@@ -349,7 +353,7 @@ class MinHashJaccard:
 
     def add(self, code_set) -> None:
         s = _as_set(code_set)
-        (mh,) = self.sketch([s])
+        (mh,) = self._sketch([s])
         if len(s):
             self._lsh.insert(self._n, mh, check_duplication=False)
         self._sigs.extend(mh.hashvalues[None, :])
@@ -361,7 +365,7 @@ class MinHashJaccard:
         if self._n == 0:
             return keep
         sigs = self._sigs.array
-        for i, (s, mh) in enumerate(zip(sets, self.sketch(sets))):
+        for i, (s, mh) in enumerate(zip(sets, self._sketch(sets))):
             if not len(s):
                 continue
             hits = self._lsh.query(mh)
@@ -504,7 +508,7 @@ def diverse_augment(seed_ids: Sequence[np.ndarray], pool_ids: Sequence[np.ndarra
     if bar is not None:
         bar.close()
     params = {"k": k, "m": m, "tau": tau, "n": n, "exponent": exponent, "backend": backend,
-              "support_size": int(len(support_idx)), "support_includes_added": support_includes_added,
+              "support_size": len(support_idx), "support_includes_added": support_includes_added,
               "seed": seed, "filter_kwargs": dict(filter_kwargs or {})}
     return AugmentResult("diverse", indices, log, d_seed, acc.d, total_dropped, len(indices) < k, params)
 

@@ -143,9 +143,21 @@ class AugmentConfig:
 class SelectConfig:
     budget: int = 1500
     tau: float = 0.9                     # Deita: max cosine *similarity* to kept samples
-    scorer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    scorer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # complexity scorer (GPU: hkust-nlp/deita-complexity-scorer)
+    quality_scorer: str | None = None    # None: the same model (GPU: hkust-nlp/deita-quality-scorer)
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     selectors: list[str] = field(default_factory=lambda: ["random", "minhash-dedup", "d-greedy", "deita"])
+    seed: int = 42                       # random / minhash-dedup sampling, d-greedy candidate draws
+    scorer_batch_size: int = 8
+    scorer_max_length: int = 1024        # scorer input tokens (left-truncated; the template's end survives)
+    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # the metric's tokenizer (paper: LLaMA-1)
+    ngram: int = 2
+    exponent: float = 0.5
+    max_tokens: int = 512
+    dedup_threshold: float = 0.7         # minhash-dedup: estimated N-gram Jaccard (text-dedup's default)
+    num_perm: int = 128
+    minhash_seed: int = 1
+    greedy_sample: int | None = 256      # d-greedy: candidates per step (None: all, exact greedy)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .generation import STOP_STRINGS, format_prompt, generate
-from .io import atomic_write_json, atomic_write_jsonl
+from .io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,10 +83,32 @@ def paired_win_rate(scores_a, scores_b, n_boot: int = 1000, seed: int = 0, ci: f
     return _outcome_summary(outcome, n_boot, seed, ci)
 
 
+def compare_generations(path_a: str | os.PathLike, path_b: str | os.PathLike, n_boot: int = 1000,
+                        seed: int = 0, by_subset: bool = True) -> dict:
+    """Paired win rate of run A over run B from their ``generations.jsonl`` (RM_test logits on the
+    same prompts): ``{"Global": {...}, "<subset>": {...}}``. Prompts must match one to one."""
+    fields = ("subset", "index", "prompt", "logit")
+    a = {(r["subset"], r["index"]): r for _, r in read_jsonl(path_a, fields)}
+    b = {(r["subset"], r["index"]): r for _, r in read_jsonl(path_b, fields)}
+    if a.keys() != b.keys() or any(a[k]["prompt"] != b[k]["prompt"] for k in a):
+        raise DataError(f"{path_a} and {path_b} are not on the same test prompts; evaluate both runs "
+                        "with the same recipe test split")
+    keys = sorted(a)
+    out = {"Global": paired_win_rate([a[k]["logit"] for k in keys], [b[k]["logit"] for k in keys],
+                                     n_boot=n_boot, seed=seed)}
+    if by_subset:
+        for subset in sorted({k[0] for k in keys}):
+            ks = [k for k in keys if k[0] == subset]
+            out[subset] = paired_win_rate([a[k]["logit"] for k in ks], [b[k]["logit"] for k in ks],
+                                          n_boot=n_boot, seed=seed)
+    return out
+
+
 def _outcome_summary(outcome: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
     lo, hi = bootstrap_ci(outcome, n_boot=n_boot, ci=ci, seed=seed)
-    return {"n": int(outcome.size), "win": float(np.mean(outcome == 1.0)), "tie": float(np.mean(outcome == 0.5)),
-            "lose": float(np.mean(outcome == 0.0)), "win_rate": float(outcome.mean()), "ci": [lo, hi]}
+    return {"n": int(outcome.size), "win": float(np.mean(outcome == 1.0)),
+            "tie": float(np.mean(outcome == 0.5)), "lose": float(np.mean(outcome == 0.0)),
+            "win_rate": float(outcome.mean()), "ci": [lo, hi]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,22 +163,24 @@ def evaluate_policy(model, tokenizer, test_prompts_by_subset: dict[str, Sequence
         raise ValueError("no test prompts: test_prompts_by_subset is empty")
     prompts = [p for _, _, p in items]
     responses = generate(model, tokenizer, [format_prompt(p, tokenizer) for p in prompts],
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                         stop_strings=tuple(stop_strings), progress=progress)
-    logits = np.asarray(rm_test.score(prompts, responses), dtype=np.float64).reshape(-1)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         max_prompt_tokens=max_prompt_tokens, stop_strings=tuple(stop_strings),
+                         progress=progress)
+    logits = np.asarray(rm_test.score(prompts, responses, progress=progress), dtype=np.float64).reshape(-1)
     if logits.size != len(prompts):
         raise ValueError(f"rm_test.score returned {logits.size} scores for {len(prompts)} responses")
     scores = sigmoid(logits)
-    records = [{"subset": s, "index": i, "prompt": p, "response": r, "logit": float(l), "score": float(sc)}
-               for (s, i, p), r, l, sc in zip(items, responses, logits, scores)]
+    records = [{"subset": s, "index": i, "prompt": p, "response": r, "logit": float(lg), "score": float(sc)}
+               for (s, i, p), r, lg, sc in zip(items, responses, logits, scores)]
     result = summarize(records, n_boot=n_boot, seed=seed)
     if out_path is not None:
         atomic_write_jsonl(out_path, records)
     return result
 
 
-def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, recipe, test_prompts_by_subset: dict[str, Sequence[str]],
-                        rm_test, out_dir: str | os.PathLike, progress: bool = False) -> EvalResult:
+def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, recipe,
+                        test_prompts_by_subset: dict[str, Sequence[str]], rm_test, out_dir: str | os.PathLike,
+                        progress: bool = False) -> EvalResult:
     """Load a saved policy (safetensors + tokenizer), evaluate it with the recipe's eval settings and
     write ``eval.json`` (summary + settings) and ``generations.jsonl`` into ``out_dir``."""
     from .models import load_causal_lm
@@ -164,12 +188,14 @@ def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, recipe, test_prompts_
     model, tokenizer = load_causal_lm(str(checkpoint_dir), dtype=recipe.policy.dtype)
     cfg = recipe.eval
     out_dir = Path(out_dir)
-    result = evaluate_policy(model, tokenizer, test_prompts_by_subset, rm_test, max_new_tokens=cfg.max_new_tokens,
-                             batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+    result = evaluate_policy(model, tokenizer, test_prompts_by_subset, rm_test,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                             max_prompt_tokens=cfg.max_prompt_tokens,
                              stop_strings=cfg.stop_strings, n_boot=cfg.bootstrap,
                              out_path=out_dir / "generations.jsonl", progress=progress)
     atomic_write_json(out_dir / "eval.json", {**result.summary(), "checkpoint": str(checkpoint_dir),
-                                              "eval_config": cfg.__dict__, "reward_model": recipe.reward.test_model})
+                                              "eval_config": cfg.__dict__,
+                                              "reward_model": recipe.reward.test_model})
     return result
 
 
@@ -259,8 +285,9 @@ def llm_judge(prompts: Sequence[str], responses_a: Sequence[str], responses_b: S
     anything else (split or tie verdicts) is a **tie**. A reply that is not "A", "B" or "Tie" makes
     the prompt **invalid**: it is counted separately and excluded from the fractions, never
     silently turned into a tie. The key is read from ``$api_key_env`` (no key header if unset,
-    for local servers). Network errors and 5xx answers are retried ``retries`` times with backoff. Returns per-prompt ``outcomes`` ("win"/"tie"/"lose"/"invalid"), the raw
-    replies, and win/tie/lose fractions over the valid prompts.
+    for local servers). Network errors and 5xx answers are retried ``retries`` times with backoff.
+    Returns per-prompt ``outcomes`` ("win"/"tie"/"lose"/"invalid"), the raw replies, and
+    win/tie/lose fractions over the valid prompts.
     """
     if not (len(prompts) == len(responses_a) == len(responses_b)):
         raise ValueError("prompts, responses_a and responses_b must have the same length")
@@ -271,7 +298,9 @@ def llm_judge(prompts: Sequence[str], responses_a: Sequence[str], responses_b: S
     for i, prompt in enumerate(prompts):
         criterion = criterion_for(subsets[i] if subsets is not None else None)
         system = {"role": "system", "content": JUDGE_SYSTEM.format(criterion=criterion)}
-        pairs = [(responses_a[i], responses_b[i])] + ([(responses_b[i], responses_a[i])] if both_orders else [])
+        pairs = [(responses_a[i], responses_b[i])]
+        if both_orders:
+            pairs.append((responses_b[i], responses_a[i]))
         replies = []
         for first, second in pairs:
             user = {"role": "user", "content": JUDGE_USER.format(dialogue=prompt.strip(), a=first, b=second,
@@ -282,10 +311,16 @@ def llm_judge(prompts: Sequence[str], responses_a: Sequence[str], responses_b: S
         if any(v is None for v in verdicts):
             outcomes.append("invalid")
             continue
-        # map each verdict to "a" / "b" / "tie" from A's point of view
-        prefs = [verdicts[0].lower()] + ([{"A": "b", "B": "a", "tie": "tie"}[verdicts[1]]] if both_orders else [])
-        prefs = [p if p in ("a", "b") else "tie" for p in prefs]
-        outcomes.append("win" if all(p == "a" for p in prefs) else "lose" if all(p == "b" for p in prefs) else "tie")
+        # each verdict as "a" / "b" / "tie" from the point of view of responses_a
+        prefs = [{"A": "a", "B": "b", "tie": "tie"}[verdicts[0]]]
+        if both_orders:                                   # second order shows B's reply first
+            prefs.append({"A": "b", "B": "a", "tie": "tie"}[verdicts[1]])
+        if all(p == "a" for p in prefs):
+            outcomes.append("win")
+        elif all(p == "b" for p in prefs):
+            outcomes.append("lose")
+        else:
+            outcomes.append("tie")
     valid = [o for o in outcomes if o != "invalid"]
     frac = {k: (valid.count(k) / len(valid) if valid else float("nan")) for k in ("win", "tie", "lose")}
     return {"outcomes": outcomes, "replies": raw, "n": len(outcomes), "n_valid": len(valid),
@@ -300,7 +335,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by `divscale train`")
     parser.add_argument("--recipe", default=None, help="recipe (default: the one saved in RUN/config.json)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
-    parser.add_argument("--checkpoint", default="best", help="checkpoint folder inside the run (default: best)")
+    parser.add_argument("--checkpoint", default="best", help="checkpoint folder in the run (default: best)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -315,16 +350,17 @@ def command(args: argparse.Namespace) -> int:
     recipe = _run_recipe(run, args.recipe, parse_overrides(args.set))
     splits = recipe_splits(recipe)
     _, rm_test = build_reward_models(recipe, rankings_from_pairs(splits["pool"]))
-    result = evaluate_checkpoint(checkpoint, recipe, recipe_test_prompts(recipe, splits), rm_test, out_dir=run,
-                                 progress=True)
+    result = evaluate_checkpoint(checkpoint, recipe, recipe_test_prompts(recipe, splits), rm_test,
+                                 out_dir=run, progress=True)
     print(json.dumps(result.summary()["reward"], indent=2))
     print(run / "eval.json")
     return 0
 
 
 def _run_recipe(run: Path, recipe_arg: str | None, overrides: dict):
-    """The recipe a run was trained with: ``--recipe`` (or the recipe named in ``RUN/config.json``), with
-    the sections saved in ``config.json`` (data, ranking, reward, policy, train) laid over it, then ``--set``."""
+    """The recipe a run was trained with: ``--recipe`` (or the recipe named in ``RUN/config.json``),
+    with the sections saved in ``config.json`` (data, ranking, reward, policy, train) laid over it,
+    then the ``--set`` overrides."""
     import dataclasses
 
     import yaml

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper,
+                          TopPLogitsWarper)
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 STOP_STRINGS = ("Human:", "human:", "Assistant:", "assistant:")
 
@@ -109,7 +112,9 @@ class RowSampler(LogitsProcessor):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for warper in self.warpers:
@@ -121,13 +126,27 @@ class RowSampler(LogitsProcessor):
         return out
 
 
+_STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stop_criteria(tokenizer, stop_strings: Sequence[str]) -> StopStringCriteria:
+    """HF's stop-string criterion (early exit per row), built once per tokenizer and stop set:
+    building it scans the whole vocabulary (~1.5 s for a 49k vocab), so it is not rebuilt per batch."""
+    key = (len(tokenizer), tuple(stop_strings))
+    per_tok = _STOP_CRITERIA.setdefault(tokenizer, {})
+    if key not in per_tok:
+        per_tok[key] = StopStringCriteria(tokenizer, list(stop_strings))
+    return per_tok[key]
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = []
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    gen_config = getattr(model, "generation_config", None)
+    for source in (tokenizer.eos_token_id, getattr(gen_config, "eos_token_id", None)):
         if source is None:
             continue
         ids.extend(source if isinstance(source, (list, tuple)) else [source])
-    return sorted(set(int(i) for i in ids))
+    return sorted({int(i) for i in ids})
 
 
 def _max_positions(model) -> int | None:
@@ -139,7 +158,8 @@ def _max_positions(model) -> int | None:
     return None
 
 
-def _tokenize_left_truncated(tokenizer, texts: list[str], max_tokens: int, add_special_tokens: bool) -> list[list[int]]:
+def _tokenize_left_truncated(tokenizer, texts: list[str], max_tokens: int,
+                             add_special_tokens: bool) -> list[list[int]]:
     old_side = tokenizer.truncation_side
     try:
         tokenizer.truncation_side = "left"
@@ -151,9 +171,9 @@ def _tokenize_left_truncated(tokenizer, texts: list[str], max_tokens: int, add_s
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 8,
-             max_prompt_tokens: int = 384, stop_strings: Sequence[str] = STOP_STRINGS, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = False,
-             add_special_tokens: bool | None = None) -> list[str]:
+             max_prompt_tokens: int = 384, stop_strings: Sequence[str] = STOP_STRINGS,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+             progress: bool = False, add_special_tokens: bool | None = None) -> list[str]:
     """Continue each (already formatted) prompt; return the cleaned continuations in input order.
 
     Prompts are tokenized once, LEFT-truncated to ``max_prompt_tokens`` (further capped so prompt
@@ -197,7 +217,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128
             repeats[text] = repeats.get(text, 0) + 1
     if stop_strings:
         # early exit for rows that produced a stop string; the text is cut below either way
-        gen_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        gen_kwargs.update(stopping_criteria=StoppingCriteriaList([stop_criteria(tokenizer, stop_strings)]))
 
     was_training = model.training
     model.eval()

@@ -15,7 +15,8 @@ As in the official code (``process_manager.py``) eps = 1e-10 sits inside the log
 ``logsumexp([log eps, ...])``, which is identical but cannot underflow. The SFT baseline is
 the same collator with one candidate (the RM_train-best response) and weight 1 on L_SFT.
 
-Sequences (spec §3.2, ``data_manager.py``): the prompt is left-truncated to
+Sequences (spec §3.2, ``data_manager.py``): the prompt (the HH text; a policy with a chat template
+gets it rendered through the template, as ``divscale.generation`` does) is left-truncated to
 ``max_prompt_tokens`` (= block_size - 128) tokens and decoded back to text; the training text
 is ``prompt + " " + response`` with BOS (if the tokenizer adds one), right-truncated to
 ``block_size``, no EOS. Only response tokens are scored. One deliberate difference: the
@@ -31,8 +32,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -138,6 +140,14 @@ class RankingCollator:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
+    def prompt_texts(self, prompts: list[str]) -> list[str]:
+        """The model's view of each HH prompt: ``format_prompt`` (the HH text itself for a tokenizer
+        without a chat template, as in the paper; the chat template otherwise, as at generation time),
+        left-truncated."""
+        from .generation import format_prompt
+
+        return self.truncate_prompts([format_prompt(p, self.tokenizer) for p in prompts])
+
     def truncate_prompts(self, prompts: list[str]) -> list[str]:
         """Keep the last ``max_prompt_tokens`` tokens (BOS included) of each prompt, as text."""
         budget = self.max_prompt_tokens - len(self.prefix)
@@ -160,7 +170,7 @@ class RankingCollator:
             prompts.append(_field(rec, "prompt"))
             responses.append(cands[:self.n])
             where.append(rid)
-        prompts = self.truncate_prompts(prompts)
+        prompts = self.prompt_texts(prompts)
         prompt_lens = [len(self.prefix) + len(ids) for ids in self._ids(prompts)]
         texts = [p + " " + r for p, rs in zip(prompts, responses) for r in rs]
         out = []
@@ -199,11 +209,11 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     Inputs are ``[..., seq]`` (e.g. [batch, n, seq]); all sequences go through the model in one
     forward pass. Returns two float tensors of shape ``[...]``.
     """
+    from trl.trainer.utils import selective_log_softmax  # memory-efficient log_softmax + gather
+
     lead, seq = input_ids.shape[:-1], input_ids.shape[-1]
     ids = input_ids.reshape(-1, seq)
     logits = model(input_ids=ids, attention_mask=attention_mask.reshape(-1, seq), use_cache=False).logits
-    from trl.trainer.utils import selective_log_softmax    # memory-efficient log_softmax + gather
-
     token_logps = selective_log_softmax(logits[:, :-1], ids[:, 1:]).float()
     mask = response_mask.reshape(-1, seq)[:, 1:].to(token_logps.dtype)   # position t predicts token t+1
     return (token_logps * mask).sum(-1).reshape(lead), mask.sum(-1).reshape(lead)

@@ -14,7 +14,10 @@ Generations are cached per prompt in a JSONL file keyed by (generator, generatio
 prompt), appended and fsync'ed batch by batch: an interrupted run resumes where it stopped
 (a torn last line is discarded) and a re-run does not load the generator at all. Because
 each sample has its own seed (``divscale.generation.row_seed``), a resumed run produces
-exactly the responses of an uninterrupted one.
+exactly the responses of an uninterrupted one. The cache knows the generator by its name (the
+id, or ``generator_name``), not by its weights: if different weights hide behind one id (e.g. the
+offline Q4_1 SmolLM2 vs the hub's bf16 one), pass a distinct ``generator_name`` or another
+``cache_dir``.
 
 Empty generations (the model emits EOS or a stop string at once) are regenerated once with a
 different seed; if still empty, the empty string is kept and RM_train ranks it like any other
@@ -29,7 +32,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -96,9 +99,10 @@ def _append(path: Path, records: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
-def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2, cache_dir: str | os.PathLike | None = None,
-                    max_new_tokens: int = 128, max_prompt_tokens: int = 384, batch_size: int = 8,
-                    temperature: float = 0.7, top_p: float = 0.9, seed: int = 42, progress: bool = True,
+def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
+                    cache_dir: str | os.PathLike | None = None, max_new_tokens: int = 128,
+                    max_prompt_tokens: int = 384, batch_size: int = 8, temperature: float = 0.7,
+                    top_p: float = 0.9, seed: int = 42, progress: bool = True,
                     generator_name: str | None = None, rm_batch_size: int | None = None) -> list:
     """Add ``k`` generated responses to each ranking of ``pool`` (human pairs) and re-rank all by RM_train.
 
@@ -139,8 +143,8 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2, cache_dir: 
             outs = generate(model, tokenizer, rows, seed=seed, **gen)
             empty = [i for i, o in enumerate(outs) if not o]
             if empty:                                                 # one retry with another seed
-                retry = generate(model, tokenizer, [rows[i] for i in empty], seed=seed + REGENERATE_SEED_OFFSET,
-                                 **gen)
+                retry = generate(model, tokenizer, [rows[i] for i in empty],
+                                 seed=seed + REGENERATE_SEED_OFFSET, **gen)
                 for i, o in zip(empty, retry):
                     outs[i] = o
             records = [{"key": keys[p], "responses": outs[j * k:(j + 1) * k]} for j, p in enumerate(chunk)]
@@ -154,7 +158,7 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2, cache_dir: 
     flat_p = [r.prompt for r, c in zip(pool, cands) for _ in c]
     flat_r = [x for c in cands for x in c]
     kw = {"batch_size": rm_batch_size} if rm_batch_size else {}
-    logits = np.asarray(rm_train.score(flat_p, flat_r, **kw), dtype=np.float64).reshape(-1)
+    logits = np.asarray(rm_train.score(flat_p, flat_r, progress=progress, **kw), dtype=np.float64).reshape(-1)
     if len(logits) != len(flat_r):
         raise ValueError(f"rm_train.score returned {len(logits)} scores for {len(flat_r)} responses")
 

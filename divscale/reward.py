@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 
 from . import io, paths
 from .config import RewardConfig, config_hash
+from .data import pro_turns
 
 EXPERIMENT_NOTES = """(filled in below)"""
 
@@ -89,33 +89,23 @@ def bt_loss(r_chosen, r_rejected):
 # --------------------------------------------------------------------------------------------------
 # HH text helpers
 
-_TURN = re.compile(r"\n\n(Human|Assistant):")
-
-
-def hh_turns(prompt: str) -> list[tuple[str, str]]:
-    """``[(role, text), ...]`` with role ``prompter``/``assistant``; the trailing empty Assistant turn is dropped.
-
-    As in PRO's preprocessing, texts are stripped and consecutive turns of one speaker joined with ``"\\n"``.
-    """
-    parts = _TURN.split(prompt)
-    if parts[0].strip():
+def hh_turns(prompt: str, keep_paragraphs: bool = False) -> list[tuple[str, str]]:
+    """``[(role, text), ...]`` (role ``prompter``/``assistant``) of an HH prompt, parsed as PRO's preprocessing
+    does (:func:`divscale.data.pro_turns`: later paragraphs of a turn dropped unless ``keep_paragraphs``);
+    the trailing empty Assistant turn that the response fills is dropped."""
+    if not prompt.startswith("\n\nHuman:"):
         raise ValueError(f"HH prompt must start with '\\n\\nHuman:', got {prompt[:40]!r}")
-    turns: list[tuple[str, str]] = []
-    for speaker, text in zip(parts[1::2], parts[2::2]):
-        role, text = ("prompter" if speaker == "Human" else "assistant"), text.strip()
-        if turns and turns[-1][0] == role:
-            turns[-1] = (role, turns[-1][1] + "\n" + text)
-        else:
-            turns.append((role, text))
+    turns = [(tag.strip("<|>"), text) for tag, text in pro_turns(prompt, keep_paragraphs=keep_paragraphs)]
     if turns and turns[-1] == ("assistant", ""):
         turns.pop()
     return turns
 
 
-def oa_format(prompt: str, response: str, eos: str = "<|endoftext|>") -> str:
-    """The OpenAssistant RM input: each turn ``<|prompter|>text`` / ``<|assistant|>text`` followed by eos, the
-    response appended to the final ``<|assistant|>`` (as the paper's ``metrics_hh.py``)."""
-    turns = hh_turns(prompt) + [("assistant", response.strip())]
+def oa_format(prompt: str, response: str, eos: str = "<|endoftext|>", keep_paragraphs: bool = False) -> str:
+    """The OpenAssistant RM input as the paper's code builds it from PRO's ``prefix`` lists: every turn
+    ``<|prompter|>text`` / ``<|assistant|>text`` followed by eos, the response (stripped, kept whole) appended
+    to the final ``<|assistant|>``."""
+    turns = hh_turns(prompt, keep_paragraphs) + [("assistant", response.strip())]
     return "".join(f"<|{role}|>{text}{eos}" for role, text in turns)
 
 
@@ -303,3 +293,135 @@ class EmbeddingCache:
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([found[k] for k in keys])
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out evaluation against human labels, a length baseline and the OpenAssistant 6.9B RM
+
+
+def wilson_ci(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default). Half-counted ties give a fractional count."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pairwise_wins(first: Sequence[float], second: Sequence[float]) -> np.ndarray:
+    """Per pair: 1 if first > second, 0.5 on a tie, 0 otherwise."""
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    return (a > b) + 0.5 * (a == b)
+
+
+def _proportion(wins: np.ndarray) -> dict:
+    n = int(len(wins))
+    k = float(wins.sum())
+    lo, hi = wilson_ci(k, n)
+    return {"n": n, "value": k / n if n else float("nan"), "ci95": [lo, hi]}
+
+
+def load_oa_rewards(pro_hh_dir: str | os.PathLike | None = None) -> dict[tuple[str, int], dict]:
+    """The OpenAssistant 6.9B RM's scores shipped with PRO's HH test files:
+    ``{(subset, line): {"chosen": r0, "rejected": r1, "chosen_text": ..., "rejected_text": ...}}``
+    (``suffix[0]`` is the human-chosen response; ``meta.line_num`` is the raw HH line)."""
+    folder = Path(pro_hh_dir) if pro_hh_dir else paths.DATA_DIR / "pro-hh"
+    out: dict[tuple[str, int], dict] = {}
+    for subset, stem in PRO_FILES.items():
+        path = folder / "hh_test" / f"{stem}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file; link the PRO-format HH test files into "
+                                    f"{paths.DATA_DIR / 'pro-hh'} (see shared/data/pro-hh/README.md)")
+        for lineno, rec in io.read_jsonl(path, required=("suffix", "reward", "meta")):
+            if len(rec["suffix"]) != 2 or len(rec["reward"]) != 2 or "line_num" not in rec["meta"]:
+                raise io.DataError(f"{path}:{lineno}: expected 2 suffixes, 2 rewards and meta.line_num")
+            out[(subset, int(rec["meta"]["line_num"]))] = {
+                "chosen": float(rec["reward"][0]), "rejected": float(rec["reward"][1]),
+                "chosen_text": rec["suffix"][0].strip(), "rejected_text": rec["suffix"][1].strip()}
+    return out
+
+
+def _columns(pairs, names: Iterable[str]) -> dict[str, list]:
+    if hasattr(pairs, "column_names"):          # datasets.Dataset
+        missing = [n for n in names if n not in pairs.column_names]
+        get = lambda n: list(pairs[n])
+    elif isinstance(pairs, dict):
+        missing = [n for n in names if n not in pairs]
+        get = lambda n: list(pairs[n])
+    else:                                        # a list of records
+        pairs = list(pairs)
+        missing = [n for n in names if pairs and n not in pairs[0]]
+        get = lambda n: [rec[n] for rec in pairs]
+    if missing:
+        raise ValueError(f"pairs need columns {list(names)}; missing {missing}")
+    return {n: get(n) for n in names}
+
+
+def score_pairs(rm: RewardModel, pairs, batch_size: int | None = None, progress: bool = False):
+    """``(r_chosen, r_rejected)`` for every pair."""
+    cols = _columns(pairs, ("prompt", "chosen", "rejected"))
+    n = len(cols["prompt"])
+    scores = rm.score(cols["prompt"] * 2, cols["chosen"] + cols["rejected"], batch_size=batch_size, progress=progress)
+    return scores[:n], scores[n:]
+
+
+def _same_start(a: str, b: str, n: int = 40) -> bool:
+    """PRO's files keep only the first paragraph of a response (and re-join some lines): compare the start."""
+    return " ".join(a.split())[:n] == " ".join(b.split())[:n]
+
+
+def rm_report(rm: RewardModel, test_pairs, oa_rewards: dict | None = None, progress: bool = False,
+              scores: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Held-out pairwise accuracy of ``rm`` against the human labels, per subset and overall.
+
+    Next to it: the length baseline (the longer response, in characters, wins; ties count half) and, where
+    ``oa_rewards`` (:func:`load_oa_rewards`) covers a pair and its texts match, the agreement with the
+    OpenAssistant 6.9B RM's preference and that RM's own accuracy on the same pairs. (PRO scored the responses
+    cut at their first blank line, as its files keep them; the mapping is by ``(subset, line)``.) Intervals are 95% Wilson
+    score intervals (ties counted as half a success). Pairs with identical responses are skipped.
+    """
+    cols = _columns(test_pairs, ("prompt", "chosen", "rejected", "subset", "line"))
+    keep = [i for i, (c, r) in enumerate(zip(cols["chosen"], cols["rejected"])) if c != r]
+    cols = {k: [v[i] for i in keep] for k, v in cols.items()}
+    if not keep:
+        raise ValueError("rm_report: no test pairs with two different responses")
+    if scores is None:
+        rc, rr = score_pairs(rm, cols, progress=progress)
+    else:
+        rc, rr = (np.asarray(s)[keep] for s in scores)
+    acc = pairwise_wins(rc, rr)
+    length = pairwise_wins([len(c) for c in cols["chosen"]], [len(r) for r in cols["rejected"]])
+    oa_agree = np.full(len(keep), np.nan)
+    oa_acc = np.full(len(keep), np.nan)
+    mismatched = 0
+    for i, (subset, line, c, r) in enumerate(zip(cols["subset"], cols["line"], cols["chosen"], cols["rejected"])):
+        rec = (oa_rewards or {}).get((subset, int(line)))
+        if rec is None:
+            continue
+        if not (_same_start(rec["chosen_text"], c) and _same_start(rec["rejected_text"], r)):
+            mismatched += 1
+            continue
+        oa_pref = np.sign(rec["chosen"] - rec["rejected"])
+        oa_acc[i] = pairwise_wins([rec["chosen"]], [rec["rejected"]])[0]
+        rm_pref = np.sign(rc[i] - rr[i])
+        oa_agree[i] = 1.0 if rm_pref == oa_pref else (0.5 if 0 in (rm_pref, oa_pref) else 0.0)
+
+    def block(idx: np.ndarray) -> dict:
+        out = {"n_pairs": int(len(idx)), "accuracy": _proportion(acc[idx]),
+               "length_baseline": _proportion(length[idx])}
+        covered = idx[~np.isnan(oa_agree[idx])]
+        if len(covered):
+            out["oa_agreement"] = _proportion(oa_agree[covered])
+            out["oa_accuracy"] = _proportion(oa_acc[covered])
+            out["accuracy_on_oa_pairs"] = _proportion(acc[covered])
+        return out
+
+    subsets = np.asarray(cols["subset"])
+    report = {"model": getattr(rm, "name", type(rm).__name__), "ci": "95% Wilson score interval (ties = 0.5)",
+              "overall": block(np.arange(len(keep))),
+              "subsets": {s: block(np.flatnonzero(subsets == s)) for s in dict.fromkeys(cols["subset"])}}
+    if oa_rewards is not None:
+        report["oa_text_mismatches"] = mismatched
+    return report

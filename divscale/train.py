@@ -41,15 +41,17 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback
 
@@ -220,7 +222,7 @@ class DevRewardCallback(TrainerCallback):
         if every < 1:
             raise ValueError(f"train.eval_every must be >= 1, got {every}")
         self.tokenizer, self.prompts, self.rm, self.every, self.log = tokenizer, list(prompts), rm, every, log
-        self.gen = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, batch_size=batch_size)
+        self.gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens, "batch_size": batch_size}
 
     def _evaluate(self, args, state, model, selectable: bool) -> float:
         reward, example = None, ""
@@ -260,13 +262,13 @@ def _training_kwargs(recipe: Recipe, algo: str, ranking_len: int, seed: int, out
     t = recipe.train
     per_device, grad_accum = batch_plan(t, algo, ranking_len)
     lr = t.dpo_lr if (algo == "dpo" and t.dpo_lr is not None) else t.lr
-    return dict(output_dir=str(output_dir), max_steps=t.max_steps, per_device_train_batch_size=per_device,
-                gradient_accumulation_steps=grad_accum, learning_rate=lr, weight_decay=t.weight_decay,
-                max_grad_norm=t.max_grad_norm, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
-                seed=seed, data_seed=seed, logging_steps=1, save_strategy="steps", save_steps=t.eval_every,
-                save_total_limit=1, bf16=t.bf16, use_cpu=not torch.cuda.is_available(), report_to="none",
-                disable_tqdm=not progress, ddp_timeout=5400,
-                remove_unused_columns=False)
+    return {"output_dir": str(output_dir), "max_steps": t.max_steps, "per_device_train_batch_size": per_device,
+            "gradient_accumulation_steps": grad_accum, "learning_rate": lr, "weight_decay": t.weight_decay,
+            "max_grad_norm": t.max_grad_norm, "lr_scheduler_type": "constant", "warmup_steps": 0,
+            "optim": "adamw_torch", "seed": seed, "data_seed": seed, "logging_steps": 1, "save_strategy": "steps",
+            "save_steps": t.eval_every, "save_total_limit": 1, "bf16": t.bf16,
+            "use_cpu": not torch.cuda.is_available(), "report_to": "none", "disable_tqdm": not progress,
+            "ddp_timeout": 5400, "remove_unused_columns": False}
 
 
 def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model, tokenizer, rankings: list[dict],
@@ -292,8 +294,8 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
         def get_decay_parameter_names(self, model):     # weight decay on every parameter, as for SFT/PRO
             return [name for name, _ in model.named_parameters()]
 
-    truncate = RankingCollator(tokenizer, 1, t.block_size, t.max_prompt_tokens).truncate_prompts
-    prompts = truncate([r["prompt"] for r in rankings])       # left-truncated like SFT/PRO; TRL keeps the start
+    collator = RankingCollator(tokenizer, 1, t.block_size, t.max_prompt_tokens)
+    prompts = collator.prompt_texts([r["prompt"] for r in rankings])   # left-truncated as for SFT/PRO
     pairs = [{"prompt": p, "chosen": " " + r["responses"][i], "rejected": " " + r["responses"][j]}
              for p, r in zip(prompts, rankings) for i, j in ranking_pairs(ranking_len, t.dpo_pairs)]
     kwargs.pop("remove_unused_columns")
@@ -326,15 +328,17 @@ def run_name(config: dict) -> str:
             f"{config_hash(hashed, length=12)}")
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` that was fully written (its trainer_state.json exists); half-written
-    newer ones (a kill during saving) are removed."""
+def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
+    """The newest ``checkpoint-N`` that was fully written (the Trainer writes trainer_state.json last);
+    with ``clean``, half-written newer ones (a kill during saving) are removed."""
     if not folder.exists():
         return None
     ckpts = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]))
     while ckpts and not (ckpts[-1] / "trainer_state.json").exists():
-        shutil.rmtree(ckpts.pop(), ignore_errors=True)
+        broken = ckpts.pop()
+        if clean:
+            shutil.rmtree(broken, ignore_errors=True)
     return ckpts[-1] if ckpts else None
 
 
@@ -385,9 +389,18 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
         if len(r["responses"]) < ranking_len:
             raise DataError(f"ranking {r['id']!r} has {len(r['responses'])} responses; n={ranking_len} needs "
                             f"{ranking_len}")
-        if algo == "pro" and recipe.train.use_temperature and any(map(math.isnan, r["rewards"][:ranking_len])):
-            raise DataError(f"ranking {r['id']!r} has no RM_train rewards, which PRO's temperature needs; rank "
-                            "the pool with RM_train (divscale rankings) or set train.use_temperature=false")
+        if algo == "pro" and recipe.train.use_temperature:
+            rewards = r["rewards"][:ranking_len]
+            if any(map(math.isnan, rewards)):
+                raise DataError(f"ranking {r['id']!r} has no RM_train rewards, which PRO's temperature needs; rank "
+                                "the pool with RM_train (divscale rankings) or set train.use_temperature=false")
+            if any(a < b - 1e-6 for a, b in itertools.pairwise(rewards)):
+                raise DataError(f"ranking {r['id']!r}: rewards {rewards} are not sorted best first")
+    batch_plan(recipe.train, algo, ranking_len)            # fail now, not after the run folder exists
+    if algo == "dpo":
+        ranking_pairs(ranking_len, recipe.train.dpo_pairs)
+    if recipe.train.eval_every < 1 or recipe.train.max_steps < 1:
+        raise ValueError("train.max_steps and train.eval_every must be >= 1")
     if (rm_train is None) != (not dev_prompts):
         raise ValueError("give both rm_train and dev_prompts (dev validation) or neither (keep the last step)")
     if policy_id is None:
@@ -402,17 +415,21 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
         return run_dir
     work = run_dir.with_name(run_dir.name + ".partial")
     main = int(os.environ.get("RANK", "0")) == 0
+    if (work / "DONE").exists():                       # killed between completion and the final rename
+        if main:
+            os.replace(work, run_dir)
+        _barrier()
+        return run_dir
+    log = RunLog(work, enabled=main)
     if main:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(work / "config.json", config)
-    _barrier()
-    log = RunLog(work, enabled=main)
-    checkpoint = last_complete_checkpoint(work / "trainer")
-    if main:
-        resumed_at = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-        log.truncate(resumed_at if checkpoint else -1)
+        checkpoint = last_complete_checkpoint(work / "trainer", clean=True)
+        log.truncate(int(checkpoint.name.split("-")[-1]) if checkpoint else -1)
         log.text(f"resume from {checkpoint.name}" if checkpoint else
                  f"start {run_dir.name}: {algo} n={ranking_len} k={n_prompts} seed={seed}")
+    _barrier()
+    checkpoint = last_complete_checkpoint(work / "trainer")
 
     model, tokenizer = policy() if callable(policy) else policy
     if copy_policy and not callable(policy):
@@ -429,17 +446,15 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
         trainer.remove_callback(PrinterCallback)       # the run's own log has every record
     start = time.time()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    state = trainer.state
+    best_step = state.best_global_step
+    if not best_step:                                  # no dev validation: the last step, as the official code
+        trainer.save_model(str(work / "trainer" / "final"))      # every process (a collective under ZeRO-3)
     _barrier()
 
     if main:
-        state = trainer.state
-        best_step = state.best_global_step
-        if best_step:
-            with atomic_path(work / "best") as tmp:
-                _copy_weights(work / "trainer" / f"checkpoint-{best_step}", tmp)
-        else:                                          # no dev validation: the last step, as the official code
-            with atomic_path(work / "best") as tmp:
-                trainer.save_model(str(tmp))
+        with atomic_path(work / "best") as tmp:
+            _copy_weights(work / "trainer" / (f"checkpoint-{best_step}" if best_step else "final"), tmp)
         losses = [r["loss"] for r in log.records() if "loss" in r]
         dev = {r["step"]: r["dev_reward"] for r in log.records() if "dev_reward" in r}
         atomic_write_json(work / "result.json", {
@@ -479,13 +494,12 @@ def prepare_inputs(recipe: Recipe, progress: bool = False) -> Inputs:
     key = config_hash(asdict(recipe.data), asdict(recipe.ranking), asdict(recipe.reward), asdict(recipe.policy))
     if key in _INPUTS:
         return _INPUTS[key]
-    from .data import load_rankings, rankings_from_pairs
-    from .evaluate import recipe_splits
+    from .data import load_rankings, load_splits, rankings_from_pairs
     from .grid import build_grid
     from .rankings import build_rankings
     from .reward import build_reward_models
 
-    splits = recipe_splits(recipe)
+    splits = load_splits(recipe.data)
     pool = rankings_from_pairs(splits["pool"])
     rankings4 = load_rankings(build_rankings(recipe, progress=progress))
     rm_train, _ = build_reward_models(recipe, pool)

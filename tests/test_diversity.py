@@ -94,7 +94,8 @@ def test_worked_example_exact():
     acc = dv.DiversityAccumulator()
     acc.add_many([X1, X2, X3])
     assert acc.result() == r
-    assert r.to_dict() == {"d": r.d, "r_unique": r.r_unique, "unique_ngrams": 5, "total_ngrams": 7, "n_prompts": 3}
+    assert r.to_dict() == {"d": r.d, "r_unique": r.r_unique, "unique_ngrams": 5, "total_ngrams": 7,
+                           "n_prompts": 3}
 
 
 def test_exponent_and_d_from():
@@ -132,6 +133,22 @@ def test_counts_match_python_reference(vocab, n):
     acc = dv.DiversityAccumulator(n=n)
     acc.add_many(arrays)
     assert (acc.unique_ngrams, acc.total_ngrams) == (r.unique_ngrams, r.total_ngrams)
+
+
+def test_repeated_prompts_counted_with_multiplicity(minilm, harmless_prompts):
+    assert dv.prompt_diversity(["A B C D", "F G", "A B C D", "A B C D"], word_tokenizer) == \
+        dv.diversity_from_ids([X1, X3, X1, X1])
+    prompts = harmless_prompts[:150] + harmless_prompts[:60] + ["A short one", "A short one"]
+    ids = [minilm(p, truncation=True, max_length=512)["input_ids"] for p in prompts]   # one at a time
+    assert dv.prompt_diversity(prompts, minilm) == dv.diversity_from_ids(ids)
+    assert dv.prompt_diversity(prompts, minilm, n=4) == dv.diversity_from_ids(ids, n=4)
+
+
+def test_bad_ids_raise():
+    for bad in ([[1.5, 2]], [[1, 2], [[1]]], [[1, -1]]):
+        with pytest.raises(ValueError):
+            dv.diversity_from_ids(bad)
+    assert dv.diversity_from_ids([[], [1, 2]]).total_ngrams == 1
 
 
 def test_ngram_codes():
@@ -334,7 +351,8 @@ def test_diversity_table_and_grid(minilm, harmless_prompts):
     assert table.loc[1, "d"] == pytest.approx(dv.prompt_diversity(sets["large"], minilm).d)
     assert "vendi" not in dv.diversity_table({"s": harmless_prompts[:20]}, minilm).columns
 
-    grid = dv.diversity_grid({100: sets["small"], 400: sets["large"]}, minilm, ns=(1, 2), exponents=(0.5, 1.0))
+    grid = dv.diversity_grid({100: sets["small"], 400: sets["large"]}, minilm, ns=(1, 2),
+                             exponents=(0.5, 1.0))
     assert list(grid.columns) == ["size", "n", "exponent", "d", "r_unique", "unique", "total"]
     assert len(grid) == 2 * 2 * 2
     row = grid[(grid["size"] == 400) & (grid["n"] == 2) & (grid["exponent"] == 0.5)].iloc[0]
@@ -407,7 +425,7 @@ def test_cli_empty_file(capsys, tmp_path, minilm_dir):
     path = tmp_path / "empty.jsonl.gz"
     with gzip.open(path, "wt") as fh:
         fh.write("\n")
-    code, out, err = run_cli(capsys, path, "--tokenizer", minilm_dir)
+    code, _, err = run_cli(capsys, path, "--tokenizer", minilm_dir)
     assert code == 1 and str(path) in err and "empty file" in err
 
 
@@ -416,7 +434,7 @@ def test_cli_subprocess(minilm_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     proc = subprocess.run([str(exe), "diversity", "data/hh-rlhf/harmless-base/test.jsonl.gz",
                            "--tokenizer", minilm_dir], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["n_prompts"] == 2312 and 0 < res["r_unique"] < 1

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from divscale.config import Recipe
-from divscale.evaluate import (bootstrap_ci, evaluate_checkpoint, evaluate_policy, llm_judge, paired_win_rate,
-                               parse_verdict, summarize)
+from divscale.evaluate import (
+    bootstrap_ci,
+    evaluate_checkpoint,
+    evaluate_policy,
+    llm_judge,
+    paired_win_rate,
+    parse_verdict,
+    summarize,
+)
 
 
 class LengthRM:
@@ -139,8 +146,8 @@ def test_evaluate_checkpoint_writes_run_files(tiny_gpt, tiny_tokenizer, tmp_path
     assert summary["n"]["Global"] == 6
     assert len((tmp_path / "run" / "generations.jsonl").read_text().splitlines()) == 6
     # the loaded checkpoint generates what the in-memory model generates
-    direct = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, LengthRM(), max_new_tokens=8, batch_size=4,
-                             max_prompt_tokens=64, n_boot=100)
+    direct = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, LengthRM(), max_new_tokens=8,
+                             batch_size=4, max_prompt_tokens=64, n_boot=100)
     assert [r["response"] for r in direct.records] == [r["response"] for r in res.records]
 
 
@@ -149,7 +156,7 @@ def test_evaluate_checkpoint_writes_run_files(tiny_gpt, tiny_tokenizer, tmp_path
 class _Judge(BaseHTTPRequestHandler):
     """Deterministic fake judge: prefers the reply containing "good"; "A" always when the dialogue says
     BIASED (position bias); a malformed answer when it says MALFORMED."""
-    seen_auth: list = []
+    seen_auth: list = []          # Authorization headers received (reset by the fixture)
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -193,8 +200,9 @@ def test_llm_judge_both_orders(judge_url, monkeypatch):
                "\n\nHuman: BIASED q4\n\nAssistant:", "\n\nHuman: MALFORMED q5\n\nAssistant:"]
     a = ["a good answer", "meh", "fine", "x", "y"]
     b = ["meh", "a good answer", "fine too", "z", "w"]
+    subsets = ["harmless-base", "helpful-base", "helpful-base", "helpful-online", "helpful-base"]
     res = llm_judge(prompts, a, b, base_url=judge_url, model="fake", api_key_env="DIVSCALE_TEST_JUDGE_KEY",
-                    subsets=["harmless-base", "helpful-base", "helpful-base", "helpful-online", "helpful-base"])
+                    subsets=subsets)
     # position bias ("A" in both orders) is a tie, never a win; the malformed reply is invalid, not a tie
     assert res["outcomes"] == ["win", "lose", "tie", "tie", "invalid"]
     assert (res["n_valid"], res["n_invalid"]) == (4, 1)
@@ -217,3 +225,59 @@ def test_parse_verdict():
     assert parse_verdict("**Tie**") == "tie"
     assert parse_verdict("A is better than B") is None
     assert parse_verdict("") is None
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def test_evaluate_cli_uses_run_config(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
+    """`divscale evaluate --run RUN` evaluates RUN/best with the run's saved settings + --set overrides."""
+    import datasets
+
+    import divscale.evaluate as ev
+    import divscale.reward as reward
+    from divscale.cli import main
+
+    run = tmp_path / "run"
+    tiny_gpt.save_pretrained(run / "best", safe_serialization=True)
+    tiny_tokenizer.save_pretrained(run / "best")
+    recipe_file = tmp_path / "mini.yaml"
+    recipe_file.write_text("eval:\n  max_new_tokens: 8\n  max_prompt_tokens: 64\n  bootstrap: 50\n")
+    (run / "config.json").write_text(json.dumps({"recipe": "mini", "train": {"max_steps": 7},
+                                                 "policy": {"block_size": 256}}))
+    rows = [{"prompt": p, "chosen": "c", "rejected": "r", "subset": s, "line": i + 1}
+            for s, ps in TEST_PROMPTS.items() for i, p in enumerate(ps)]
+    test = datasets.Dataset.from_list(rows)
+    seen = {}
+
+    def fake_rms(recipe, pool):
+        seen["recipe"] = recipe
+        return LengthRM(), LengthRM()
+
+    monkeypatch.setattr(ev, "recipe_splits", lambda recipe: {"pool": test, "dev": test, "test": test})
+    monkeypatch.setattr(reward, "build_reward_models", fake_rms, raising=False)
+    argv = ["evaluate", "--run", str(run), "--recipe", str(recipe_file), "--set", "eval.batch_size=3"]
+    assert main(argv) == 0
+    recipe = seen["recipe"]
+    assert (recipe.train.max_steps, recipe.policy.block_size, recipe.eval.batch_size) == (7, 256, 3)
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["n"]["Global"] == 6 and summary["eval_config"]["max_new_tokens"] == 8
+    assert str(run / "eval.json") in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(tmp_path / "nope"), "--recipe", str(recipe_file)]) == 1
+
+
+def test_compare_generations_pairs_by_prompt(tmp_path):
+    from divscale.evaluate import compare_generations
+    from divscale.io import DataError, atomic_write_jsonl
+
+    def recs(logits):
+        return [{"subset": s, "index": i, "prompt": f"p{s}{i}", "logit": lg}
+                for (s, i), lg in zip([("h", 0), ("h", 1), ("x", 0), ("x", 1)], logits)]
+
+    atomic_write_jsonl(tmp_path / "a.jsonl", recs([1.0, 2.0, 3.0, 4.0]))
+    atomic_write_jsonl(tmp_path / "b.jsonl", recs([0.0, 2.0, 5.0, 1.0])[::-1])     # order does not matter
+    res = compare_generations(tmp_path / "a.jsonl", tmp_path / "b.jsonl", n_boot=100)
+    assert res["Global"]["win_rate"] == pytest.approx(0.625)
+    assert (res["h"]["win"], res["h"]["tie"]) == (0.5, 0.5) and res["x"]["lose"] == 0.5
+    atomic_write_jsonl(tmp_path / "c.jsonl", recs([0.0, 0.0, 0.0]))
+    with pytest.raises(DataError, match="same test prompts"):
+        compare_generations(tmp_path / "a.jsonl", tmp_path / "c.jsonl")

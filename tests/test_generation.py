@@ -118,7 +118,8 @@ def test_stop_strings_and_eos_cut(overfit_gpt, tiny_tokenizer):
 
 def test_greedy_and_sampling_deterministic(tiny_gpt, tiny_tokenizer):
     kw = dict(max_new_tokens=10, max_prompt_tokens=64, stop_strings=(), batch_size=2)
-    assert generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw) == generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw)
+    greedy = generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw)
+    assert generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw) == greedy
     skw = dict(kw, do_sample=True, temperature=1.0, top_p=1.0, seed=7)
     torch.manual_seed(123)
     s1 = generate(tiny_gpt, tiny_tokenizer, PROMPTS, **skw)

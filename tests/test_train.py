@@ -1,0 +1,267 @@
+"""Training runs on tiny_gpt: SFT/PRO/DPO, best-on-dev selection, run directories, resume, determinism."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, TrainerCallback
+
+from divscale import train
+from divscale.config import Recipe
+from divscale.io import DataError
+
+QUESTIONS = ["How do I bake bread?", "What is the capital of France?", "Can you help me with my homework?",
+             "Tell me a joke.", "How do I fix a flat tire?", "What should I cook tonight?",
+             "Why is the sky blue?", "How do plants grow?"]
+RANKINGS = [{"id": f"toy-{i}", "prompt": f"\n\nHuman: {q}\n\nAssistant:",
+             "responses": ["I am happy to help you with that.", "Sure, let me think.", "No.", "bad bad bad"],
+             "rewards": [2.0, 1.0, -0.5, -1.5]} for i, q in enumerate(QUESTIONS)]
+DEV = [r["prompt"] for r in RANKINGS[:4]]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and a shared 2-core machine thrashes with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class LengthRM:
+    """A stand-in RM_train: longer answers score higher (deterministic, depends on the text only)."""
+
+    def score(self, prompts, responses, **kwargs):
+        assert len(prompts) == len(responses)
+        return np.array([len(r) / 10.0 - 1.0 for r in responses])
+
+
+class ScriptedRM:
+    """Returns a fixed dev reward per call (call i -> logits[i]) to script which step is best."""
+
+    def __init__(self, logits):
+        self.logits, self.calls = list(logits), 0
+
+    def score(self, prompts, responses, **kwargs):
+        value = self.logits[self.calls]
+        self.calls += 1
+        return np.full(len(responses), value)
+
+
+class Snapshot(TrainerCallback):
+    """Copies the weights at the end of every step (what the dev callback evaluates and checkpoints)."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+class Kill(TrainerCallback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt(f"killed at step {self.at_step}")
+
+
+class MustNotTrain(TrainerCallback):
+    def on_train_begin(self, *args, **kwargs):
+        raise AssertionError("a completed run must not train again")
+
+
+def tiny_recipe(**train_overrides) -> Recipe:
+    recipe = Recipe(name="tiny")
+    settings = {"max_steps": 6, "prompts_per_step": 4, "per_device_batch": 4, "per_device_batch_by_n": {},
+                "lr": 3e-3, "eval_every": 3, "block_size": 128, "max_prompt_tokens": 96, "dev_max_new_tokens": 8,
+                "dev_batch_size": 8}
+    settings.update(train_overrides)
+    for key, value in settings.items():
+        setattr(recipe.train, key, value)
+    return recipe
+
+
+def run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, algo="pro", n=3, seed=42, rm="length", sub="runs", **kw):
+    rm = LengthRM() if rm == "length" else rm
+    return train.train_run(recipe, algo, n, len(RANKINGS), seed, grid=RANKINGS, policy=(tiny_gpt, tiny_tokenizer),
+                           rm_train=rm, dev_prompts=DEV if rm is not None else None, runs_dir=tmp_path / sub, **kw)
+
+
+def losses(run_dir):
+    return [r["loss"] for r in train.RunLog(run_dir).records() if "loss" in r]
+
+
+def load_best(run_dir):
+    return GPT2LMHeadModel.from_pretrained(run_dir / "best", use_safetensors=True)
+
+
+@pytest.mark.parametrize("algo", ["sft", "pro", "dpo"])
+def test_each_algorithm_trains(algo, tmp_path, tiny_gpt, tiny_tokenizer):
+    recipe = tiny_recipe(max_steps=8, eval_every=8)
+    before = {k: v.clone() for k, v in tiny_gpt.state_dict().items()}
+    run_dir = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, algo=algo)
+    curve = losses(run_dir)
+    assert len(curve) == 8 and all(math.isfinite(x) for x in curve)
+    assert np.mean(curve[-2:]) < curve[0]                         # a memorisable toy: the loss goes down
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == 8 and result["selection"] == "dev" and result["best_step"] in (8,)
+    assert set(result["dev_rewards"]) == {"0", "8"}
+    assert all(torch.equal(before[k], v) for k, v in tiny_gpt.state_dict().items())   # the caller's policy untouched
+    best = load_best(run_dir)
+    assert not all(torch.equal(before[k], v) for k, v in best.state_dict().items() if k in before)
+    assert (run_dir / "best" / "tokenizer.json").exists() and (run_dir / "config.json").exists()
+    if algo == "pro":
+        rec = next(r for r in train.RunLog(run_dir).records() if "loss" in r)
+        assert rec["loss_total"] == pytest.approx(rec["loss_pro"] + 0.05 * 4 * rec["loss_sft"], rel=1e-5)
+        assert {"loss_rank_1", "loss_rank_2"} <= set(rec)
+
+
+def test_best_checkpoint_is_the_best_dev_step(tmp_path, tiny_gpt, tiny_tokenizer):
+    # dev rewards by evaluation: step 0 (highest, but not selectable), 2, 4 (best), 6
+    rm = ScriptedRM([5.0, -1.0, 2.0, 0.5])
+    snap = Snapshot()
+    run_dir = run(tiny_recipe(max_steps=6, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, rm=rm, callbacks=[snap])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert rm.calls == 4
+    assert result["best_step"] == 4 and result["best_dev_reward"] == pytest.approx(1 / (1 + math.exp(-2.0)))
+    dev = [r for r in train.RunLog(run_dir).records() if "dev_reward" in r]
+    assert [(r["step"], r["selectable"]) for r in dev] == [(0, False), (2, True), (4, True), (6, True)]
+    best = dict(load_best(run_dir).named_parameters())
+    assert all(torch.equal(best[k], v) for k, v in snap.weights[4].items())
+    assert not all(torch.equal(best[k], v) for k, v in snap.weights[6].items())
+
+
+def test_without_validation_the_last_step_is_kept(tmp_path, tiny_gpt, tiny_tokenizer):
+    snap = Snapshot()
+    run_dir = run(tiny_recipe(max_steps=3), tmp_path, tiny_gpt, tiny_tokenizer, rm=None, callbacks=[snap])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["selection"] == "last" and result["best_step"] == 3
+    best = dict(load_best(run_dir).named_parameters())
+    assert all(torch.equal(best[k], v) for k, v in snap.weights[3].items())
+
+
+def test_run_dir_is_atomic_and_skipped_when_done(tmp_path, tiny_gpt, tiny_tokenizer):
+    seen = {}
+
+    class Look(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            folders = list((tmp_path / "runs" / "train").iterdir())
+            seen[state.global_step] = sorted(p.name.endswith(".partial") for p in folders)
+
+    run_dir = run(tiny_recipe(max_steps=2, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, callbacks=[Look()])
+    assert seen == {1: [True], 2: [True]}                          # only the .partial folder while training
+    assert sorted(p.name for p in run_dir.iterdir()) == ["DONE", "best", "config.json", "metrics.jsonl",
+                                                         "result.json", "train.log"]
+    assert not run_dir.with_name(run_dir.name + ".partial").exists()
+    stamp = (run_dir / "result.json").stat().st_mtime_ns
+    again = run(tiny_recipe(max_steps=2, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, callbacks=[MustNotTrain()])
+    assert again == run_dir and (run_dir / "result.json").stat().st_mtime_ns == stamp
+    run_dir.rename(run_dir.with_name(run_dir.name + ".partial"))  # as if killed just before the final rename
+    again = run(tiny_recipe(max_steps=2, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, callbacks=[MustNotTrain()])
+    assert again == run_dir and (run_dir / "DONE").exists() and (run_dir / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_gpt, tiny_tokenizer):
+    recipe = tiny_recipe(max_steps=8, eval_every=2)
+    whole = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="killed", callbacks=[Kill(5)])
+    (partial,) = (tmp_path / "killed" / "train").iterdir()
+    assert partial.name.endswith(".partial")
+    checkpoints = [p.name for p in (partial / "trainer").iterdir() if p.name.startswith("checkpoint")]
+    assert max(checkpoints, key=lambda name: int(name.split("-")[1])) == "checkpoint-4"
+    torn = partial / "trainer" / "checkpoint-6"                    # as if killed while writing a checkpoint
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"half")
+    resumed = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="killed")
+    a, b = (json.loads((d / "result.json").read_text()) for d in (whole, resumed))
+    assert b["resumed_from"] == "checkpoint-4" and a["resumed_from"] is None
+    assert a["final_sha256"] == b["final_sha256"]                  # bit-identical final weights
+    assert losses(whole) == losses(resumed) and len(losses(whole)) == 8
+    assert a["dev_rewards"] == b["dev_rewards"] and a["best_step"] == b["best_step"]
+    steps = [[(r["step"], "loss" in r) for r in train.RunLog(d).records()] for d in (whole, resumed)]
+    assert steps[0] == steps[1]                                     # no record lost or repeated by the resume
+    best_a, best_b = load_best(whole).state_dict(), load_best(resumed).state_dict()
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+def test_same_seed_same_curve(tmp_path, tiny_gpt, tiny_tokenizer):
+    recipe = tiny_recipe(max_steps=4, eval_every=4)
+    first = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="a")
+    second = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="b")
+    other = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="c", seed=43)
+    assert losses(first) == losses(second)
+    assert [r for r in train.RunLog(first).records() if "dev_reward" in r][-1]["dev_reward"] == \
+        [r for r in train.RunLog(second).records() if "dev_reward" in r][-1]["dev_reward"]
+    assert losses(first) != losses(other)                           # another seed: another data order
+
+
+def test_run_hash_covers_what_matters(tmp_path, tiny_gpt, tiny_tokenizer):
+    base = tiny_recipe()
+    pid = train.policy_fingerprint(tiny_gpt, tiny_tokenizer)
+
+    def name(recipe=base, rankings=RANKINGS, algo="pro", policy_id=pid, dev=DEV):
+        cfg = train.run_config(recipe, algo, 3, 8, 42, [train.ranking_record(r) for r in rankings], dev,
+                               policy_id, "LengthRM")
+        return train.run_name(cfg)
+
+    assert name().startswith("pro-n3-k8-s42-")
+    lr = tiny_recipe(lr=1e-4)
+    seeds = tiny_recipe()
+    seeds.train.seeds = [1]                                         # enumerates the grid: not part of a run
+    renamed = tiny_recipe()
+    renamed.name = "another-recipe"
+    edited = [dict(RANKINGS[0], responses=["changed"] + RANKINGS[0]["responses"][1:])] + RANKINGS[1:]
+    assert name(lr) != name() and name(rankings=edited) != name() and name(algo="sft") != name()
+    assert name(policy_id="other") != name() and name(dev=DEV[:2]) != name()
+    assert name(seeds) == name() and name(renamed) == name()
+
+
+def test_bad_inputs_fail_before_training(tmp_path, tiny_gpt, tiny_tokenizer):
+    recipe = tiny_recipe()
+    with pytest.raises(DataError, match="toy-0.*needs 4"):
+        train.train_run(recipe, "pro", 4, 8, 42, grid=[dict(r, responses=r["responses"][:3]) for r in RANKINGS],
+                        policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    no_rewards = [dict(r, rewards=None) for r in RANKINGS]
+    with pytest.raises(DataError, match="no RM_train rewards"):
+        train.train_run(recipe, "pro", 2, 8, 42, grid=no_rewards, policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    unsorted = [dict(r, rewards=[0.0, 1.0, -0.5, -1.5]) for r in RANKINGS]
+    with pytest.raises(DataError, match="not sorted best first"):
+        train.train_run(recipe, "pro", 2, 8, 42, grid=unsorted, policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds 8 rankings, expected 5"):
+        train.train_run(recipe, "sft", 2, 5, 42, grid=RANKINGS, policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="no grid cell"):
+        train.train_run(recipe, "sft", 2, 8, 42, grid={(3, 8): RANKINGS}, policy=(tiny_gpt, tiny_tokenizer),
+                        runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown algo"):
+        train.train_run(recipe, "ppo", 2, 8, 42, grid=RANKINGS, policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="both rm_train and dev_prompts"):
+        train.train_run(recipe, "sft", 2, 8, 42, grid=RANKINGS, policy=(tiny_gpt, tiny_tokenizer),
+                        rm_train=LengthRM(), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="not a multiple"):
+        train.train_run(tiny_recipe(prompts_per_step=6), "sft", 2, 8, 42, grid=RANKINGS,
+                        policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path)
+    assert not (tmp_path / "train").exists()                       # nothing half-written
+    # SFT and DPO do not need rewards; without rewards PRO runs with use_temperature off
+    assert train.train_run(tiny_recipe(max_steps=1, use_temperature=False), "pro", 2, 8, 42, grid=no_rewards,
+                           policy=(tiny_gpt, tiny_tokenizer), runs_dir=tmp_path).exists()
+
+
+def test_batch_plan_and_pairs():
+    cfg = tiny_recipe(prompts_per_step=112, per_device_batch=8, per_device_batch_by_n={4: 4}).train
+    assert train.batch_plan(cfg, "pro", 2, world=7) == (8, 2)
+    assert train.batch_plan(cfg, "pro", 4, world=7) == (4, 4)
+    assert train.batch_plan(cfg, "sft", 4, world=7) == (8, 2)      # SFT puts one sequence per prompt through
+    assert train.batch_plan(cfg, "dpo", 4, world=1) == (8, 14)
+    with pytest.raises(ValueError, match="not a multiple"):
+        train.batch_plan(cfg, "pro", 2, world=8)
+    assert train.ranking_pairs(4) == [(0, 1), (0, 2), (0, 3)]
+    assert train.ranking_pairs(4, "adjacent") == [(0, 1), (1, 2), (2, 3)]
+    assert len(train.ranking_pairs(4, "all")) == 6
+    with pytest.raises(ValueError, match="dpo_pairs"):
+        train.ranking_pairs(3, "random")
