@@ -11,6 +11,9 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
+# A local copy of the data laid out like shared/data (hh-rlhf/, pro-hh/, oasst1/): linked into data/ when
+# data/ lacks it. Without one, divscale reads HH-RLHF from the hub (HF_HUB_OFFLINE=0).
+LOCAL_DATA ?= ../shared/data
 
 .PHONY: help setup data test test-fast figures results notebooks clean bench
 
@@ -26,10 +29,44 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip check
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install divscale with its dependencies
+setup: $(VENV)/.installed  ## create .venv, install divscale and its dependencies, link LOCAL_DATA into data/
+	@for d in hh-rlhf pro-hh oasst1; do \
+	  if [ ! -e data/$$d ] && [ -d "$(LOCAL_DATA)/$$d" ]; then \
+	    mkdir -p data && ln -s "$$(cd "$(LOCAL_DATA)/$$d" && pwd)" data/$$d && echo "linked data/$$d -> $(LOCAL_DATA)/$$d"; fi; done
 
 data: setup  ## fetch HH-RLHF from the hub into data/hh-rlhf (offline: link a local copy there instead)
 	HF_HUB_OFFLINE=0 $(PY) -m divscale.data download --out data/hh-rlhf
+
+# ---------------------------------------------------------------- the study, rebuilt by Make
+# Executed notebooks are build products in runs/<recipe>/notebooks/; each is redone only when its
+# notebook, the package or the recipe changed. The grid (04_finetune once per cell, via papermill)
+# skips cells that are already complete, so an interrupted `make figures` resumes where it stopped.
+NB_OUT := runs/$(RECIPE)/notebooks
+DEPS := $(wildcard divscale/*.py) recipes/$(RECIPE).yaml $(VENV)/.installed
+RESULTS := results/$(RECIPE)/runs.csv
+nb = $(NB_OUT)/$(1).ipynb
+
+$(NB_OUT)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(DEPS)
+	$(PY) -m divscale.cli notebook run $* --recipe $(RECIPE)
+
+$(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction)
+	$(PY) -m divscale.cli grid --recipe $(RECIPE) -j $(JOBS)
+
+$(call nb,05_allocation) $(call nb,06_diversity_regression): $(RESULTS)
+$(call nb,02_prompt_diversity) $(call nb,03_reward_models) $(call nb,07_augmentation) \
+  $(call nb,08_selection): $(call nb,01_data_construction)
+
+FIGURE_NOTEBOOKS := 01_data_construction 02_prompt_diversity 03_reward_models 05_allocation \
+  06_diversity_regression 07_augmentation 08_selection
+
+results: setup $(RESULTS)  ## run the missing cells of RECIPE's grid (default cpu) into results/RECIPE/runs.csv
+
+figures: setup $(foreach n,$(FIGURE_NOTEBOOKS),$(call nb,$(n)))  ## rebuild every figure of RECIPE (default cpu) into figures/RECIPE/
+	@echo "figures in figures/$(RECIPE)/:"; ls figures/$(RECIPE)/*.png
+
+notebooks: setup  ## sync every notebooks/*.ipynb from its py:percent source, then check the pairs
+	$(PY) -m divscale.cli notebook sync
+	$(PY) -m divscale.cli notebook check
 
 test: setup  ## run the test suite (offline)
 	$(PY) -m pytest -q

@@ -419,7 +419,7 @@ def equal_budget_table(df: pd.DataFrame, budgets, y: str = "reward_global", leng
     return pd.DataFrame(rows)
 
 
-def _difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidence: float):
+def mean_difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidence: float):
     """Mean difference a − b with a CI: Welch (independent runs) or paired by seed."""
     if method == "paired":
         m = a[["seed", y]].merge(b[["seed", y]], on="seed", suffixes=("_a", "_b"))
@@ -434,7 +434,7 @@ def _difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidenc
     return mean, float(ci.low), float(ci.high), min(len(xa), len(xb))
 
 
-def _status(lo: float, hi: float) -> str:
+def ci_status(lo: float, hi: float) -> str:
     if math.isnan(lo) or math.isnan(hi):
         return "inconclusive (one run per cell: no CI)"
     if lo > 0:
@@ -475,8 +475,8 @@ def more_responses_beat_more_prompts(df: pd.DataFrame, budget: int, y: str = "re
             out[f"diff_{key}"], out[f"ci_{key}"], out[f"status_{key}"] = math.nan, (math.nan, math.nan), "missing"
             parts.append(f"n={n} vs n=2: no runs for (n={n}, {_diagonal_prompts(budget, n)} prompts)")
             continue
-        mean, lo, hi, k = _difference(cells[n], cells[2], y, method, confidence)
-        status = _status(lo, hi)
+        mean, lo, hi, k = mean_difference(cells[n], cells[2], y, method, confidence)
+        status = ci_status(lo, hi)
         out[f"diff_{key}"], out[f"ci_{key}"], out[f"status_{key}"], out[f"runs_{key}"] = mean, (lo, hi), status, k
         ci_text = "no CI" if math.isnan(lo) else f"{confidence:.0%} CI [{lo:+.2f}, {hi:+.2f}]"
         parts.append(f"n={n} vs n=2: {status} (Δ = {mean:+.2f}, {ci_text})")

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "train": ("divscale.train", "fine-tune one grid cell (SFT, PRO or DPO)"),
     "evaluate": ("divscale.evaluate", "generate on test prompts and score with RM_test"),
     "grid": ("divscale.grid_runner", "run every cell of a recipe's grid (papermill)"),
+    "notebook": ("divscale.notebooks", "execute a notebook with papermill; check / sync the jupytext pairs"),
     "augment": ("divscale.augment", "diversity-guided augmentation of a seed subset"),
     "select": ("divscale.select", "select a budgeted subset (Deita, d-greedy, random, ...)"),
 }

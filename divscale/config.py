@@ -123,8 +123,10 @@ class GridConfig:
 
 @dataclass
 class AugmentConfig:
-    seed_size: int = 1500
+    seed_size: int = 1500                # the seed set S: the first seed_size prompts of the grid order
     add: int = 1500                      # K prompts to add
+    candidate_pool: int = 6000           # U: pool prompts outside the grid drawn as candidates (seeded order)
+    ranking_len: int = 2                 # n of the training rankings in the augmentation experiment
     candidates_per_round: int = 50       # m
     jaccard_tau: float = 0.5
     backend: str = "exact"               # exact | minhash
@@ -141,7 +143,10 @@ class AugmentConfig:
 
 @dataclass
 class SelectConfig:
-    budget: int = 1500
+    budget: int = 1500                   # prompts selected (annotation budget = budget x ranking_len)
+    candidate_pool: int = 6000           # pool prompts outside the grid that every selector chooses from
+    ranking_len: int = 2                 # n of the training rankings of the selected prompts
+    algos: list[str] = field(default_factory=lambda: ["pro"])
     tau: float = 0.9                     # Deita: max cosine *similarity* to kept samples
     scorer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # complexity scorer (GPU: hkust-nlp/deita-complexity-scorer)
     quality_scorer: str | None = None    # None: the same model (GPU: hkust-nlp/deita-quality-scorer)

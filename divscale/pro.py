@@ -103,7 +103,7 @@ def pro_loss(scores: torch.Tensor, rewards: torch.Tensor | None = None,
 
 # --------------------------------------------------------------------------- sequences
 
-def _field(record: Any, name: str, default: Any = None) -> Any:
+def record_field(record: Any, name: str, default: Any = None) -> Any:
     if isinstance(record, dict):
         return record.get(name, default)
     return getattr(record, name, default)
@@ -163,11 +163,11 @@ class RankingCollator:
         """``(token ids, prompt length P)`` for each (record, candidate), record-major."""
         prompts, responses, where = [], [], []
         for i, rec in enumerate(records):
-            cands = list(_field(rec, "responses") or [])
-            rid = _field(rec, "id", i)
+            cands = list(record_field(rec, "responses") or [])
+            rid = record_field(rec, "id", i)
             if len(cands) < self.n:
                 raise DataError(f"ranking {rid!r} has {len(cands)} response(s); this run needs {self.n}")
-            prompts.append(_field(rec, "prompt"))
+            prompts.append(record_field(rec, "prompt"))
             responses.append(cands[:self.n])
             where.append(rid)
         prompts = self.prompt_texts(prompts)
@@ -195,9 +195,10 @@ class RankingCollator:
             input_ids[j, :len(ids)] = torch.tensor(ids)
             attention[j, :len(ids)] = 1
             response[j, p:len(ids)] = 1
-        rewards = [[math.nan if r is None else float(r) for r in list(_field(rec, "rewards") or [None] * n)[:n]]
-                   for rec in records]
-        rewards = [r + [math.nan] * (n - len(r)) for r in rewards]
+        rewards = []
+        for rec in records:
+            row = [math.nan if r is None else float(r) for r in list(record_field(rec, "rewards") or [])[:n]]
+            rewards.append(row + [math.nan] * (n - len(row)))
         return {"input_ids": input_ids.view(batch, n, seq), "attention_mask": attention.view(batch, n, seq),
                 "response_mask": response.view(batch, n, seq), "rewards": torch.tensor(rewards, dtype=torch.float32)}
 

@@ -58,7 +58,7 @@ from transformers import PrinterCallback, TrainerCallback
 from . import paths
 from .config import Recipe, config_hash, load_recipe, parse_overrides
 from .io import DataError, atomic_path, atomic_write_json, atomic_write_text
-from .pro import _field
+from .pro import record_field
 
 ALGOS = ("sft", "pro", "dpo")
 DPO_PAIRS = ("best-vs-rest", "adjacent", "all")
@@ -102,9 +102,10 @@ def ranking_pairs(n: int, how: str = "best-vs-rest") -> list[tuple[int, int]]:
 
 def ranking_record(r: Any) -> dict:
     """A ranking (``divscale.data.Ranking`` or dict) as a plain dict with the fields training uses."""
-    rewards = _field(r, "rewards")
-    return {"id": str(_field(r, "id", "")), "prompt": _field(r, "prompt"), "responses": list(_field(r, "responses")),
-            "rewards": [math.nan if x is None else float(x) for x in (rewards or [None] * len(_field(r, "responses")))]}
+    responses = list(record_field(r, "responses"))
+    rewards = record_field(r, "rewards") or [None] * len(responses)
+    return {"id": str(record_field(r, "id", "")), "prompt": record_field(r, "prompt"), "responses": responses,
+            "rewards": [math.nan if x is None else float(x) for x in rewards]}
 
 
 def sha256_json(obj: Any) -> str:
@@ -474,60 +475,21 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
 
 # --------------------------------------------------------------------------- the real pipeline
 
-@dataclass
-class Inputs:
-    """What every cell of a recipe shares: splits, RM_train, the budgeted grid, dev prompts, policy texts."""
-    splits: dict
-    rm_train: Any
-    rankings4: list
-    grid: dict
-    dev_prompts: list[str]
-    policy_texts: list[str]
-
-
-_INPUTS: dict[str, Inputs] = {}
-
-
-def prepare_inputs(recipe: Recipe, progress: bool = False) -> Inputs:
-    """Splits -> RM_train -> 4-rankings -> grid for a recipe (each step cached on disk by its owner module,
-    the whole result cached in this process)."""
-    key = config_hash(asdict(recipe.data), asdict(recipe.ranking), asdict(recipe.reward), asdict(recipe.policy))
-    if key in _INPUTS:
-        return _INPUTS[key]
-    from .data import load_rankings, load_splits, rankings_from_pairs
-    from .grid import build_grid
-    from .rankings import build_rankings
-    from .reward import build_reward_models
-
-    splits = load_splits(recipe.data)
-    pool = rankings_from_pairs(splits["pool"])
-    rankings4 = load_rankings(build_rankings(recipe, progress=progress))
-    rm_train, _ = build_reward_models(recipe, pool)
-    grid = build_grid(rankings4, recipe.data.sizes, tuple(recipe.data.ranking_lengths), seed=recipe.data.grid_seed)
-    inputs = Inputs(splits=splits, rm_train=rm_train, rankings4=rankings4, grid=grid,
-                    dev_prompts=list(splits["dev"]["prompt"]), policy_texts=policy_texts(splits["pool"]))
-    _INPUTS[key] = inputs
-    return inputs
-
-
 def run_cell(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
-             runs_dir: str | os.PathLike = paths.RUNS_DIR, progress: bool = False) -> Path:
-    """Train one cell of a recipe's grid with the real data, RM_train and policy; returns the run directory."""
-    from .models import load_policy, texts_hash
+             runs_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
+    """Train one cell of a recipe's grid with the real data, RM_train and policy; returns the run directory.
 
-    if world_size() > 1:                              # under accelerate: the main process builds the caches first
+    The inputs (splits, RM_train, 4-rankings, grid, policy) come from :mod:`divscale.pipeline`; under
+    ``accelerate launch`` the main process builds those caches first.
+    """
+    from . import pipeline
+
+    if world_size() > 1:
         from accelerate import PartialState
 
         with PartialState().main_process_first():
-            inputs = prepare_inputs(recipe, progress=progress)
-    else:
-        inputs = prepare_inputs(recipe, progress=progress)
-    policy_id = (f"tiny-gpt:{texts_hash(inputs.policy_texts)}" if recipe.policy.model == "tiny-gpt"
-                 else f"hub:{recipe.policy.model}")
-    return train_run(recipe, algo, ranking_len, n_prompts, seed, grid=inputs.grid,
-                     policy=lambda: load_policy(recipe.policy, inputs.policy_texts, progress=progress),
-                     policy_id=policy_id, rm_train=inputs.rm_train, dev_prompts=inputs.dev_prompts,
-                     runs_dir=runs_dir, progress=progress)
+            pipeline.grid(recipe)
+    return pipeline.train_cell(recipe, algo, ranking_len, n_prompts, seed, runs_dir=runs_dir, progress=progress)
 
 
 def launch_command(recipe: Recipe, recipe_arg: str, algo: str, ranking_len: int, n_prompts: int, seed: int,
@@ -559,8 +521,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def command(args) -> int:
     recipe = load_recipe(args.recipe, parse_overrides(args.set))
-    run = run_cell(recipe, args.algo, args.ranking_len, args.prompts, args.seed,
-                   runs_dir=args.runs_dir or paths.RUNS_DIR, progress=args.progress)
+    run = run_cell(recipe, args.algo, args.ranking_len, args.prompts, args.seed, runs_dir=args.runs_dir,
+                   progress=args.progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run)
     return 0

@@ -140,13 +140,15 @@ def test_paper_code_path_with_a_tiny_model(name, algo, tmp_path, tiny_gpt, tiny_
 
 
 def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, monkeypatch, capsys):
-    """``divscale train`` -> run_cell -> prepare_inputs (stubbed here) -> load_policy (stubbed) -> train_run."""
+    """``divscale train`` -> run_cell -> divscale.pipeline (stubbed here) -> load_policy (stubbed) -> train_run."""
     import divscale.models
+    from divscale import pipeline
 
-    inputs = train.Inputs(splits={}, rm_train=LengthRM(), rankings4=RANKINGS, grid={(3, 4): RANKINGS},
-                          dev_prompts=[r["prompt"] for r in RANKINGS[:2]], policy_texts=["some text"])
     calls = []
-    monkeypatch.setattr(train, "prepare_inputs", lambda recipe, progress=False: inputs)
+    monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["some text"])
+    monkeypatch.setattr(pipeline, "reward_models", lambda R: (LengthRM(), LengthRM()))
+    monkeypatch.setattr(pipeline, "grid", lambda R: {(3, 4): RANKINGS})
+    monkeypatch.setattr(pipeline, "dev_prompts", lambda R: [r["prompt"] for r in RANKINGS[:2]])
     monkeypatch.setattr(divscale.models, "load_policy",
                         lambda cfg, texts, progress=False: calls.append(texts) or (tiny_gpt, tiny_tokenizer))
     argv = ["train", "--recipe", "smoke", "--algo", "pro", "--ranking-len", "3", "--prompts", "4", "--seed", "42",

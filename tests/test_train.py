@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,54 @@ def test_batch_plan_and_pairs():
     assert len(train.ranking_pairs(4, "all")) == 6
     with pytest.raises(ValueError, match="dpo_pairs"):
         train.ranking_pairs(3, "random")
+
+
+TORCHRUN_SCRIPT = """
+import json, os, sys
+import numpy as np, torch
+from transformers import AutoTokenizer, GPT2LMHeadModel
+from divscale import train
+from divscale.config import Recipe
+
+torch.set_num_threads(1)
+folder, runs, rankings = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read())
+model, tok = GPT2LMHeadModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+class LengthRM:
+    def score(self, prompts, responses, **kwargs):
+        return np.array([len(r) / 10.0 - 1.0 for r in responses])
+
+recipe = Recipe(name="ddp")
+for key, value in dict(max_steps=4, prompts_per_step=4, per_device_batch=2, per_device_batch_by_n={}, lr=3e-3,
+                       eval_every=2, block_size=128, max_prompt_tokens=96, dev_max_new_tokens=8).items():
+    setattr(recipe.train, key, value)
+run = train.train_run(recipe, "pro", 3, len(rankings), 42, grid=rankings, policy=(model, tok), rm_train=LengthRM(),
+                      dev_prompts=[r["prompt"] for r in rankings[:4]], runs_dir=runs)
+print("RUN", os.environ["RANK"], os.environ["WORLD_SIZE"], run, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path, tiny_gpt, tiny_tokenizer):
+    """The distributed path: main-only writes, barriers, the dev reward broadcast to every process."""
+    import os
+    import subprocess
+    import sys
+
+    tiny_gpt.save_pretrained(tmp_path / "policy")
+    tiny_tokenizer.save_pretrained(tmp_path / "policy")
+    (tmp_path / "rankings.json").write_text(json.dumps(RANKINGS))
+    (tmp_path / "script.py").write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          str(tmp_path / "script.py"), str(tmp_path / "policy"), str(tmp_path / "runs"),
+                          str(tmp_path / "rankings.json")], capture_output=True, text=True, env=env, timeout=600,
+                         check=False)
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("RUN"))
+    assert out.returncode == 0 and len(lines) == 2, out.stderr[-3000:]
+    run_dir = Path(lines[0].split()[-1])
+    assert [line.split()[1:] for line in lines] == [["0", "2", str(run_dir)], ["1", "2", str(run_dir)]]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == 4 and result["best_step"] in (2, 4) and set(result["dev_rewards"]) == {"0", "2", "4"}
+    assert len([r for r in train.RunLog(run_dir).records() if "dev_reward" in r]) == 3     # written once
+    assert [p.name for p in (tmp_path / "runs" / "train").iterdir()] == [run_dir.name]

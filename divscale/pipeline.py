@@ -1,0 +1,502 @@
+"""The wiring from a recipe to results: what the notebooks and ``divscale grid`` call.
+
+Each function is one step of the study for one recipe; the heavy steps are cached on disk by the
+module that does the work (splits, reward models, generations, runs), and memoised here for the
+life of the process so a notebook can call them freely::
+
+    R = load("cpu")
+    splits(R)                 pool / dev / test (divscale.data.load_splits)
+    reward_models(R)          RM_train, RM_test (divscale.reward.build_reward_models)
+    grid_pool(R)              the pool prompts the grid uses: the first max(sizes) of the seeded shuffle
+    rankings4(R)              those pairs extended to 4-rankings ordered by RM_train (divscale.rankings)
+    grid(R)                   {(n, k): rankings}: nested subsets, same prompts for every n (divscale.grid)
+    run_cell(R, algo, n, k, seed)   train -> best checkpoint -> RM_test on the test prompts -> one result row
+
+Only the grid's prompts are extended with the generator (the official code extends the whole pool
+and then shuffles; shuffling first and extending the prefix that the largest subset uses gives the
+same subsets at a fraction of the generation cost).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import paths
+from .config import Recipe, config_hash, load_recipe
+from .io import DataError, atomic_write_json
+
+# --------------------------------------------------------------------------------------------- recipe
+
+_MEMO: dict[tuple, Any] = {}
+
+
+def load(recipe: str | Recipe, overrides: str | dict | None = None) -> Recipe:
+    """A recipe by name/path (``overrides``: dotted keys, as a dict or a JSON string from papermill)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides or "{}")
+    return load_recipe(recipe, overrides or {})
+
+
+def _memo(step: str, R: Recipe, build):
+    key = (step, R.hash())
+    if key not in _MEMO:
+        _MEMO[key] = build()
+    return _MEMO[key]
+
+
+def figures_dir(R: Recipe) -> Path:
+    path = paths.FIGURES_DIR / R.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir(R: Recipe) -> Path:
+    return paths.RESULTS_DIR / R.name
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def splits(R: Recipe) -> dict:
+    from .data import load_splits
+
+    return _memo("splits", R, lambda: load_splits(R.data))
+
+
+def pool_pairs(R: Recipe) -> list:
+    """The whole pool as 2-rankings in human order (what the reward models train on)."""
+    from .data import rankings_from_pairs
+
+    return _memo("pool_pairs", R, lambda: rankings_from_pairs(splits(R)["pool"]))
+
+
+def reward_models(R: Recipe):
+    """(RM_train, RM_test): different models, trained on disjoint halves of the pool's human pairs."""
+    from .reward import build_reward_models
+
+    return _memo("reward_models", R, lambda: build_reward_models(R, splits(R)["pool"]))
+
+
+def grid_pool(R: Recipe) -> list:
+    """The pool pairs the grid draws on: the first max(sizes) prompts of the seeded shuffle."""
+    from .grid import nested_subsets
+
+    largest = max(R.data.sizes)
+    pool = pool_pairs(R)
+    if largest > len(pool):
+        raise ValueError(f"recipe {R.name}: the largest subset size {largest} exceeds the pool "
+                         f"({len(pool)} prompts); lower data.sizes or raise data.pool_size")
+    return nested_subsets(pool, [largest], seed=R.data.grid_seed)[largest]
+
+
+def rankings4(R: Recipe) -> list:
+    """The grid prompts' 4-rankings: 2 human + k generated responses, ordered by RM_train."""
+    from .data import load_rankings
+    from .rankings import build_rankings
+
+    def build():
+        rm_train, _ = reward_models(R)
+        return load_rankings(build_rankings(R, pool=grid_pool(R), rm_train=rm_train, progress=True))
+
+    return _memo("rankings4", R, build)
+
+
+def grid(R: Recipe) -> dict:
+    from .grid import build_grid
+
+    return _memo("grid", R, lambda: build_grid(rankings4(R), R.data.sizes, tuple(R.data.ranking_lengths),
+                                               seed=R.data.grid_seed))
+
+
+def grid_budget_table(cells: dict) -> pd.DataFrame:
+    """One row per grid cell: ranking length, #prompts and annotation cost (#prompts × n)."""
+    return pd.DataFrame([{"ranking_len": n, "n_prompts": k, "annotations": n * k}
+                         for (n, k) in sorted(cells)])
+
+
+def grid_is_nested(cells: dict) -> bool:
+    """Subsets nested by size, and the same prompts for every ranking length at a size."""
+    by_n: dict[int, list] = {}
+    for (n, k) in sorted(cells):
+        by_n.setdefault(n, []).append([r.prompt for r in cells[(n, k)]])
+    nested = all(set(a) <= set(b) for subsets in by_n.values() for a, b in zip(subsets, subsets[1:]))
+    same = len({tuple(tuple(s) for s in subsets) for subsets in by_n.values()}) == 1
+    return nested and same
+
+
+def human_order_kept(rankings: list) -> pd.Series:
+    """Share of rankings in which RM_train keeps the human-chosen response above the human-rejected one."""
+    kept = [r.sources.index("human-chosen") < r.sources.index("human-rejected") for r in rankings]
+    return pd.Series({"rankings": len(kept), "human order kept": sum(kept) / len(kept)})
+
+
+def dev_prompts(R: Recipe) -> list[str]:
+    return list(splits(R)["dev"]["prompt"][:])
+
+
+def test_prompts(R: Recipe) -> dict[str, list[str]]:
+    from .evaluate import recipe_test_prompts
+
+    return _memo("test_prompts", R, lambda: recipe_test_prompts(R, splits(R)))
+
+
+# --------------------------------------------------------------------------------------------- diversity
+
+def diversity_tokenizer(R: Recipe):
+    """The tokenizer d is computed with (the paper: LLaMA's; offline: SmolLM2's byte-level BPE)."""
+    from .models import load_tokenizer
+
+    return _memo("div_tok", R, lambda: load_tokenizer(R.augment.tokenizer))
+
+
+def subset_prompts(R: Recipe) -> dict[int, list[str]]:
+    """The prompts of each subset size (identical for every ranking length)."""
+    n0 = min(R.data.ranking_lengths)
+    return {k: [r.prompt for r in grid(R)[(n0, k)]] for k in sorted(R.data.sizes)}
+
+
+def diversity_by_size(R: Recipe) -> pd.DataFrame:
+    """d, r_unique and N-gram counts of every subset size (the paper's N and exponent)."""
+    from .diversity import prompt_diversity
+
+    def build():
+        tok, cfg = diversity_tokenizer(R), R.augment
+        rows = []
+        for k, prompts in subset_prompts(R).items():
+            res = prompt_diversity(prompts, tok, n=cfg.ngram, exponent=cfg.exponent, max_tokens=cfg.max_tokens)
+            rows.append({"size": k, **res.to_dict()})
+        return pd.DataFrame(rows)
+
+    return _memo("div_by_size", R, build)
+
+
+def diversity_sensitivity(R: Recipe, ns=(1, 2, 3, 4), exponents=(1 / 3, 1 / 2, 1.0)) -> pd.DataFrame:
+    from .diversity import diversity_grid
+
+    return diversity_grid(subset_prompts(R), diversity_tokenizer(R), ns=ns, exponents=exponents)
+
+
+def diversity_measures(R: Recipe) -> pd.DataFrame:
+    """The paper's d beside other diversity measures, one row per subset size."""
+    from .diversity import diversity_table
+    from .models import load_encoder
+
+    encoder = load_encoder(R.select.embedder)
+    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
+    sets = {f"k={k}": prompts for k, prompts in subset_prompts(R).items()}
+    table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
+    if "label" not in table.columns:
+        table = table.reset_index().rename(columns={"index": "label"})
+    return table
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+def policy_texts(R: Recipe) -> list[str]:
+    from .train import policy_texts as texts_of
+
+    return _memo("policy_texts", R, lambda: texts_of(splits(R)["pool"]))
+
+
+def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
+               rankings=None, runs_dir: str | Path | None = None, progress: bool = False) -> Path:
+    """Train one cell (or another list of rankings, e.g. an augmented or selected subset)."""
+    from .models import load_policy, texts_hash
+    from .train import train_run
+
+    texts = policy_texts(R)
+    policy_id = (f"tiny-gpt:{texts_hash(texts)}" if R.policy.model == "tiny-gpt" else f"hub:{R.policy.model}")
+    rm_train, _ = reward_models(R)
+    cell = rankings if rankings is not None else grid(R)
+    return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
+                     policy=lambda: load_policy(R.policy, texts, progress=progress), policy_id=policy_id,
+                     rm_train=rm_train, dev_prompts=dev_prompts(R), runs_dir=runs_dir or paths.RUNS_DIR,
+                     progress=progress)
+
+
+def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
+    """RM_test on the test prompts for a run's best checkpoint; cached in ``run_dir/eval-<hash>/``."""
+    from .evaluate import evaluate_checkpoint
+
+    _, rm_test = reward_models(R)
+    key = config_hash(R.eval.__dict__, R.reward.test_model, getattr(rm_test, "fingerprint", None),
+                      R.data.__dict__, length=10)
+    out = Path(run_dir) / f"eval-{key}"
+    if not (out / "eval.json").exists():
+        evaluate_checkpoint(Path(run_dir) / "best", R, test_prompts(R), rm_test, out, progress=progress)
+    return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out)}
+
+
+SUBSET_COLUMNS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
+                  "helpful-online": "helpful_online", "helpful-rejection-sampled": "helpful_rejection"}
+
+
+def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, run_dir: Path,
+               evaluation: dict, prompts: list[str] | None = None, **extra) -> dict:
+    """One tidy row of the results table (divscale.analysis.RESULT_COLUMNS) for a finished run."""
+    from .diversity import prompt_diversity
+
+    if prompts is None:
+        div = diversity_by_size(R).set_index("size").loc[n_prompts].to_dict()
+    else:
+        cfg = R.augment
+        div = prompt_diversity(prompts, diversity_tokenizer(R), n=cfg.ngram, exponent=cfg.exponent,
+                               max_tokens=cfg.max_tokens).to_dict()
+    run = json.loads((Path(run_dir) / "result.json").read_text())
+    reward, ci = evaluation["reward"], evaluation["ci"]
+    row = {"run_id": Path(run_dir).name, "recipe": R.name, "algo": algo, "ranking_len": ranking_len,
+           "n_prompts": n_prompts, "seed": seed, "budget": n_prompts * ranking_len,
+           "d": div["d"], "r_unique": div["r_unique"],
+           "reward_global": reward["Global"], "reward_global_lo": ci["Global"][0], "reward_global_hi": ci["Global"][1],
+           **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
+           "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
+           "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
+           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": str(run_dir)}
+    return row | extra
+
+
+def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
+             result_path: str | None = None, progress: bool = False) -> dict:
+    """Train, pick the best checkpoint on dev, evaluate on test; write the result row (atomically) last."""
+    start = time.time()
+    run_dir = train_cell(R, algo, ranking_len, n_prompts, seed, progress=progress)
+    evaluation = evaluate_run(R, run_dir, progress=progress)
+    row = result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation,
+                     cell_seconds=round(time.time() - start, 1))
+    if result_path:
+        atomic_write_json(result_path, row)
+    return row
+
+
+def training_curve(run_dir: str | Path) -> pd.DataFrame:
+    """Loss and dev reward per step from a run's ``metrics.jsonl``."""
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    return pd.DataFrame(records).groupby("step", as_index=False).first()
+
+
+# --------------------------------------------------------------------------------------------- results
+
+def results(R: Recipe) -> pd.DataFrame:
+    """The recipe's results table (``results/<recipe>/runs.csv``, built by ``divscale grid``)."""
+    from .analysis import load_results
+
+    path = results_dir(R) / "runs.csv"
+    if not path.exists():
+        raise DataError(f"{path}: no results yet; run `divscale grid --recipe {R.name}` "
+                        f"(or `make results RECIPE={R.name}`) first")
+    df = load_results(path)
+    return df[df["status"] == "ok"]
+
+
+def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> pd.DataFrame:
+    """The equal-budget comparison (n=4 and n=3 vs n=2) per algorithm and budget, with CIs over seeds."""
+    from .analysis import more_responses_beat_more_prompts
+
+    rows = []
+    for algo, sub in df.groupby("algo"):
+        for budget in R.grid.equal_budgets:
+            v = more_responses_beat_more_prompts(sub, budget, method=method)
+            for n in (4, 3):
+                key = f"{n}_vs_2"
+                lo, hi = v[f"ci_{key}"]
+                rows.append({"algo": algo, "budget": budget, "comparison": f"n={n} vs n=2",
+                             "mean_n": v["cells"][n]["mean"], "mean_2": v["cells"][2]["mean"],
+                             "diff": v[f"diff_{key}"], "ci_lo": lo, "ci_hi": hi, "status": v[f"status_{key}"],
+                             "verdict": v["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
+    return [f"{algo.upper()}: {text}" for (algo, _), text in
+            verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
+
+
+def paper_exponent_table(algo: str = "pro") -> pd.DataFrame:
+    """The paper's Figure 4 points with r_unique implied as d / sqrt(|X|) (spec §1.2), for fit_exponent."""
+    from .analysis import paper_fig4_points
+
+    pts = paper_fig4_points()
+    pts = pts[pts["algo"] == algo].copy()
+    pts["r_unique"] = pts["d"] / pts["n_prompts"] ** 0.5
+    return pts
+
+
+def exponent_table(R: Recipe, df: pd.DataFrame) -> pd.DataFrame:
+    """Our runs with the columns fit_exponent needs (one algorithm: PRO if present)."""
+    algo = "pro" if "pro" in set(df["algo"]) else sorted(df["algo"].unique())[0]
+    return df[df["algo"] == algo]
+
+
+def regression_sentences(fits: dict) -> list[str]:
+    """Plain statements from the per-n OLS fits: does reward rise with d, and is d a better x than #prompts?"""
+    from .analysis import mean_mse
+
+    lines = []
+    for algo in sorted({a for a, _ in fits}):
+        f = fits[(algo, "d")]
+        rising = int((f["slope_lo"] > 0).sum())
+        falling = int((f["slope_hi"] < 0).sum())
+        lines.append(f"{algo.upper()}: reward rises with d (slope 95% CI above 0) for {rising} of {len(f)} "
+                     f"ranking lengths, falls for {falling}, inconclusive for {len(f) - rising - falling}; "
+                     f"mean R² {f['r2'].mean():.2f}.")
+        if (algo, "n_prompts") in fits:
+            g = fits[(algo, "n_prompts")]
+            better = "smaller" if mean_mse(f) < mean_mse(g) else "not smaller"
+            lines.append(f"{algo.upper()}: mean MSE vs d {mean_mse(f):.2e} is {better} than vs #prompts "
+                         f"{mean_mse(g):.2e} (the paper: 2.6e-5 vs 1.2e-4 for PRO).")
+    return lines
+
+
+def rm_report_table(R: Recipe) -> pd.DataFrame:
+    """Held-out accuracy of RM_train / RM_test vs human labels (and a length baseline), and their agreement
+    with the OpenAssistant 6.9B RM, per test subset, as a long table (model, subset, metric, accuracy, CI)."""
+    from .reward import rm_report_frame
+
+    rm_train, rm_test = reward_models(R)
+    return _memo("rm_report", R, lambda: rm_report_frame({"RM_train": rm_train, "RM_test": rm_test},
+                                                         splits(R)["test"]))
+
+
+# --------------------------------------------------------------------------------------------- augmentation / selection
+
+def candidate_pool(R: Recipe, size: int) -> list:
+    """Pool pairs outside the grid's prompts, in the seeded pool order: the candidates that augmentation
+    and selection choose from (the first ``size`` of them)."""
+    from .grid import nested_subsets
+
+    used = {r.id for r in grid_pool(R)}
+    pool = pool_pairs(R)
+    order = nested_subsets(pool, [len(pool)], seed=R.data.grid_seed)[len(pool)]
+    rest = [r for r in order if r.id not in used]
+    if size > len(rest):
+        raise ValueError(f"recipe {R.name}: {size} candidates asked for, but only {len(rest)} pool prompts lie "
+                         "outside the grid; lower the candidate_pool setting or raise data.pool_size")
+    return rest[:size]
+
+
+def extend(R: Recipe, pairs: list) -> list:
+    """4-rankings (RM_train order) for any list of pool pairs; generations are cached per prompt."""
+    from .data import load_rankings
+    from .rankings import build_rankings
+
+    rm_train, _ = reward_models(R)
+    return load_rankings(build_rankings(R, pool=pairs, rm_train=rm_train, progress=True))
+
+
+def _ranked(R: Recipe, rankings4: list, n: int) -> list:
+    from .grid import sub_rankings
+
+    return sub_rankings(rankings4, seed=R.data.grid_seed)[n]
+
+
+def train_and_score(R: Recipe, rankings: list, algo: str, n: int, seed: int, **labels) -> dict:
+    """Train ``algo`` on an arbitrary list of n-rankings, evaluate, and return a result row with ``labels``."""
+    run_dir = train_cell(R, algo, n, len(rankings), seed, rankings=rankings)
+    evaluation = evaluate_run(R, run_dir)
+    return result_row(R, algo, n, len(rankings), seed, run_dir, evaluation,
+                      prompts=[r.prompt for r in rankings], **labels)
+
+
+def _write_table(R: Recipe, name: str, rows: list[dict]) -> pd.DataFrame:
+    from .io import atomic_path
+
+    df = pd.DataFrame(rows)
+    out = results_dir(R) / f"{name}.csv"
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
+
+
+def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
+    """The paper's augmentation experiment (spec §5): seed only, seed + K random, seed + K diversity-guided
+    (Jaccard-filtered greedy on d). Returns {method: (4-rankings, AugmentResult or None)}."""
+    from .augment import augment_rankings
+
+    def build():
+        cfg = R.augment
+        seed4 = rankings4(R)
+        order = {r.id: i for i, r in enumerate(grid_pool(R))}
+        seed4 = sorted(seed4, key=lambda r: order[r.id])[:cfg.seed_size]
+        candidates = candidate_pool(R, cfg.candidate_pool)
+        tok = diversity_tokenizer(R)
+        out = {"seed only": (seed4, None)}
+        for method in ("random", "diverse"):
+            _, result = augment_rankings(seed4, candidates, tok, cfg, method=method, progress=True)
+            added = extend(R, [candidates[i] for i in result.indices])
+            out[f"seed + {method}"] = (seed4 + added, result)
+        return out
+
+    return _memo("augmentation_sets", R, build)
+
+
+def augmentation_experiment(R: Recipe) -> pd.DataFrame:
+    """Train every algorithm x seed on each augmentation set; ``results/<recipe>/augmentation.csv``."""
+    n = R.augment.ranking_len
+    rows = [train_and_score(R, _ranked(R, sets, n), algo, n, seed, method=method)
+            for method, (sets, _) in augmentation_sets(R).items()
+            for algo in R.train.algos for seed in R.train.seeds]
+    return _write_table(R, "augmentation", rows)
+
+
+def selections(R: Recipe) -> dict[str, list]:
+    """Each selector's choice of ``select.budget`` prompts from the same candidate pool (as pool pairs)."""
+    from .select import run_selector, selector_context
+
+    def build():
+        cfg = R.select
+        candidates = candidate_pool(R, cfg.candidate_pool)
+        prompts = [r.prompt for r in candidates]
+        out = {}
+        for name in cfg.selectors:
+            ctx = selector_context(name, candidates, cfg, progress=True)
+            picked = run_selector(name, prompts, cfg.budget, seed=cfg.seed, **ctx)
+            out[name] = [candidates[i] for i in picked]
+        return out
+
+    return _memo("selections", R, build)
+
+
+def selection_diversity(R: Recipe) -> pd.DataFrame:
+    """d and the other diversity measures of each selector's prompts."""
+    from .diversity import diversity_table
+    from .models import load_encoder
+
+    encoder = load_encoder(R.select.embedder)
+    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
+    sets = {name: [r.prompt for r in chosen] for name, chosen in selections(R).items()}
+    table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
+    if "label" not in table.columns:
+        table = table.reset_index().rename(columns={"index": "label"})
+    return table.rename(columns={"label": "strategy"})
+
+
+def selection_experiment(R: Recipe) -> pd.DataFrame:
+    """Train on each selection (equal annotation budget: same #prompts, same n); ``selection.csv``."""
+    n = R.select.ranking_len
+    rows = [train_and_score(R, _ranked(R, extend(R, chosen), n), algo, n, seed, strategy=name)
+            for name, chosen in selections(R).items() for algo in R.select.algos for seed in R.train.seeds]
+    return _write_table(R, "selection", rows)
+
+
+def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Per algorithm: mean ``y`` of ``compare`` minus ``baseline`` (rows labelled in column ``by``), with a
+    Welch 95% CI over training seeds and a plain status (holds / does not hold / inconclusive)."""
+    from .analysis import _difference, _status
+
+    rows = []
+    for algo, sub in df.groupby("algo"):
+        a, b = sub[sub[by] == compare], sub[sub[by] == baseline]
+        if a.empty or b.empty:
+            continue
+        mean, lo, hi, k = mean_difference(a, b, y, "welch", confidence)
+        rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
+                     "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
+    return pd.DataFrame(rows)

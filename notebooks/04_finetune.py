@@ -1,0 +1,69 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · One fine-tuning run: train, pick the best checkpoint, evaluate
+#
+# This is the unit of the study: `divscale grid` executes this notebook once per cell
+# (algorithm × ranking length n × #prompts × seed) with papermill, and the executed copies are kept
+# under `runs/<recipe>/notebooks/`.
+#
+# **SFT** trains on the top-1 (RM_train-best) response of each ranking with the summed token NLL of the
+# response. **PRO** (Preference Ranking Optimization, Song et al. 2023) scores every candidate by its
+# length-normalised log-likelihood s_i and, for k = 1 … n−1, puts candidate k above all lower-ranked ones
+# with a softmax whose temperatures come from RM_train reward gaps; the n−1 terms are summed and an SFT
+# term on the best response is added with weight 0.05·(n−1)² (spec §3.3). **DPO** (TRL) on pairs drawn
+# from the rankings is an extra baseline the paper does not have.
+#
+# Every `eval_every` steps the policy answers the dev prompts greedily, RM_train scores the answers, and
+# the best checkpoint is kept (the paper validates every 500 of its 4000 steps). That checkpoint then
+# answers the test prompts and RM_test scores them.
+
+# %% tags=["parameters"]
+recipe = "cpu"
+algo = "pro"            # sft | pro | dpo
+ranking_len = 4         # n
+n_prompts = 60          # k, one of the recipe's data.sizes
+seed = 42
+overrides = "{}"
+result_path = ""        # set by `divscale grid`: where the cell's result row is written (last step)
+
+# %%
+import json
+
+import pandas as pd
+
+from divscale import pipeline
+
+R = pipeline.load(recipe, overrides)
+
+# %%
+row = pipeline.run_cell(R, algo, ranking_len, n_prompts, seed, result_path=result_path or None)
+pd.Series(row)
+
+# %% [markdown]
+# ## Training curve and dev reward
+
+# %%
+curve = pipeline.training_curve(row["run_dir"])
+curve.tail()
+
+# %%
+ax = curve.plot(x="step", y=[c for c in ("loss", "dev_reward") if c in curve], subplots=True, figsize=(7, 4))
+
+# %% [markdown]
+# ## A few test generations
+
+# %%
+gens = pd.read_json(f"{row['run_dir']}/generations.jsonl", lines=True)
+gens[["subset", "prompt", "response", "score"]].assign(prompt=lambda g: g.prompt.str[-150:]).head(6)
