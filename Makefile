@@ -5,12 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RECIPE ?= cpu
-JOBS ?= 1
+JOBS ?= 2
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
+# One BLAS/OpenMP thread per process: on 2 cores, torch's 2 threads per op slow small models down by
+# 10x or more as soon as anything else runs; both cores are used by running 2 grid cells at once.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
 # A local copy of the data laid out like shared/data (hh-rlhf/, pro-hh/, oasst1/): linked into data/ when
 # data/ lacks it. Without one, divscale reads HH-RLHF from the hub (HF_HUB_OFFLINE=0).
 LOCAL_DATA ?= ../shared/data

@@ -48,17 +48,24 @@ class RankingConfig:
 
 @dataclass
 class RewardConfig:
-    # "inproject": Bradley-Terry head on a sentence encoder trained on HH pairs (offline);
+    # "inproject": Bradley-Terry head on frozen sentence embeddings trained on HH pairs (offline; see reward.py);
     # otherwise a hub id / local path of an OpenAssistant-style sequence-classification RM.
     train_model: str = "inproject"
     test_model: str = "inproject"
     encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
-    finetune_encoder: bool = False
-    max_length: int = 256
-    batch_size: int = 32
+    pairs: str = "pool"                  # pool: halves of the recipe's pool | non-eval: every pair of the pool's
+                                         # source split whose prompt is not a dev/test prompt (more pairs)
+    max_pairs: int | None = None         # cap per RM (None: the whole half)
+    max_length: int = 128                # encoder tokens per text
+    hidden: int = 256                    # MLP head width (0: linear)
+    dropout: float = 0.1
+    batch_size: int = 32                 # pairs per step
     epochs: int = 3
     lr: float = 1e-3
-    seed: int = 0
+    weight_decay: float = 0.01
+    oa_weight: float = 0.0               # > 0: also regress the OpenAssistant 6.9B scores shipped for pool pairs
+    seed: int = 0                        # RM_train uses seed, RM_test seed + 1
+    dtype: str = "float32"               # hub RMs (OpenAssistant): bfloat16 on a GPU
 
 
 @dataclass

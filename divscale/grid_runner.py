@@ -70,21 +70,20 @@ def cell_result_path(recipe: Recipe, cell: GridCell) -> Path:
     return recipe_dirs(recipe)["cells"] / f"{cell.cell_id(recipe)}.json"
 
 
-def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Path | None = None) -> Path:
-    """Execute the fine-tuning notebook for one cell; returns the cell's result file."""
+def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Path, result: Path, out: Path) -> Path:
+    """Execute the fine-tuning notebook for one cell into ``out``; the notebook writes ``result`` last.
+
+    Every path is decided by the caller, so the same call runs in a thread, a local process or a
+    Slurm job (submitit) without relying on the worker's environment.
+    """
     import papermill
 
-    recipe = load_recipe(recipe_name, overrides)
-    dirs = recipe_dirs(recipe)
-    result = cell_result_path(recipe, cell)
     if result.exists():
         return result
-    notebook = notebook or paths.NOTEBOOKS_DIR / FINETUNE_NOTEBOOK
-    out = dirs["notebooks"] / f"{cell.cell_id(recipe)}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = cell.parameters(recipe_name, overrides)
-    params["result_path"] = str(result)
-    papermill.execute_notebook(str(notebook), str(out), parameters=params, cwd=str(paths.NOTEBOOKS_DIR),
+    result.parent.mkdir(parents=True, exist_ok=True)
+    params = cell.parameters(recipe_name, overrides) | {"result_path": str(result)}
+    papermill.execute_notebook(str(notebook), str(out), parameters=params, cwd=str(Path(notebook).parent),
                                progress_bar=False, kernel_name="python3")
     if not result.exists():
         raise RuntimeError(f"{out}: the notebook finished without writing {result}")
@@ -112,6 +111,8 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
     recipe = load_recipe(recipe_name, overrides)
     cells = cells if cells is not None else expand_grid(recipe)
     todo = [c for c in cells if not cell_result_path(recipe, c).exists()]
+    notebook = Path(notebook or paths.NOTEBOOKS_DIR / FINETUNE_NOTEBOOK)
+    outs = {c: recipe_dirs(recipe)["notebooks"] / f"{c.cell_id(recipe)}.ipynb" for c in todo}
     summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "done": 0, "failed": []}
     if not todo:
         collect_results(recipe)
@@ -124,7 +125,8 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
         ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else None)
         ex.update_parameters(**(slurm_options or {"timeout_min": 24 * 60, "slurm_array_parallelism": jobs}))
         jobs_ = ex.map_array(execute_cell, [recipe_name] * len(todo), [overrides] * len(todo), todo,
-                             [notebook] * len(todo))
+                             [notebook] * len(todo), [cell_result_path(recipe, c) for c in todo],
+                             [outs[c] for c in todo])
         for cell, job in tqdm(list(zip(todo, jobs_)), desc=f"grid {recipe.name}", unit="cell"):
             try:
                 job.result()
@@ -134,7 +136,8 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
     else:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
                 tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell") as bar:
-            futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook): c for c in todo}
+            futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook, cell_result_path(recipe, c),
+                                   outs[c]): c for c in todo}
             for fut in as_completed(futures):
                 cell = futures[fut]
                 try:

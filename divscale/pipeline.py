@@ -258,21 +258,24 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
-           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": str(run_dir)}
+           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": str(run_dir),
+           "eval_dir": evaluation.get("eval_dir", "")}
     return row | extra
 
 
-def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
-             result_path: str | None = None, progress: bool = False) -> dict:
-    """Train, pick the best checkpoint on dev, evaluate on test; write the result row (atomically) last."""
+def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, progress: bool = False) -> dict:
+    """Train, pick the best checkpoint on dev, evaluate on test; returns the cell's result row."""
     start = time.time()
     run_dir = train_cell(R, algo, ranking_len, n_prompts, seed, progress=progress)
     evaluation = evaluate_run(R, run_dir, progress=progress)
-    row = result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation,
-                     cell_seconds=round(time.time() - start, 1))
+    return result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation,
+                      cell_seconds=round(time.time() - start, 1))
+
+
+def write_result(row: dict, result_path: str | None) -> None:
+    """The last step of ``04_finetune``: the row's file marks the grid cell complete (atomic write)."""
     if result_path:
         atomic_write_json(result_path, row)
-    return row
 
 
 def training_curve(run_dir: str | Path) -> pd.DataFrame:
@@ -316,16 +319,6 @@ def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> p
 def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
     return [f"{algo.upper()}: {text}" for (algo, _), text in
             verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
-
-
-def paper_exponent_table(algo: str = "pro") -> pd.DataFrame:
-    """The paper's Figure 4 points with r_unique implied as d / sqrt(|X|) (spec §1.2), for fit_exponent."""
-    from .analysis import paper_fig4_points
-
-    pts = paper_fig4_points()
-    pts = pts[pts["algo"] == algo].copy()
-    pts["r_unique"] = pts["d"] / pts["n_prompts"] ** 0.5
-    return pts
 
 
 def exponent_table(R: Recipe, df: pd.DataFrame) -> pd.DataFrame:
@@ -489,7 +482,7 @@ def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y
                        confidence: float = 0.95) -> pd.DataFrame:
     """Per algorithm: mean ``y`` of ``compare`` minus ``baseline`` (rows labelled in column ``by``), with a
     Welch 95% CI over training seeds and a plain status (holds / does not hold / inconclusive)."""
-    from .analysis import _difference, _status
+    from .analysis import ci_status, mean_difference
 
     rows = []
     for algo, sub in df.groupby("algo"):
@@ -500,3 +493,13 @@ def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y
         rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
                      "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
     return pd.DataFrame(rows)
+
+
+def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
+    """Human-label accuracy per model and subset, with the length baseline as a model of its own
+    (the shape :func:`divscale.plots.plot_rm_report` draws)."""
+    acc = report[report["metric"] == "accuracy"]
+    base = report[report["metric"] == "length_baseline"].drop_duplicates("subset").assign(model="length baseline")
+    return (pd.concat([acc, base])
+            .rename(columns={"value": "accuracy", "ci_lo": "accuracy_lo", "ci_hi": "accuracy_hi"})
+            .reset_index(drop=True))

@@ -46,15 +46,17 @@ rm_train, rm_test = pipeline.reward_models(R)
 
 # %%
 report = pipeline.rm_report_table(R)
-report
+accuracy = pipeline.rm_accuracy_frame(report)
+accuracy.pivot_table(index="model", columns="subset", values="accuracy").round(3)
 
 # %%
-fig = plots.plot_rm_report(report[report["metric"] == "human_accuracy"])
+fig = plots.plot_rm_report(accuracy)
 plots.save_figure(fig, "reward_models", pipeline.figures_dir(R))
 
 # %% [markdown]
-# Agreement between our two reward models and with the 6.9B OpenAssistant RM (share of test pairs on
-# which both prefer the same response):
+# Every metric with its 95% CI: `accuracy` (agreement with the human label), `length_baseline` (the
+# longer response wins), `oa_agreement` (prefers the same response as the OpenAssistant 6.9B RM) and
+# `oa_accuracy` (that RM's own accuracy on the same pairs, for scale).
 
 # %%
-report[report["metric"] != "human_accuracy"].pivot_table(index="model", columns="subset", values="accuracy").round(3)
+report.round(3)

@@ -48,7 +48,7 @@ from divscale import pipeline
 R = pipeline.load(recipe, overrides)
 
 # %%
-row = pipeline.run_cell(R, algo, ranking_len, n_prompts, seed, result_path=result_path or None)
+row = pipeline.run_cell(R, algo, ranking_len, n_prompts, seed)
 pd.Series(row)
 
 # %% [markdown]
@@ -65,5 +65,12 @@ ax = curve.plot(x="step", y=[c for c in ("loss", "dev_reward") if c in curve], s
 # ## A few test generations
 
 # %%
-gens = pd.read_json(f"{row['run_dir']}/generations.jsonl", lines=True)
+gens = pd.read_json(f"{row['eval_dir']}/generations.jsonl", lines=True)
 gens[["subset", "prompt", "response", "score"]].assign(prompt=lambda g: g.prompt.str[-150:]).head(6)
+
+# %% [markdown]
+# Last step: record the result. Its file is what tells `divscale grid` this cell is complete, so a cell
+# whose notebook stopped anywhere above is run again.
+
+# %%
+pipeline.write_result(row, result_path)

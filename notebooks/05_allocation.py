@@ -47,7 +47,7 @@ pd.concat(tables, names=["algo"]).round(2)
 
 # %%
 for algo, df in results.groupby("algo"):
-    fig = plots.plot_allocation(df, R.grid.equal_budgets, title=f"{algo.upper()}: reward per (n, #prompts)")
+    fig = plots.plot_allocation(df, R.grid.equal_budgets, algo=algo)
     plots.save_figure(fig, f"allocation_{algo}", pipeline.figures_dir(R))
 
 # %% [markdown]

@@ -48,8 +48,7 @@ pd.concat(paper_fits, names=["fit"])[["slope", "intercept", "r2", "mse"]]
 
 # %%
 paper_pts = analysis.paper_fig4_points()
-fig = plots.plot_reward_vs_diversity(paper_pts, paper_fits["PRO vs d"], algo="pro",
-                                     title="Paper (OPT-1.3B, PRO): reward vs d, refitted")
+fig = plots.plot_reward_vs_diversity(paper_pts, paper_fits["pro_vs_d"], algo="pro")
 plots.save_figure(fig, "paper_refit_pro", pipeline.figures_dir(R))
 
 # %% [markdown]
@@ -69,8 +68,7 @@ pd.DataFrame({key: {"mean MSE": analysis.mean_mse(f), "mean R²": f["r2"].mean()
 
 # %%
 for algo, df in results.groupby("algo"):
-    fig = plots.plot_reward_vs_diversity(df, fits[(algo, "d")], algo=algo,
-                                         title=f"{algo.upper()}: reward vs d (this study)")
+    fig = plots.plot_reward_vs_diversity(df, fits[(algo, "d")], algo=algo)
     plots.save_figure(fig, f"reward_vs_diversity_{algo}", pipeline.figures_dir(R))
 
 # %% [markdown]
@@ -81,7 +79,8 @@ for algo, df in results.groupby("algo"):
 # p ≈ 2, the paper's choice.
 
 # %%
-paper_exp = analysis.fit_exponent(pipeline.paper_exponent_table())
+paper_pts_pro = paper_pts[paper_pts["algo"] == "pro"]
+paper_exp = analysis.fit_exponent(paper_pts_pro)
 ours_exp = analysis.fit_exponent(pipeline.exponent_table(R, results))
 print(f"paper points: best p = {paper_exp.best_p:.2f};  this study: best p = {ours_exp.best_p:.2f}")
 fig = plots.plot_exponent_fit(ours_exp.curve, ours_exp.best_exponent)

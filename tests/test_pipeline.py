@@ -1,0 +1,90 @@
+"""divscale.pipeline: the small table helpers the notebooks call (the heavy steps are tested in their modules
+and end to end by test_notebooks)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from divscale import pipeline
+from divscale.config import load_recipe
+from divscale.data import Ranking
+
+
+def _r(i, sources=("human-chosen", "human-rejected", "gen", "gen")):
+    return Ranking(id=f"x:{i}", prompt=f"\n\nHuman: q{i}\n\nAssistant:", responses=[f"a{j}" for j in range(len(sources))],
+                   rewards=[4.0 - j for j in range(len(sources))], sources=list(sources), subset="x")
+
+
+def test_grid_budget_table_and_nesting():
+    rs = [_r(i) for i in range(6)]
+    cells = {(2, 3): rs[:3], (2, 6): rs, (4, 3): rs[:3], (4, 6): rs}
+    table = pipeline.grid_budget_table(cells)
+    assert table.to_dict("records")[0] == {"ranking_len": 2, "n_prompts": 3, "annotations": 6}
+    assert table["annotations"].tolist() == [6, 12, 12, 24]
+    assert pipeline.grid_is_nested(cells)
+    assert not pipeline.grid_is_nested({**cells, (4, 3): rs[3:]})          # other prompts at n=4
+    assert not pipeline.grid_is_nested({(2, 3): rs[3:], (2, 6): rs[:5] + [_r(9)]})
+
+
+def test_human_order_kept():
+    kept = _r(0)
+    flipped = _r(1, sources=("gen", "human-rejected", "human-chosen", "gen"))
+    out = pipeline.human_order_kept([kept, flipped, kept, kept])
+    assert out["rankings"] == 4 and out["human order kept"] == 0.75
+
+
+def _results(diff=3.0, seeds=(1, 2, 3), noise=0.5):
+    rng = np.random.default_rng(0)
+    rows = []
+    for algo in ("pro", "sft"):
+        for n, k in ((2, 120), (3, 80), (4, 60)):
+            for s in seeds:
+                rows.append({"algo": algo, "recipe": "t", "ranking_len": n, "n_prompts": k, "seed": s,
+                             "reward_global": 50 + (n - 2) * diff / 2 + rng.normal(0, noise)})
+    return pd.DataFrame(rows)
+
+
+def test_allocation_verdicts_say_holds_or_inconclusive_honestly():
+    R = load_recipe("cpu", {"grid.equal_budgets": "[240]"})
+    strong = pipeline.allocation_verdicts(R, _results(diff=6.0))
+    assert set(strong["status"]) == {"holds"}
+    null = pipeline.allocation_verdicts(R, _results(diff=0.0, noise=2.0))
+    assert not (null["status"] == "holds").all()
+    assert all(line.startswith(("PRO:", "SFT:")) for line in pipeline.verdict_sentences(strong))
+
+
+def test_method_differences_welch_ci():
+    df = pd.DataFrame({"algo": ["pro"] * 6, "method": ["a"] * 3 + ["b"] * 3,
+                       "reward_global": [50.0, 51.0, 52.0, 55.0, 56.0, 57.0]})
+    out = pipeline.method_differences(df, by="method", baseline="a", compare="b").iloc[0]
+    assert out["diff"] == pytest.approx(5.0) and out["ci_lo"] > 0 and out["status"] == "holds"
+    assert pipeline.method_differences(df, by="method", baseline="a", compare="zzz").empty
+
+
+def test_rm_accuracy_frame_adds_the_length_baseline_once():
+    report = pd.DataFrame([
+        {"model": m, "subset": s, "metric": metric, "value": v, "ci_lo": v - .05, "ci_hi": v + .05, "n": 100}
+        for m in ("RM_train", "RM_test") for s in ("all", "harmless-base")
+        for metric, v in (("accuracy", 0.55), ("length_baseline", 0.52), ("oa_agreement", 0.6))])
+    acc = pipeline.rm_accuracy_frame(report)
+    assert sorted(acc["model"].unique()) == ["RM_test", "RM_train", "length baseline"]
+    assert len(acc[acc["model"] == "length baseline"]) == 2
+    assert {"accuracy", "accuracy_lo", "accuracy_hi"} <= set(acc.columns)
+
+
+def test_write_result_is_atomic_and_optional(tmp_path):
+    path = tmp_path / "cells" / "c.json"
+    pipeline.write_result({"a": 1}, str(path))
+    assert json.loads(path.read_text()) == {"a": 1}
+    pipeline.write_result({"a": 2}, "")                  # no path (an interactive run): nothing written
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["c.json"]
+
+
+def test_load_accepts_json_overrides_from_papermill():
+    R = pipeline.load("smoke", '{"train.max_steps": 7, "data.sizes": [24]}')
+    assert R.train.max_steps == 7 and R.data.sizes == [24]
+    assert pipeline.load(R) is R
