@@ -514,23 +514,24 @@ def diverse_augment(seed_ids: Sequence[np.ndarray], pool_ids: Sequence[np.ndarra
 
 
 def augment_rankings(seed_rankings: list, pool_rankings: list, tokenizer, cfg=None, method: str = "diverse",
-                     progress: bool = False):
+                     progress: bool = False, diversity=None):
     """Augment a seed subset of :class:`divscale.data.Ranking` with pool rankings.
 
     ``cfg`` is an :class:`divscale.config.AugmentConfig` (defaults if None). Returns
     ``(seed + added rankings, AugmentResult)``; indices in the result refer to ``pool_rankings``.
     """
-    from .config import AugmentConfig
+    from .config import AugmentConfig, DiversityConfig
     from .diversity import tokenize_prompts
     cfg = cfg or AugmentConfig()
-    seed_ids = tokenize_prompts([r.prompt for r in seed_rankings], tokenizer, max_tokens=cfg.max_tokens)
-    pool_ids = tokenize_prompts([r.prompt for r in pool_rankings], tokenizer, max_tokens=cfg.max_tokens)
+    div = diversity or DiversityConfig()
+    seed_ids = tokenize_prompts([r.prompt for r in seed_rankings], tokenizer, max_tokens=div.max_tokens)
+    pool_ids = tokenize_prompts([r.prompt for r in pool_rankings], tokenizer, max_tokens=div.max_tokens)
     if method == "random":
-        result = random_augment(seed_ids, pool_ids, cfg.add, seed=cfg.seed, n=cfg.ngram, exponent=cfg.exponent)
+        result = random_augment(seed_ids, pool_ids, cfg.add, seed=cfg.seed, n=div.ngram, exponent=div.exponent)
     elif method == "diverse":
         kwargs = {"num_perm": cfg.num_perm, "seed": cfg.minhash_seed} if cfg.backend == "minhash" else {}
         result = diverse_augment(seed_ids, pool_ids, cfg.add, m=cfg.candidates_per_round, tau=cfg.jaccard_tau,
-                                 n=cfg.ngram, exponent=cfg.exponent, backend=cfg.backend,
+                                 n=div.ngram, exponent=div.exponent, backend=cfg.backend,
                                  support_sample=cfg.support_sample,
                                  support_includes_added=cfg.support_includes_added, seed=cfg.seed,
                                  filter_kwargs=kwargs, progress=progress)
@@ -549,7 +550,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-rankings", default=None,
                         help="seed subset JSONL; default: the first augment.seed_size rankings of --rankings")
     parser.add_argument("--method", choices=["diverse", "random"], default="diverse")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer for the N-grams (default: augment.tokenizer)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer for the N-grams (default: diversity.tokenizer)")
     parser.add_argument("--out", required=True, help="output rankings JSONL (seed + added); a .log.json beside it")
 
 
@@ -571,8 +572,9 @@ def command(args) -> int:
         seed, pool = pool[: cfg.seed_size], pool[cfg.seed_size:]
     seed_ids = {r.id for r in seed}
     pool = [r for r in pool if r.id not in seed_ids]
-    tokenizer = load_tokenizer(args.tokenizer or cfg.tokenizer)
-    rankings, result = augment_rankings(seed, pool, tokenizer, cfg, method=args.method, progress=True)
+    tokenizer = load_tokenizer(args.tokenizer or recipe.diversity.tokenizer)
+    rankings, result = augment_rankings(seed, pool, tokenizer, cfg, method=args.method, progress=True,
+                                        diversity=recipe.diversity)
     out = Path(args.out)
     save_rankings(out, rankings)
     log = result.to_dict() | {"added_ids": [pool[i].id for i in result.indices], "seed_size": len(seed),

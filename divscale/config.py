@@ -129,6 +129,16 @@ class GridConfig:
 
 
 @dataclass
+class DiversityConfig:
+    """The prompt-diversity metric d = |X|^exponent * r_unique over token N-grams (spec §1), used for every
+    d in the study: subset sizes, augmentation, selection."""
+    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # paper: the LLaMA-1 tokenizer (offline default)
+    ngram: int = 2                       # N (paper: bigrams)
+    exponent: float = 0.5                # 1/p (paper: p = 2, square root)
+    max_tokens: int = 512                # only the first 512 tokens of a prompt count (BOS included)
+
+
+@dataclass
 class AugmentConfig:
     seed_size: int = 1500                # the seed set S: the first seed_size prompts of the grid order
     add: int = 1500                      # K prompts to add
@@ -140,10 +150,6 @@ class AugmentConfig:
     support_sample: int | None = None    # None: the whole seed set
     support_includes_added: bool = True  # added prompts join the Jaccard support set
     seed: int = 42                       # candidate draws (and the random baseline)
-    ngram: int = 2                       # N of the metric (paper: bigrams)
-    exponent: float = 0.5                # |X|^exponent (paper: p = 2, square root)
-    max_tokens: int = 512                # the metric's truncation
-    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # paper: LLaMA-1; offline default
     num_perm: int = 128                  # minhash backend: permutations
     minhash_seed: int = 1                # minhash backend: permutation seed (pinned)
 
@@ -162,10 +168,6 @@ class SelectConfig:
     seed: int = 42                       # random / minhash-dedup sampling, d-greedy candidate draws
     scorer_batch_size: int = 8
     scorer_max_length: int = 1024        # scorer input tokens (left-truncated; the template's end survives)
-    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # the metric's tokenizer (paper: LLaMA-1)
-    ngram: int = 2
-    exponent: float = 0.5
-    max_tokens: int = 512
     dedup_threshold: float = 0.7         # minhash-dedup: estimated N-gram Jaccard (text-dedup's default)
     num_perm: int = 128
     minhash_seed: int = 1
@@ -183,6 +185,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
 

@@ -31,6 +31,7 @@ from . import paths
 from .config import Recipe, config_hash, load_recipe, parse_overrides
 
 FINETUNE_NOTEBOOK = "04_finetune.ipynb"
+CELL_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,11 @@ class GridCell:
     seed: int
 
     def cell_id(self, recipe: Recipe) -> str:
+        """Readable tag + a hash of the recipe sections a cell's result depends on (not the grid's
+        enumeration, nor the augmentation/selection sections)."""
         tag = f"{self.algo}-n{self.ranking_len}-k{self.n_prompts}-s{self.seed}"
-        return f"{tag}-{config_hash(recipe.to_dict(), asdict(self), length=8)}"
+        sections = {k: v for k, v in recipe.to_dict().items() if k in CELL_SECTIONS}
+        return f"{tag}-{config_hash(sections, asdict(self), length=8)}"
 
     def parameters(self, recipe_name: str, overrides: dict | None = None) -> dict:
         return {"recipe": recipe_name, "algo": self.algo, "ranking_len": self.ranking_len,

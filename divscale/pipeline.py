@@ -153,7 +153,7 @@ def diversity_tokenizer(R: Recipe):
     """The tokenizer d is computed with (the paper: LLaMA's; offline: SmolLM2's byte-level BPE)."""
     from .models import load_tokenizer
 
-    return _memo("div_tok", R, lambda: load_tokenizer(R.augment.tokenizer))
+    return _memo("div_tok", R, lambda: load_tokenizer(R.diversity.tokenizer))
 
 
 def subset_prompts(R: Recipe) -> dict[int, list[str]]:
@@ -167,7 +167,7 @@ def diversity_by_size(R: Recipe) -> pd.DataFrame:
     from .diversity import prompt_diversity
 
     def build():
-        tok, cfg = diversity_tokenizer(R), R.augment
+        tok, cfg = diversity_tokenizer(R), R.diversity
         rows = []
         for k, prompts in subset_prompts(R).items():
             res = prompt_diversity(prompts, tok, n=cfg.ngram, exponent=cfg.exponent, max_tokens=cfg.max_tokens)
@@ -246,7 +246,7 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
     if prompts is None:
         div = diversity_by_size(R).set_index("size").loc[n_prompts].to_dict()
     else:
-        cfg = R.augment
+        cfg = R.diversity
         div = prompt_diversity(prompts, diversity_tokenizer(R), n=cfg.ngram, exponent=cfg.exponent,
                                max_tokens=cfg.max_tokens).to_dict()
     run = json.loads((Path(run_dir) / "result.json").read_text())
@@ -421,7 +421,8 @@ def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
         tok = diversity_tokenizer(R)
         out = {"seed only": (seed4, None)}
         for method in ("random", "diverse"):
-            _, result = augment_rankings(seed4, candidates, tok, cfg, method=method, progress=True)
+            _, result = augment_rankings(seed4, candidates, tok, cfg, method=method, progress=True,
+                                         diversity=R.diversity)
             added = extend(R, [candidates[i] for i in result.indices])
             out[f"seed + {method}"] = (seed4 + added, result)
         return out
@@ -448,7 +449,7 @@ def selections(R: Recipe) -> dict[str, list]:
         prompts = [r.prompt for r in candidates]
         out = {}
         for name in cfg.selectors:
-            ctx = selector_context(name, candidates, cfg, progress=True)
+            ctx = selector_context(name, candidates, cfg, progress=True, diversity=R.diversity)
             picked = run_selector(name, prompts, cfg.budget, seed=cfg.seed, **ctx)
             out[name] = [candidates[i] for i in picked]
         return out

@@ -62,6 +62,7 @@ import torch
 from . import io, paths
 from .config import RewardConfig, config_hash
 from .data import pro_turns
+from .models import torch_threads
 
 OA_MAX_LENGTH = 1024
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
@@ -438,27 +439,47 @@ def _query(prompt: str) -> str:
         return prompt.strip()
 
 
-FEATURES = "response-embedding+log-chars+log-words+cos(query,response)+log-turns"
+FEATURES = ("response embedding, log chars, log words, cos(query, response), log turns; "
+            "query embedding -> red-team gate")
+N_SCALARS = 4
+RED_TEAM_SUBSET = "harmless-base"
 
 
 def embedding_features(cache: EmbeddingCache, prompts: Sequence[str], responses: Sequence[str],
                        batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Per (prompt, response): the response's sentence embedding, log length in characters and words, the
-    cosine between the last human turn and the response, and log(number of human turns)."""
+    """Per (prompt, response), one row ``[response embedding, 4 scalars, query embedding]``: the scalars are
+    the response's log length in characters and in words, the cosine between the last human turn (the query)
+    and the response, and log(number of human turns)."""
     r = cache.encode(list(responses), batch_size=batch_size, progress=progress)
     q = cache.encode([_query(p) for p in prompts], batch_size=batch_size, progress=progress)
     scalars = np.stack([np.log1p([len(x) for x in responses]), np.log1p([len(x.split()) for x in responses]),
                         (q * r).sum(1), np.log1p([p.count("\n\nHuman:") for p in prompts])], axis=1)
-    return np.hstack([r, scalars]).astype(np.float32)
+    return np.hstack([r, scalars, q]).astype(np.float32)
 
 
 class BTHead(torch.nn.Module):
-    """Standardise the features, then an MLP (or a linear layer if ``hidden == 0``) to one reward logit."""
+    """The reward head over :func:`embedding_features` rows.
 
-    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
+    A *red-team gate* g = P(the prompt is a red-teaming prompt | query embedding), a logistic regression
+    fitted on the training pairs' subset labels (``harmless-base`` vs the helpful subsets; :meth:`fit_gate`),
+    lets the head treat length differently in the two contexts: on HH red-team prompts the shorter answer
+    wins more often (longer wins 45% of harmless-base pairs, 57-60% of helpful-base / rejection-sampled).
+    The MLP (linear if ``hidden == 0``) sees the standardised response features, g, scalars * g and
+    scalars * (1 - g), and outputs one reward logit.
+    """
+
+    def __init__(self, emb_dim: int, hidden: int = 256, dropout: float = 0.1, n_scalars: int = N_SCALARS):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
+        self.emb_dim, self.n_scalars = emb_dim, n_scalars
+        base = emb_dim + n_scalars
+        self.register_buffer("mean", torch.zeros(base))
+        self.register_buffer("std", torch.ones(base))
+        self.register_buffer("query_mean", torch.zeros(emb_dim))
+        self.register_buffer("query_std", torch.ones(emb_dim))
+        self.gate = torch.nn.Linear(emb_dim, 1)
+        torch.nn.init.zeros_(self.gate.weight)
+        torch.nn.init.zeros_(self.gate.bias)                      # g = 0.5 until fitted
+        dim = base + 1 + 2 * n_scalars
         layers: list[torch.nn.Module] = [torch.nn.Dropout(dropout)]
         if hidden:
             layers += [torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Dropout(dropout),
@@ -467,8 +488,39 @@ class BTHead(torch.nn.Module):
             layers.append(torch.nn.Linear(dim, 1))
         self.net = torch.nn.Sequential(*layers)
 
+    def gate_logit(self, x: torch.Tensor) -> torch.Tensor:
+        query = x[:, self.emb_dim + self.n_scalars:]
+        return self.gate((query - self.query_mean) / self.query_std).squeeze(-1)
+
+    def standardise_from(self, x: torch.Tensor) -> None:
+        base = self.emb_dim + self.n_scalars
+        self.mean.copy_(x[:, :base].mean(0))
+        self.std.copy_(x[:, :base].std(0) + 1e-6)
+        self.query_mean.copy_(x[:, base:].mean(0))
+        self.query_std.copy_(x[:, base:].std(0) + 1e-6)
+
+    def fit_gate(self, x: torch.Tensor, red_team: torch.Tensor, l2: float = 1e-2, steps: int = 100) -> float:
+        """L2-regularised logistic regression of ``red_team`` (0/1) on the query embeddings (L-BFGS);
+        returns its training accuracy. The gate is then frozen."""
+        optimizer = torch.optim.LBFGS(self.gate.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.gate_logit(x), red_team) \
+                + l2 * self.gate.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.gate.requires_grad_(False)
+        with torch.no_grad():
+            return float(((self.gate_logit(x) > 0).float() == red_team).float().mean())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
+        base = (x[:, :self.emb_dim + self.n_scalars] - self.mean) / self.std
+        scalars = base[:, self.emb_dim:]
+        g = torch.sigmoid(self.gate_logit(x)).detach().unsqueeze(-1)
+        return self.net(torch.cat([base, g, scalars * g, scalars * (1 - g)], dim=1)).squeeze(-1)
 
 
 class EmbeddingRM(RewardModel):
@@ -526,7 +578,7 @@ class EmbeddingRM(RewardModel):
         config = json.loads((folder / "config.json").read_text())
         if config.get("kind") != cls.kind:
             raise ValueError(f"{folder}/config.json: kind {config.get('kind')!r}, expected {cls.kind!r}")
-        head = BTHead(config["dim"], config["hidden"], config["dropout"])
+        head = BTHead(config["emb_dim"], config["hidden"], config["dropout"])
         head.load_state_dict(load_file(str(folder / "head.safetensors")))
         return cls(head, config)
 
@@ -540,17 +592,6 @@ def _oa_targets(cols: dict[str, list], oa_rewards: dict | None) -> tuple[np.ndar
         if rec is not None and _same_start(rec["chosen_text"], c) and _same_start(rec["rejected_text"], r):
             chosen[i], rejected[i] = rec["chosen"], rec["rejected"]
     return chosen, rejected
-
-
-class _Threads:
-    """Run small-tensor training on one thread (much faster on a busy machine; same result)."""
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
 
 
 def train_reward_model(pairs, encoder: str = "sentence-transformers/all-MiniLM-L6-v2", seed: int = 0,
@@ -579,13 +620,17 @@ def train_reward_model(pairs, encoder: str = "sentence-transformers/all-MiniLM-L
     oa_c, oa_r = torch.nan_to_num(oa_c), torch.nan_to_num(oa_r)     # NaN targets would poison the gradients
 
     torch.manual_seed(seed)
-    head = BTHead(feats.shape[1], hidden, dropout)
-    head.mean.copy_(torch.from_numpy(feats.mean(0)))
-    head.std.copy_(torch.from_numpy(feats.std(0) + 1e-6))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    with _Threads():
+    emb_dim = (feats.shape[1] - N_SCALARS) // 2
+    head = BTHead(emb_dim, hidden, dropout)
+    head.standardise_from(torch.from_numpy(feats))
+    losses, gate_accuracy = [], None
+    red_team = torch.tensor([float(s == RED_TEAM_SUBSET) for s in cols["subset"]])
+    with torch_threads(1):   # small tensors: one thread is faster on a busy CPU, and the same everywhere
+        if 0 < float(red_team.sum()) < n:   # both contexts present: fit the gate, else it stays at 0.5
+            gate_accuracy = head.fit_gate(x_c, red_team)
+        optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr,
+                                      weight_decay=weight_decay)
+        generator = torch.Generator().manual_seed(seed)
         for _ in range(epochs):
             head.train()
             order, total = torch.randperm(n, generator=generator), 0.0
@@ -607,9 +652,9 @@ def train_reward_model(pairs, encoder: str = "sentence-transformers/all-MiniLM-L
             train_acc = float(pairwise_wins(head(x_c).numpy(), head(x_r).numpy()).mean())
     config = {
         "kind": EmbeddingRM.kind, "name": name, "encoder": encoder, "encoder_sha": cache.weights_sha,
-        "max_length": max_length, "features": FEATURES, "dim": int(feats.shape[1]), "hidden": hidden,
-        "dropout": dropout,
-        "train": {"n_pairs": n, "n_oa_targets": int(has_oa.sum()), "seed": seed, "epochs": epochs, "lr": lr,
+        "max_length": max_length, "features": FEATURES, "emb_dim": emb_dim, "hidden": hidden, "dropout": dropout,
+        "train": {"n_pairs": n, "n_oa_targets": int(has_oa.sum()), "gate_train_accuracy": gate_accuracy,
+                  "seed": seed, "epochs": epochs, "lr": lr,
                   "batch_size": batch_size, "weight_decay": weight_decay, "oa_weight": oa_weight,
                   "max_pairs": max_pairs, "loss_per_epoch": losses, "train_accuracy": train_acc,
                   "subsets": {s: cols["subset"].count(s) for s in sorted(set(cols["subset"]))},
@@ -681,7 +726,7 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
             out.append(OpenAssistantRM(spec, dtype=cfg.dtype))
             continue
         cols = reward_pairs(source, half, cfg.max_pairs, seed)
-        key = config_hash("embedding-bt-v1", role, settings, _texts_digest(cols), oa_rewards is not None, length=16)
+        key = config_hash("embedding-bt-v2", role, settings, _texts_digest(cols), oa_rewards is not None, length=16)
         folder = paths.cache_dir() / "reward" / f"rm_{role}-{key}"
         if (folder / "config.json").exists():
             out.append(EmbeddingRM.load(folder))

@@ -418,17 +418,20 @@ def run_selector(name: str, prompts: Sequence[str], budget: int, seed: int = 0, 
 
 # ----------------------------------------------------------------------------- CLI
 
-def selector_context(name: str, rankings: list, cfg, progress: bool = False) -> dict:
-    """The keyword arguments selector ``name`` needs, built from a :class:`SelectConfig`."""
+def selector_context(name: str, rankings: list, cfg, progress: bool = False, diversity=None) -> dict:
+    """The keyword arguments selector ``name`` needs, built from a :class:`SelectConfig` (and the recipe's
+    :class:`DiversityConfig` for the metric's tokenizer, N and exponent)."""
+    from .config import DiversityConfig
     from .models import load_tokenizer
+    div = diversity or DiversityConfig()
     if name == "random":
         return {}
     if name in ("minhash-dedup", "d-greedy"):
-        ctx = {"tokenizer": load_tokenizer(cfg.tokenizer), "n": cfg.ngram, "max_tokens": cfg.max_tokens}
+        ctx = {"tokenizer": load_tokenizer(div.tokenizer), "n": div.ngram, "max_tokens": div.max_tokens}
         if name == "minhash-dedup":
             ctx |= {"threshold": cfg.dedup_threshold, "num_perm": cfg.num_perm, "minhash_seed": cfg.minhash_seed}
         else:
-            ctx |= {"exponent": cfg.exponent, "sample_size": cfg.greedy_sample, "progress": progress}
+            ctx |= {"exponent": div.exponent, "sample_size": cfg.greedy_sample, "progress": progress}
         return ctx
     if name == "deita":
         from .models import load_causal_lm
@@ -462,7 +465,7 @@ def command(args) -> int:
     cfg = recipe.select
     budget = cfg.budget if args.budget is None else args.budget
     rankings = load_rankings(args.rankings)
-    ctx = selector_context(args.selector, rankings, cfg, progress=True)
+    ctx = selector_context(args.selector, rankings, cfg, progress=True, diversity=recipe.diversity)
     picked = run_selector(args.selector, [r.prompt for r in rankings], budget, cfg.seed, **ctx)
     out = Path(args.out)
     save_rankings(out, [rankings[i] for i in picked])

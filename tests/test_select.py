@@ -261,7 +261,7 @@ def test_select_cli(tmp_path, hh_prompts, tiny_tokenizer, tiny_gpt, monkeypatch)
     save_rankings(tmp_path / "pool.jsonl", rankings)
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"select:\n  budget: 10\n  tokenizer: {tmp_path / 'tok'}\n  greedy_sample: 16\n")
+    recipe.write_text(f"diversity:\n  tokenizer: {tmp_path / 'tok'}\nselect:\n  budget: 10\n  greedy_sample: 16\n")
     for name in ("random", "d-greedy", "deita"):
         out = tmp_path / f"{name}.jsonl"
         argv = ["select", "--recipe", str(recipe), "--rankings", str(tmp_path / "pool.jsonl"),
