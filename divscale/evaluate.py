@@ -21,15 +21,14 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from .generation import STOP_STRINGS, format_prompt, generate
 from .io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
-
 
 # --------------------------------------------------------------------------------------------------
 # statistics

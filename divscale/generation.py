@@ -23,12 +23,17 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 STOP_STRINGS = ("Human:", "human:", "Assistant:", "assistant:")

@@ -31,8 +31,8 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -93,8 +93,7 @@ def load_cache(path: Path) -> dict[str, list[str]]:
 
 def _append(path: Path, records: list[dict]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -47,17 +47,6 @@ TEST_PROMPTS = {
 EVAL_KW = dict(max_new_tokens=16, batch_size=4, max_prompt_tokens=64, n_boot=200)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny models run faster single-threaded, especially on a loaded machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------- statistics
 
 def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
@@ -158,7 +147,7 @@ class _Judge(BaseHTTPRequestHandler):
     BIASED (position bias); a malformed answer when it says MALFORMED."""
     seen_auth: list = []          # Authorization headers received (reset by the fixture)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.seen_auth.append(self.headers.get("Authorization"))
         user = body["messages"][-1]["content"]
@@ -234,7 +223,7 @@ def test_evaluate_cli_uses_run_config(tiny_gpt, tiny_tokenizer, tmp_path, monkey
     import datasets
 
     import divscale.evaluate as ev
-    import divscale.reward as reward
+    from divscale import reward
     from divscale.cli import main
 
     run = tmp_path / "run"

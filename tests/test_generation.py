@@ -21,17 +21,6 @@ SIMPLE_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny models run faster single-threaded, especially on a loaded machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def overfit_gpt(tiny_gpt, tiny_tokenizer):
     """The tiny GPT memorises one dialogue, so greedy output is known text."""

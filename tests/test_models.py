@@ -41,7 +41,7 @@ def test_local_directory_and_bad_names(tmp_path):
     with pytest.raises(FileNotFoundError):
         models.resolve_model(tmp_path / "missing" / "model")
     with pytest.raises(FileNotFoundError):
-        models.resolve_model("not-a-hub-id")
+        models.resolve_model("./not/a/model")
 
 
 def test_minilm_resolves_to_the_wheel_and_encodes(monkeypatch):

@@ -14,15 +14,6 @@ S = torch.tensor([[-1.0, -1.2, -1.5]])
 R = torch.tensor([[2.0, 0.5, -1.0]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared 2-core machine thrashes with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- the loss
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

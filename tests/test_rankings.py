@@ -25,16 +25,6 @@ GEN_KW = dict(k=2, max_new_tokens=12, max_prompt_tokens=64, batch_size=2, seed=4
               generator_name="tiny-gpt-test")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def pool():
     return [Ranking(id=f"t:{i}", prompt=p, responses=[c, r], rewards=[None, None],
@@ -172,8 +162,7 @@ def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_pat
 def test_rankings_cli(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
     import datasets
 
-    import divscale.data as data
-    import divscale.reward as reward
+    from divscale import data, reward
     from divscale.cli import main
 
     rows = [{"prompt": p, "chosen": c, "rejected": r, "subset": "helpful-base", "line": i + 1}

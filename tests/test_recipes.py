@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from transformers import TrainerCallback
 
@@ -39,14 +38,6 @@ class LengthRM:
 class RecordArgs(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.args = args
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_four_recipes_exist():

@@ -23,15 +23,6 @@ RANKINGS = [{"id": f"toy-{i}", "prompt": f"\n\nHuman: {q}\n\nAssistant:",
 DEV = [r["prompt"] for r in RANKINGS[:4]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared 2-core machine thrashes with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LengthRM:
     """A stand-in RM_train: longer answers score higher (deterministic, depends on the text only)."""
 
