@@ -95,11 +95,13 @@ def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Pa
 
 
 def collect_results(recipe: Recipe) -> Path:
-    """Rebuild ``results/<recipe>/runs.csv`` from the completed cells (atomic)."""
+    """Rebuild ``results/<recipe>/runs.csv`` from the recipe's completed cells (atomic); result files of
+    cells that are no longer in the grid (an edited recipe) stay on disk but are left out."""
     from .analysis import results_frame, write_results
 
     dirs = recipe_dirs(recipe)
-    rows = [json.loads(p.read_text()) for p in sorted(dirs["cells"].glob("*.json"))]
+    done = [cell_result_path(recipe, c) for c in expand_grid(recipe)]
+    rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
     out = dirs["results"] / "runs.csv"
     write_results(out, results_frame(rows))
     return out
