@@ -321,10 +321,25 @@ def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
             verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
 
 
-def exponent_table(R: Recipe, df: pd.DataFrame) -> pd.DataFrame:
-    """Our runs with the columns fit_exponent needs (one algorithm: PRO if present)."""
+def exponent_fit(df: pd.DataFrame):
+    """:func:`divscale.analysis.fit_exponent` on our runs (PRO if present), and a sentence saying what it found.
+
+    If no exponent makes every per-n line rise, the best exponent among all of them is reported with that
+    caveat rather than an error: it is a finding, not a failure."""
+    from .analysis import fit_exponent
+
     algo = "pro" if "pro" in set(df["algo"]) else sorted(df["algo"].unique())[0]
-    return df[df["algo"] == algo]
+    table = df[df["algo"] == algo]
+    try:
+        fit = fit_exponent(table)
+        note = (f"{algo.upper()}: the straightest lines with every slope positive are at p = {fit.best_p:.2f} "
+                f"(e = {fit.best_exponent:.2f}).")
+    except ValueError:
+        fit = fit_exponent(table, require_positive_slope=False)
+        note = (f"{algo.upper()}: no exponent makes reward rise with d at every ranking length; among all exponents "
+                f"the smallest mean MSE is at p = {fit.best_p:.2f}, with at least one falling line, so this "
+                "study gives no support for any particular p.")
+    return fit, note
 
 
 def regression_sentences(fits: dict) -> list[str]:
@@ -504,3 +519,21 @@ def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
     return (pd.concat([acc, base])
             .rename(columns={"value": "accuracy", "ci_lo": "accuracy_lo", "ci_hi": "accuracy_hi"})
             .reset_index(drop=True))
+
+
+def initial_policy_reward(R: Recipe) -> dict:
+    """RM_test reward of the policy *before* fine-tuning (the warmed-up tiny GPT or the hub model), on the
+    same test prompts: the reference every fine-tuned cell should beat."""
+    from .evaluate import evaluate_policy
+    from .models import load_policy
+
+    def build():
+        _, rm_test = reward_models(R)
+        model, tokenizer = load_policy(R.policy, policy_texts(R))
+        e = R.eval
+        res = evaluate_policy(model, tokenizer, test_prompts(R), rm_test, max_new_tokens=e.max_new_tokens,
+                              batch_size=e.batch_size, max_prompt_tokens=e.max_prompt_tokens,
+                              stop_strings=e.stop_strings, n_boot=e.bootstrap)
+        return {"reward_global": res.reward["Global"], "ci": res.ci["Global"]}
+
+    return _memo("initial_reward", R, build)

@@ -51,6 +51,15 @@ for algo, df in results.groupby("algo"):
     plots.save_figure(fig, f"allocation_{algo}", pipeline.figures_dir(R))
 
 # %% [markdown]
+# For reference, the policy before any fine-tuning (same test prompts, same RM_test):
+
+# %%
+initial = pipeline.initial_policy_reward(R)
+print(f"initial policy: {initial['reward_global']:.2f} (95% CI {initial['ci'][0]:.2f}-{initial['ci'][1]:.2f}); "
+      f"fine-tuned runs: mean {results.reward_global.mean():.2f}, range {results.reward_global.min():.2f}-"
+      f"{results.reward_global.max():.2f}")
+
+# %% [markdown]
 # ## The verdict, per algorithm and budget
 
 # %%

@@ -79,10 +79,10 @@ for algo, df in results.groupby("algo"):
 # p ≈ 2, the paper's choice.
 
 # %%
-paper_pts_pro = paper_pts[paper_pts["algo"] == "pro"]
-paper_exp = analysis.fit_exponent(paper_pts_pro)
-ours_exp = analysis.fit_exponent(pipeline.exponent_table(R, results))
-print(f"paper points: best p = {paper_exp.best_p:.2f};  this study: best p = {ours_exp.best_p:.2f}")
+paper_exp = analysis.fit_exponent(paper_pts[paper_pts["algo"] == "pro"])
+print(f"paper points (PRO): best p = {paper_exp.best_p:.2f}")
+ours_exp, note = pipeline.exponent_fit(results)
+print(note)
 fig = plots.plot_exponent_fit(ours_exp.curve, ours_exp.best_exponent)
 plots.save_figure(fig, "exponent_fit", pipeline.figures_dir(R))
 

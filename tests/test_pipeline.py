@@ -88,3 +88,16 @@ def test_load_accepts_json_overrides_from_papermill():
     R = pipeline.load("smoke", '{"train.max_steps": 7, "data.sizes": [24]}')
     assert R.train.max_steps == 7 and R.data.sizes == [24]
     assert pipeline.load(R) is R
+
+
+def test_exponent_fit_reports_instead_of_failing_when_no_exponent_gives_rising_lines():
+    rows = []
+    for n in (2, 4):
+        for k, r in ((60, 0.30), (120, 0.24), (240, 0.19)):
+            rows.append({"algo": "pro", "ranking_len": n, "n_prompts": k, "r_unique": r,   # rises with k at n=2,
+                         "reward_global": 50 + (k if n == 2 else -k) / 100})           # falls at n=4
+    fit, note = pipeline.exponent_fit(pd.DataFrame(rows))
+    assert "no exponent makes reward rise" in note and fit.best_p > 0
+    rising = pd.DataFrame([dict(r, reward_global=40 + r["n_prompts"] ** 0.5 * r["r_unique"]) for r in rows])
+    fit, note = pipeline.exponent_fit(rising)
+    assert "every slope positive" in note and fit.best_exponent == pytest.approx(0.5, abs=0.06)
