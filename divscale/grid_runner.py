@@ -102,6 +102,12 @@ def collect_results(recipe: Recipe) -> Path:
     dirs = recipe_dirs(recipe)
     done = [cell_result_path(recipe, c) for c in expand_grid(recipe)]
     rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
+    from .pipeline import project_relative
+
+    for row in rows:                       # results tables hold project-relative paths, not machine paths
+        for key in ("run_dir", "eval_dir"):
+            if key in row:
+                row[key] = project_relative(row[key])
     out = dirs["results"] / "runs.csv"
     write_results(out, results_frame(rows))
     return out

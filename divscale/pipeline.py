@@ -258,8 +258,8 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
-           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": str(run_dir),
-           "eval_dir": evaluation.get("eval_dir", "")}
+           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": project_relative(run_dir),
+           "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
     return row | extra
 
 
@@ -278,10 +278,30 @@ def write_result(row: dict, result_path: str | None) -> None:
         atomic_write_json(result_path, row)
 
 
+def project_relative(path: str | Path) -> str:
+    """A path inside the project as a path relative to its root (results tables hold no machine paths)."""
+    if not path:
+        return ""
+    path = Path(path)
+    return str(path.relative_to(paths.ROOT)) if path.is_absolute() and path.is_relative_to(paths.ROOT) else str(path)
+
+
+def project_path(path: str | Path) -> Path:
+    """The inverse of :func:`project_relative`."""
+    path = Path(path)
+    return path if path.is_absolute() else paths.ROOT / path
+
+
 def training_curve(run_dir: str | Path) -> pd.DataFrame:
     """Loss and dev reward per step from a run's ``metrics.jsonl``."""
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    lines = (project_path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
     return pd.DataFrame(records).groupby("step", as_index=False).first()
+
+
+def generations(row: dict) -> pd.DataFrame:
+    """The test generations and RM_test scores of a run (its result row's ``eval_dir``)."""
+    return pd.read_json(project_path(row["eval_dir"]) / "generations.jsonl", lines=True)
 
 
 # --------------------------------------------------------------------------------------------- results

@@ -65,7 +65,7 @@ ax = curve.plot(x="step", y=[c for c in ("loss", "dev_reward") if c in curve], s
 # ## A few test generations
 
 # %%
-gens = pd.read_json(f"{row['eval_dir']}/generations.jsonl", lines=True)
+gens = pipeline.generations(row)
 gens[["subset", "prompt", "response", "score"]].assign(prompt=lambda g: g.prompt.str[-150:]).head(6)
 
 # %% [markdown]

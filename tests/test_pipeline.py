@@ -101,3 +101,11 @@ def test_exponent_fit_reports_instead_of_failing_when_no_exponent_gives_rising_l
     rising = pd.DataFrame([dict(r, reward_global=40 + r["n_prompts"] ** 0.5 * r["r_unique"]) for r in rows])
     fit, note = pipeline.exponent_fit(rising)
     assert "every slope positive" in note and fit.best_exponent == pytest.approx(0.5, abs=0.06)
+
+
+def test_result_paths_are_project_relative():
+    from divscale import paths
+
+    assert pipeline.project_relative(paths.ROOT / "runs" / "train" / "x") == "runs/train/x"
+    assert pipeline.project_path("runs/train/x") == paths.ROOT / "runs" / "train" / "x"
+    assert pipeline.project_relative("/elsewhere/x") == "/elsewhere/x" and pipeline.project_relative("") == ""
