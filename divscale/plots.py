@@ -330,6 +330,9 @@ def plot_rm_report(report_df: pd.DataFrame, model: str = "model", subset: str = 
     return fig
 
 
+PANELS_PER_ROW = 4
+
+
 def _strategy_figure(df: pd.DataFrame, by: str, measures: list[str], y: str, scale: float,
                      hue: str | None, title: str) -> plt.Figure:
     set_style()
@@ -338,9 +341,13 @@ def _strategy_figure(df: pd.DataFrame, by: str, measures: list[str], y: str, sca
     order = list(pd.unique(df[by]))
     panels = [(m, m, 1.0, None) for m in measures] + [(y, "test reward" + (" (0–1)" if scale == 0.01 else ""),
                                                         scale, hue)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.0, 0.55 * len(order) + 1.6) * len(panels), 3.3),
+    ncols = min(len(panels), PANELS_PER_ROW)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.0, 0.55 * len(order) + 1.6) * ncols, 3.3 * nrows),
                              squeeze=False, constrained_layout=True)
-    for ax, (col, label, s, h) in zip(axes[0], panels):
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (col, label, s, h) in zip(axes.flat, panels):
         keys = [by] + ([h] if h and h in df.columns else [])
         summary = _summarise(df, keys, col, s)
         _dots(ax, summary, by, hue=keys[1] if len(keys) > 1 else None, order=order,
