@@ -280,7 +280,7 @@ for key, value in dict(max_steps=4, prompts_per_step=4, per_device_batch=2, per_
     setattr(recipe.train, key, value)
 run = train.train_run(recipe, "pro", 3, len(rankings), 42, grid=rankings, policy=(model, tok), rm_train=LengthRM(),
                       dev_prompts=[r["prompt"] for r in rankings[:4]], runs_dir=runs)
-print("RUN", os.environ["RANK"], os.environ["WORLD_SIZE"], run, flush=True)
+sys.stdout.write(f"RUN {os.environ['RANK']} {os.environ['WORLD_SIZE']} {run}\\n"); sys.stdout.flush()  # one write: atomic on a pipe
 """
 
 
