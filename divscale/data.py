@@ -35,6 +35,7 @@ import datasets
 from . import paths
 from .config import DataConfig, config_hash, load_recipe, parse_overrides
 from .io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
+from .paths import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,6 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
 
 # --------------------------------------------------------------------------------------------------
 # loading HH-RLHF
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _data_root(data_dir: str | os.PathLike | None) -> tuple[Path | None, bool]:

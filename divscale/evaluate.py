@@ -29,14 +29,10 @@ import numpy as np
 
 from .generation import STOP_STRINGS, format_prompt, generate
 from .io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from .reward import sigmoid
 
 # --------------------------------------------------------------------------------------------------
 # statistics
-
-
-def sigmoid(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,

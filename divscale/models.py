@@ -40,6 +40,7 @@ from pathlib import Path
 
 from . import io, paths
 from .config import PolicyConfig, config_hash
+from .paths import hub_offline
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -50,10 +51,6 @@ OFFLINE_MODELS = (SMOLLM2_ID, MINILM_ID)
 _HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf",
                "onnx/*", "openvino/*", "*.tflite", "coreml/*"]
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 # --------------------------------------------------------------------------------------------------

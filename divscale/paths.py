@@ -42,3 +42,8 @@ def hh_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     if HH_RLHF_DIR.exists():
         return HH_RLHF_DIR
     return None
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

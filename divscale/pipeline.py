@@ -183,18 +183,22 @@ def diversity_sensitivity(R: Recipe, ns=(1, 2, 3, 4), exponents=(1 / 3, 1 / 2, 1
     return diversity_grid(subset_prompts(R), diversity_tokenizer(R), ns=ns, exponents=exponents)
 
 
-def diversity_measures(R: Recipe) -> pd.DataFrame:
-    """The paper's d beside other diversity measures, one row per subset size."""
+def measure_sets(R: Recipe, sets: dict[str, list[str]]) -> pd.DataFrame:
+    """d and every other diversity measure (embedding ones on the recipe's encoder) per labelled prompt set."""
     from .diversity import diversity_table
     from .models import load_encoder
 
     encoder = load_encoder(R.select.embedder)
     embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
-    sets = {f"k={k}": prompts for k, prompts in subset_prompts(R).items()}
     table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
     if "label" not in table.columns:
         table = table.reset_index().rename(columns={"index": "label"})
     return table
+
+
+def diversity_measures(R: Recipe) -> pd.DataFrame:
+    """The paper's d beside other diversity measures, one row per subset size."""
+    return measure_sets(R, {f"k={k}": prompts for k, prompts in subset_prompts(R).items()})
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -494,16 +498,8 @@ def selections(R: Recipe) -> dict[str, list]:
 
 def selection_diversity(R: Recipe) -> pd.DataFrame:
     """d and the other diversity measures of each selector's prompts."""
-    from .diversity import diversity_table
-    from .models import load_encoder
-
-    encoder = load_encoder(R.select.embedder)
-    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
     sets = {name: [r.prompt for r in chosen] for name, chosen in selections(R).items()}
-    table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
-    if "label" not in table.columns:
-        table = table.reset_index().rename(columns={"index": "label"})
-    return table.rename(columns={"label": "strategy"})
+    return measure_sets(R, sets).rename(columns={"label": "strategy"})
 
 
 def selection_experiment(R: Recipe) -> pd.DataFrame:
