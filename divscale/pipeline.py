@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,9 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
-           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "run_dir": project_relative(run_dir),
+           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok",
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),   # when the run finished, kept
+           "run_dir": project_relative(run_dir),
            "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
     return row | extra
 
