@@ -19,7 +19,7 @@ export MKL_NUM_THREADS ?= 1
 # data/ lacks it. Without one, divscale reads HH-RLHF from the hub (HF_HUB_OFFLINE=0).
 LOCAL_DATA ?= ../shared/data
 
-.PHONY: help setup data test test-fast figures results notebooks clean bench
+.PHONY: help setup data test test-fast figures results notebooks lab clean bench verify gpu-check
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,17 +56,27 @@ $(NB_OUT)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(DEPS)
 $(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction)
 	$(PY) -m divscale.cli grid --recipe $(RECIPE) -j $(JOBS)
 
-$(call nb,05_allocation) $(call nb,06_diversity_regression): $(RESULTS)
+$(call nb,05_allocation) $(call nb,06_diversity_regression) $(call nb,10_budget_planner): $(RESULTS)
 $(call nb,02_prompt_diversity) $(call nb,03_reward_models) $(call nb,07_augmentation) \
-  $(call nb,08_selection): $(call nb,01_data_construction)
+  $(call nb,08_selection) $(call nb,09_listwise): $(call nb,01_data_construction)
 
 FIGURE_NOTEBOOKS := 01_data_construction 02_prompt_diversity 03_reward_models 05_allocation \
-  06_diversity_regression 07_augmentation 08_selection
+  06_diversity_regression 07_augmentation 08_selection 09_listwise 10_budget_planner
 
 results: setup $(RESULTS)  ## run the missing cells of RECIPE's grid (default cpu) into results/RECIPE/runs.csv
 
 figures: setup $(foreach n,$(FIGURE_NOTEBOOKS),$(call nb,$(n)))  ## rebuild every figure of RECIPE (default cpu) into figures/RECIPE/
+	$(PY) -m divscale.cli summarize --recipe $(RECIPE) $(if $(filter cpu,$(RECIPE)),--readme)
+	$(PY) -m divscale.cli notebook export --recipe $(RECIPE) $(FIGURE_NOTEBOOKS)
 	@echo "figures in figures/$(RECIPE)/:"; ls figures/$(RECIPE)/*.png
+	@echo "executed notebooks (cleaned) in results/$(RECIPE)/notebooks/"
+
+# JupyterLab from .venv on 127.0.0.1 (first free port from LAB_PORT), rooted at the project: the py:percent
+# sources open as notebooks (jupytext, paired with their .ipynb), run in .venv's python3 kernel. Ctrl-C stops it.
+LAB_PORT ?= 8888
+LAB_BROWSER ?= yes
+lab: setup  ## JupyterLab on the notebooks (.py sources open as paired notebooks; LAB_PORT=8888 LAB_BROWSER=no)
+	$(PY) -m divscale.cli notebook lab --port $(LAB_PORT) $(if $(filter no,$(LAB_BROWSER)),--no-browser)
 
 notebooks: setup  ## sync every notebooks/*.ipynb from its py:percent source, then check the pairs
 	$(PY) -m divscale.cli notebook sync
@@ -77,6 +87,15 @@ test: setup  ## run the test suite (offline)
 
 test-fast: setup  ## tests without the slow (training, notebook) ones
 	$(PY) -m pytest -q -m "not slow and not notebooks"
+
+# Two builds of VERIFY_RECIPE's shared artifacts (MiniLM embeddings, RM heads, SmolLM2 generations, rankings,
+# warmed-up policy) from empty caches -- one pre-warmed by a different build, one on 2 threads -- must hash alike.
+VERIFY_RECIPE ?= smoke
+verify: setup  ## rebuild VERIFY_RECIPE's (default smoke) shared artifacts twice from empty caches, compare hashes
+	$(PY) -m divscale.cli grid --recipe $(VERIFY_RECIPE) --verify
+
+gpu-check: setup  ## on a GPU machine: smoke cell on CUDA in bf16 (tokens/s, peak memory), PRO loss CPU vs GPU, OPT-1.3B throughput
+	HF_HUB_OFFLINE=1 timeout 480 $(PY) -m divscale.gpu_check --json runs/gpu-check.json
 
 bench: setup  ## speed/memory benchmarks (ratios against a baseline in the same run)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -8,10 +8,15 @@ The paper's two findings, and the statistics that test them here:
    d = |X|^(1/p) · r_unique with p = 2; :func:`fit_exponent` asks which 1/p makes the lines straightest.
 2. **At an equal annotation budget, more responses beat more prompts** (Table 1). Budget = #prompts × n
    (spec §2.4), so the equal-budget cells are (n, budget / n). :func:`more_responses_beat_more_prompts`
-   compares them with a confidence interval over training seeds and says plainly whether the claim holds.
+   compares them in one OLS model over all runs of an algorithm (the cells have different prompts, so
+   nothing is paired: see the comment above :func:`mde`), reports the minimum detectable effect beside
+   every CI, and says in which direction each estimate points and whether an effect of the paper's size
+   could have been seen.
 
-Scales: results tables and Table 1 hold rewards ×100 (100 · mean sigmoid of the RM_test logit); the paper's
-figures and MSEs use the 0–1 scale, so fits take ``scale=0.01`` to be comparable with the paper.
+Scale: one reward scale throughout, the paper's Table 1 scale, reward ×100 = 100 · mean sigmoid(RM_test
+logit) ∈ [0, 100]; slopes are in reward points per unit of x and MSEs in points². The paper's Figure 4
+prints MSEs on the 0–1 scale: :data:`PAPER_PRINTED_MSE` holds them as printed and :func:`paper_mse_points`
+converts them (× 10⁴). ``scale=0.01`` in the fitting functions reproduces the paper's own units.
 """
 from __future__ import annotations
 
@@ -214,11 +219,14 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
 # ---------------------------------------------------------------------------------------------------------
 
 def fit_lines(df: pd.DataFrame, x: str = "d", y: str = "reward_global", by: str | list[str] | None = "ranking_len",
-              scale: float = 1.0, aggregate: bool = True, confidence: float = 0.95) -> pd.DataFrame:
+              scale: float = 1.0, aggregate: bool = False, confidence: float = 0.95) -> pd.DataFrame:
     """Fit one OLS line ``y·scale ~ x`` per value of ``by`` (a column, a list of columns, or None: one line).
 
-    ``aggregate=True`` first averages y over rows sharing (by, x), i.e. over seeds, as the paper fits one
-    point per subset size; ``False`` fits every run. Rows with NaN x or y are dropped. Returns one row per
+    ``aggregate=False`` (default) fits every run: with 4 sizes × 3 seeds a line has 12 points and 10 residual
+    dof, where the 4 seed means would leave 2. ``True`` first averages y over rows sharing (by, x), as the
+    paper, which has one point per subset size (for its points both give the same line). The runs at one
+    size share their prompts, so residuals within a size are not fully independent and the slope's CI is,
+    if anything, a little narrow; with 4 sizes a cluster-robust SE is not usable. Rows with NaN x or y are dropped. Returns one row per
     group: slope/intercept with standard errors and ``confidence`` intervals, their covariance, R²,
     MSE = SSR / #points (the paper's definition), n_points, residual dof and the slope's p-value.
     """
@@ -311,19 +319,29 @@ def paper_fig4_points() -> pd.DataFrame:
     return t[cols].sort_values(["algo", "ranking_len", "n_prompts"]).reset_index(drop=True)
 
 
-def refit_paper() -> dict[str, pd.DataFrame]:
-    """Refit Figure 4 on the paper's own points (reward on the 0–1 scale, one OLS line per n).
+# Figure 4's printed mean MSEs (0–1 reward scale), as printed in the paper (spec §4.4).
+PAPER_PRINTED_MSE = {"pro_vs_samples": 1.2e-4, "pro_vs_d": 2.6e-5, "sft_vs_d": 9.3e-6}
 
-    Keys: ``pro_vs_samples``, ``pro_vs_d``, ``sft_vs_d``. The mean MSEs reproduce the paper's printed
-    1.2e-4 / 2.6e-5 / 9.3e-6 (spec refit: 1.23e-4 / 2.54e-5 / 9.56e-6) — evidence that the d values and
-    the fitting procedure are the paper's.
+
+def paper_mse_points(key: str) -> float:
+    """A printed Figure 4 MSE converted to this project's scale (reward ×100, so MSE × 10⁴, in points²)."""
+    return PAPER_PRINTED_MSE[key] * 1e4
+
+
+def refit_paper(scale: float = 0.01) -> dict[str, pd.DataFrame]:
+    """Refit Figure 4 on the paper's own published points (one OLS line per n).
+
+    Keys: ``pro_vs_samples``, ``pro_vs_d``, ``sft_vs_d``. On the paper's 0–1 scale (``scale=0.01``, default)
+    the mean MSEs reproduce its printed 1.2e-4 / 2.6e-5 / 9.3e-6 (spec refit: 1.23e-4 / 2.54e-5 / 9.56e-6) —
+    evidence that the d values and the fitting procedure are the paper's. ``scale=1`` gives the same fits on
+    the ×100 scale used everywhere else here (MSEs × 10⁴). A refit of transcribed numbers, not a reproduction.
     """
     pts = paper_fig4_points()
     pro, sft = pts[pts["algo"] == "pro"], pts[pts["algo"] == "sft"]
     return {
-        "pro_vs_samples": fit_lines(pro, x="n_prompts", scale=0.01),
-        "pro_vs_d": fit_lines(pro, x="d", scale=0.01),
-        "sft_vs_d": fit_lines(sft, x="d", scale=0.01),
+        "pro_vs_samples": fit_lines(pro, x="n_prompts", scale=scale),
+        "pro_vs_d": fit_lines(pro, x="d", scale=scale),
+        "sft_vs_d": fit_lines(sft, x="d", scale=scale),
     }
 
 
@@ -376,6 +394,187 @@ def fit_exponent(table: pd.DataFrame, exponents=EXPONENTS, y: str = "reward_glob
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Contrasts: estimate, CI, minimum detectable effect, direction
+# ---------------------------------------------------------------------------------------------------------
+#
+# What is shared between two runs decides the test (see divscale/train.py and divscale/grid.py):
+# - every run starts from the same warmed-up policy weights (policy.seed) and is scored on the same test
+#   prompts. Both are constants of the study, common to *every* run, so they move no cell against another
+#   and justify no pairing (an earlier docstring said otherwise; that was wrong);
+# - runs with the same #prompts k and the same seed train on the same prompts (nested subsets, one
+#   shuffle for every n) in the same order (the Trainer's seed and data_seed are the run's seed, and the
+#   sampler permutes the same k prompts). Only these share something per seed, so only a same-k contrast
+#   (n=4 vs n=2 on the *same prompts*) may be paired by seed;
+# - the equal-budget cells (n, B/n) have different k, hence different prompt sets and data orders: their
+#   runs are independent samples. They are compared in one OLS cell-means model over all runs of an
+#   algorithm (statsmodels, reward ~ C(cell) with one mean per (n, k) cell): the contrast of two cell means
+#   with the residual variance pooled over all cells (df = runs − cells, 24 for 12 cells × 3 seeds instead
+#   of ~2–4 for a Welch test on two cells of 3 runs). It assumes the seed-to-seed variance is the same in
+#   every cell; :func:`welch_contrast` (no such assumption) is reported beside it.
+#
+# Every contrast carries its minimum detectable effect (MDE): the true difference that a two-sided test at
+# α = 0.05 detects with 80% power given the observed standard error, MDE = (t_{1−α/2, df} + t_{power, df})·SE.
+# Rewards are 100 × mean sigmoid(logit) ∈ [0, 100]; a *difference* of two such means lies in [−100, 100],
+# far from where its t-interval ends, so difference CIs stay on the reward scale, while intervals of a cell
+# mean use :func:`bounded_interval`.
+
+ALPHA = 0.05
+POWER = 0.8
+
+
+def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a t-test: (t_{1−α/2, df} + t_{power, df}) · SE.
+
+    The smallest true difference that a two-sided level-α test with standard error ``se`` and ``df``
+    degrees of freedom detects with probability ``power`` (normal approximation of the non-central t)."""
+    if not (np.isfinite(se) and np.isfinite(df) and df > 0):
+        return math.nan
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def bounded_interval(values, lower: float = 0.0, upper: float = 100.0,
+                     confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi) for the mean of a few values of a score bounded in [lower, upper] (seeds' rewards ×100).
+
+    The interval is a Student-t interval on the logit scale, logit((x − lower) / (upper − lower)),
+    back-transformed, so it never leaves [lower, upper] (a plain t-interval of three rewards near 0 reaches
+    below 0). It is an interval for the back-transformed logit mean; the point returned is the arithmetic
+    mean of the values, which for very skewed seeds can lie outside it (figures draw both as they are).
+    Values on a bound are moved 0.1% of the range inside it. NaNs are dropped; fewer than two values give NaN bounds."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
+    if len(x) == 0:
+        return (math.nan, math.nan, math.nan)
+    if (x < lower).any() or (x > upper).any():
+        raise ValueError(f"bounded_interval: values outside [{lower}, {upper}]: {x[(x < lower) | (x > upper)]}")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, math.nan, math.nan)
+    width = upper - lower
+    u = np.clip((x - lower) / width, 1e-3, 1 - 1e-3)
+    z = np.log(u / (1 - u))
+    half = stats.t.ppf(0.5 + confidence / 2, len(z) - 1) * z.std(ddof=1) / math.sqrt(len(z))
+    back = lambda v: lower + width / (1 + math.exp(-v))
+    return (mean, back(z.mean() - half), back(z.mean() + half))
+
+
+def ci_status(lo: float, hi: float) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return "inconclusive (one run per cell: no CI)"
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "does not hold"
+    return "inconclusive (CI spans 0)"
+
+
+def direction(estimate: float, expected_sign: int = 1) -> str:
+    """Whether an estimate points the way the paper predicts (``expected_sign``: +1 "higher is the claim")."""
+    if not np.isfinite(estimate):
+        return "unknown"
+    if estimate == 0:
+        return "zero"
+    return "as the paper" if np.sign(estimate) == expected_sign else "against the paper"
+
+
+def _contrast(estimate, se, df, test, n_a, n_b, confidence, mean_a=math.nan, mean_b=math.nan,
+              ci=None, **extra) -> dict:
+    if ci is None:
+        half = stats.t.ppf(0.5 + confidence / 2, df) * se if np.isfinite(se) and df > 0 else math.nan
+        ci = (estimate - half, estimate + half)
+    lo, hi = (float(ci[0]), float(ci[1])) if np.isfinite(ci[0]) else (math.nan, math.nan)
+    return {"estimate": float(estimate), "ci_lo": lo, "ci_hi": hi, "se": float(se), "df": float(df),
+            "mde": mde(se, df), "confidence": confidence, "alpha": ALPHA, "power": POWER, "test": test,
+            "n_runs": int(n_a + n_b), "n_a": int(n_a), "n_b": int(n_b), "mean_a": float(mean_a),
+            "mean_b": float(mean_b), "status": ci_status(lo, hi), "direction": direction(estimate),
+            "identical": False, **extra}
+
+
+def welch_contrast(a, b, confidence: float = 0.95) -> dict:
+    """mean(a) − mean(b) for independent runs: Welch's t (unequal variances, Welch–Satterthwaite df)."""
+    xa = np.asarray(pd.Series(a).dropna(), dtype=float)
+    xb = np.asarray(pd.Series(b).dropna(), dtype=float)
+    if len(xa) == 0 or len(xb) == 0:
+        raise ValueError("welch_contrast needs at least one run on each side")
+    est = float(xa.mean() - xb.mean())
+    if len(xa) < 2 or len(xb) < 2:
+        return _contrast(est, math.nan, math.nan, "Welch t (one run on a side: no CI)", len(xa), len(xb),
+                         confidence, xa.mean(), xb.mean())
+    res = stats.ttest_ind(xa, xb, equal_var=False)
+    ci = res.confidence_interval(confidence)
+    se = math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
+    return _contrast(est, se, float(res.df), "Welch t (independent runs)", len(xa), len(xb), confidence,
+                     xa.mean(), xb.mean(), ci=(ci.low, ci.high))
+
+
+def paired_contrast(a: pd.DataFrame, b: pd.DataFrame, y: str, on: str = "seed", confidence: float = 0.95) -> dict:
+    """mean(a − b) over runs matched by ``on`` (seed): a paired t-test. Valid only where the two runs of a
+    pair share something per seed (same prompts in the same order: a same-k contrast)."""
+    m = a[[on, y]].merge(b[[on, y]], on=on, suffixes=("_a", "_b")).dropna()
+    diff = (m[f"{y}_a"] - m[f"{y}_b"]).to_numpy(float)
+    if len(diff) == 0:
+        raise ValueError(f"paired_contrast: no {on} in common")
+    if len(diff) < 2:
+        return _contrast(float(diff.mean()), math.nan, math.nan, f"paired t by {on} (one pair: no CI)",
+                         len(diff), len(diff), confidence, m[f"{y}_a"].mean(), m[f"{y}_b"].mean())
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
+    return _contrast(float(diff.mean()), se, len(diff) - 1, f"paired t by {on} ({len(diff)} pairs)",
+                     len(diff), len(diff), confidence, m[f"{y}_a"].mean(), m[f"{y}_b"].mean())
+
+
+def cell_model(df: pd.DataFrame, y: str = "reward_global"):
+    """statsmodels OLS ``y ~ C(cell) − 1``: one mean per (ranking_len, n_prompts) cell, residual variance
+    pooled over every run of one algorithm. Returns (fitted model, list of cell labels "n{n}_k{k}")."""
+    import statsmodels.formula.api as smf
+
+    _one_setting(df, "cell_model")
+    data = df.dropna(subset=[y]).copy()
+    data["cell"] = [f"n{n}_k{k}" for n, k in zip(data["ranking_len"], data["n_prompts"])]
+    data["_y"] = data[y].astype(float)
+    import warnings
+
+    with warnings.catch_warnings():          # one run per cell: no residual dof (reported as "no CI")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = smf.ols("_y ~ C(cell) - 1", data=data).fit()
+    return res, [name[len("C(cell)["):-1] for name in res.params.index]
+
+
+def model_contrast(df: pd.DataFrame, a: tuple[int, int], b: tuple[int, int], y: str = "reward_global",
+                   confidence: float = 0.95, fitted=None) -> dict:
+    """Cell (n_a, k_a) minus cell (n_b, k_b) in :func:`cell_model`: a t-test of the contrast with the pooled
+    residual variance (df = runs − cells). Different k: independent runs, nothing paired."""
+    res, cells = fitted or cell_model(df, y)
+    la, lb = f"n{a[0]}_k{a[1]}", f"n{b[0]}_k{b[1]}"
+    for lab in (la, lb):
+        if lab not in cells:
+            raise ValueError(f"model_contrast: no runs in cell {lab}; cells are {cells}")
+    vec = np.zeros(len(cells))
+    vec[cells.index(la)], vec[cells.index(lb)] = 1.0, -1.0
+    import warnings
+
+    with warnings.catch_warnings():          # no residual dof: NaN SE, reported as "no CI"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = res.t_test(vec)
+    est, se, dfr = float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(res.df_resid)
+    data = df.dropna(subset=[y])
+    n_a = int(((data["ranking_len"] == a[0]) & (data["n_prompts"] == a[1])).sum())
+    n_b = int(((data["ranking_len"] == b[0]) & (data["n_prompts"] == b[1])).sum())
+    if dfr <= 0:
+        return _contrast(est, math.nan, math.nan, "OLS cell means (no residual df: no CI)", n_a, n_b, confidence,
+                         res.params.iloc[cells.index(la)], res.params.iloc[cells.index(lb)])
+    return _contrast(est, se, dfr, f"OLS cell means, df {int(dfr)}", n_a, n_b, confidence,
+                     res.params.iloc[cells.index(la)], res.params.iloc[cells.index(lb)],
+                     pooled_sd=float(math.sqrt(res.scale)),
+                     test_detail=f"statsmodels OLS reward ~ C(cell) over {int(res.nobs)} runs in {len(cells)} "
+                                 f"cells; t-test of the contrast with the pooled residual variance")
+
+
+def pooled_seed_sd(df: pd.DataFrame, y: str = "reward_global") -> float:
+    """Seed-to-seed SD pooled over the cells of one algorithm (the residual SD of :func:`cell_model`)."""
+    res, _ = cell_model(df, y)
+    return float(math.sqrt(res.scale)) if res.df_resid > 0 else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Equal annotation budget: Table 1 and the "more responses beat more prompts" verdict
 # ---------------------------------------------------------------------------------------------------------
 
@@ -394,9 +593,13 @@ def _diagonal_prompts(budget: int, n: int) -> int:
     return budget // n
 
 
+CELL_CI_METHOD = "t-interval over seeds on the logit scale, back-transformed (stays in [0, 100])"
+
+
 def equal_budget_table(df: pd.DataFrame, budgets, y: str = "reward_global", lengths=(2, 3, 4),
                        confidence: float = 0.95) -> pd.DataFrame:
-    """Table 1 analogue: mean ``y`` over seeds with a t-interval per (ranking_len, n_prompts).
+    """Table 1 analogue: mean ``y`` over seeds with a bounded interval (:func:`bounded_interval`) per
+    (ranking_len, n_prompts).
 
     ``budgets`` are in annotations (responses = prompts × n, spec §2.4; a recipe's N is budget / 2). For each
     budget B the table's columns are the prompt counts {B/4, B/3, B/2} (as in the paper); every cell is
@@ -411,53 +614,72 @@ def equal_budget_table(df: pd.DataFrame, budgets, y: str = "reward_global", leng
         for n in lengths:
             for prompts in columns:
                 cell = data[(data["ranking_len"] == n) & (data["n_prompts"] == prompts)]
-                mean, lo, hi = t_interval(cell[y], confidence)
+                mean, lo, hi = bounded_interval(cell[y], confidence=confidence)
                 rows.append({"budget_group": budget, "ranking_len": n, "n_prompts": prompts,
                              "budget": n * prompts, "diagonal": n * prompts == budget,
                              "n_seeds": int(cell[y].notna().sum()), "mean": mean, "ci_lo": lo, "ci_hi": hi,
-                             "sd": float(cell[y].std(ddof=1)) if len(cell) > 1 else math.nan})
+                             "sd": float(cell[y].std(ddof=1)) if len(cell) > 1 else math.nan,
+                             "range": float(np.ptp(cell[y])) if len(cell) > 1 else math.nan})
     return pd.DataFrame(rows)
 
 
 def mean_difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidence: float):
-    """Mean difference a − b with a CI: Welch (independent runs) or paired by seed."""
-    if method == "paired":
-        m = a[["seed", y]].merge(b[["seed", y]], on="seed", suffixes=("_a", "_b"))
-        diff = m[f"{y}_a"] - m[f"{y}_b"]
-        mean, lo, hi = t_interval(diff, confidence)
-        return mean, lo, hi, len(m)
-    xa, xb = a[y].to_numpy(float), b[y].to_numpy(float)
-    mean = float(xa.mean() - xb.mean())
-    if len(xa) < 2 or len(xb) < 2:
-        return mean, math.nan, math.nan, min(len(xa), len(xb))
-    ci = stats.ttest_ind(xa, xb, equal_var=False).confidence_interval(confidence)
-    return mean, float(ci.low), float(ci.high), min(len(xa), len(xb))
+    """(estimate, lo, hi, runs) of mean a − mean b: Welch (independent runs) or paired by seed."""
+    c = paired_contrast(a, b, y, confidence=confidence) if method == "paired" else \
+        welch_contrast(a[y], b[y], confidence)
+    return c["estimate"], c["ci_lo"], c["ci_hi"], min(c["n_a"], c["n_b"])
 
 
-def ci_status(lo: float, hi: float) -> str:
-    if math.isnan(lo) or math.isnan(hi):
-        return "inconclusive (one run per cell: no CI)"
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "does not hold"
-    return "inconclusive (CI spans 0)"
+def paper_effect_range(model: str = "OPT-1.3B", split: str = "Global") -> tuple[float, float]:
+    """Smallest and largest Δ(n=4 − n=2) of the paper's equal-budget diagonals (Table 1, PRO and SFT at both
+    budgets; OPT-1.3B Global: +1.46 to +2.43): the effect size a study must be able to see."""
+    t = paper_table1_long()
+    t = t[(t["model"] == model) & (t["split"] == split) & t["diagonal"]]
+    piv = t.pivot_table(index=["algo", "budget_group"], columns="ranking_len", values="reward")
+    delta = piv[4] - piv[2]
+    return float(delta.min()), float(delta.max())
+
+
+def contrast_sentence(label: str, c: dict, paper_range: tuple[float, float] | None = None,
+                      unit: str = "points") -> str:
+    """One plain sentence for a contrast: estimate with its direction, CI, MDE, test and power verdict."""
+    if c.get("identical"):
+        return f"{label}: identical arms ({c.get('reason', 'same runs')}); no difference to estimate."
+    est = c["estimate"]
+    dirn = {"as the paper": "in the paper's direction", "against the paper": "against the paper's direction",
+            "zero": "no difference"}.get(c["direction"], c["direction"])
+    ci = "no CI" if math.isnan(c["ci_lo"]) else f"{c['confidence']:.0%} CI [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}]"
+    text = f"{label}: {est:+.1f} {unit} ({dirn}), {ci}, MDE {c['mde']:.1f} ({c['test']}): {c['status']}"
+    if paper_range is not None:
+        lo, hi = paper_range
+        if math.isnan(c["mde"]):
+            text += f"; no MDE, so an effect of the paper's size ({lo:+.1f} to {hi:+.1f}) cannot be judged"
+        elif c["mde"] > hi:
+            text += (f"; an effect of the paper's size ({lo:+.1f} to {hi:+.1f}) is {c['mde'] / hi:.0f}× smaller "
+                     f"than the MDE and could not have been seen")
+        else:
+            text += f"; an effect of the paper's size ({lo:+.1f} to {hi:+.1f}) could have been seen"
+    return text + "."
 
 
 def more_responses_beat_more_prompts(df: pd.DataFrame, budget: int, y: str = "reward_global",
-                                     method: str = "welch", confidence: float = 0.95) -> dict:
+                                     method: str = "ols", confidence: float = 0.95) -> dict:
     """Does (n=4, B/4 prompts) beat (n=2, B/2 prompts) at an equal budget of B responses? And n=3 vs n=2?
 
-    The CI of each difference is over training seeds. ``method="welch"`` (default) treats the cells' runs
-    as independent samples (Welch's t: runs in different cells share only the seed number, not data or
-    trajectory); ``method="paired"`` pairs runs by seed (t-interval of per-seed differences), which is
-    tighter when something shared across cells per seed (e.g. an evaluation sample) moves them together.
+    The cells have different prompt sets (different k), so their runs are independent and nothing is
+    paired. ``method="ols"`` (default) tests the difference of cell means in :func:`cell_model`, one OLS
+    model over all runs of the algorithm with the seed variance pooled over every cell; ``method="welch"``
+    uses only the two cells' runs (Welch's t). Pairing by seed is refused: runs with the same seed but
+    different k share neither prompts nor data order (see the comment above :func:`mde`).
     A comparison "holds" when its CI lies above 0, "does not hold" when below, and is "inconclusive" when
-    the CI spans 0 or a cell has a single run. Returns the cells' means, both differences with CIs, a
-    status word per comparison and a plain-language ``verdict``.
+    the CI spans 0 or a cell has a single run. Returns the cells' means, both contrasts (dicts with estimate,
+    CI, MDE, test, direction: ``contrast_4_vs_2``), the legacy keys diff_/ci_/status_/mde_, and a
+    plain-language ``verdict`` that states each estimate's direction, its MDE and whether an effect of the
+    paper's size could have been detected.
     """
-    if method not in ("welch", "paired"):
-        raise ValueError(f"method must be 'welch' or 'paired', got {method!r}")
+    if method not in ("ols", "welch"):
+        raise ValueError(f"method must be 'ols' or 'welch', got {method!r} (the equal-budget cells have "
+                         "different prompts, so pairing them by seed is not valid)")
     _one_setting(df, "more_responses_beat_more_prompts")
     data = df.dropna(subset=[y])
     cells = {n: data[(data["ranking_len"] == n) & (data["n_prompts"] == _diagonal_prompts(budget, n))]
@@ -465,7 +687,9 @@ def more_responses_beat_more_prompts(df: pd.DataFrame, budget: int, y: str = "re
     missing = [f"(n={n}, {_diagonal_prompts(budget, n)} prompts)" for n in (2, 4) if cells[n].empty]
     if missing:
         raise ValueError(f"budget {budget}: no runs for equal-budget cell(s) {', '.join(missing)}")
-    out = {"budget": budget, "y": y, "method": method, "confidence": confidence,
+    fitted = cell_model(data, y) if method == "ols" else None
+    paper = paper_effect_range()
+    out = {"budget": budget, "y": y, "method": method, "confidence": confidence, "paper_range": paper,
            "cells": {n: {"n_prompts": _diagonal_prompts(budget, n), "runs": len(c),
                          "mean": float(c[y].mean()) if len(c) else math.nan} for n, c in cells.items()}}
     parts = []
@@ -473,16 +697,90 @@ def more_responses_beat_more_prompts(df: pd.DataFrame, budget: int, y: str = "re
         key = f"{n}_vs_2"
         if cells[n].empty:
             out[f"diff_{key}"], out[f"ci_{key}"], out[f"status_{key}"] = math.nan, (math.nan, math.nan), "missing"
+            out[f"mde_{key}"], out[f"contrast_{key}"] = math.nan, None
             parts.append(f"n={n} vs n=2: no runs for (n={n}, {_diagonal_prompts(budget, n)} prompts)")
             continue
-        mean, lo, hi, k = mean_difference(cells[n], cells[2], y, method, confidence)
-        status = ci_status(lo, hi)
-        out[f"diff_{key}"], out[f"ci_{key}"], out[f"status_{key}"], out[f"runs_{key}"] = mean, (lo, hi), status, k
-        ci_text = "no CI" if math.isnan(lo) else f"{confidence:.0%} CI [{lo:+.2f}, {hi:+.2f}]"
-        parts.append(f"n={n} vs n=2: {status} (Δ = {mean:+.2f}, {ci_text})")
-    out["verdict"] = (f"More responses beat more prompts at {budget:,} responses "
-                      f"({method} interval over seeds): " + "; ".join(parts) + ".")
+        if method == "ols":
+            c = model_contrast(data, (n, _diagonal_prompts(budget, n)), (2, _diagonal_prompts(budget, 2)), y,
+                               confidence, fitted=fitted)
+        else:
+            c = welch_contrast(cells[n][y], cells[2][y], confidence)
+        c |= {"comparison": f"n={n} - n=2", "budget": budget}
+        out[f"contrast_{key}"] = c
+        out[f"diff_{key}"], out[f"ci_{key}"], out[f"status_{key}"] = c["estimate"], (c["ci_lo"], c["ci_hi"]), c["status"]
+        out[f"mde_{key}"], out[f"runs_{key}"] = c["mde"], min(c["n_a"], c["n_b"])
+        parts.append(contrast_sentence(f"n={n} − n=2", c, paper if n == 4 else None).rstrip("."))
+    out["verdict"] = (f"More responses beat more prompts at {budget:,} responses? " + "; ".join(parts) + ".")
     return out
+
+
+def same_prompts_contrast(df: pd.DataFrame, n_prompts: int, n: int = 4, baseline: int = 2,
+                          y: str = "reward_global", confidence: float = 0.95) -> dict:
+    """n-rankings vs ``baseline``-rankings on the *same* k prompts (not an equal budget: n=4 costs twice the
+    responses). Same k and same seed share the prompts and their order, so runs are paired by seed."""
+    _one_setting(df, "same_prompts_contrast")
+    data = df.dropna(subset=[y])
+    a = data[(data["ranking_len"] == n) & (data["n_prompts"] == n_prompts)]
+    b = data[(data["ranking_len"] == baseline) & (data["n_prompts"] == n_prompts)]
+    if a.empty or b.empty:
+        raise ValueError(f"same_prompts_contrast: no runs for n={n} or n={baseline} at k={n_prompts}")
+    return paired_contrast(a, b, y, confidence=confidence) | {"comparison": f"n={n} - n={baseline}",
+                                                              "n_prompts": int(n_prompts)}
+
+
+def method_contrast(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
+                    confidence: float = 0.95) -> dict:
+    """``compare`` − ``baseline`` (rows labelled in column ``by``, one algorithm) for augmentation / selection
+    arms. The arms train on different prompt sets, so their runs are independent: Welch's t. Two arms whose
+    runs are the same runs (same run ids: the same selected set, hence the same training) are reported as
+    ``identical`` with no CI: comparing three runs with themselves is not evidence of anything."""
+    _one_setting(df, "method_contrast")
+    a, b = df[df[by] == compare].dropna(subset=[y]), df[df[by] == baseline].dropna(subset=[y])
+    if a.empty or b.empty:
+        raise ValueError(f"method_contrast: no runs for {compare!r} or {baseline!r} in column {by!r}")
+    label = {"comparison": f"{compare} - {baseline}", "by": by}
+    same_runs = "run_id" in df.columns and set(a["run_id"]) == set(b["run_id"])
+    marked = "identical_to" in df.columns and (
+        baseline in set(a["identical_to"].dropna().astype(str)) or compare in set(b["identical_to"].dropna().astype(str)))
+    if same_runs or marked:
+        why = (f"{compare!r} and {baseline!r} trained the same {len(a)} runs (same run ids)" if same_runs else
+               f"{compare!r} selected the same set as {baseline!r} (identical_to)")
+        return {"estimate": 0.0, "ci_lo": None, "ci_hi": None, "mde": None, "test": "none (identical arms)",
+                "n_runs": len(a), "n_a": len(a), "n_b": len(b), "identical": True,
+                "reason": why, "status": "identical arms", "direction": "zero", **label}
+    return welch_contrast(a[y], b[y], confidence) | label
+
+
+def regression_sentence(algo: str, fits_d: pd.DataFrame, fits_n: pd.DataFrame | None = None) -> str:
+    """Plain statement of the per-n lines of reward on d (and on #prompts): each slope with its sign and CI,
+    how many point the paper's way (rising), and whether d fits better than the prompt count."""
+    parts = [f"n={int(r.ranking_len)} {r.slope:+.2f} [{r.slope_lo:+.2f}, {r.slope_hi:+.2f}]"
+             for r in fits_d.itertuples()]
+    neg = int((fits_d["slope"] < 0).sum())
+    text = (f"{algo.upper()}: slopes of reward on d (points per unit d, 95% CI, {int(fits_d['n_points'].iloc[0])} "
+            f"runs a line): {'; '.join(parts)}. {neg} of {len(fits_d)} are negative (against the paper), "
+            f"{int((fits_d['slope_lo'] > 0).sum())} have a CI above 0, {int((fits_d['slope_hi'] < 0).sum())} below")
+    if fits_n is not None:
+        md, mn = mean_mse(fits_d), mean_mse(fits_n)
+        text += (f"; the mean MSE on d, {md:.2f} points², is {'smaller' if md < mn else 'larger'} than on "
+                 f"#prompts, {mn:.2f}")
+    return text + "."
+
+
+def cell_spread(df: pd.DataFrame, y: str = "reward_global") -> dict:
+    """The largest seed-to-seed spread of one (algo, n, k) cell: its range and SD, and which cell
+    (None when no cell has two seeds)."""
+    keys = [c for c in ("algo", "ranking_len", "n_prompts") if c in df.columns]
+    g = df.dropna(subset=[y]).groupby(keys)[y]
+    spread = pd.DataFrame({"range": g.max() - g.min(), "sd": g.std(ddof=1), "runs": g.size()})
+    spread = spread[spread["runs"] > 1]
+    if spread.empty:          # one seed per cell (e.g. the smoke profile): there is no seed spread to report
+        return None
+    top = spread["range"].idxmax()
+    return {"max_range": float(spread["range"].max()), "sd_of_that_cell": float(spread.loc[top, "sd"]),
+            "max_sd": float(spread["sd"].max()), "cell": dict(zip(keys, [v.item() if hasattr(v, "item") else v
+                                                                           for v in (top if isinstance(top, tuple)
+                                                                                     else (top,))]))}
 
 
 def beside_paper(table: pd.DataFrame, algo: str = "pro", model: str = "OPT-1.3B",

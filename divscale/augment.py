@@ -1,17 +1,20 @@
 """Diversity-guided data augmentation (paper §5, reconstructed) and its Jaccard filter.
 
-The paper uses its prompt-diversity metric d to *augment* a budgeted labelled subset: it adds
-prompts from a pool whose rankings cost no new human labels (LLM responses ranked by RM_train).
+The paper uses its prompt-diversity metric d to *augment* a budgeted labelled subset with prompts
+from a larger pool. Here an added prompt is an HH record like the others: it brings its two human
+responses and gets two generated ones, all ordered by RM_train; so augmentation adds labelled
+prompts, and what is compared is how the extra prompts are chosen, at an equal number of them.
 The text of that section could not be read (see ``docs/paper_spec.md`` §5), so this is the most
 faithful reconstruction, with every knob exposed in :class:`divscale.config.AugmentConfig`:
 
-1. Seed set S (the budgeted subset), candidate pool U (other pool prompts).
+1. Base set S (the budgeted subset; ``seed_size`` prompts, ``seed_ids`` / ``seed_rankings`` in the
+   code), candidate pool U (other pool prompts).
 2. Rounds: draw ``m`` candidates uniformly (seeded) from what is left of U.
 3. Jaccard filter: drop a candidate c when ``J(G(c), G(x)) >= tau`` for ANY prompt x of the
    support set, where G is the set of token N-grams (same tokenizer, N and truncation as the metric)
-   and ``J(A, B) = |A & B| / |A | B|``. The support set is the seed (or a seeded sample of it) **plus
+   and ``J(A, B) = |A & B| / |A | B|``. The support set is the base set (or a seeded sample of it) **plus
    every prompt added so far** -- our choice: otherwise the loop could add two near-duplicates of
-   each other; set ``support_includes_added=False`` for the seed-only reading. (Comparing against the
+   each other; set ``support_includes_added=False`` for the base-set-only reading. (Comparing against the
    *union* of S's N-grams is useless: that union is huge, so J stays near 0.) A dropped candidate is
    removed from U for good: the support set only grows, so it could never pass later.
 4. Greedy pick: among the survivors, add the one whose addition raises d the most

@@ -3,6 +3,8 @@
 Each subcommand lives in the module that does the work, which defines
 ``configure_parser(parser)`` and ``command(args) -> int``; this file only dispatches,
 importing a module when its subcommand is used (so ``divscale diversity`` never loads torch).
+Where running a subcommand needs modules above the one that parses it, ``COMMANDS`` names the
+higher module that runs it, so a lower module never imports a higher one.
 """
 from __future__ import annotations
 
@@ -23,6 +25,18 @@ SUBCOMMANDS = {
     "notebook": ("divscale.notebooks", "execute a notebook with papermill; check / sync the jupytext pairs"),
     "augment": ("divscale.augment", "diversity-guided augmentation of a seed subset"),
     "select": ("divscale.select", "select a budgeted subset (Deita, d-greedy, random, ...)"),
+    "summarize": ("divscale.summary", "write results/<recipe>/summary.json (and the README results block)"),
+    "plan": ("divscale.budget_plan", "plan an annotation budget: prompts x responses per n, predicted reward"),
+    "convert": ("divscale.models", "convert a .bin-only checkpoint to safetensors once (torch.load weights_only)"),
+}
+
+# Subcommands parsed and run by a module higher than the one named above, which does the wiring, so that a
+# lower module never imports a higher one: `divscale train` needs the recipe's splits, RM_train, grid and
+# policy and the --data trainer (divscale.pipeline), `divscale data grid` the grid builder (divscale.grid).
+# module: (parser function or None for the module above's configure_parser, command function)
+COMMANDS = {
+    "train": ("divscale.pipeline", "configure_train_parser", "train_command"),
+    "data": ("divscale.grid", None, "data_command"),
 }
 
 
@@ -32,9 +46,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:
-            module = importlib.import_module(module_name)
-            module.configure_parser(p)
-            p.set_defaults(_module=module)
+            runner_name, configure, command = COMMANDS.get(name, (module_name, None, "command"))
+            runner = importlib.import_module(runner_name)
+            configure = getattr(runner, configure) if configure else importlib.import_module(module_name).configure_parser
+            configure(p)
+            p.set_defaults(_command=getattr(runner, command))
     return parser
 
 
@@ -47,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.command(args) or 0)
+        return int(args._command(args) or 0)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"divscale {args.subcommand}: error: {err}", file=sys.stderr)
         return 1

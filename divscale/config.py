@@ -7,8 +7,10 @@ module that uses it. Unknown keys are an error, so a typo in a recipe never pass
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,8 @@ class RewardConfig:
     weight_decay: float = 0.01
     oa_weight: float = 0.0               # > 0: also regress the OpenAssistant 6.9B scores shipped for pool pairs
     seed: int = 0                        # RM_train uses seed, RM_test seed + 1
-    dtype: str = "float32"               # hub RMs (OpenAssistant): bfloat16 on a GPU
+    dtype: str = "float32"               # RM_train (OpenAssistant) scoring dtype; bfloat16 allowed (logged warning)
+    test_dtype: str = "float32"          # RM_test scoring dtype: float32, as the paper
 
 
 @dataclass
@@ -202,30 +205,103 @@ def config_hash(*objs: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def _build(cls, values: dict[str, Any], where: str):
+class RecipeError(ValueError):
+    """A recipe value that is unknown or cannot be read as its field's type (raised before anything runs)."""
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+@functools.cache
+def _adapters(hint: Any):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(hint), TypeAdapter(hint, config={"strict": True})
+
+
+def _bool_lost(before: Any, after: Any) -> bool:
+    """True where a bool of ``before`` became a number in ``after`` (pydantic reads True as 1; we do not)."""
+    if isinstance(before, bool):
+        return not isinstance(after, bool)
+    if isinstance(before, list) and isinstance(after, list):
+        return any(_bool_lost(a, b) for a, b in zip(before, after))
+    if isinstance(before, dict) and isinstance(after, dict):
+        return any(_bool_lost(a, b) for a, b in zip(before.items(), after.items()))
+    if isinstance(before, tuple) and isinstance(after, tuple):
+        return any(_bool_lost(a, b) for a, b in zip(before, after))
+    return False
+
+
+def coerce_value(hint: Any, value: Any, key: str, where: str = "recipe:", default: Any = dataclasses.MISSING) -> Any:
+    """``value`` as the type ``hint`` (int, float, bool, str, Optional, Literal, list/dict of those).
+
+    A value already of the right type is returned unchanged (an int stays an int in a float field, so the
+    recipe's hash does not move); one that can be read as it is converted (``'5e-4'`` -> 0.0005, YAML's reading
+    of an exponent without a dot; ``'10'`` -> 10); anything else raises a one-line :class:`RecipeError` naming
+    the key, the value and the expected type."""
+    from pydantic import ValidationError
+
+    lax, strict = _adapters(hint)
+    try:
+        strict.validate_python(value)
+        return value
+    except ValidationError:
+        pass
+    name = _type_name(hint)
+    try:
+        out = lax.validate_python(value)
+        if _bool_lost(value, out):
+            raise RecipeError("a boolean is not a number")
+        return out
+    except (ValidationError, RecipeError) as err:
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            at = "".join(f"[{x!r}]" for x in first["loc"] if not isinstance(x, str) or x not in name)
+            reason = f"{'item ' + at + ': ' if at else ''}{first['msg'][0].lower()}{first['msg'][1:]}"
+        else:
+            reason = str(err)
+        example = f", e.g. its default {default!r}" if default is not dataclasses.MISSING else ""
+        raise RecipeError(f"{where} {key}={value!r} is not of type {name} ({reason}); give {key} a value "
+                          f"of type {name}{example}") from None
+
+
+def _build(cls, values: dict[str, Any], where: str, prefix: str = "", origin: dict[str, str] | None = None):
+    """``cls`` from a mapping, every value checked and coerced against its field's type (:func:`coerce_value`).
+    ``where``: the file the values come from; ``origin``: dotted keys set elsewhere (``--set``) -> their label."""
     if values is None:
         values = {}
+    section = prefix.rstrip(".") or "the recipe"
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise RecipeError(f"{where}: {section} must be a mapping of keys to values, got "
+                          f"{type(values).__name__} {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise RecipeError(f"{where}: unknown key(s) {[prefix + str(k) for k in unknown]}; "
+                          f"known in {section}: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        f = known[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+            kwargs[name] = _build(sub, value, where, f"{prefix}{name}.", origin)
         else:
-            kwargs[name] = value
+            default = f.default if f.default is not dataclasses.MISSING else (
+                sub() if sub is not None else dataclasses.MISSING)
+            kwargs[name] = coerce_value(hints[name], value, prefix + name,
+                                        (origin or {}).get(prefix + name, f"{where}:"), default)
     return cls(**kwargs)
 
 
 def _set_override(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for i, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted}: {'.'.join(keys[:i + 1])} is a value, not a section")
     node[keys[-1]] = value
 
 
@@ -242,15 +318,22 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load ``recipes/<name>.yaml`` (or a path) and apply dotted overrides, e.g.
-    ``{"train.max_steps": 10}``. String override values are parsed as YAML scalars."""
+    ``{"train.max_steps": 10}``. String override values are parsed as YAML scalars.
+    Every value is checked against its field's type and coerced (``"5e-4"`` -> 0.0005); one that cannot be
+    is a one-line :class:`RecipeError` naming the key, the value and the type, raised before anything runs."""
     path = recipe_path(name_or_path)
     tree = yaml.safe_load(path.read_text()) or {}
     tree.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise RecipeError(f"--set {key}={value!r} is not a YAML value "
+                                  f"({getattr(err, 'problem', None) or err}); quote it or fix the brackets") from None
         _set_override(tree, key, value)
-    return _build(Recipe, tree, str(path))
+    shown = path.resolve().relative_to(paths.ROOT) if path.resolve().is_relative_to(paths.ROOT) else path
+    return _build(Recipe, tree, str(shown), origin={key: "--set" for key in overrides or {}})
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -634,14 +634,9 @@ def command(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
         print(prepare_splits(recipe.data, args.out, force=args.force))
         return 0
-    from .grid import build_grid, write_grid
-
-    cfg = recipe.data
-    out = Path(args.out) if args.out else paths.RUNS_DIR / "data" / ("grid-" + config_hash(
-        cfg.sizes, cfg.ranking_lengths, cfg.grid_seed, hashlib.sha256(Path(args.rankings).read_bytes()).hexdigest()))
-    grid = build_grid(load_rankings(args.rankings), cfg.sizes, cfg.ranking_lengths, cfg.grid_seed)
-    print(write_grid(grid, out, seed=cfg.grid_seed, meta={"rankings": str(args.rankings)}))
-    return 0
+    # `divscale data grid` is run by divscale.grid.data_command (cli.COMMANDS): the grid is built above the data
+    raise ValueError(f"divscale data {args.data_command}: run it through `divscale data` "
+                     "(divscale.grid.data_command handles the grid action)")
 
 
 if __name__ == "__main__":  # python -m divscale.data download --out data/hh-rlhf

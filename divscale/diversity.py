@@ -288,11 +288,19 @@ def _encoder(tokenizer, max_tokens: int, add_special_tokens: bool,
     if not callable(tokenizer):
         raise TypeError(f"tokenizer must be a transformers tokenizer or a callable, got {type(tokenizer)}")
 
+    def truncated(ids):
+        # No copies: a list/tuple within the limit is passed on as it is, longer ones are sliced once, and
+        # a numpy array is sliced as a view (_token_chunks concatenates integer arrays directly). Anything
+        # else (an iterator, a torch tensor, ...) is materialised once as a list.
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            ids = list(ids)
+        return ids if max_tokens is None or len(ids) <= max_tokens else ids[:max_tokens]
+
     def plain_call(batch: list[str]) -> list[list[int]]:
         out = tokenizer(batch)
         if len(out) != len(batch):
             raise ValueError(f"tokenizer returned {len(out)} token lists for {len(batch)} prompts")
-        return [list(ids)[:max_tokens] if max_tokens is not None else list(ids) for ids in out]
+        return [truncated(ids) for ids in out]
 
     return plain_call
 
@@ -304,7 +312,13 @@ def _token_chunks(prompts: list[str], tokenizer, max_tokens: int, add_special_to
     for i in range(0, len(prompts), chunk_size):
         ids = encode(prompts[i:i + chunk_size])
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        if ids and all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" for a in ids):
+            flat = np.concatenate(ids)           # integer arrays: one memcpy, not one Python int per token
+            if flat.dtype == np.uint64 and flat.size and flat.max() >= 2 ** 63:
+                raise ValueError("token ids must be below 2**63")
+            flat = flat.astype(np.int64, copy=False)
+        else:
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         if flat.size and flat.min() < 0:
             raise ValueError("tokenizer returned negative token ids")
         yield flat, lengths

@@ -3,11 +3,16 @@
 The paper generates greedily (128 new tokens, prompts left-truncated to 384 tokens, output cut
 at the first "Human:"/"Assistant:") for every HH-RLHF test prompt, scores each answer with
 RM_test and reports 100 x mean sigmoid(logit) per test file and "Global", the sample-weighted
-mean over the four files (= the mean over all prompts). Table 1 differences between cells are
-often 0.5-2 points, so every number here carries a percentile-bootstrap 95% CI, and per-prompt
-generations + scores are saved so two policies can be compared on the same prompts
-(``paired_win_rate``). "Helpful" pools the helpful-* files (spec §7 #9: the most likely
-reading of the paper's Helpful column).
+mean over the four files (spec §4.2, §7 #9; PRO's "Total" reproduces with the file sizes
+2312 / 2354 / 1137 / 2749). The paper scores every test prompt, so its weights are the files'
+sizes. A recipe that scores a fixed number of prompts per file (cpu: 50 each) would make the
+plain mean over prompts an *equal*-weight mean of the files, so "Global" here is
+sum_s w_s * mean_s with w_s = the file's share of the full HH-RLHF test set
+(:data:`HH_TEST_SIZES`), whatever the number of prompts scored per file; "Helpful" is the same over
+the helpful-* files. Its CI is a percentile bootstrap *stratified by file* (each file's prompts
+resampled within the file, the weights fixed), so it reflects the design; a percentile
+interval of a mean of scores in [0, 1] never leaves [0, 100]. Per-prompt generations + scores
+are saved so two policies can be compared on the same prompts (``paired_win_rate``).
 
 ``llm_judge`` is the optional pairwise judge of spec §4.5 (the paper's GPT-4 check) through
 any OpenAI-compatible endpoint; the API key is read from the environment only.
@@ -57,6 +62,55 @@ def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
     stats = np.concatenate(stats)
     alpha = (1.0 - ci) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+# Prompts per file of the full HH-RLHF test split (spec §4.2): the weights of "Global" and "Helpful".
+HH_TEST_SIZES = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137,
+                 "helpful-rejection-sampled": 2749}
+# Bumped whenever a change here changes the numbers in eval.json (2: Global weighted by HH_TEST_SIZES
+# with a stratified bootstrap; 1: the pooled mean over the scored prompts): part of the eval cache key.
+EVAL_VERSION = 2
+
+
+def subset_weights(subsets, sizes: dict[str, int] | None = None) -> dict[str, float]:
+    """Weights (summing to 1) of ``subsets`` in a sample-weighted mean: their shares of ``sizes``
+    (default :data:`HH_TEST_SIZES`, the full test files). A subset missing from ``sizes`` is an error:
+    weighting it by the number of prompts scored would silently change what "Global" means."""
+    sizes = HH_TEST_SIZES if sizes is None else sizes
+    subsets = list(dict.fromkeys(subsets))
+    unknown = [s for s in subsets if s not in sizes]
+    if unknown:
+        raise ValueError(f"no test-file size for subset(s) {unknown}; known: {sorted(sizes)} "
+                         "(pass sizes={subset: prompts in the full test file})")
+    total = float(sum(sizes[s] for s in subsets))
+    return {s: sizes[s] / total for s in subsets}
+
+
+def stratified_bootstrap_ci(groups: dict[str, Sequence[float]], weights: dict[str, float], n_boot: int = 1000,
+                            ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the weighted mean ``sum_s weights[s] * mean(groups[s])``.
+
+    Each replicate resamples every group with replacement *within* the group (its own size), keeping
+    the weights fixed: the strata (test files) are part of the design, not random. The interval of a
+    weighted mean of values in [a, b] stays in [a, b]."""
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if not groups:
+        raise ValueError("stratified_bootstrap_ci needs at least one group")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot)
+    for name in sorted(groups):                     # fixed order: the same draws whatever the dict order
+        values = np.asarray(groups[name], dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            raise ValueError(f"group {name!r} is empty")
+        n = values.size
+        chunk = max(1, min(n_boot, 4_000_000 // n))
+        means = [values[rng.integers(0, n, size=(min(chunk, n_boot - start), n))].mean(axis=1)
+                 for start in range(0, n_boot, chunk)]
+        total += weights[name] * np.concatenate(means)
+    alpha = (1.0 - ci) / 2
+    lo, hi = np.quantile(total, [alpha, 1 - alpha])
     return float(lo), float(hi)
 
 
@@ -112,34 +166,50 @@ def _outcome_summary(outcome: np.ndarray, n_boot: int, seed: int, ci: float) -> 
 
 @dataclass
 class EvalResult:
-    """``reward[name]`` = 100 x mean sigmoid(RM_test logit) for each subset, "Helpful" and "Global"."""
+    """``reward[name]`` = 100 x mean sigmoid(RM_test logit) for each subset; "Helpful" and "Global" are
+    weighted means of the subsets' rewards with ``weights[name]`` (shares of the full test files)."""
     reward: dict[str, float]
     ci: dict[str, list[float]]
     n: dict[str, int]
     records: list[dict] = field(default_factory=list, repr=False)    # one per prompt
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"reward": self.reward, "ci": self.ci, "n": self.n}
+        return {"reward": self.reward, "ci": self.ci, "n": self.n, "weights": self.weights,
+                "ci_method": "percentile bootstrap over test prompts (Global/Helpful: stratified by test file, "
+                             "file weights fixed)", "eval_version": EVAL_VERSION}
 
 
-def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> EvalResult:
-    """Per-subset, Helpful and Global rewards (x100) with bootstrap CIs from per-prompt records."""
+def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+              sizes: dict[str, int] | None = None) -> EvalResult:
+    """Per-subset, Helpful and Global rewards (x100) with bootstrap CIs from per-prompt records.
+
+    Per subset: the mean over its scored prompts, percentile-bootstrap CI. "Global" (all subsets) and
+    "Helpful" (the helpful-* subsets, when some but not all are helpful) are sample-weighted as in the
+    paper: each subset's mean weighted by its full test file's size (``sizes``, default
+    :data:`HH_TEST_SIZES`), with a bootstrap stratified by subset (:func:`stratified_bootstrap_ci`)."""
     if not records:
         raise ValueError("no test prompts to summarize")
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, np.ndarray] = {}
     for rec in records:
         groups.setdefault(rec["subset"], []).append(rec["score"])
-    helpful = [r["score"] for r in records if r["subset"].startswith("helpful")]
-    if helpful and len(helpful) < len(records):
-        groups["Helpful"] = helpful
-    groups["Global"] = [r["score"] for r in records]
-    reward, cis, ns = {}, {}, {}
+    groups = {name: 100.0 * np.asarray(vals, dtype=np.float64) for name, vals in groups.items()}
+    reward, cis, ns, weights = {}, {}, {}, {}
     for name, vals in groups.items():
-        vals = 100.0 * np.asarray(vals)
         reward[name] = float(vals.mean())
         cis[name] = list(bootstrap_ci(vals, n_boot=n_boot, ci=ci, seed=seed))
         ns[name] = int(vals.size)
-    return EvalResult(reward, cis, ns, list(records))
+    helpful = [s for s in groups if s.startswith("helpful")]
+    pooled = {"Global": list(groups)} | ({"Helpful": helpful} if helpful and len(helpful) < len(groups) else {})
+    for name in ("Helpful", "Global"):
+        if name not in pooled:
+            continue
+        w = subset_weights(pooled[name], sizes)
+        reward[name] = float(sum(w[s] * reward[s] for s in w))
+        cis[name] = list(stratified_bootstrap_ci({s: groups[s] for s in w}, w, n_boot=n_boot, ci=ci, seed=seed))
+        ns[name] = int(sum(ns[s] for s in w))
+        weights[name] = w
+    return EvalResult(reward, cis, ns, list(records), weights)
 
 
 def evaluate_policy(model, tokenizer, test_prompts_by_subset: dict[str, Sequence[str]], rm_test,

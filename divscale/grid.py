@@ -67,6 +67,18 @@ def sub_rankings(rankings4: Sequence[Ranking], seed: int = 42) -> dict[int, list
     return {4: list(rankings4), 3: len3, 2: len2}
 
 
+def sub_rankings_by_prompt(rankings4: Sequence[Ranking], seed: int = 42) -> dict[int, list[Ranking]]:
+    """:func:`sub_rankings` with one generator per prompt, seeded by ``(seed, id)``: a prompt's 3- and
+    2-ranking do not depend on which other prompts are in the list or where. For sets assembled outside
+    the grid (augmentation, selection), whose lists differ in length; the grid keeps the official stream."""
+    out: dict[int, list[Ranking]] = {4: list(rankings4), 3: [], 2: []}
+    for r in rankings4:
+        one = sub_rankings([r], seed=f"{seed}:{r.id}")       # random.Random hashes a str seed (sha512)
+        out[3].append(one[3][0])
+        out[2].append(one[2][0])
+    return out
+
+
 def nested_subsets(items: Sequence[T], sizes: Sequence[int], seed: int = 42) -> dict[int, list[T]]:
     """``{k: first k of one seeded shuffle}`` for every size k: nested, deterministic."""
     for k in sizes:
@@ -172,3 +184,22 @@ def load_grid(out_dir: str | os.PathLike) -> dict[tuple[int, int], list[Ranking]
                             f"{manifest_path}); rebuild the grid")
         grid[(info["n"], info["k"])] = load_rankings(path)
     return grid
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def data_command(args) -> int:
+    """``divscale data ACTION`` (parser: :func:`divscale.data.configure_parser`): the ``grid`` action writes
+    the nested subsets of a 4-ranking file (``len{n}_{k}.jsonl`` + manifest); the other actions are
+    :func:`divscale.data.command`'s. The grid is built here, above the data, so data never imports grid."""
+    from . import data, paths
+    from .config import config_hash, load_recipe, parse_overrides
+
+    if args.data_command != "grid":
+        return data.command(args)
+    cfg = load_recipe(args.recipe, parse_overrides(args.set)).data
+    out = Path(args.out) if args.out else paths.RUNS_DIR / "data" / ("grid-" + config_hash(
+        cfg.sizes, cfg.ranking_lengths, cfg.grid_seed, hashlib.sha256(Path(args.rankings).read_bytes()).hexdigest()))
+    grid = build_grid(load_rankings(args.rankings), cfg.sizes, cfg.ranking_lengths, cfg.grid_seed)
+    print(write_grid(grid, out, seed=cfg.grid_seed, meta={"rankings": str(args.rankings)}))
+    return 0

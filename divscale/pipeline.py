@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,6 +203,33 @@ def diversity_measures(R: Recipe) -> pd.DataFrame:
     return measure_sets(R, {f"k={k}": prompts for k, prompts in subset_prompts(R).items()})
 
 
+def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None = None,
+                                   seed: int = 0) -> pd.DataFrame:
+    """Every diversity measure on ``draws`` seeded random subsets of ``size`` prompts (default: the
+    smallest grid size) drawn from the grid's largest subset, one row per draw. At one size the measures
+    co-vary only through *which* prompts are in a set, so their correlation with d says whether they
+    agree on diversity; across the grid's sizes any measure monotone in |X| correlates ±1 with d."""
+    import numpy as np
+
+    from .diversity import diversity_table
+    from .models import load_encoder
+
+    prompts = subset_prompts(R)[max(R.data.sizes)]
+    size = size or min(R.data.sizes)
+    if not 1 < size < len(prompts):
+        raise ValueError(f"subset size must be in (1, {len(prompts)}), got {size}")
+    rng = np.random.default_rng(seed)
+    sets = {f"draw {i}": [prompts[j] for j in rng.choice(len(prompts), size=size, replace=False)]
+            for i in range(draws)}
+    encoder = load_encoder(R.select.embedder)
+    vectors = dict(zip(prompts, encoder.encode(prompts, normalize_embeddings=True, show_progress_bar=False)))
+
+    def embed(texts):                                                    # each prompt embedded once
+        return np.stack([vectors[t] for t in texts])
+    return diversity_table(sets, diversity_tokenizer(R), embed=embed, n=R.diversity.ngram,
+                           exponent=R.diversity.exponent, max_tokens=R.diversity.max_tokens)
+
+
 # --------------------------------------------------------------------------------------------- runs
 
 def policy_texts(R: Recipe) -> list[str]:
@@ -213,11 +241,11 @@ def policy_texts(R: Recipe) -> list[str]:
 def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
                rankings=None, runs_dir: str | Path | None = None, progress: bool = False) -> Path:
     """Train one cell (or another list of rankings, e.g. an augmented or selected subset)."""
-    from .models import load_policy, texts_hash
+    from .models import load_policy
     from .train import train_run
 
     texts = policy_texts(R)
-    policy_id = (f"tiny-gpt:{texts_hash(texts)}" if R.policy.model == "tiny-gpt" else f"hub:{R.policy.model}")
+    policy_id = policy_fingerprint(R)        # a content hash of the initial weights, not of their inputs
     rm_train, _ = reward_models(R)
     cell = rankings if rankings is not None else grid(R)
     return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
@@ -226,17 +254,127 @@ def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
                      progress=progress)
 
 
-def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
-    """RM_test on the test prompts for a run's best checkpoint; cached in ``run_dir/eval-<hash>/``."""
-    from .evaluate import evaluate_checkpoint
+def configure_train_parser(parser) -> None:
+    """``divscale train``'s options: a grid cell's (:func:`divscale.train.configure_parser`) and ``--data``'s
+    (:func:`divscale.listwise_train.add_arguments`), joined here, above both, so train never imports
+    listwise_train (which builds on train)."""
+    from .listwise_train import add_arguments as add_listwise_arguments
+    from .train import configure_parser
+
+    configure_parser(parser)
+    add_listwise_arguments(parser)          # --data FILE_OR_HUB_ID --loss ...
+
+
+def train_command(args) -> int:
+    """``divscale train`` (and ``python -m divscale.train``; parser: :func:`divscale.train.configure_parser`):
+    one cell of a recipe's grid with its real splits, RM_train and policy; prints the run directory.
+    Under ``accelerate launch`` the main process builds the shared caches (splits, RMs, grid) first."""
+    from .config import parse_overrides
+    from .train import world_size
+
+    if getattr(args, "data", None):                  # your own ranked data, outside the grid
+        from .listwise_train import command as listwise_command
+
+        return listwise_command(args)
+    missing = [f"--{k.replace('_', '-')}" for k in ("recipe", "algo", "ranking_len", "prompts", "seed")
+               if getattr(args, k) is None]
+    if missing:
+        raise ValueError(f"a grid cell needs {' '.join(missing)} (or train on your own ranked data with --data FILE)")
+    R = load_recipe(args.recipe, parse_overrides(args.set))
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():
+            grid(R)
+    run = train_cell(R, args.algo, args.ranking_len, args.prompts, args.seed, runs_dir=args.runs_dir,
+                     progress=args.progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run)
+    return 0
+
+
+def policy_fingerprint(R: Recipe) -> str:
+    """The initial policy's identity for run keys: the content hash of the warmed-up tiny GPT's weights
+    (built and cached on first use), or the hub id of a hub policy."""
+    def build():
+        if R.policy.model != "tiny-gpt":
+            return f"hub:{R.policy.model}"
+        from .models import load_policy, policy_cache_path
+        from .provenance import file_sha256
+
+        texts = policy_texts(R)
+        weights = policy_cache_path(R.policy, texts) / "model.safetensors"
+        if not weights.exists():
+            load_policy(R.policy, texts)
+        return f"tiny-gpt:{file_sha256(weights, length=16)}"
+
+    return _memo("policy_fingerprint", R, build)
+
+
+def eval_key(R: Recipe) -> str:
+    """``eval-<hash>``: the evaluation's settings, RM_test's fingerprint and the evaluation code's version."""
+    from .evaluate import EVAL_VERSION
+    from .provenance import code_version
 
     _, rm_test = reward_models(R)
-    key = config_hash(R.eval.__dict__, R.reward.test_model, getattr(rm_test, "fingerprint", None),
-                      R.data.__dict__, length=10)
-    out = Path(run_dir) / f"eval-{key}"
+    return "eval-" + config_hash(R.eval.__dict__, R.reward.test_model, getattr(rm_test, "fingerprint", None),
+                                 R.data.__dict__, EVAL_VERSION, code_version("eval"), length=10)
+
+
+def table_keys(R: Recipe) -> dict:
+    """What every row of a results table must share (divscale.provenance.KEY_COLUMNS): the recipe sections
+    a run reads, RM_train / RM_test fingerprints, the initial policy's weights, the grid's rankings, the code
+    versions of training and evaluation and the evaluation key."""
+    from .provenance import code_version
+    from .train import ranking_record, sha256_json
+
+    def build():
+        rm_train, rm_test = reward_models(R)
+        sections = {k: v for k, v in R.to_dict().items() if k in RUN_SECTIONS}
+        return {"key_recipe": config_hash(sections, length=12),
+                "key_rm_train": getattr(rm_train, "fingerprint", None) or type(rm_train).__name__,
+                "key_rm_test": getattr(rm_test, "fingerprint", None) or type(rm_test).__name__,
+                "key_policy": policy_fingerprint(R),
+                "key_rankings": sha256_json([ranking_record(r) for r in rankings4(R)])[:16],
+                "key_code_train": code_version("train"), "key_code_eval": code_version("eval"),
+                "eval_key": eval_key(R)}
+
+    return _memo("table_keys", R, build)
+
+
+# The recipe sections a run's row depends on (not the grid's enumeration, nor augmentation / selection).
+RUN_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")
+
+
+def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
+    """RM_test on the test prompts for a run's best checkpoint; cached in ``run_dir/eval-<hash>/``
+    (:func:`eval_key`), with ``timing.json`` (seconds, finish time) beside ``eval.json``."""
+    from .evaluate import evaluate_checkpoint
+    from .io import atomic_write_json as write_json
+    from .provenance import deterministic
+
+    _, rm_test = reward_models(R)
+    out = Path(run_dir) / eval_key(R)
     if not (out / "eval.json").exists():
-        evaluate_checkpoint(Path(run_dir) / "best", R, test_prompts(R), rm_test, out, progress=progress)
-    return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out)}
+        start = time.time()
+        with deterministic(1):
+            evaluate_checkpoint(Path(run_dir) / "best", R, test_prompts(R), rm_test, out, progress=progress)
+        write_json(out / "timing.json", {"seconds": round(time.time() - start, 2),
+                                         "finished": _now()})
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+    finished = timing.get("finished") or _stamp((out / "eval.json").stat().st_mtime)
+    return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out), "eval_key": out.name,
+                                                          "seconds": timing.get("seconds", math.nan),
+                                                          "finished": finished}
+
+
+def _stamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _now() -> str:
+    """A finish time (UTC, milliseconds, so two runs finishing in one second still differ)."""
+    return _stamp(time.time())
 
 
 SUBSET_COLUMNS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
@@ -264,10 +402,12 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
            "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok",
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),   # when the run finished, kept
+           # when the run finished (its evaluation's finish time, recorded then: a re-built table keeps it)
+           "created": evaluation.get("finished") or _now(),
            "run_dir": project_relative(run_dir),
            "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
-    return row | extra
+    return row | table_keys(R) | {"eval_key": evaluation.get("eval_key") or Path(evaluation.get("eval_dir", "")).name} \
+        | extra
 
 
 def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, progress: bool = False) -> dict:
@@ -322,7 +462,33 @@ def results(R: Recipe) -> pd.DataFrame:
         raise DataError(f"{path}: no results yet; run `divscale grid --recipe {R.name}` "
                         f"(or `make results RECIPE={R.name}`) first")
     df = load_results(path)
+    check_keys(df, path, f"run `divscale grid --recipe {R.name}`: it redoes the stale cells")
     return df[df["status"] == "ok"]
+
+
+def check_keys(df: pd.DataFrame, source, fix: str) -> None:
+    """Refuse a results table whose rows were made from different inputs (divscale.provenance.KEY_COLUMNS;
+    a table without them is checked on the evaluation folder named in ``eval_dir``)."""
+    from .provenance import KEY_COLUMNS, check_table_keys
+
+    rows = df.to_dict("records")
+    if "eval_key" not in df.columns and "eval_dir" in df.columns:
+        rows = [r | {"eval_key": Path(str(r["eval_dir"])).name} for r in rows]
+    check_table_keys(rows, str(source), columns=[c for c in KEY_COLUMNS if rows and c in rows[0]], fix=fix)
+
+
+def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
+    """PRO's two loss terms per run: the ranking term and the β·SFT term, and each one's share of the
+    gradient norm (``PROTrainer`` measures them every ``loss_balance_steps`` steps into the run's
+    ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
+    rows = []
+    for row in df[df["algo"] == "pro"].itertuples():
+        run = json.loads((project_path(row.run_dir) / "result.json").read_text())
+        balance = run.get("loss_balance") or {}
+        if balance:
+            rows.append({"ranking_len": row.ranking_len, "n_prompts": row.n_prompts, "seed": row.seed,
+                         "reward_global": row.reward_global} | balance)
+    return pd.DataFrame(rows)
 
 
 def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> pd.DataFrame:
@@ -381,12 +547,24 @@ def regression_sentences(fits: dict) -> list[str]:
         lines.append(f"{algo.upper()}: reward rises with d (slope 95% CI above 0) for {rising} of {len(f)} "
                      f"ranking lengths, falls for {falling}, inconclusive for {len(f) - rising - falling}; "
                      f"mean R² {f['r2'].mean():.2f}.")
+        paper = PAPER_MEAN_MSE.get(algo, {})
         if (algo, "n_prompts") in fits:
             g = fits[(algo, "n_prompts")]
             better = "smaller" if mean_mse(f) < mean_mse(g) else "not smaller"
+            if "d" in paper and "n_prompts" in paper:
+                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs {paper['n_prompts']:.1e})"
+            elif "d" in paper:
+                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs d; it prints no fit on #prompts)"
+            else:
+                cite = ""
             lines.append(f"{algo.upper()}: mean MSE vs d {mean_mse(f):.2e} is {better} than vs #prompts "
-                         f"{mean_mse(g):.2e} (the paper: 2.6e-5 vs 1.2e-4 for PRO).")
+                         f"{mean_mse(g):.2e}{cite}.")
     return lines
+
+
+# The mean MSEs the paper prints for Figure 4 (OPT-1.3B, reward on the 0-1 scale): PRO vs d and vs #prompts,
+# SFT vs d only (divscale.analysis.refit_paper reproduces them from the published points).
+PAPER_MEAN_MSE = {"pro": {"d": 2.6e-5, "n_prompts": 1.2e-4}, "sft": {"d": 9.3e-6}}
 
 
 def rm_report_table(R: Recipe) -> pd.DataFrame:
@@ -425,10 +603,23 @@ def extend(R: Recipe, pairs: list) -> list:
     return load_rankings(build_rankings(R, pool=pairs, rm_train=rm_train, progress=True))
 
 
-def _ranked(R: Recipe, rankings4: list, n: int) -> list:
-    from .grid import sub_rankings
+def n_rankings(R: Recipe, rankings4_: list, n: int) -> list:
+    """The n-rankings of any list of 4-rankings: a grid prompt keeps its grid sub-ranking (so the
+    augmentation's base set trains on exactly the grid cell's rankings); any other prompt draws from its
+    own stream seeded by (grid_seed, id). A prompt's n-ranking never depends on the list it is in."""
+    from .grid import sub_rankings, sub_rankings_by_prompt
 
-    return sub_rankings(rankings4, seed=R.data.grid_seed)[n]
+    in_grid = {r.id: r for r in _memo("grid_sub_rankings", R,
+                                      lambda: sub_rankings(rankings4(R), seed=R.data.grid_seed))[n]}
+    others = [r for r in rankings4_ if r.id not in in_grid]
+    own = {r.id: r for r in sub_rankings_by_prompt(others, seed=R.data.grid_seed)[n]}
+    return [in_grid.get(r.id) or own[r.id] for r in rankings4_]
+
+
+def _identical_to(sets: dict[str, list]) -> dict[str, str | None]:
+    from .select import identical_arms
+
+    return identical_arms({name: [r.id for r in rs] for name, rs in sets.items()})
 
 
 def train_and_score(R: Recipe, rankings: list, algo: str, n: int, seed: int, **labels) -> dict:
@@ -444,29 +635,37 @@ def _write_table(R: Recipe, name: str, rows: list[dict]) -> pd.DataFrame:
 
     df = pd.DataFrame(rows)
     out = results_dir(R) / f"{name}.csv"
+    check_keys(df, out, "its runs were made from different inputs; rebuild it in one process")
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return df
 
 
+def augmentation_base(R: Recipe) -> list:
+    """The augmentation's base set: the 4-rankings of the grid's subset of ``augment.seed_size`` prompts
+    (the same seeded shuffle as :func:`divscale.grid.build_grid`, so for a size of the grid it is that cell)."""
+    from .grid import nested_subsets
+
+    size = R.augment.seed_size
+    return nested_subsets(rankings4(R), [size], seed=R.data.grid_seed)[size]
+
+
 def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
-    """The paper's augmentation experiment (spec §5): seed only, seed + K random, seed + K diversity-guided
-    (Jaccard-filtered greedy on d). Returns {method: (4-rankings, AugmentResult or None)}."""
+    """The paper's augmentation experiment (spec §5): the base set alone, base + K random, base + K
+    diversity-guided (Jaccard-filtered greedy on d). Returns {method: (4-rankings, AugmentResult or None)}."""
     from .augment import augment_rankings
 
     def build():
         cfg = R.augment
-        seed4 = rankings4(R)
-        order = {r.id: i for i, r in enumerate(grid_pool(R))}
-        seed4 = sorted(seed4, key=lambda r: order[r.id])[:cfg.seed_size]
+        base4 = augmentation_base(R)
         candidates = candidate_pool(R, cfg.candidate_pool)
         tok = diversity_tokenizer(R)
-        out = {"seed only": (seed4, None)}
+        out = {"base only": (base4, None)}
         for method in ("random", "diverse"):
-            _, result = augment_rankings(seed4, candidates, tok, cfg, method=method, progress=True,
+            _, result = augment_rankings(base4, candidates, tok, cfg, method=method, progress=True,
                                          diversity=R.diversity)
             added = extend(R, [candidates[i] for i in result.indices])
-            out[f"seed + {method}"] = (seed4 + added, result)
+            out[f"base + {method}"] = (base4 + added, result)
         return out
 
     return _memo("augmentation_sets", R, build)
@@ -475,14 +674,18 @@ def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
 def augmentation_experiment(R: Recipe) -> pd.DataFrame:
     """Train every algorithm x seed on each augmentation set; ``results/<recipe>/augmentation.csv``."""
     n = R.augment.ranking_len
-    rows = [train_and_score(R, _ranked(R, sets, n), algo, n, seed, method=method)
-            for method, (sets, _) in augmentation_sets(R).items()
+    sets = augmentation_sets(R)
+    same = _identical_to({method: rs for method, (rs, _) in sets.items()})
+    rows = [train_and_score(R, n_rankings(R, rs, n), algo, n, seed, method=method, identical_to=same[method],
+                            dropped=res.n_dropped if res is not None else 0)
+            for method, (rs, res) in sets.items()
             for algo in R.train.algos for seed in R.train.seeds]
     return _write_table(R, "augmentation", rows)
 
 
-def selections(R: Recipe) -> dict[str, list]:
-    """Each selector's choice of ``select.budget`` prompts from the same candidate pool (as pool pairs)."""
+def selection_results(R: Recipe) -> dict:
+    """Each selector's :class:`divscale.select.Selection` of ``select.budget`` candidate indices, with
+    what it removed (same candidate pool for all)."""
     from .select import run_selector, selector_context
 
     def build():
@@ -492,24 +695,64 @@ def selections(R: Recipe) -> dict[str, list]:
         out = {}
         for name in cfg.selectors:
             ctx = selector_context(name, candidates, cfg, progress=True, diversity=R.diversity)
-            picked = run_selector(name, prompts, cfg.budget, seed=cfg.seed, **ctx)
-            out[name] = [candidates[i] for i in picked]
+            out[name] = run_selector(name, prompts, cfg.budget, seed=cfg.seed, **ctx)
         return out
 
     return _memo("selections", R, build)
 
 
+def selections(R: Recipe) -> dict[str, list]:
+    """Each selector's chosen prompts (as pool pairs, in selection order)."""
+    candidates = candidate_pool(R, R.select.candidate_pool)
+    return {name: [candidates[i] for i in res.indices] for name, res in selection_results(R).items()}
+
+
+def selection_report(R: Recipe) -> pd.DataFrame:
+    """One row per selector: what it removed and why, and the arm it is identical to (same prompt set)."""
+    same = _identical_to(selections(R))
+    return pd.DataFrame([{"strategy": name, "picked": len(res.indices), "pool": res.pool_size,
+                          "removed": res.n_removed, "identical_to": same[name], "report": res.summary()}
+                         for name, res in selection_results(R).items()])
+
+
+def pool_jaccard_profile(R: Recipe, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
+    """The selection candidate pool's N-gram Jaccard distribution (metric tokenizer and N): how many
+    near-duplicates there are at each threshold and at ``select.dedup_threshold``
+    (:func:`divscale.select.jaccard_profile`)."""
+    from .augment import ngram_sets
+    from .diversity import tokenize_prompts
+    from .select import jaccard_profile
+
+    candidates = candidate_pool(R, R.select.candidate_pool)
+    ids = tokenize_prompts([r.prompt for r in candidates], diversity_tokenizer(R), max_tokens=R.diversity.max_tokens)
+    thresholds = sorted({*thresholds, R.select.dedup_threshold})          # always the recipe's own threshold
+    return jaccard_profile(ngram_sets(ids, R.diversity.ngram), thresholds)
+
+
 def selection_diversity(R: Recipe) -> pd.DataFrame:
-    """d and the other diversity measures of each selector's prompts."""
+    """d, the other diversity measures and the prompt lengths (metric tokens) of each selector's prompts,
+    with the selector's report (removed, identical_to)."""
+    from .diversity import tokenize_prompts
+
     sets = {name: [r.prompt for r in chosen] for name, chosen in selections(R).items()}
-    return measure_sets(R, sets).rename(columns={"label": "strategy"})
+    table = measure_sets(R, sets).rename(columns={"label": "strategy"})
+    tok, cap = diversity_tokenizer(R), R.diversity.max_tokens
+    lengths = {name: [len(x) for x in tokenize_prompts(p, tok, max_tokens=cap)] for name, p in sets.items()}
+    table["prompt_tokens_mean"] = table["strategy"].map(lambda s: float(sum(lengths[s]) / len(lengths[s])))
+    table["prompt_tokens_median"] = table["strategy"].map(lambda s: float(pd.Series(lengths[s]).median()))
+    return table.merge(selection_report(R)[["strategy", "removed", "identical_to"]], on="strategy", how="left")
 
 
 def selection_experiment(R: Recipe) -> pd.DataFrame:
-    """Train on each selection (equal annotation budget: same #prompts, same n); ``selection.csv``."""
+    """Train on each selection (equal annotation budget: same #prompts, same n); ``selection.csv``.
+    ``identical_to`` names an earlier arm with the same prompt set (then the runs compare with themselves)."""
     n = R.select.ranking_len
-    rows = [train_and_score(R, _ranked(R, extend(R, chosen), n), algo, n, seed, strategy=name)
-            for name, chosen in selections(R).items() for algo in R.select.algos for seed in R.train.seeds]
+    chosen_by = selections(R)
+    same = _identical_to(chosen_by)
+    removed = {name: res.n_removed for name, res in selection_results(R).items()}
+    rows = [train_and_score(R, n_rankings(R, extend(R, chosen), n), algo, n, seed, strategy=name,
+                            removed=removed[name], identical_to=same[name])
+            for name, chosen in chosen_by.items() for algo in R.select.algos for seed in R.train.seeds]
     return _write_table(R, "selection", rows)
 
 
@@ -524,10 +767,21 @@ def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y
         a, b = sub[sub[by] == compare], sub[sub[by] == baseline]
         if a.empty or b.empty:
             continue
+        if "identical_to" in sub.columns and _same_arm(sub, by, compare, baseline):
+            rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": float("nan"),
+                         "ci_lo": float("nan"), "ci_hi": float("nan"), "runs": len(a) + len(b),
+                         "status": "identical (same prompt set: no difference to test)"})
+            continue
         mean, lo, hi, k = mean_difference(a, b, y, "welch", confidence)
         rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
                      "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
     return pd.DataFrame(rows)
+
+
+def _same_arm(df: pd.DataFrame, by: str, a: str, b: str) -> bool:
+    """Whether arms ``a`` and ``b`` train on one prompt set (their ``identical_to`` roots coincide)."""
+    link = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
+    return link.get(a, a) == link.get(b, b)
 
 
 def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
@@ -549,10 +803,13 @@ def initial_policy_reward(R: Recipe) -> dict:
     def build():
         _, rm_test = reward_models(R)
         model, tokenizer = load_policy(R.policy, policy_texts(R))
+        from .provenance import deterministic
+
         e = R.eval
-        res = evaluate_policy(model, tokenizer, test_prompts(R), rm_test, max_new_tokens=e.max_new_tokens,
-                              batch_size=e.batch_size, max_prompt_tokens=e.max_prompt_tokens,
-                              stop_strings=e.stop_strings, n_boot=e.bootstrap)
+        with deterministic(1):        # as every run's evaluation (evaluate_run)
+            res = evaluate_policy(model, tokenizer, test_prompts(R), rm_test, max_new_tokens=e.max_new_tokens,
+                                  batch_size=e.batch_size, max_prompt_tokens=e.max_prompt_tokens,
+                                  stop_strings=e.stop_strings, n_boot=e.bootstrap)
         return {"reward_global": res.reward["Global"], "ci": res.ci["Global"]}
 
     return _memo("initial_reward", R, build)

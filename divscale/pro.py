@@ -24,12 +24,23 @@ official mask also scores the prediction of the first padding token after every 
 is shorter than the longest in the batch (an artifact of masking before the label shift); we
 score response tokens only, so a sequence's score never depends on its batch-mates.
 
-All n candidates of a batch are scored in ONE forward pass ([b, n, s] -> [b*n, s]); the
-official code runs n passes, which gives the same numbers (``benchmarks/bench_train.py``).
+With ``share_prompt`` (the default) each prompt is encoded once and its key/value cache serves
+its n candidates (:mod:`divscale.logprobs`); the collator hands over the prompt and the response
+tokens of the same joint ``prompt + " " + response`` tokenisation, so the scored tokens, the
+truncation and the loss are unchanged, and values and gradients equal the full-sequence path up to
+float rounding (``tests/test_logprobs.py``, ``tests/test_pro.py``). Without it, all n candidates
+of a batch are scored in ONE forward pass of full sequences ([b, n, s] -> [b*n, s]); the official
+code runs n passes, which gives the same numbers (``benchmarks/bench_train.py``).
+
+Loss balance (logged every ``loss_balance_steps`` steps, n >= 2): the norms of the gradients of
+the ranking term L_PRO and of the weighted SFT term beta*L_SFT on the trainable parameters
+(``torch.autograd.grad`` on that step's first micro-batch; the update itself is untouched), their
+shares and cosine. See :data:`LOSS_BALANCE_FIELDS`.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -54,7 +65,8 @@ class PROLossParts:
     beta: float                    # weight of L_SFT: sft_weight * (n-1)^2, or 1 for the SFT baseline (n = 1)
 
     def as_floats(self) -> dict[str, float]:
-        out = {"loss_total": self.total.item(), "loss_pro": self.pro.item(), "loss_sft": self.sft.item()}
+        out = {"loss_total": self.total.item(), "loss_pro": self.pro.item(), "loss_sft": self.sft.item(),
+               "loss_sft_weighted": self.beta * self.sft.item(), "sft_beta": self.beta}
         out.update({f"loss_rank_{k + 1}": t.item() for k, t in enumerate(self.terms)})
         return out
 
@@ -199,8 +211,37 @@ class RankingCollator:
         for rec in records:
             row = [math.nan if r is None else float(r) for r in list(record_field(rec, "rewards") or [])[:n]]
             rewards.append(row + [math.nan] * (n - len(row)))
-        return {"input_ids": input_ids.view(batch, n, seq), "attention_mask": attention.view(batch, n, seq),
-                "response_mask": response.view(batch, n, seq), "rewards": torch.tensor(rewards, dtype=torch.float32)}
+        out = {"input_ids": input_ids.view(batch, n, seq), "attention_mask": attention.view(batch, n, seq),
+               "response_mask": response.view(batch, n, seq), "rewards": torch.tensor(rewards, dtype=torch.float32)}
+        out.update(self.split_prompt(encoded, batch))
+        return out
+
+    def split_prompt(self, encoded: list[tuple[list[int], int]], batch: int) -> dict[str, torch.Tensor]:
+        """The same tokens as prompt ``[batch, P]`` + responses ``[batch, n, L]`` (right-padded) for the
+        shared-prompt scorer; ``{}`` if some ranking's candidates do not share their first P tokens (a
+        tokenizer merging across the prompt/response boundary), so that batch runs full sequences."""
+        n = self.n
+        prompts, responses = [], []
+        for i in range(batch):
+            group = encoded[i * n:(i + 1) * n]
+            p = group[0][1]
+            head = group[0][0][:p]
+            if any(ids[:p] != head for ids, _ in group):
+                return {}
+            prompts.append(head)
+            responses.extend(ids[p:] for ids, _ in group)
+
+        def pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, r in enumerate(rows):
+                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+            return ids, mask
+
+        p_ids, p_mask = pad(prompts)
+        c_ids, c_mask = pad(responses)
+        return {"prompt_ids": p_ids, "prompt_mask": p_mask, "completion_ids": c_ids.view(batch, n, -1),
+                "completion_mask": c_mask.view(batch, n, -1)}
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -220,6 +261,66 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return (token_logps * mask).sum(-1).reshape(lead), mask.sum(-1).reshape(lead)
 
 
+# --------------------------------------------------------------------------- loss balance
+
+LOSS_BALANCE_FIELDS = {
+    "grad_norm_rank": "||grad L_PRO|| (the ranking term) on the trainable parameters, one micro-batch",
+    "grad_norm_sft_weighted": "||grad beta*L_SFT|| (the weighted SFT term), same micro-batch",
+    "grad_norm_sum": "||grad (L_PRO + beta*L_SFT)||, same micro-batch (before clipping)",
+    "grad_share_rank": "||grad L_PRO|| / (||grad L_PRO|| + ||grad beta*L_SFT||), in [0, 1]",
+    "grad_share_sft": "1 - grad_share_rank",
+    "grad_cos_rank_sft": "cosine between the two gradients (> 0: they pull the same way)",
+    "loss_balance_step": "the global step the gradients were measured at",
+}
+# also logged every step by the trainer: loss_pro (L_PRO), loss_sft (L_SFT), loss_sft_weighted (beta*L_SFT),
+# sft_beta (beta), loss_total, loss_rank_k
+
+
+def loss_balance(model, parts: PROLossParts) -> dict[str, float]:
+    """Gradient norms of the ranking term and of beta*L_SFT on the trainable parameters (see
+    :data:`LOSS_BALANCE_FIELDS`). Two ``autograd.grad`` calls that keep the graph: the trainer's
+    own backward afterwards, and hence the update, is unchanged."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or not parts.terms:
+        return {}
+    out = {}
+    grads = {}
+    for name, term in (("rank", parts.pro), ("sft_weighted", parts.beta * parts.sft)):
+        if not term.requires_grad:
+            grads[name] = [torch.zeros_like(p) for p in params]
+            continue
+        gs = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+    with torch.no_grad():
+        sq = lambda gs: sum(float(g.double().pow(2).sum()) for g in gs)
+        dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(grads["rank"], grads["sft_weighted"]))
+        nr, ns = math.sqrt(sq(grads["rank"])), math.sqrt(sq(grads["sft_weighted"]))
+        out["grad_norm_rank"], out["grad_norm_sft_weighted"] = nr, ns
+        out["grad_norm_sum"] = math.sqrt(max(nr * nr + ns * ns + 2 * dot, 0.0))
+        out["grad_share_rank"] = nr / (nr + ns) if nr + ns > 0 else math.nan
+        out["grad_share_sft"] = 1.0 - out["grad_share_rank"] if nr + ns > 0 else math.nan
+        out["grad_cos_rank_sft"] = dot / (nr * ns) if nr > 0 and ns > 0 else math.nan
+    return out
+
+
+def loss_balance_summary(records: Sequence[dict]) -> dict[str, float] | None:
+    """Run-level means of the logged loss balance (metrics.jsonl records), for result.json; None if none."""
+    rows = [r for r in records if "grad_share_rank" in r]
+    if not rows:
+        return None
+    keys = ("grad_norm_rank", "grad_norm_sft_weighted", "grad_share_rank", "grad_share_sft", "grad_cos_rank_sft")
+    out = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if r.get(k) is not None and math.isfinite(float(r[k]))]
+        out[f"mean_{k}"] = sum(vals) / len(vals) if vals else None
+    losses = [r for r in records if "loss_pro" in r and "loss_sft_weighted" in r]
+    if losses:
+        out["mean_loss_pro"] = sum(r["loss_pro"] for r in losses) / len(losses)
+        out["mean_loss_sft_weighted"] = sum(r["loss_sft_weighted"] for r in losses) / len(losses)
+    out["n_measured_steps"] = len(rows)
+    return out
+
+
 # --------------------------------------------------------------------------- trainer
 
 @dataclass
@@ -231,6 +332,10 @@ class PROConfig(TrainingArguments):
     use_temperature: bool = field(default=True, metadata={"help": "reward-gap temperatures (needs rewards)"})
     block_size: int = field(default=512, metadata={"help": "max tokens of prompt + response"})
     max_prompt_tokens: int = field(default=384, metadata={"help": "prompt left-truncation (block - 128)"})
+    share_prompt: bool = field(default=True, metadata={"help": "encode each prompt once for its n candidates "
+                                                               "(same numbers up to float rounding)"})
+    loss_balance_steps: int = field(default=20, metadata={
+        "help": "every this many steps (and at the last) log the gradient norms of L_PRO and beta*L_SFT; 0: never"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "the collator needs the raw columns"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "the paper: constant LR"})
     weight_decay: float = field(default=0.01, metadata={"help": "torch AdamW's default, as the paper"})
@@ -239,7 +344,8 @@ class PROConfig(TrainingArguments):
 
 
 class PROTrainer(Trainer):
-    """``transformers.Trainer`` with PRO's loss: scores all n candidates in one forward pass.
+    """``transformers.Trainer`` with PRO's loss: each prompt encoded once for its n candidates
+    (``args.share_prompt``, the default), else all n full sequences in one forward pass.
 
     The train dataset holds rankings (``prompt``, ``responses`` best first, ``rewards``); the
     collator is :class:`RankingCollator`. With ``args.ranking_len == 1`` this is the paper's
@@ -260,14 +366,32 @@ class PROTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          processing_class=processing_class, **kwargs)
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
+        self._balance: dict[str, float] = {}
+        self._balance_step = -1
+        self._warned_no_split = False
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # The paper: torch.optim.AdamW(model.parameters(), lr) -- weight decay on every parameter.
         return [name for name, _ in model.named_parameters()]
 
+    def score(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs and response token counts, [batch, n]: the prompt encoded once
+        (``args.share_prompt``, :func:`divscale.logprobs.logprobs_from_ids`) or n full sequences."""
+        if self.args.share_prompt and "prompt_ids" in inputs:
+            from .logprobs import logprobs_from_ids
+
+            return logprobs_from_ids(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                     inputs["completion_mask"], share_prompt=True,
+                                     pad_token_id=int(getattr(self.data_collator, "pad_id", 0) or 0))
+        if self.args.share_prompt and not self._warned_no_split:
+            self._warned_no_split = True
+            logging.getLogger(__name__).warning(
+                "share_prompt: a batch's candidates do not share their prompt tokens (the tokenizer merges across "
+                "the prompt/response boundary); such batches run one full sequence per candidate")
+        return sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logp_sum, n_tokens = sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"],
-                                               inputs["response_mask"])
+        logp_sum, n_tokens = self.score(model, inputs)
         scores = logp_sum / n_tokens
         rewards = inputs["rewards"] if self.args.use_temperature else None
         parts = pro_loss_parts(scores, rewards, sft_nll=-logp_sum[:, 0], sft_weight=self.args.sft_weight)
@@ -276,12 +400,28 @@ class PROTrainer(Trainer):
                 floats = parts.as_floats()
             for key, value in floats.items():
                 self._loss_parts[key].append(value)
+            if self._balance_due(parts):
+                self._balance = loss_balance(model, parts)
+                if self._balance:
+                    self._balance["loss_balance_step"] = self.state.global_step
+                self._balance_step = self.state.global_step
         return (parts.total, {"scores": scores.detach()}) if return_outputs else parts.total
+
+    def _balance_due(self, parts: PROLossParts) -> bool:
+        every, step = self.args.loss_balance_steps, self.state.global_step
+        if not every or not parts.terms or not parts.total.requires_grad or step == self._balance_step:
+            return False
+        if self.args.world_size > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return False                                # sharded / all-reduced gradients: not measured here
+        return step % every == 0 or (self.state.max_steps > 0 and step == self.state.max_steps - 1)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._loss_parts:       # training logs: add the loss parts (mean over micro-batches)
             logs.update({k: sum(v) / len(v) for k, v in self._loss_parts.items()})
             self._loss_parts.clear()
+        if "loss" in logs and self._balance:          # the loss balance of this logging period's measured step
+            logs.update(self._balance)
+            self._balance = {}
         super().log(logs, start_time)
 
 

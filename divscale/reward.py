@@ -66,7 +66,7 @@ import torch
 from . import io, paths
 from .config import RewardConfig, config_hash
 from .data import pro_turns
-from .models import torch_threads
+from .provenance import code_version
 
 OA_MAX_LENGTH = 1024
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
@@ -165,6 +165,8 @@ def _register_gpt_neox_reward_model():
     class GPTNeoXRewardModel(GPTNeoXPreTrainedModel):
         """GPT-NeoX body + linear ``out_proj`` on the last attended token (or the mean), as OpenAssistant's."""
         config_class = GPTNeoXRewardModelConfig
+        # per-layer buffers of the 2023 checkpoints (transformers 4.2x), recomputed by today's GPT-NeoX
+        _keys_to_ignore_on_load_unexpected = [r"attention\.(bias|masked_bias|rotary_emb\.inv_freq)$"]  # noqa: RUF012
 
         def __init__(self, config):
             super().__init__(config)
@@ -200,11 +202,17 @@ class OpenAssistantRM(RewardModel):
                  device: str | None = None, revision: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .models import _require_safetensors, resolve_model
+        from .models import model_folder
 
         _register_gpt_neox_reward_model()
-        folder = resolve_model(name_or_path, revision)
-        _require_safetensors(folder, str(name_or_path))
+        folder = model_folder(name_or_path, revision)   # a .bin-only checkpoint: its safetensors copy (once)
+        if dtype != "float32":
+            import logging
+
+            logging.getLogger("divscale.reward").warning(
+                "%s scores in %s, not float32: logits move (up to ~0.07 on a tiny model), so rankings and PRO "
+                "temperatures can differ from the paper's fp32 scoring; RM_test should stay float32",
+                name_or_path, dtype)
         self.name = str(name_or_path)
         self.max_length = max_length
         self.fingerprint = config_hash("openassistant", str(name_or_path), str(folder), revision, max_length, dtype,
@@ -383,10 +391,11 @@ class EmbeddingCache:
         stat = weights[0].stat()
         self.weights_sha = _file_sha256_cached(str(weights[0]), stat.st_size, stat.st_mtime)[:16]
         self.db_path = Path(db_path) if db_path else paths.cache_dir() / "reward" / "embeddings.sqlite"
+        self.code = code_version("embed")   # vectors made by other embedding code (or libraries) are not reused
         self._model = None
 
     def _key(self, text: str) -> str:
-        blob = f"{self.weights_sha}|{self.max_length}|{self.truncation_side}\x00{text}".encode()
+        blob = f"{self.weights_sha}|{self.max_length}|{self.truncation_side}|{self.code}\x00{text}".encode()
         return hashlib.sha256(blob).hexdigest()
 
     def _connect(self) -> sqlite3.Connection:
@@ -419,9 +428,8 @@ class EmbeddingCache:
                 found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         missing = {k: t for k, t in zip(keys, texts) if k not in found}
         if missing:
-            todo = list(missing)
-            vectors = self.model.encode([missing[k] for k in todo], batch_size=batch_size, convert_to_numpy=True,
-                                        show_progress_bar=progress).astype(np.float32)
+            todo = sorted(missing)
+            vectors = self._embed_each([missing[k] for k in todo], progress)
             with self._connect() as con:
                 con.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
                                 [(k, v.tobytes()) for k, v in zip(todo, vectors)])
@@ -429,6 +437,21 @@ class EmbeddingCache:
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([found[k] for k in keys])
+
+    def _embed_each(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """One text per forward pass, on one thread with deterministic algorithms: a text's vector then does
+        not depend on which other texts were missing from the cache (in a padded batch it does, by ~1e-7:
+        padding and batch shape change the float sums), and unpadded single texts are no slower on a CPU.
+        ``batch_size`` of :meth:`encode` is kept for the interface only."""
+        from tqdm.auto import tqdm
+
+        from .provenance import deterministic
+
+        model = self.model
+        with deterministic(1):
+            rows = [model.encode([text], batch_size=1, convert_to_numpy=True, show_progress_bar=False)[0]
+                    for text in tqdm(texts, desc="embedding", unit="text", disable=not progress)]
+        return np.stack(rows).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,8 +582,10 @@ class EmbeddingRM(RewardModel):
         if len(prompts) == 0:
             self._check(prompts, responses)
             return np.zeros(0, dtype=np.float64)
+        from .provenance import deterministic
+
         x = torch.from_numpy(self.features(prompts, responses, batch_size, progress))
-        with torch.no_grad():
+        with torch.no_grad(), deterministic(1):      # the same logits whatever the machine's thread count
             return self.head(x).double().numpy()
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -625,10 +650,14 @@ def train_reward_model(pairs, encoder: str = "sentence-transformers/all-MiniLM-L
     torch.manual_seed(seed)
     emb_dim = (feats.shape[1] - N_SCALARS) // 2
     head = BTHead(emb_dim, hidden, dropout)
-    head.standardise_from(torch.from_numpy(feats))
     losses, gate_accuracy = [], None
     red_team = torch.tensor([float(s == RED_TEAM_SUBSET) for s in cols["subset"]])
-    with torch_threads(1):   # small tensors: one thread is faster on a busy CPU, and the same everywhere
+    from .provenance import deterministic
+
+    # one thread (small tensors: faster on a busy CPU, and the reductions, hence the head's bytes, do not depend
+    # on the machine's core count), deterministic algorithms; the standardisation's sums included
+    with deterministic(1):
+        head.standardise_from(torch.from_numpy(feats))
         if 0 < float(red_team.sum()) < n:   # both contexts present: fit the gate, else it stays at 0.5
             gate_accuracy = head.fit_gate(x_c, red_team)
         optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr,
@@ -722,14 +751,15 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
         except FileNotFoundError as err:
             raise ValueError(f"reward.oa_weight > 0 needs the PRO-format test files: {err}") from None
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("train_model", "test_model", "pairs", "dtype")}
+                if k not in ("train_model", "test_model", "pairs", "dtype", "test_dtype")}
     out: list[RewardModel] = []
     for role, spec, half, seed in (("train", cfg.train_model, 0, cfg.seed), ("test", cfg.test_model, 1, cfg.seed + 1)):
-        if spec != "inproject":
-            out.append(OpenAssistantRM(spec, dtype=cfg.dtype))
+        if spec != "inproject":   # RM_test always float32 unless test_dtype says otherwise (the paper: fp32)
+            out.append(OpenAssistantRM(spec, dtype=cfg.dtype if role == "train" else cfg.test_dtype))
             continue
         cols = reward_pairs(source, half, cfg.max_pairs, seed)
-        key = config_hash("embedding-bt-v2", role, settings, _texts_digest(cols), oa_rewards is not None, length=16)
+        key = config_hash("embedding-bt-v2", role, settings, _texts_digest(cols), oa_rewards is not None,
+                          code_version("embed", "reward"), length=16)
         folder = paths.cache_dir() / "reward" / f"rm_{role}-{key}"
         if (folder / "config.json").exists():
             out.append(EmbeddingRM.load(folder))

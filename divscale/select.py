@@ -15,9 +15,12 @@ Deita (Liu et al., ICLR 2024; code hkust-nlp/deita) selects instruction data in 
 Deita's scorer returns a silent 3.0 whenever a digit's logit is missing (issue #36: "all samples
 rated 3"). Here a scorer that cannot score raises :class:`ScorerError`; there is no default score.
 
-All selectors share ``select(prompts, budget, seed, **ctx) -> list[int]`` (indices in selection
-order) and are listed in :data:`SELECTORS`: ``random``, ``minhash-dedup`` (near-duplicate removal,
-then a seeded random sample), ``d-greedy`` (the paper's metric d as the objective) and ``deita``.
+All selectors share ``select(prompts, budget, seed, **ctx) -> Selection`` and are listed in
+:data:`SELECTORS`: ``random``, ``minhash-dedup`` (random's order, skipping near-duplicates of the
+prompts already chosen), ``d-greedy`` (the paper's metric d as the objective) and ``deita``. A
+:class:`Selection` holds the indices in selection order and says what the selector removed on the way
+(``removed``: pool indices it skipped as near-duplicates / too similar) and how (``details``), so a
+dedup that removed nothing is visible as such (and then picks exactly random's set).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import inspect
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,9 +36,10 @@ import numpy as np
 
 __all__ = [
     "COMPLEXITY_TEMPLATE", "QUALITY_TEMPLATE", "SELECTORS", "LLMScorer", "RewardScorer", "Scorer",
-    "ScorerError", "command", "configure_parser", "deita_scores", "deita_select", "dialogue_turns",
-    "embed_texts", "evol_score", "run_selector", "score_digit_ids", "select_d_greedy", "select_deita",
-    "select_minhash_dedup", "select_random",
+    "ScorerError", "Selection", "command", "configure_parser", "deita_scores", "deita_select",
+    "dialogue_turns", "embed_texts", "evol_score", "identical_arms", "jaccard_profile", "pairwise_jaccard",
+    "run_selector", "score_digit_ids", "select_d_greedy", "select_deita", "select_minhash_dedup",
+    "select_random",
 ]
 
 # Deita's scorer prompts, verbatim (src/deita/selection/scorer/llama_scorer.py)
@@ -298,8 +303,98 @@ def deita_select(scores, embeddings, budget: int, tau: float = 0.9, chunk_size: 
 
 # ----------------------------------------------------------------------------- selectors
 
+@dataclass
+class Selection:
+    """One selector's answer. ``indices``: pool indices in selection order. ``removed``: pool indices the
+    selector looked at and refused (near-duplicates of a chosen prompt, Deita's similarity filter), in the
+    order it refused them; empty for selectors that remove nothing. ``details``: its settings and counts."""
+    selector: str
+    indices: list[int]
+    pool_size: int
+    removed: list[int] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def n_removed(self) -> int:
+        return len(self.removed)
+
+    def summary(self) -> str:
+        """One sentence: what was picked, what was removed and why."""
+        why = self.details.get("removed_because", "")
+        removed = f"; removed {self.n_removed} ({why})" if why or self.removed else "; removed nothing"
+        lengths = ""
+        if "mean_tokens_picked" in self.details:
+            lengths = (f"; mean prompt length {self.details['mean_tokens_picked']:.0f} tokens "
+                       f"(pool {self.details['mean_tokens_pool']:.0f})")
+        return f"{self.selector}: picked {len(self.indices)} of {self.pool_size}{removed}{lengths}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def identical_arms(sets: dict[str, Sequence]) -> dict[str, str | None]:
+    """``{arm: first earlier arm with the same set of items, or None}`` (order inside a set ignored).
+
+    Two arms that train on the same prompts are one experiment: a difference between them is a
+    comparison of runs with themselves, so tables mark them (``identical_to``) instead of testing them."""
+    seen: dict[frozenset, str] = {}
+    out: dict[str, str | None] = {}
+    for name, items in sets.items():
+        key = frozenset(items)
+        out[name] = seen.get(key)
+        seen.setdefault(key, name)
+    return out
+
+
+def pairwise_jaccard(sets: Sequence) -> np.ndarray:
+    """The exact Jaccard similarity of every pair of N-gram sets: an (n, n) matrix, 0 on the diagonal
+    (one sparse product; two empty sets count as J = 0 here, like the filters)."""
+    import scipy.sparse as sp
+
+    from .augment import _as_set
+    arrays = [_as_set(x) for x in sets]
+    if not arrays:
+        return np.zeros((0, 0))
+    flat = np.concatenate(arrays)
+    _, cols = np.unique(flat, return_inverse=True)
+    sizes = np.array([len(x) for x in arrays], dtype=np.float64)
+    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    m = sp.csr_matrix((np.ones(len(flat)), cols.ravel().astype(np.int64), indptr),
+                      shape=(len(arrays), max(int(cols.max(initial=-1)) + 1, 1)))
+    inter = np.asarray((m @ m.T).todense())
+    union = sizes[:, None] + sizes[None, :] - inter
+    jac = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    np.fill_diagonal(jac, 0.0)
+    return jac
+
+
+def jaccard_profile(sets: Sequence, thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
+    """How many near-duplicates a pool has: per threshold t, the pairs with J >= t and the prompts that
+    have a neighbour with J >= t; plus the quantiles of all pairwise J and of each prompt's nearest
+    neighbour. Returns ``(thresholds DataFrame, quantiles DataFrame)``; used to choose the dedup threshold."""
+    import pandas as pd
+    jac = pairwise_jaccard(sets)
+    if len(jac) < 2:
+        raise ValueError("jaccard_profile needs at least two sets")
+    pairs = jac[np.triu_indices(len(jac), k=1)]
+    nearest = jac.max(axis=1)
+    by_t = pd.DataFrame([{"threshold": t, "pairs": int((pairs >= t).sum()),
+                          "share_of_pairs": float((pairs >= t).mean()),
+                          "prompts_with_a_neighbour": int((nearest >= t).sum())} for t in thresholds])
+    qs = [0.5, 0.9, 0.99, 0.999, 1.0]
+    quant = pd.DataFrame({"all pairs": np.quantile(pairs, qs), "nearest neighbour": np.quantile(nearest, qs)},
+                         index=pd.Index(qs, name="quantile"))
+    return by_t, quant
+
+
 def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def _random_order(n: int, seed) -> np.ndarray:
+    """The seeded random order of the whole pool that ``random`` takes a prefix of (``minhash-dedup``
+    walks the same order, so the two differ exactly by the prompts dedup skips)."""
+    return _rng(seed).permutation(n)
 
 
 def _token_ids(prompts, ctx) -> list[np.ndarray]:
@@ -314,43 +409,56 @@ def _token_ids(prompts, ctx) -> list[np.ndarray]:
     return tokenize_prompts(list(prompts), ctx["tokenizer"], max_tokens=ctx.get("max_tokens", 512))
 
 
-def select_random(prompts: Sequence[str], budget: int, seed: int = 0, **ctx) -> list[int]:
-    """``budget`` indices uniformly at random without replacement (``np.random.default_rng(seed)``)."""
-    return [int(i) for i in _rng(seed).choice(len(prompts), size=budget, replace=False)]
+def select_random(prompts: Sequence[str], budget: int, seed: int = 0, **ctx) -> Selection:
+    """The first ``budget`` prompts of a seeded random order of the pool (``default_rng(seed).permutation``)."""
+    picked = [int(i) for i in _random_order(len(prompts), seed)[:budget]]
+    return Selection("random", picked, len(prompts), [], {"seed": seed})
 
 
 def select_minhash_dedup(prompts: Sequence[str], budget: int, seed: int = 0, *, threshold: float = 0.7,
-                         n: int = 2, num_perm: int = 128, minhash_seed: int = 1, **ctx) -> list[int]:
-    """Near-duplicate removal, then a seeded random sample.
+                         n: int = 2, num_perm: int = 128, minhash_seed: int = 1, **ctx) -> Selection:
+    """Random selection without near-duplicates.
 
-    Walk the prompts in index order and keep one unless a kept prompt has estimated N-gram Jaccard
-    >= ``threshold`` (datasketch MinHash + LSH, :class:`divscale.augment.MinHashJaccard`; 0.7 is
-    text-dedup's default); then draw ``budget`` of the survivors uniformly at random, returned in
-    the draw order.
+    Walk the pool in ``random``'s order (same seed) and take a prompt unless a prompt already taken has
+    estimated N-gram Jaccard >= ``threshold`` with it (datasketch MinHash + LSH,
+    :class:`divscale.augment.MinHashJaccard`), until ``budget`` are taken. So the arm equals ``random``
+    except for the prompts it skips (``Selection.removed``); when it skips none it *is* the random arm.
+    0.7 is text-dedup's default. Measure the pool first (:func:`jaccard_profile`): the cpu recipe's 240
+    candidates have no pair at 0.6 or above (the closest, 0.59, are two different one-line questions that
+    share the role-tag and "How do you" bigrams), so there the arm would be random's and is left out.
     """
     from .augment import MinHashJaccard, ngram_sets
     sets = ngram_sets(_token_ids(prompts, ctx), n)
     filt = MinHashJaccard(threshold, num_perm=num_perm, seed=minhash_seed)
-    survivors = []
-    for i, s in enumerate(sets):
-        if filt.keep_mask([s])[0]:
-            filt.add(s)
-            survivors.append(i)
-    if len(survivors) < budget:
-        raise ValueError(f"only {len(survivors)} of {len(prompts)} prompts survive MinHash dedup at Jaccard "
+    picked: list[int] = []
+    removed: list[int] = []
+    for i in _random_order(len(prompts), seed):
+        i = int(i)
+        if filt.keep_mask([sets[i]])[0]:
+            filt.add(sets[i])
+            picked.append(i)
+            if len(picked) == budget:
+                break
+        else:
+            removed.append(i)
+    if len(picked) < budget:
+        raise ValueError(f"only {len(picked)} of {len(prompts)} prompts survive MinHash dedup at Jaccard "
                          f"{threshold}; cannot select {budget}: raise the threshold or lower the budget")
-    return [survivors[int(i)] for i in _rng(seed).choice(len(survivors), size=budget, replace=False)]
+    return Selection("minhash-dedup", picked, len(prompts), removed,
+                     {"seed": seed, "threshold": threshold, "n": n, "num_perm": num_perm,
+                      "removed_because": f"estimated {n}-gram Jaccard >= {threshold} with a prompt already picked"})
 
 
 def select_d_greedy(prompts: Sequence[str], budget: int, seed: int = 0, *, n: int = 2, exponent: float = 0.5,
-                    sample_size: int | None = 256, progress: bool = False, **ctx) -> list[int]:
+                    sample_size: int | None = 256, progress: bool = False, **ctx) -> Selection:
     """The paper's metric as a selection objective: repeatedly add the prompt that maximises d.
 
     Stochastic greedy ("lazier than lazy greedy", Mirzasoleiman et al. 2015): each step evaluates
     ``d_if_added`` on ``sample_size`` candidates drawn at random (seeded) from those left and adds the
     best (ties: lowest index). ``sample_size=None`` evaluates every remaining prompt (exact greedy,
     O(budget x pool)). Lazy greedy with stale upper bounds is not used: d = |X|^e * unique/total is not
-    submodular, so stale gains are not valid bounds.
+    submodular, so stale gains are not valid bounds. Removes nothing; ``details`` gives the final d and
+    the mean token length of the picked prompts beside the pool's (d's r_unique favours short prompts).
     """
     from .diversity import DiversityAccumulator
     ids = _token_ids(prompts, ctx)
@@ -371,16 +479,21 @@ def select_d_greedy(prompts: Sequence[str], budget: int, seed: int = 0, *, n: in
         acc.add(ids[best])
         alive[best] = False
         chosen.append(best)
-    return chosen
+    lengths = np.array([len(x) for x in ids], dtype=float)
+    return Selection("d-greedy", chosen, len(prompts), [],
+                     {"seed": seed, "n": n, "exponent": exponent, "sample_size": sample_size, "d": acc.d,
+                      "mean_tokens_picked": float(lengths[chosen].mean()) if chosen else float("nan"),
+                      "mean_tokens_pool": float(lengths.mean())})
 
 
 def select_deita(prompts: Sequence[str], budget: int, seed: int = 0, *, tau: float = 0.9, scores=None,
                  embeddings=None, responses: Sequence[str] | None = None, complexity=None, quality=None,
-                 embed: Callable[[list[str]], np.ndarray] | None = None, turns: str = "all", **ctx) -> list[int]:
+                 embed: Callable[[list[str]], np.ndarray] | None = None, turns: str = "all", **ctx) -> Selection:
     """Deita on HH samples. Give ``scores`` (evol scores) or ``complexity``/``quality`` scorers plus
     ``responses`` (the best response of each prompt); give ``embeddings`` or an ``embed(texts)`` callable
     (default: MiniLM on prompt + " " + response, i.e. the whole sample, as Deita embeds conversations).
-    Deterministic; ``seed`` is unused."""
+    Deterministic; ``seed`` is unused. ``removed``: the samples the score-ordered walk passed over because
+    a kept sample was more similar than ``tau``."""
     texts = list(prompts) if responses is None else [p + " " + r for p, r in zip(prompts, responses)]
     if scores is None:
         if complexity is None or quality is None or responses is None:
@@ -392,10 +505,15 @@ def select_deita(prompts: Sequence[str], budget: int, seed: int = 0, *, tau: flo
     if len(picked) < budget:
         raise ValueError(f"Deita kept only {len(picked)} of {len(prompts)} samples at cosine similarity <= {tau}; "
                          f"cannot select {budget}: raise tau or lower the budget")
-    return picked
+    order = [int(i) for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")]
+    walked = order[: order.index(picked[-1]) + 1] if picked else []
+    kept = set(picked)
+    return Selection("deita", picked, len(prompts), [i for i in walked if i not in kept],
+                     {"tau": tau, "turns": turns,
+                      "removed_because": f"cosine similarity > {tau} to a higher-scored sample already kept"})
 
 
-SELECTORS: dict[str, Callable[..., list[int]]] = {
+SELECTORS: dict[str, Callable[..., Selection]] = {
     "random": select_random,
     "minhash-dedup": select_minhash_dedup,
     "d-greedy": select_d_greedy,
@@ -403,17 +521,21 @@ SELECTORS: dict[str, Callable[..., list[int]]] = {
 }
 
 
-def run_selector(name: str, prompts: Sequence[str], budget: int, seed: int = 0, **ctx) -> list[int]:
+def run_selector(name: str, prompts: Sequence[str], budget: int, seed: int = 0, **ctx) -> Selection:
     """Run selector ``name`` and check its answer: ``budget`` distinct indices into ``prompts``."""
     if name not in SELECTORS:
         raise ValueError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}")
     if not isinstance(budget, (int, np.integer)) or not 1 <= budget <= len(prompts):
         raise ValueError(f"budget must be an integer in [1, {len(prompts)}] (the number of prompts), got {budget}")
-    picked = [int(i) for i in SELECTORS[name](prompts, int(budget), seed, **ctx)]
+    result = SELECTORS[name](prompts, int(budget), seed, **ctx)
+    picked = [int(i) for i in result.indices]
     if len(picked) != budget or len(set(picked)) != budget or min(picked) < 0 or max(picked) >= len(prompts):
         raise RuntimeError(f"selector {name!r} returned {len(picked)} indices ({len(set(picked))} distinct) "
                            f"for budget {budget}")
-    return picked
+    if set(picked) & set(result.removed):
+        raise RuntimeError(f"selector {name!r} reports as removed some prompts it picked")
+    result.indices, result.selector = picked, name
+    return result
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -466,11 +588,14 @@ def command(args) -> int:
     budget = cfg.budget if args.budget is None else args.budget
     rankings = load_rankings(args.rankings)
     ctx = selector_context(args.selector, rankings, cfg, progress=True, diversity=recipe.diversity)
-    picked = run_selector(args.selector, [r.prompt for r in rankings], budget, cfg.seed, **ctx)
+    result = run_selector(args.selector, [r.prompt for r in rankings], budget, cfg.seed, **ctx)
+    picked = result.indices
     out = Path(args.out)
     save_rankings(out, [rankings[i] for i in picked])
     atomic_write_json(out.with_name(out.name.split(".")[0] + ".indices.json"),
                       {"selector": args.selector, "budget": budget, "seed": cfg.seed, "recipe": recipe.name,
-                       "source": str(args.rankings), "indices": picked, "ids": [rankings[i].id for i in picked]})
-    print(f"{args.selector}: selected {len(picked)} of {len(rankings)} rankings -> {out}")
+                       "source": str(args.rankings), "indices": picked, "ids": [rankings[i].id for i in picked],
+                       "removed": result.removed, "removed_ids": [rankings[i].id for i in result.removed],
+                       "details": result.details})
+    print(f"{result.summary()} -> {out}")
     return 0

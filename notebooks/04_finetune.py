@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -67,6 +71,16 @@ ax = curve.plot(x="step", y=[c for c in ("loss", "dev_reward") if c in curve], s
 # %%
 gens = pipeline.generations(row)
 gens[["subset", "prompt", "response", "score"]].assign(prompt=lambda g: g.prompt.str[-150:]).head(6)
+
+# %% [markdown]
+# What the row was made from: the fingerprints (content hashes) of RM_train, RM_test and the initial policy,
+# the hash of the grid's rankings, the code versions of training and evaluation and the evaluation key.
+# `divscale grid` redoes a cell whose row disagrees with the current ones, and refuses a table that mixes them.
+# `train_seconds` / `eval_seconds` are the two parts' wall times; `created` is when the evaluation finished.
+
+# %%
+pd.Series({k: row[k] for k in row if k.startswith("key_") or k in ("eval_key", "created", "train_seconds",
+                                                                  "eval_seconds")})
 
 # %% [markdown]
 # Last step: record the result. Its file is what tells `divscale grid` this cell is complete, so a cell

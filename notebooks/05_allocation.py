@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,11 +21,15 @@
 # The paper's Table 1 (spec §4.3) trains on every (n, #prompts) cell and compares the **equal-budget
 # diagonals**: with B annotations one can label B/2 prompts with 2 responses, B/3 with 3 or B/4 with 4.
 # Its finding: *at an equal budget, fewer prompts with longer rankings give a higher test reward* (n = 4
-# beats n = 2 in every row of Table 1, e.g. PRO on OPT-1.3B, Global: 50.13 → 52.28 at 6k annotations).
+# beats n = 2 in every row of Table 1; its effect sizes are printed below from `divscale/paper_data`).
 #
-# Here every cell was trained with several seeds (`divscale grid`, which runs `04_finetune` per cell),
-# so each mean comes with a 95% confidence interval over seeds, and the verdict says plainly whether the
-# claim holds at this scale.
+# Here every cell was trained with several seeds (`divscale grid`, which runs `04_finetune` per cell).
+# Rewards are ×100 (100 · mean sigmoid of the RM_test logit, in [0, 100]). Cell means carry a 95% interval
+# over seeds computed on the logit scale, so it stays inside [0, 100]. The equal-budget cells have
+# *different prompts* (k = B/n), so their runs are independent: each contrast is tested in one OLS model
+# over all runs of the algorithm (residual variance pooled over the cells), with Welch's t beside it, and
+# reports its minimum detectable effect (MDE, 80% power at α = 0.05). The verdicts, printed from code, say
+# in which direction every estimate points and whether an effect of the paper's size could have been seen.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -30,7 +38,7 @@ overrides = "{}"
 # %%
 import pandas as pd
 
-from divscale import analysis, pipeline, plots
+from divscale import analysis, pipeline, plots, summary
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()
@@ -38,12 +46,24 @@ results = pipeline.results(R)
 results.groupby(["algo", "ranking_len", "n_prompts"]).size().unstack("n_prompts")
 
 # %% [markdown]
-# ## Reward (RM_test, ×100) per cell, mean and 95% CI over seeds
+# ## Reward (RM_test, ×100) per cell: mean, bounded 95% interval, SD and range over seeds
 
 # %%
+print(analysis.CELL_CI_METHOD)
 tables = {algo: analysis.equal_budget_table(results[results.algo == algo], R.grid.equal_budgets)
           for algo in sorted(results.algo.unique())}
 pd.concat(tables, names=["algo"]).round(2)
+
+# %%
+lo, hi = analysis.paper_effect_range()
+print(f"the paper's n=4 − n=2 effects (Table 1, OPT-1.3B, Global, PRO and SFT, both budgets): {lo:+.2f} to {hi:+.2f}")
+spread = analysis.cell_spread(results)
+if spread is None:
+    print("one seed per cell: no seed-to-seed spread to report")
+else:
+    print(f"largest seed range of one cell: {spread['max_range']:.1f} points (SD {spread['sd_of_that_cell']:.1f}), "
+          f"cell {spread['cell']}; seed SD pooled over cells: "
+          + ", ".join(f"{a.upper()} {analysis.pooled_seed_sd(g):.1f}" for a, g in results.groupby("algo")))
 
 # %%
 for algo, df in results.groupby("algo"):
@@ -55,20 +75,47 @@ for algo, df in results.groupby("algo"):
 
 # %%
 initial = pipeline.initial_policy_reward(R)
+summary.write_initial_policy(R.name, initial)       # results/<recipe>/initial_policy.json, read by summarize
 print(f"initial policy: {initial['reward_global']:.2f} (95% CI {initial['ci'][0]:.2f}-{initial['ci'][1]:.2f}); "
       f"fine-tuned runs: mean {results.reward_global.mean():.2f}, range {results.reward_global.min():.2f}-"
       f"{results.reward_global.max():.2f}")
 
 # %% [markdown]
 # ## The verdict, per algorithm and budget
+#
+# One row per contrast: the OLS estimate with its CI and MDE, and Welch's t on the two cells alone.
 
 # %%
-verdicts = pipeline.allocation_verdicts(R, results)
-verdicts
+rows, sentences = [], []
+for algo, sub in results.groupby("algo"):
+    for budget in R.grid.equal_budgets:
+        ols = analysis.more_responses_beat_more_prompts(sub, budget, method="ols")
+        welch = analysis.more_responses_beat_more_prompts(sub, budget, method="welch")
+        sentences.append(f"{algo.upper()}: {ols['verdict']}")
+        for n in (4, 3):
+            c, w = ols[f"contrast_{n}_vs_2"], welch[f"contrast_{n}_vs_2"]
+            if c is not None:
+                rows.append({"algo": algo, "budget": budget, "comparison": f"n={n} − n=2",
+                             "estimate": c["estimate"], "ci_lo": c["ci_lo"], "ci_hi": c["ci_hi"], "mde": c["mde"],
+                             "df": c["df"], "direction": c["direction"], "welch_ci_lo": w["ci_lo"],
+                             "welch_ci_hi": w["ci_hi"], "welch_mde": w["mde"]})
+pd.DataFrame(rows).round(2)
 
 # %%
-for line in pipeline.verdict_sentences(verdicts):
+for line in sentences:
     print(line)
+
+# %% [markdown]
+# ## n = 4 against n = 2 on the *same* prompts
+#
+# Not an equal budget (n = 4 costs twice the responses), but the cleanest test of longer rankings: at one
+# k the runs of a seed share the prompts and their order, so they are paired by seed.
+
+# %%
+same = [analysis.same_prompts_contrast(sub, int(k)) | {"algo": algo}
+        for algo, sub in results.groupby("algo") for k in sorted(sub.n_prompts.unique())]
+pd.DataFrame(same)[["algo", "n_prompts", "comparison", "estimate", "ci_lo", "ci_hi", "mde", "test",
+                    "direction"]].round(2)
 
 # %% [markdown]
 # ## Beside the paper's Table 1
@@ -78,3 +125,25 @@ for line in pipeline.verdict_sentences(verdicts):
 
 # %%
 analysis.beside_paper(tables.get("pro", next(iter(tables.values()))), algo="pro").round(2)
+
+# %% [markdown]
+# ## What PRO's loss does: the ranking term against the SFT term
+#
+# PRO's loss (spec §3.3) is the ranking term (n − 1 softmax terms over the remaining candidates) plus
+# β · L_SFT on the best response, with β = `sft_weight` · (n − 1)², the paper's weighting. On a
+# token-summed NLL the SFT term can dominate. Each PRO run measures, every few steps on one micro-batch,
+# the gradient norm of each term and its share of their sum (`grad_share_rank` + `grad_share_sft` = 1),
+# and the cosine between the two gradients. A ranking share near 0 means PRO at that n is doing SFT on
+# the top-1 response.
+
+# %%
+balance = pipeline.loss_balance(results)
+if balance.empty:
+    print("no PRO run of this table carries loss-balance measurements (runs from before they were logged)")
+else:
+    by_n = balance.groupby("ranking_len")[["mean_loss_pro", "mean_loss_sft_weighted", "mean_grad_share_rank",
+                                          "mean_grad_share_sft", "mean_grad_cos_rank_sft"]].mean()
+    print(by_n.round(3).to_string())
+    for n, r in by_n.iterrows():
+        print(f"n={n}: the ranking term carries {100 * r.mean_grad_share_rank:.0f}% of the gradient norm, "
+              f"β·SFT {100 * r.mean_grad_share_sft:.0f}% (cosine between them {r.mean_grad_cos_rank_sft:+.2f})")

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,15 +23,20 @@
 # code is not public, so this is a reconstruction with every parameter exposed in the recipe's `augment:`
 # section):
 #
-# 1. a **seed set** S: a budgeted labelled subset (here the first `seed_size` prompts of the grid order);
-# 2. a **candidate pool** U of other pool prompts; added prompts get generated responses ranked by RM_train,
-#    so they cost no new human labels;
+# 1. a **base set** S: the grid's subset of `seed_size` prompts (the same prompts, and the same 2-rankings,
+#    as that grid cell, so `base only` trains on exactly that cell's data);
+# 2. a **candidate pool** U of other pool prompts. An added prompt is an HH record like any other: it brings
+#    its two human responses, gets two generated responses, and all four are ordered by RM_train, exactly as
+#    in the grid. So the augmented sets hold twice as many labelled prompts as the base set: the experiment
+#    compares two ways of choosing the *same number* of extra labelled prompts, not free data;
 # 3. rounds of m candidates: a candidate is **dropped** when its token-bigram Jaccard similarity to any
-#    support prompt (the seed set and what was added so far) reaches τ; among the survivors, the one that
+#    support prompt (the base set and what was added so far) reaches τ; among the survivors, the one that
 #    raises d the most is added; until K prompts are added;
 # 4. the baseline adds K prompts drawn at random from U.
 #
-# Both sets are then trained with PRO and SFT (several seeds) and scored with RM_test.
+# A prompt's 2-ranking is drawn once (the grid's for a grid prompt, a stream of its own for a candidate), so
+# the base set trains on the same 2-rankings in all three arms. Each set is trained with PRO and SFT
+# (several training seeds) and scored with RM_test.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -44,6 +53,19 @@ plots.set_style()
 print(R.augment)
 
 # %% [markdown]
+# ## The base set is the grid's subset of the same size
+
+# %%
+base = pipeline.augmentation_base(R)
+n = R.augment.ranking_len
+cell = pipeline.grid(R).get((n, len(base)))
+if cell is None:
+    print(f"{len(base)} is not a grid size: the base set is the first {len(base)} prompts of the grid's shuffle")
+else:
+    print(f"base set = grid cell (n={n}, k={len(base)}), same prompts and 2-rankings:",
+          pipeline.n_rankings(R, base, n) == cell)
+
+# %% [markdown]
 # ## The three training sets and their diversity
 
 # %%
@@ -52,7 +74,9 @@ tok = pipeline.diversity_tokenizer(R)
 pd.DataFrame({method: prompt_diversity([r.prompt for r in rs], tok).to_dict() for method, (rs, _) in sets.items()}).T
 
 # %%
-log = pd.DataFrame(sets["seed + diverse"][1].log)
+log = pd.DataFrame(sets["base + diverse"][1].log)
+print(f"diverse augmentation: {len(log)} prompts added after drawing {log['drawn'].sum()} candidates, "
+      f"{log['dropped'].sum()} of them dropped as near-duplicates (Jaccard >= {R.augment.jaccard_tau})")
 log.tail()
 
 # %% [markdown]
@@ -60,14 +84,14 @@ log.tail()
 
 # %%
 aug = pipeline.augmentation_experiment(R)
-aug.groupby(["algo", "method"])[["d", "reward_global"]].agg(["mean", "std", "count"]).round(3)
+aug.groupby(["algo", "method"])[["n_prompts", "d", "reward_global"]].agg(["mean", "std", "count"]).round(3)
 
 # %%
 fig = plots.plot_augmentation(aug, by="method")
 plots.save_figure(fig, "augmentation", pipeline.figures_dir(R))
 
 # %% [markdown]
-# ## Diverse vs random augmentation, with confidence intervals over seeds
+# ## Diverse vs random augmentation, with confidence intervals over training seeds
 
 # %%
-pipeline.method_differences(aug, by="method", baseline="seed + random", compare="seed + diverse")
+pipeline.method_differences(aug, by="method", baseline="base + random", compare="base + diverse")

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,13 +22,14 @@
 # **Deita** (Liu et al. 2024, "What Makes Good Data for Alignment?") is *score-first, diversity-aware*:
 # every sample gets complexity × quality scores (from LLM scorers that rate 1–6; the score is the
 # expectation over the six digit tokens' probabilities, summed over turns), samples are sorted by score,
-# and a sample is kept only if its cosine **similarity** to every kept sample is ≤ τ = 0.9 (Deita's code
+# and a sample is kept only if its cosine **similarity** to every kept sample is ≤ τ (Deita's code
 # compares similarity, although its paper says distance), until the budget is reached.
 #
 # Offline the scorers are SmolLM2-135M-Instruct prompted with Deita's templates (Deita's own 13B scorers on
-# GPU); embeddings are MiniLM. Beside Deita: random, MinHash near-duplicate removal then random, and
-# **d-greedy** (the paper's metric as a selection objective). Every selector picks the same number of prompts
-# from the same candidate pool, so all runs have the same annotation budget.
+# GPU); embeddings are MiniLM. Beside Deita: random, and **d-greedy** (the paper's metric as a selection
+# objective). Every selector picks the same number of prompts from the same candidate pool, so all runs have
+# the same annotation budget. Each selector reports what it removed on the way, and two arms that pick the
+# same prompts are marked identical (`identical_to`) and not tested against each other.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -32,6 +37,7 @@ overrides = "{}"
 
 # %%
 import pandas as pd
+from IPython.display import display
 
 from divscale import pipeline, plots
 
@@ -40,7 +46,37 @@ plots.set_style()
 print(R.select)
 
 # %% [markdown]
-# ## Diversity of each selection
+# ## Does the candidate pool have near-duplicates?
+#
+# A MinHash dedup arm (`minhash-dedup`: random's order, skipping any prompt whose bigram Jaccard with a prompt
+# already chosen reaches the threshold) only makes sense if the pool has near-duplicates. The table counts,
+# per threshold, the candidate pairs at or above it and the candidates that have such a neighbour; the
+# quantiles are over all pairs and over each candidate's nearest neighbour. HH prompts all share their
+# role-tag bigrams (`Human`, `:` …), so two different one-line questions already overlap noticeably.
+
+# %%
+by_threshold, quantiles = pipeline.pool_jaccard_profile(R)
+at = by_threshold.set_index("threshold").loc[R.select.dedup_threshold]
+print(f"largest bigram Jaccard between two of the {R.select.candidate_pool} candidates: "
+      f"{quantiles.loc[1.0, 'all pairs']:.2f}; at the dedup threshold {R.select.dedup_threshold}: "
+      f"{int(at['pairs'])} pairs, {int(at['prompts_with_a_neighbour'])} candidates with a near-duplicate; "
+      f"the dedup arm is {'in' if 'minhash-dedup' in R.select.selectors else 'not in'} this recipe's selectors")
+display(by_threshold.round(4))
+quantiles.round(3)
+
+# %% [markdown]
+# ## What each selector picked and removed
+
+# %%
+pipeline.selection_report(R)
+
+# %% [markdown]
+# ## Diversity and prompt length of each selection
+#
+# Higher is more diverse for every measure except two: the gzip **compression ratio** and the **mean pairwise
+# Jaccard** rise when a set is *less* diverse. d rewards a high unique-bigram ratio, which short prompts have;
+# so compare each selection's prompt lengths (`prompt_tokens_mean`, in the metric's tokens) with its d and its
+# embedding measures (Vendi, remote clique, chamfer).
 
 # %%
 div = pipeline.selection_diversity(R)
@@ -54,12 +90,12 @@ sel = pipeline.selection_experiment(R)
 sel.groupby(["algo", "strategy"])[["d", "reward_global"]].agg(["mean", "std", "count"]).round(3)
 
 # %%
-table = sel.merge(div.drop(columns=["d"], errors="ignore"), on="strategy", how="left")
+table = sel.merge(div.drop(columns=["d", "r_unique", "identical_to", "removed"]), on="strategy", how="left")
 fig = plots.plot_selection(table, by="strategy")
 plots.save_figure(fig, "selection", pipeline.figures_dir(R))
 
 # %% [markdown]
-# ## Each selector against random selection, with confidence intervals over seeds
+# ## Each selector against random selection, with confidence intervals over training seeds
 
 # %%
 pd.concat([pipeline.method_differences(sel, by="strategy", baseline="random", compare=name)

@@ -172,9 +172,9 @@ def test_fit_lines_matches_polyfit_and_statsmodels():
 
 def test_fit_lines_averages_seeds_and_scales():
     df = pd.DataFrame({"x": [1, 1, 2, 2, 3, 3.0], "y": [9, 11, 19, 21, 29, 31.0]})
-    fit = analysis.fit_lines(df, x="x", y="y", by=None, scale=0.1).iloc[0]
+    fit = analysis.fit_lines(df, x="x", y="y", by=None, scale=0.1, aggregate=True).iloc[0]
     assert fit["n_points"] == 3 and fit["slope"] == pytest.approx(1.0) and fit["mse"] == pytest.approx(0, abs=1e-20)
-    every_run = analysis.fit_lines(df, x="x", y="y", by=None, aggregate=False).iloc[0]
+    every_run = analysis.fit_lines(df, x="x", y="y", by=None).iloc[0]          # default: every run
     assert every_run["n_points"] == 6 and every_run["mse"] == pytest.approx(1.0)
     yhat, lo, hi = analysis.fit_band(every_run, [2.0])
     assert yhat[0] == pytest.approx(20) and lo[0] < yhat[0] < hi[0]
@@ -234,7 +234,10 @@ def test_equal_budget_table_marks_diagonal_and_ci():
     assert (diag["budget"] == diag["budget_group"]).all()
     cell = table[(table["budget_group"] == 240) & (table["ranking_len"] == 3) & (table["n_prompts"] == 80)].iloc[0]
     values = df[(df["ranking_len"] == 3) & (df["n_prompts"] == 80)]["reward_global"]
-    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    # bounded interval: t-interval of logit(reward / 100), back-transformed
+    z = np.log(values / 100 / (1 - values / 100))
+    zlo, zhi = stats.t.interval(0.95, len(z) - 1, loc=z.mean(), scale=stats.sem(z))
+    lo, hi = 100 / (1 + np.exp(-zlo)), 100 / (1 + np.exp(-zhi))
     assert cell["n_seeds"] == 3 and cell["mean"] == pytest.approx(values.mean())
     assert (cell["ci_lo"], cell["ci_hi"]) == pytest.approx((lo, hi))
     # budget 960: columns 240 / 320 / 480 prompts; 320 and 480 have no runs -> listed, empty
@@ -252,40 +255,137 @@ def test_verdict_holds_does_not_hold_inconclusive():
     up = analysis.more_responses_beat_more_prompts(make_results(algos=("pro",), gain_per_n=3.0, noise=0.2), budget=240)
     assert up["status_4_vs_2"] == "holds" and up["status_3_vs_2"] == "holds"
     assert up["verdict"].startswith("More responses beat more prompts at 240 responses")
-    assert "n=4 vs n=2: holds" in up["verdict"] and up["ci_4_vs_2"][0] > 0
+    assert "in the paper's direction" in up["verdict"] and up["ci_4_vs_2"][0] > 0
     assert up["cells"][4]["n_prompts"] == 60 and up["cells"][2]["n_prompts"] == 120
+    # noise 0.2 over 36 runs: MDE ≈ 2.9 · 0.2 · sqrt(2/3) ≈ 0.48, well under the paper's +1.46
+    assert up["mde_4_vs_2"] < 1 and "could have been seen" in up["verdict"]
 
     down = analysis.more_responses_beat_more_prompts(make_results(algos=("pro",), gain_per_n=-3.0, noise=0.2), budget=240)
-    assert down["status_4_vs_2"] == "does not hold" and "does not hold" in down["verdict"]
+    assert down["status_4_vs_2"] == "does not hold" and "against the paper's direction" in down["verdict"]
+    assert down["contrast_4_vs_2"]["direction"] == "against the paper"
 
     flat = analysis.more_responses_beat_more_prompts(
         make_results(algos=("pro",), gain_per_n=0.0, noise=3.0, rng=5), budget=240)
     assert flat["status_4_vs_2"] == "inconclusive (CI spans 0)"
     assert flat["ci_4_vs_2"][0] < 0 < flat["ci_4_vs_2"][1]
+    assert flat["mde_4_vs_2"] > 2.43 and "could not have been seen" in flat["verdict"]
 
     single = analysis.more_responses_beat_more_prompts(make_results(algos=("pro",), gain_per_n=3.0, seeds=(1,)), budget=240)
     assert single["status_4_vs_2"].startswith("inconclusive (one run per cell")
-    assert single["diff_4_vs_2"] > 0
+    assert single["diff_4_vs_2"] > 0 and math.isnan(single["mde_4_vs_2"])
     with pytest.raises(ValueError, match="mixes algos"):
         analysis.more_responses_beat_more_prompts(make_results(), budget=240)
+    with pytest.raises(ValueError, match="pairing them by seed is not valid"):
+        analysis.more_responses_beat_more_prompts(make_results(algos=("pro",)), 240, method="paired")
 
 
-def test_verdict_welch_and_paired_intervals():
+def test_equal_budget_ols_and_welch_intervals():
     df = make_results(algos=("pro",), gain_per_n=1.0, noise=0.5, rng=2)
-    a = df[(df["ranking_len"] == 4) & (df["n_prompts"] == 60)].sort_values("seed")["reward_global"].to_numpy()
-    b = df[(df["ranking_len"] == 2) & (df["n_prompts"] == 120)].sort_values("seed")["reward_global"].to_numpy()
-    welch = analysis.more_responses_beat_more_prompts(df, 240)
+    a = df[(df["ranking_len"] == 4) & (df["n_prompts"] == 60)]["reward_global"].to_numpy()
+    b = df[(df["ranking_len"] == 2) & (df["n_prompts"] == 120)]["reward_global"].to_numpy()
+    welch = analysis.more_responses_beat_more_prompts(df, 240, method="welch")
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert welch["diff_4_vs_2"] == pytest.approx(a.mean() - b.mean())
     assert welch["ci_4_vs_2"] == pytest.approx((ci.low, ci.high))
-    paired = analysis.more_responses_beat_more_prompts(df, 240, method="paired")
-    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
-    assert paired["ci_4_vs_2"] == pytest.approx((ci.low, ci.high))
-    assert "paired interval" in paired["verdict"]
+    # OLS cell means: the same estimate; SE from the residual variance pooled over all 15 cells (45 runs)
+    ols = analysis.more_responses_beat_more_prompts(df, 240)
+    cells = df.groupby(["ranking_len", "n_prompts"])["reward_global"]
+    pooled_var = (cells.var(ddof=1) * (cells.size() - 1)).sum() / (len(df) - cells.ngroups)
+    se = math.sqrt(pooled_var * (1 / len(a) + 1 / len(b)))
+    dfr = len(df) - cells.ngroups
+    half = stats.t.ppf(0.975, dfr) * se
+    c = ols["contrast_4_vs_2"]
+    assert c["estimate"] == pytest.approx(a.mean() - b.mean())
+    assert (c["ci_lo"], c["ci_hi"]) == pytest.approx((c["estimate"] - half, c["estimate"] + half))
+    assert c["df"] == dfr and c["mde"] == pytest.approx(analysis.mde(se, dfr))
+    assert c["test"].startswith("OLS cell means")
     no3 = analysis.more_responses_beat_more_prompts(df[df["ranking_len"] != 3], 240)
     assert no3["status_3_vs_2"] == "missing" and "no runs for (n=3" in no3["verdict"]
     with pytest.raises(ValueError, match=r"n=4, 60 prompts"):
         analysis.more_responses_beat_more_prompts(df[df["ranking_len"] != 4], 240)
+
+
+def test_mde_hand_worked():
+    # Welch case worked by hand: a = 10, 12, 14 (mean 12, var 4), b = 9, 10, 11 (mean 10, var 1).
+    # SE = sqrt(4/3 + 1/3) = sqrt(5/3) = 1.29099; Welch–Satterthwaite df = (5/3)² / ((4/3)²/2 + (1/3)²/2)
+    # = (25/9) / (17/18) = 50/17 = 2.9412; t_{0.975, 2.9412} = 3.2188, t_{0.80, 2.9412} = 0.9816, so
+    # MDE = (3.2188 + 0.9816) · 1.29099 = 5.4226.
+    c = analysis.welch_contrast([10.0, 12.0, 14.0], [9.0, 10.0, 11.0])
+    assert c["estimate"] == pytest.approx(2.0)
+    assert c["se"] == pytest.approx(math.sqrt(5 / 3)) and c["df"] == pytest.approx(50 / 17)
+    assert c["mde"] == pytest.approx(5.4226, abs=1e-3)
+    # se = 2, df = 10: t_{0.975,10} = 2.2281, t_{0.80,10} = 0.8791 -> MDE = 2 · 3.1072 = 6.2144
+    assert analysis.mde(2.0, 10) == pytest.approx(6.2144, abs=1e-3)
+    # the MDE is what it claims: a true effect of MDE·SE-units has ~80% power (non-central t, df 24)
+    m, crit = analysis.mde(1.0, 24), stats.t.ppf(0.975, 24)
+    assert 1 - stats.nct.cdf(crit, 24, m) + stats.nct.cdf(-crit, 24, m) == pytest.approx(0.80, abs=0.01)
+    assert math.isnan(analysis.mde(math.nan, 3)) and math.isnan(analysis.mde(1.0, 0))
+
+
+def test_bounded_interval_stays_in_bounds():
+    # three rewards near 0: a plain t-interval is 0.867 ± 4.303 · 1.0017 / sqrt(3) = 0.867 ± 2.488, below 0
+    values = [0.1, 0.5, 2.0]
+    _, t_lo, _ = analysis.t_interval(values)
+    assert t_lo < 0
+    mean, lo, hi = analysis.bounded_interval(values)
+    assert mean == pytest.approx(np.mean(values))
+    assert 0 <= lo < hi <= 100 and lo <= mean <= hi
+    mean, lo, hi = analysis.bounded_interval([99.0, 99.9, 97.0])
+    assert 0 <= lo <= mean <= hi <= 100
+    assert analysis.bounded_interval([0.0, 0.0, 0.0])[1] >= 0          # on the bound: still inside
+    with pytest.raises(ValueError, match="outside"):
+        analysis.bounded_interval([-1.0, 5.0])
+    # the equal-budget table uses it: intervals of cell means never leave [0, 100]
+    df = make_results(algos=("pro",), noise=3.0)
+    df["reward_global"] = (df["reward_global"] - 44).clip(lower=0.05)
+    table = analysis.equal_budget_table(df, budgets=[240])
+    assert (table["ci_lo"] >= 0).all() and (table["ci_hi"] <= 100).all()
+
+
+def test_same_prompts_contrast_pairs_by_seed():
+    df = make_results(algos=("pro",), gain_per_n=1.0, noise=0.5, rng=4)
+    a = df[(df["ranking_len"] == 4) & (df["n_prompts"] == 80)].sort_values("seed")["reward_global"].to_numpy()
+    b = df[(df["ranking_len"] == 2) & (df["n_prompts"] == 80)].sort_values("seed")["reward_global"].to_numpy()
+    c = analysis.same_prompts_contrast(df, 80)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert (c["ci_lo"], c["ci_hi"]) == pytest.approx((ci.low, ci.high)) and c["df"] == 2
+    assert c["test"].startswith("paired t by seed")
+
+
+def test_method_contrast_identical_arms_and_welch():
+    base = make_results(algos=("pro",), sizes=(60,), lengths=(2,), noise=2.0)
+    random_arm = base.assign(strategy="random")
+    dedup = random_arm.assign(strategy="minhash-dedup")                       # the same runs
+    other = make_results(algos=("pro",), sizes=(60,), lengths=(2,), noise=2.0, rng=9).assign(strategy="deita")
+    other["run_id"] = other["run_id"] + "-deita"
+    df = pd.concat([random_arm, dedup, other], ignore_index=True)
+    same = analysis.method_contrast(df, "strategy", baseline="random", compare="minhash-dedup")
+    assert same["identical"] and same["ci_lo"] is None and same["mde"] is None
+    assert "identical arms" in analysis.contrast_sentence("dedup − random", same)
+    # an arm marked as the same selected set (identical_to) is identical even under other run ids
+    marked = df.assign(identical_to="")
+    marked.loc[marked["strategy"] == "minhash-dedup", ["identical_to", "run_id"]] = ["random", "other-id"]
+    assert analysis.method_contrast(marked, "strategy", "random", "minhash-dedup")["identical"]
+    diff = analysis.method_contrast(df, "strategy", baseline="random", compare="deita")
+    a, b = other["reward_global"].to_numpy(), random_arm["reward_global"].to_numpy()
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert not diff["identical"] and (diff["ci_lo"], diff["ci_hi"]) == pytest.approx((ci.low, ci.high))
+    assert np.isfinite(diff["mde"]) and diff["mde"] > 0
+
+
+def test_paper_effect_range_from_table1():
+    # OPT-1.3B Global diagonals: PRO +1.52 (48k) / +2.15 (6k), SFT +2.43 / +1.46 (spec §4.3)
+    assert analysis.paper_effect_range() == pytest.approx((1.46, 2.43))
+
+
+def test_cell_spread_and_pooled_sd():
+    df = make_results(algos=("pro",), sizes=(60, 80), lengths=(2,), seeds=(1, 2, 3), noise=0.0)
+    df.loc[df["n_prompts"] == 60, "reward_global"] += [0.0, 4.0, 8.0]       # range 8, SD 4
+    spread = analysis.cell_spread(df)
+    assert spread["max_range"] == pytest.approx(8.0) and spread["sd_of_that_cell"] == pytest.approx(4.0)
+    assert spread["cell"]["n_prompts"] == 60
+    # pooled over the two cells (variances 16 and 0, 2 dof each): sqrt(16 / 2) = 2.83
+    assert analysis.pooled_seed_sd(df) == pytest.approx(math.sqrt(8.0))
 
 
 def test_beside_paper_matches_positions():

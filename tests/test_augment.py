@@ -240,3 +240,37 @@ def test_augment_cli_end_to_end(tmp_path, hh_sample_texts, tiny_tokenizer):
     assert main(argv) == 0 and out.read_bytes() == first                   # deterministic
     assert main(argv[:-2] + ["--out", str(tmp_path / "rand.jsonl"), "--method", "random"]) == 0
     assert main(argv + ["--set", "augment.add=500"]) == 1                  # impossible: a one-line error
+
+
+# ----------------------------------------------------------------------------- the experiment's training sets
+
+def _r4(i: int):
+    from divscale.data import Ranking
+    return Ranking(id=f"p{i}", prompt=f"\n\nHuman: question {i}?\n\nAssistant:",
+                   responses=[f"a{i}", f"b{i}", f"c{i}", f"d{i}"], rewards=[3.0, 2.0, 1.0, 0.0],
+                   sources=["human-chosen", "gen-1", "human-rejected", "gen-2"])
+
+
+def test_every_arm_trains_the_base_set_on_the_grid_cells_rankings(monkeypatch):
+    """The base set is the grid's k=seed_size subset, and its 2-rankings are the grid cell's in every arm
+    (not redrawn from a stream whose state depends on how many prompts the arm adds)."""
+    from divscale import pipeline
+    from divscale.grid import build_grid, sub_rankings
+
+    R = pipeline.load("smoke", {"augment.seed_size": 6, "data.sizes": [6, 12]})
+    grid4, extra = [_r4(i) for i in range(12)], [_r4(100 + i) for i in range(8)]
+    monkeypatch.setattr(pipeline, "_MEMO", {})
+    monkeypatch.setattr(pipeline, "rankings4", lambda R: grid4)
+    cell = build_grid(grid4, [6, 12], (2,), seed=R.data.grid_seed)[(2, 6)]
+    base = pipeline.augmentation_base(R)
+    assert [r.id for r in base] == [r.id for r in cell] != [r.id for r in grid4[:6]]   # the cell, reshuffled
+    alone = pipeline.n_rankings(R, base, 2)
+    assert alone == cell
+    for added in (extra[:2], extra[2:]):                                    # arms of different lengths
+        assert pipeline.n_rankings(R, base + added, 2)[:6] == alone
+    # the old rule (one stream over the arm's list) gives the base set other 2-rankings in a longer arm
+    assert sub_rankings(base + extra, seed=R.data.grid_seed)[2][:6] != sub_rankings(base, seed=R.data.grid_seed)[2]
+    # prompts outside the grid: their own stream, whatever the list
+    own = pipeline.n_rankings(R, extra, 2)
+    assert pipeline.n_rankings(R, extra[::-1], 2)[::-1] == own
+    assert all(r.n == 2 and set(r.responses) <= set(x.responses) for r, x in zip(own, extra))

@@ -83,14 +83,45 @@ def test_paired_win_rate_known_inputs():
 
 
 def test_global_is_sample_weighted():
+    # 3 / 1 / 2 prompts scored, but Global weights each file by its size in the full HH test split
+    # (2312 / 2354 / 1137 prompts, spec §4.2): (2312·20 + 2354·80 + 1137·60) / 5803 = 48.1937...
     records = ([{"subset": "harmless-base", "score": 0.2}] * 3 + [{"subset": "helpful-base", "score": 0.8}]
                + [{"subset": "helpful-online", "score": 0.6}] * 2)
     res = summarize(records, n_boot=100)
     assert res.reward["harmless-base"] == pytest.approx(20.0)
-    assert res.reward["Global"] == pytest.approx(100 * (0.6 + 0.8 + 1.2) / 6)      # not the mean of means
-    assert res.reward["Global"] != pytest.approx(np.mean([20.0, 80.0, 60.0]))
-    assert res.reward["Helpful"] == pytest.approx(100 * (0.8 + 1.2) / 3)
+    assert res.reward["Global"] == pytest.approx((2312 * 20 + 2354 * 80 + 1137 * 60) / 5803)
+    assert res.reward["Global"] != pytest.approx(100 * (0.6 + 0.8 + 1.2) / 6)      # not the pooled mean
+    assert res.reward["Global"] != pytest.approx(np.mean([20.0, 80.0, 60.0]))      # nor the mean of means
+    assert res.reward["Helpful"] == pytest.approx((2354 * 80 + 1137 * 60) / (2354 + 1137))
+    assert res.weights["Global"]["harmless-base"] == pytest.approx(2312 / 5803)
     assert res.n == {"harmless-base": 3, "helpful-base": 1, "helpful-online": 2, "Helpful": 3, "Global": 6}
+    # constant scores within each file: every stratified replicate equals the estimate, so the CI is a point
+    assert res.ci["Global"] == pytest.approx([res.reward["Global"]] * 2)
+    with pytest.raises(ValueError, match="no test-file size"):
+        summarize([{"subset": "made-up", "score": 0.5}])
+    custom = summarize([{"subset": "a", "score": 0.0}, {"subset": "b", "score": 1.0}], sizes={"a": 3, "b": 1})
+    assert custom.reward["Global"] == pytest.approx(25.0)
+
+
+def test_global_bootstrap_is_stratified_by_subset():
+    """A pooled bootstrap would let the share of each file vary between replicates; stratified, the CI of
+    Global reflects only the spread within files. Two files with constant scores 0 and 100 and equal
+    sizes: pooled resampling gives a wide CI, the stratified one is the point 50."""
+    rng = np.random.default_rng(0)
+    records = ([{"subset": "harmless-base", "score": 0.0}] * 20 + [{"subset": "helpful-base", "score": 1.0}] * 20)
+    res = summarize(records, n_boot=500, sizes={"harmless-base": 1, "helpful-base": 1})
+    assert res.ci["Global"] == pytest.approx([50.0, 50.0])
+    assert np.ptp(bootstrap_ci([100.0 * r["score"] for r in records], n_boot=500)) > 10
+    # noisy scores: the stratified interval contains the estimate and stays inside [0, 100] near the bound
+    recs = [{"subset": s, "score": float(v)} for s in ("harmless-base", "helpful-base", "helpful-online")
+            for v in rng.beta(0.3, 30, size=50)]
+    out = summarize(recs, n_boot=500)
+    lo, hi = out.ci["Global"]
+    assert 0.0 <= lo <= out.reward["Global"] <= hi <= 100.0
+    # the stratified CI of the weighted mean agrees with the normal-theory one: sqrt(sum w² var_s / n_s)
+    by = {s: 100 * np.array([r["score"] for r in recs if r["subset"] == s]) for s in out.weights["Global"]}
+    se = np.sqrt(sum(w ** 2 * by[s].var(ddof=1) / by[s].size for s, w in out.weights["Global"].items()))
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.2)
 
 
 # ---------------------------------------------------------------------------- policy evaluation
@@ -106,7 +137,9 @@ def test_evaluate_policy_scores_generations(tiny_gpt, tiny_tokenizer, tmp_path):
     for r in records:
         assert r["logit"] == pytest.approx((len(r["response"]) - 20) / 10)
         assert r["score"] == pytest.approx(1 / (1 + np.exp(-r["logit"])))
-    assert res.reward["Global"] == pytest.approx(100 * np.mean([r["score"] for r in records]))
+    by = {s: 100 * np.mean([r["score"] for r in records if r["subset"] == s]) for s in TEST_PROMPTS}
+    sizes = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137}      # spec §4.2
+    assert res.reward["Global"] == pytest.approx(sum(sizes[s] * by[s] for s in by) / sum(sizes.values()))
     assert res.ci["Global"][0] <= res.reward["Global"] <= res.ci["Global"][1]
     # same inputs -> identical numbers (greedy decoding, seeded bootstrap)
     again = evaluate_policy(tiny_gpt, tiny_tokenizer, TEST_PROMPTS, rm, **EVAL_KW)

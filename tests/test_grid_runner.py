@@ -16,6 +16,8 @@ import json, os, pathlib
 row = {"run_id": f"{algo}-n{ranking_len}-k{n_prompts}-s{seed}", "recipe": recipe, "algo": algo,
        "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed, "status": "ok",
        "reward_global": 50.0 + ranking_len + n_prompts / 100 + seed / 1000}
+# what the real notebook's row carries (divscale.pipeline.table_keys): the RMs, policy, code it was made from
+row.update(json.loads((pathlib.Path(os.environ["FAKE_GRID_DIR"]) / "keys.json").read_text()))
 flag = pathlib.Path(os.environ["FAKE_GRID_DIR"]) / "kill-once"
 if algo == "pro" and ranking_len == 4 and flag.exists():
     flag.unlink()
@@ -38,7 +40,26 @@ def fake_notebook(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
     monkeypatch.setattr(paths, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setenv("FAKE_GRID_DIR", str(tmp_path))
+    set_keys(tmp_path, KEYS)
     return path
+
+
+# stand-ins for divscale.pipeline.table_keys (the real ones build both RMs, the rankings and the policy)
+KEYS = {"key_recipe": "r1", "key_rm_train": "rmtrain-a", "key_rm_test": "rmtest-a", "key_policy": "pol-a",
+        "key_rankings": "rank-a", "key_code_train": "code-a", "key_code_eval": "code-a", "eval_key": "eval-a"}
+
+
+def set_keys(folder, keys: dict) -> None:
+    """What the fake notebook (i.e. the current RMs, policy and code) writes into its rows."""
+    (folder / "keys.json").write_text(json.dumps(keys))
+
+
+@pytest.fixture(autouse=True)
+def fixed_keys(monkeypatch):
+    """``cell_keys`` without building anything; a test changes it (e.g. a new RM_test) with ``.update``."""
+    keys = dict(KEYS)
+    monkeypatch.setattr(grid_runner, "cell_keys", lambda recipe: dict(keys))
+    return keys
 
 
 SMALL = {"train.algos": "[sft, pro]", "train.seeds": "[1]", "data.sizes": "[24, 48]", "data.ranking_lengths": "[2, 4]"}
@@ -49,7 +70,7 @@ def test_expand_grid_is_the_full_product_in_a_stable_order():
     cells = grid_runner.expand_grid(recipe)
     t, d = recipe.train, recipe.data
     assert len(cells) == len(t.algos) * len(t.seeds) * len(d.sizes) * len(d.ranking_lengths)
-    assert len({c.cell_id(recipe) for c in cells}) == len(cells)
+    assert len({c.cell_id(recipe, KEYS) for c in cells}) == len(cells)
     assert cells == grid_runner.expand_grid(load_recipe("cpu"))
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)          # one seed of every cell first
 
@@ -57,7 +78,7 @@ def test_expand_grid_is_the_full_product_in_a_stable_order():
 def test_cell_id_changes_with_the_recipe():
     a, b = load_recipe("smoke"), load_recipe("smoke", {"train.max_steps": 5})
     cell = grid_runner.expand_grid(a)[0]
-    assert cell.cell_id(a) != cell.cell_id(b)
+    assert cell.cell_id(a, KEYS) != cell.cell_id(b, KEYS)
 
 
 def test_killed_cell_is_redone_and_the_others_kept(fake_notebook, tmp_path):
@@ -69,7 +90,7 @@ def test_killed_cell_is_redone_and_the_others_kept(fake_notebook, tmp_path):
     assert len(table) == 7 and set(table["ranking_len"]) == {2, 4}
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "smoke" / "cells").glob("*.json")}
     second = grid_runner.run_grid("smoke", SMALL, jobs=2, notebook=fake_notebook)
-    assert second == {"cells": 8, "skipped": 7, "done": 1, "failed": []}
+    assert second == {"cells": 8, "skipped": 7, "done": 1, "failed": [], "stale": 0}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())            # completed cells untouched
     table = pd.read_csv(tmp_path / "results" / "smoke" / "runs.csv")
     assert len(table) == 8 and table["run_id"].is_unique
@@ -95,3 +116,64 @@ def test_cli_lists_cells(capsys):
     assert cli.main(["grid", "--recipe", "smoke", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(grid_runner.expand_grid(load_recipe("smoke")))
+
+
+def test_cell_id_changes_with_every_key_component():
+    recipe = load_recipe("smoke")
+    cell = grid_runner.expand_grid(recipe)[0]
+    ids = {cell.cell_id(recipe, KEYS)} | {cell.cell_id(recipe, KEYS | {k: "other"}) for k in KEYS}
+    assert len(ids) == len(KEYS) + 1
+
+
+def test_new_rm_test_makes_every_cell_stale_and_the_table_holds_one_eval_key(fake_notebook, tmp_path, fixed_keys):
+    """The committed bug: cells scored by an older RM_test counted as complete and runs.csv mixed two evaluations."""
+    small = dict(SMALL, **{"train.algos": "[sft]"})
+    first = grid_runner.run_grid("smoke", small, notebook=fake_notebook)
+    assert first["done"] == 4 and not first["failed"]
+    new = {"key_rm_test": "rmtest-b", "eval_key": "eval-b"}
+    fixed_keys.update(new)                                       # RM_test re-trained: a new fingerprint
+    set_keys(tmp_path, KEYS | new)
+    second = grid_runner.run_grid("smoke", small, notebook=fake_notebook)
+    assert second["skipped"] == 0 and second["done"] == 4        # every cell redone, none kept
+    table = pd.read_csv(tmp_path / "results" / "smoke" / "runs.csv")
+    assert len(table) == 4 and set(table["eval_key"]) == {"eval-b"} and set(table["key_rm_test"]) == {"rmtest-b"}
+
+
+def test_a_stale_row_in_a_cell_file_is_refused_by_name_and_redone(fake_notebook, tmp_path, fixed_keys):
+    small = dict(SMALL, **{"train.algos": "[sft]", "data.ranking_lengths": "[2]"})
+    assert grid_runner.run_grid("smoke", small, notebook=fake_notebook)["done"] == 2
+    recipe = load_recipe("smoke", small)
+    cell = grid_runner.expand_grid(recipe)[0]
+    path = grid_runner.cell_result_path(recipe, cell, fixed_keys)
+    row = json.loads(path.read_text())
+    path.write_text(json.dumps(row | {"key_rm_test": "rmtest-old", "eval_key": "eval-old"}))   # scored by an old RM
+    with pytest.raises(ValueError, match=r"1 of 2 rows.*sft-n2-k24-s1.*key_rm_test=rmtest-old"):
+        grid_runner.collect_results(recipe)
+    assert grid_runner.cell_status(recipe, cell, fixed_keys) == "stale"
+    again = grid_runner.run_grid("smoke", small, notebook=fake_notebook)
+    assert again["stale"] == 1 and again["done"] == 1 and again["skipped"] == 1
+    table = pd.read_csv(tmp_path / "results" / "smoke" / "runs.csv")
+    assert set(table["eval_key"]) == {"eval-a"} and len(table) == 2
+
+
+def test_rows_that_disagree_among_themselves_are_refused():
+    from divscale.provenance import StaleResultsError, check_table_keys
+
+    rows = [{"run_id": f"r{i}", "eval_key": "eval-c52520b0e7"} for i in range(3)] + \
+        [{"run_id": "sft-n2-k60-s42", "eval_key": "eval-583055e0db"}]
+    with pytest.raises(StaleResultsError, match="sft-n2-k60-s42: eval_key=eval-583055e0db"):
+        check_table_keys(rows, "runs.csv")
+    check_table_keys(rows[:3], "runs.csv")
+
+
+def test_a_table_without_key_columns_is_checked_on_its_eval_folders(tmp_path):
+    """The committed cpu table: 2 rows point at eval-583055e0db, 70 at eval-c52520b0e7."""
+    from divscale.pipeline import check_keys
+    from divscale.provenance import StaleResultsError
+
+    df = pd.DataFrame({"run_id": [f"pro-{i}" for i in range(4)] + ["sft-n2-k80-s42-83a306b8eb33"],
+                       "eval_dir": [f"runs/train/pro-{i}/eval-c52520b0e7" for i in range(4)]
+                       + ["runs/train/sft-n2-k80-s42-83a306b8eb33/eval-583055e0db"]})
+    with pytest.raises(StaleResultsError, match=r"1 of 5 rows.*sft-n2-k80-s42-83a306b8eb33: eval_key=eval-583055e0db"):
+        check_keys(df, tmp_path / "runs.csv", "rerun")
+    check_keys(df.iloc[:4], tmp_path / "runs.csv", "rerun")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -154,3 +155,103 @@ def test_smollm2_from_the_wheel_loads_and_generates(monkeypatch):
     out = model.generate(**chat, max_new_tokens=8, do_sample=False)
     text = tok.decode(out[0, chat["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+
+
+# ------------------------------------------------------------------- .bin checkpoints (weights_only, converted once)
+
+
+def _legacy_neox_rm(tiny_tokenizer, folder, shards: int = 0):
+    """A tiny ``gpt_neox_reward_model`` saved as the 2023 OpenAssistant checkpoints are: ``pytorch_model.bin``
+    (or ``shards`` files + index) with the per-layer legacy buffers, plus its safetensors twin."""
+    from divscale import reward
+
+    reward._register_gpt_neox_reward_model()
+    torch.manual_seed(0)
+    config = reward.GPTNeoXRewardModelConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64, rotary_pct=0.25,
+                                             max_position_embeddings=2048, pooling="last",
+                                             eos_token_id=tiny_tokenizer.eos_token_id)
+    model = reward.GPTNeoXRewardModel(config)
+    model.save_pretrained(folder / "twin")
+    tiny_tokenizer.save_pretrained(folder / "twin")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rot = int(32 // 2 * 0.25)
+    for i in range(config.num_hidden_layers):
+        state[f"gpt_neox.layers.{i}.attention.bias"] = torch.tril(torch.ones(2048, 2048, dtype=torch.bool))[None, None]
+        state[f"gpt_neox.layers.{i}.attention.masked_bias"] = torch.tensor(-1e9)
+        state[f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, rot, 2) / rot)
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    config.save_pretrained(bin_dir)
+    tiny_tokenizer.save_pretrained(bin_dir)
+    if not shards:
+        torch.save(state, bin_dir / "pytorch_model.bin")
+    else:
+        keys, weight_map = sorted(state), {}
+        for s in range(shards):
+            name = f"pytorch_model-{s + 1:05d}-of-{shards:05d}.bin"
+            part = {k: state[k] for k in keys[s::shards]}
+            torch.save(part, bin_dir / name)
+            weight_map.update(dict.fromkeys(part, name))
+        (bin_dir / "pytorch_model.bin.index.json").write_text(
+            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return bin_dir, folder / "twin", state
+
+
+@pytest.mark.parametrize("shards", [0, 2])
+def test_bin_only_reward_model_converts_once_and_scores_like_its_safetensors_twin(cache, tmp_path, tiny_tokenizer,
+                                                                                   shards, caplog):
+    from divscale import reward
+
+    bin_dir, twin, state = _legacy_neox_rm(tiny_tokenizer, tmp_path, shards)
+    assert not list(bin_dir.glob("*.safetensors"))
+    folder = models.model_folder(bin_dir)
+    assert folder != bin_dir and folder.is_relative_to(cache / "converted")
+    assert sum("converting" in r.getMessage() for r in caplog.records) == 1   # the one log line
+    caplog.clear()
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == (
+        ["model.safetensors"] if not shards else [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)])
+    from safetensors.torch import load_file
+
+    saved = {}
+    for f in folder.glob("*.safetensors"):
+        saved.update(load_file(f))
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)   # unchanged
+    _, info = reward.GPTNeoXRewardModel.from_pretrained(folder, output_loading_info=True, use_safetensors=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    prompts = ["\n\nHuman: hello\n\nAssistant:", "\n\nHuman: How do I bake bread?\n\nAssistant:"]
+    responses = ["hi!", "Mix flour, water, salt and yeast, let it rise, then bake it."]
+    scores = reward.OpenAssistantRM(bin_dir).score(prompts, responses)
+    assert not any("converting" in r.getMessage() for r in caplog.records)   # converted once: reused
+    np.testing.assert_allclose(scores, reward.OpenAssistantRM(twin).score(prompts, responses), atol=1e-6)
+    assert np.abs(scores).sum() > 0
+
+
+class _Evil:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(cache, tmp_path, tiny_tokenizer):
+    bin_dir, _, state = _legacy_neox_rm(tiny_tokenizer, tmp_path)
+    evil = _Evil()
+    evil.marker = str(tmp_path / "pwned")
+    torch.save({**state, "gpt_neox.payload": evil}, bin_dir / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin: refused.*Nothing in it was run.*Fix"):
+        models.model_folder(bin_dir)
+    assert not (tmp_path / "pwned").exists()
+    assert not (cache / "converted").exists() or not any((cache / "converted").iterdir())
+
+
+def test_convert_cli_and_no_weights_error(cache, tmp_path, tiny_tokenizer, capsys):
+    from divscale import cli
+
+    bin_dir, _, _ = _legacy_neox_rm(tiny_tokenizer, tmp_path)
+    assert cli.main(["convert", str(bin_dir)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == str(models.converted_path(bin_dir)) and (models.converted_path(bin_dir) / "model.safetensors").exists()
+    (bin_dir / "pytorch_model.bin").unlink()
+    with pytest.raises(ValueError, match=r"no \*\.safetensors weights and no pytorch_model"):
+        models.model_folder(bin_dir)

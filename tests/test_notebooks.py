@@ -40,13 +40,69 @@ def test_smoke_profile_executes_every_notebook_and_draws_every_figure():
     assert all(grid_runner.cell_result_path(recipe, c).exists() for c in cells)
     table = (paths.RESULTS_DIR / "smoke" / "runs.csv").read_text().splitlines()
     assert len(table) == 1 + len(cells)
-    for name in ("05_allocation", "06_diversity_regression", "07_augmentation", "08_selection"):
+    for name in ("05_allocation", "06_diversity_regression", "07_augmentation", "08_selection", "09_listwise",
+                 "10_budget_planner"):
         notebooks.run_notebook(name, "smoke")
     for fig in ("diversity_by_size", "reward_models", "allocation_pro", "allocation_sft", "reward_vs_diversity_pro",
-                "exponent_fit", "paper_refit_pro", "augmentation", "selection"):
+                "exponent_fit", "paper_refit_pro", "augmentation", "selection", "listwise", "budget_crossover"):
         for ext in ("png", "pdf"):
             path = figures / f"{fig}.{ext}"
             assert path.exists() and path.stat().st_size > 2000, path
     executed = nbformat.read(notebooks.executed_path("06_diversity_regression", "smoke"), as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "mean MSE" in text and "Error" not in text
+
+
+def test_clean_text_drops_progress_lines_and_machine_paths():
+    root = str(paths.ROOT)
+    text = (f"loading\nGGUF:   0%|          | 0/272 [00:00<?, ?it/s]\rGGUF: 100%|##########| 272/272 [00:08<00:00]\n"
+            f"{root}/divscale/data.py:480: UserWarning: x\n  at {root}/.venv/lib/site-packages/tqdm/auto.py\n"
+            "augment:  50%|#####     | 30/60 [00:02<00:02, 14.2it/s]\ndone: 5/10 prompts kept\n")
+    got = notebooks.clean_text(text, [(root + "/.venv", "<venv>"), (root, ".")])
+    assert got == ("loading\n./divscale/data.py:480: UserWarning: x\n  at <venv>/lib/site-packages/tqdm/auto.py\n"
+                   "done: 5/10 prompts kept\n")
+    assert notebooks.clean_text("a\rb\rfinal\n") == "final\n"
+
+
+def test_run_notebook_writes_a_lean_machine_free_notebook(tmp_path, monkeypatch):
+    """A notebook that warns the split warning, drives a tqdm bar and prints the checkout path comes out with
+    none of them: progress bars are off in the kernel, the said-once warning is filtered, paths rewritten."""
+    import jupytext
+
+    src = tmp_path / "nb"
+    src.mkdir()
+    code = ('# %% tags=["parameters"]\nrecipe = "cpu"\noverrides = "{}"\n\n'
+            '# %%\nimport warnings\nfrom tqdm.auto import tqdm\nfrom divscale import paths\n'
+            'warnings.warn("carving the training pool out of the HH-RLHF test splits because no train split")\n'
+            'warnings.warn("another warning stays")\n'
+            'for _ in tqdm(range(50)):\n    pass\n'
+            'for _ in tqdm(range(50), disable=False, mininterval=0):\n    pass\n'      # a bar asked for explicitly
+            'print(paths.ROOT / "results")\n')
+    nb = jupytext.reads(code, fmt="py:percent")
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    jupytext.write(nb, src / "99_probe.ipynb", fmt="ipynb")
+    monkeypatch.setattr(paths, "NOTEBOOKS_DIR", src)
+    out = notebooks.run_notebook("99_probe", "smoke", out=tmp_path / "out.ipynb")
+    text = out.read_text()
+    executed = nbformat.read(out, as_version=4)
+    streams = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "./results" in streams and "another warning stays" in streams
+    assert "carving the training pool" not in streams
+    assert "it/s" not in text and "%|" not in text and "IProgress" not in text
+    assert str(paths.ROOT) not in text and "start_time" not in text and "input_path" not in text
+    assert executed.metadata["papermill"]["parameters"]["recipe"] == "smoke"
+
+
+def test_export_copies_only_the_figure_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    for name in notebooks.notebook_names():
+        path = notebooks.executed_path(name, "probe")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text=f"{paths.ROOT}/figures\n")])])
+        nbformat.write(nb, path)
+    written = notebooks.export_executed("probe", out_dir=tmp_path / "results")
+    assert [p.stem for p in written] == [n for n in notebooks.notebook_names() if n != "04_finetune"]
+    assert all(str(paths.ROOT) not in p.read_text() for p in written)
+    with pytest.raises(FileNotFoundError, match="not executed yet"):
+        notebooks.export_executed("nothing-here", out_dir=tmp_path / "x")

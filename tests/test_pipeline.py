@@ -109,3 +109,17 @@ def test_result_paths_are_project_relative():
     assert pipeline.project_relative(paths.ROOT / "runs" / "train" / "x") == "runs/train/x"
     assert pipeline.project_path("runs/train/x") == paths.ROOT / "runs" / "train" / "x"
     assert pipeline.project_relative("/elsewhere/x") == "/elsewhere/x" and pipeline.project_relative("") == ""
+
+
+def test_regression_sentences_cite_each_algorithms_own_paper_mse():
+    """The paper's PRO MSEs (2.6e-5 vs 1.2e-4) on the PRO line only; SFT cites its own 9.3e-6 (vs d)."""
+    def fit(mse):
+        return pd.DataFrame({"slope_lo": [0.1, -1.0], "slope_hi": [1.0, 1.0], "r2": [0.5, 0.5], "mse": [mse, mse]})
+
+    fits = {(a, x): fit(1e-4 if x == "d" else 2e-4) for a in ("pro", "sft", "dpo") for x in ("d", "n_prompts")}
+    lines = pipeline.regression_sentences(fits)
+    mse_lines = {line.split(":")[0]: line for line in lines if "mean MSE" in line}
+    assert set(mse_lines) == {"PRO", "SFT", "DPO"}
+    assert "2.6e-05 vs 1.2e-04" in mse_lines["PRO"]
+    assert "9.3e-06" in mse_lines["SFT"] and "2.6e-05" not in mse_lines["SFT"] and "1.2e-04" not in mse_lines["SFT"]
+    assert "paper" not in mse_lines["DPO"]

@@ -57,20 +57,39 @@ def test_diversity_by_size(tmp_path):
     check_saved(plots.plot_diversity_by_size(ours[ours["label"] == "hh"]), "diversity_plain", tmp_path)
 
 
+def _caption_text(fig) -> str:
+    return fig._supxlabel.get_text() if getattr(fig, "_supxlabel", None) is not None else ""
+
+
 def test_reward_vs_diversity(tmp_path, results):
-    fits = analysis.fit_lines(results[results["algo"] == "pro"], scale=0.01)
-    check_saved(plots.plot_reward_vs_diversity(results, fits, algo="pro"), "reward_vs_d", tmp_path)
-    # the paper's own points with the refit lines (Figure 4(c) from published numbers)
-    check_saved(plots.plot_reward_vs_diversity(analysis.paper_fig4_points(), analysis.refit_paper()["pro_vs_d"],
-                                               algo="pro"), "paper_fig4c", tmp_path)
+    fits = analysis.fit_lines(results[results["algo"] == "pro"])
+    fig = plots.plot_reward_vs_diversity(results, fits, algo="pro")
+    ax = fig.axes[0]
+    # every run is drawn (2 seeds × 5 sizes per n), and the caption says what dots, bars and bands are
+    n_dots = sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == "runs")
+    assert n_dots == 3 * 10
+    assert "runs" in _caption_text(fig) and "band" in _caption_text(fig) and "logit" in _caption_text(fig)
+    assert "mean MSE" in ax.get_title()                   # in the title, not over the data
+    check_saved(fig, "reward_vs_d", tmp_path)
+    # the paper's published points with the refit lines (Figure 4(c,d) from published numbers, ×100 scale)
+    for algo in ("pro", "sft"):
+        fig = plots.plot_reward_vs_diversity(analysis.paper_fig4_points(), analysis.refit_paper(scale=1.0)[f"{algo}_vs_d"],
+                                             algo=algo, published=True)
+        assert "published points" in fig._suptitle.get_text()
+        check_saved(fig, f"paper_fig4_{algo}", tmp_path)
     with pytest.raises(ValueError, match="fits must be"):
-        plots.plot_reward_vs_diversity(results, analysis.fit_lines(results, x="n_prompts", by=["algo", "ranking_len"]))
+        plots.plot_reward_vs_diversity(results, analysis.fit_lines(results, x="d", scale=0.01, by=["algo", "ranking_len"]))
     with pytest.raises(ValueError, match="no rows with algo='dpo'"):
         plots.plot_reward_vs_diversity(results, algo="dpo")
 
 
 def test_allocation(tmp_path, results):
-    check_saved(plots.plot_allocation(results, budgets=[240, 480]), "allocation", tmp_path)
+    low = results.assign(reward_global=(results["reward_global"] - 44).clip(lower=0.1))    # rewards near 0
+    fig = plots.plot_allocation(low, budgets=[240, 480])
+    for ax in fig.axes[:4]:
+        assert ax.get_ylim()[0] >= 0                                          # bounded intervals: nothing below 0
+    assert "runs" in _caption_text(fig) and "stays in [0, 100]" in _caption_text(fig)
+    check_saved(fig, "allocation", tmp_path)
     paper = analysis.paper_table1_long()
     paper = paper[(paper["model"] == "OPT-1.3B") & (paper["split"] == "Global")]
     check_saved(plots.plot_allocation(paper, budgets=[48000, 6000], y="reward"), "paper_table1", tmp_path)
@@ -78,17 +97,33 @@ def test_allocation(tmp_path, results):
 
 def test_exponent_fit(tmp_path):
     pts = analysis.paper_fig4_points()
-    fit = analysis.fit_exponent(pts, by=["algo", "ranking_len"], scale=0.01)
-    check_saved(plots.plot_exponent_fit(fit.curve, fit.best_exponent), "exponent", tmp_path)
+    paper = {a.upper(): analysis.fit_exponent(g, require_positive_slope=False).curve for a, g in pts.groupby("algo")}
+    falling = paper["PRO"].assign(min_slope=-1.0)                 # no exponent with every line rising
+    fig = plots.plot_exponent_fit({"PRO": falling}, paper_curves=paper)
+    labels = [t.get_text() for ax in fig.axes for leg in [ax.get_legend()] if leg for t in leg.get_texts()]
+    assert "PRO: no e with every line rising" in labels                 # no "best p" where the rule fails
+    assert "PRO: best p = 2.22" in labels and "SFT: best p = 1.82" in labels      # the paper's points
+    assert fig.axes[0].get_yscale() == "linear"
+    check_saved(fig, "exponent", tmp_path)
+    check_saved(plots.plot_exponent_fit(paper["PRO"]), "exponent_one", tmp_path)
 
 
 def test_rm_report(tmp_path):
-    report = pd.DataFrame({
-        "model": ["bt-tiny"] * 4 + ["oasst-rm"] * 4 + ["length (longer wins)"] * 4,
-        "subset": ["harmless_base", "helpful_base", "helpful_online", "helpful_rejection"] * 3,
-        "accuracy": [0.55, 0.6, 0.58, 0.61, 0.68, 0.7, 0.66, 0.69, 0.45, 0.57, 0.55, 0.58]})
-    report["accuracy_lo"], report["accuracy_hi"] = report["accuracy"] - 0.03, report["accuracy"] + 0.03
-    check_saved(plots.plot_rm_report(report), "rm_report", tmp_path)
+    subsets = ["all", "harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
+    rows = [{"model": m, "subset": s, "metric": met, "value": v, "ci_lo": v - 0.03, "ci_hi": v + 0.03, "n": 400}
+            for m, base in (("RM_train", 0.56), ("RM_test", 0.57)) for s in subsets
+            for met, v in (("accuracy", 0.51 if (m, s) == ("RM_test", "harmless-base") else base),
+                           ("length_baseline", 0.55), ("oa_accuracy", 0.66), ("oa_agreement", 0.6))]
+    frame = plots.rm_plot_frame(pd.DataFrame(rows))
+    assert set(frame["model"]) == {"RM_train", "RM_test", "OpenAssistant 6.9B RM", "length baseline"}
+    assert len(frame) == 4 * len(subsets)
+    fig = plots.plot_rm_report(frame)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "CI contains 0.5" in labels                                   # RM_test at chance on harmless-base
+    assert "Wilson" in _caption_text(fig)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert all(max(len(line) for line in t.split("\n")) <= 18 for t in ticks)     # wrapped, no collisions
+    check_saved(fig, "rm_report", tmp_path)
 
 
 def test_selection_and_augmentation(tmp_path):

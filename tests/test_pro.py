@@ -249,3 +249,130 @@ def test_trainer_loss_is_the_pro_loss(tiny_gpt, tiny_tokenizer, tmp_path):
     assert pro.args.lr_scheduler_type.value == "constant" and pro.args.weight_decay == 0.01
     assert pro.args.remove_unused_columns is False
     assert set(pro.get_decay_parameter_names(tiny_gpt)) == {n for n, _ in tiny_gpt.named_parameters()}
+
+
+# --------------------------------------------------------------------------- the prompt encoded once
+
+RECS = [RANKING, {**RANKING, "id": "r1", "prompt": "\n\nHuman: Hi\n\nAssistant:",
+                  "responses": ["Sure.", "Maybe later today, when I have time.", "?"], "rewards": [3, 1, 0]},
+        {**RANKING, "id": "r2", "prompt": PROMPT + " Well?\n\nHuman: Tell me more about rye bread.\n\nAssistant:",
+         "responses": ["Rye is dense.", "Rye flour has little gluten, so it stays dense.", "Dunno."],
+         "rewards": [0.5, 0.1, -2.0]}]
+
+
+def test_collator_split_prompt_is_the_same_tokens(tiny_tokenizer):
+    col = RankingCollator(tiny_tokenizer, n=3, block_size=40, max_prompt_tokens=24)    # both truncations active
+    batch = col(RECS)
+    for i in range(len(RECS)):
+        p = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+        for j in range(3):
+            full = batch["input_ids"][i, j][batch["attention_mask"][i, j].bool()]
+            c = batch["completion_ids"][i, j][batch["completion_mask"][i, j].bool()]
+            assert torch.equal(torch.cat([p, c]), full)
+            assert torch.equal(c, batch["input_ids"][i, j][batch["response_mask"][i, j].bool()])
+    assert batch["prompt_mask"].sum(-1).max() <= 24 and (batch["prompt_mask"].sum(-1) < 24).any()
+    # a tokenizer that merged across the prompt/response boundary: no split, full sequences
+    encoded = col.encode(RECS[:1])
+    encoded[1] = ([encoded[1][0][0] + 1, *encoded[1][0][1:]], encoded[1][1])
+    assert col.split_prompt(encoded, 1) == {}
+
+
+def _loss_and_grads(trainer, model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_trainer_shared_prompt_equals_full_sequences(tiny_gpt, tiny_tokenizer, tmp_path, n):
+    """PRO (n >= 2) and SFT (n = 1): loss and gradients of the shared-prompt path = the full-sequence path."""
+    from divscale.pro import PROConfig, PROTrainer
+
+    tiny_gpt.eval()                                      # the fixture has dropout; eval keeps the passes comparable
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "block_size": 40, "max_prompt_tokens": 24,
+              "ranking_len": n}
+    shared = PROTrainer(model=tiny_gpt, args=PROConfig(**common), processing_class=tiny_tokenizer)
+    full = PROTrainer(model=tiny_gpt, args=PROConfig(share_prompt=False, **common), processing_class=tiny_tokenizer)
+    assert shared.args.share_prompt and not full.args.share_prompt
+    batch = shared.data_collator(RECS)
+    loss_s, grads_s = _loss_and_grads(shared, tiny_gpt, batch)
+    loss_f, grads_f = _loss_and_grads(full, tiny_gpt, batch)
+    assert loss_s == pytest.approx(loss_f, abs=1e-5)
+    assert grads_s.keys() == grads_f.keys() and len(grads_s) == len(list(tiny_gpt.parameters()))
+    worst = max((grads_s[k] - grads_f[k]).abs().max().item() for k in grads_f)
+    assert worst <= 1e-5
+    logp_s, count_s = shared.score(tiny_gpt, batch)
+    logp_f, count_f = full.score(tiny_gpt, batch)
+    assert torch.equal(count_s, count_f) and (logp_s - logp_f).abs().max().item() <= 1e-5
+
+
+def test_loss_balance_matches_separate_backwards(tiny_gpt, tiny_tokenizer):
+    from divscale.pro import loss_balance
+
+    tiny_gpt.eval()
+    batch = RankingCollator(tiny_tokenizer, n=3, block_size=128, max_prompt_tokens=96)(RECS)
+
+    def parts():
+        logp, count = sequence_logprobs(tiny_gpt, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        return pro_loss_parts(logp / count, batch["rewards"], sft_nll=-logp[:, 0])
+
+    norms = {}
+    for name in ("pro", "sft"):
+        tiny_gpt.zero_grad(set_to_none=True)
+        p = parts()
+        (p.pro if name == "pro" else p.beta * p.sft).backward()
+        norms[name] = torch.cat([q.grad.flatten() for q in tiny_gpt.parameters()])
+    tiny_gpt.zero_grad(set_to_none=True)
+    bal = loss_balance(tiny_gpt, parts())
+    assert all(q.grad is None for q in tiny_gpt.parameters())            # measuring does not touch .grad
+    assert bal["grad_norm_rank"] == pytest.approx(norms["pro"].norm().item(), rel=1e-4)
+    assert bal["grad_norm_sft_weighted"] == pytest.approx(norms["sft"].norm().item(), rel=1e-4)
+    assert bal["grad_norm_sum"] == pytest.approx((norms["pro"] + norms["sft"]).norm().item(), rel=1e-4)
+    cos = torch.nn.functional.cosine_similarity(norms["pro"], norms["sft"], dim=0).item()
+    assert bal["grad_cos_rank_sft"] == pytest.approx(cos, abs=1e-4)
+    assert bal["grad_share_rank"] + bal["grad_share_sft"] == pytest.approx(1.0)
+    assert 0 < bal["grad_share_rank"] < 1
+
+
+def test_loss_balance_is_logged_and_leaves_training_unchanged(tiny_gpt, tiny_tokenizer, tmp_path):
+    import copy
+
+    from datasets import Dataset
+
+    from divscale.pro import LOSS_BALANCE_FIELDS, PROConfig, PROTrainer, loss_balance_summary
+    from divscale.train import weights_sha256
+
+    def run(every: int, share: bool):
+        model = copy.deepcopy(tiny_gpt)
+        args = PROConfig(output_dir=str(tmp_path / f"{every}{share}"), use_cpu=True, block_size=64, max_prompt_tokens=40,
+                         ranking_len=3, max_steps=3, per_device_train_batch_size=3, learning_rate=1e-3,
+                         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+                         loss_balance_steps=every, share_prompt=share)
+        trainer = PROTrainer(model=model, args=args, train_dataset=Dataset.from_list(RECS),
+                             processing_class=tiny_tokenizer)
+        trainer.train()
+        return weights_sha256(model), [r for r in trainer.state.log_history if "loss" in r]
+
+    sha_on, logs_on = run(2, True)
+    sha_off, logs_off = run(0, True)
+    assert sha_on == sha_off                                               # measuring never changes the update
+    measured = [r for r in logs_on if "grad_share_rank" in r]
+    assert [r["loss_balance_step"] for r in measured] == [0, 2]            # every 2 steps and the last (step 2)
+    assert set(LOSS_BALANCE_FIELDS) <= set(measured[0])
+    assert not any("grad_share_rank" in r for r in logs_off)
+    for r in logs_on:
+        assert r["loss_sft_weighted"] == pytest.approx(r["sft_beta"] * r["loss_sft"], rel=1e-6)
+        assert r["sft_beta"] == pytest.approx(0.2)
+    summary = loss_balance_summary(logs_on)
+    assert summary["n_measured_steps"] == 2 and 0 < summary["mean_grad_share_rank"] < 1
+    assert loss_balance_summary(logs_off) is None
+    # the shared-prompt and full-sequence trainers follow the same loss curve; dropout off, since with dropout
+    # the shared prompt sees one dropout mask for all its candidates (the study's tiny-gpt has none)
+    for module in tiny_gpt.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    _, shared = run(0, True)
+    _, full = run(0, False)
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(shared, full)) <= 1e-5
+    assert max(abs(a["loss_pro"] - b["loss_pro"]) for a, b in zip(shared, full)) <= 1e-5

@@ -78,7 +78,7 @@ def test_four_rankings_sorted_by_rm_with_provenance(tiny_gpt, tiny_tokenizer, po
 def test_cache_hit_rerun_is_free(tiny_gpt, tiny_tokenizer, pool, tmp_path, count_generate):
     first = extend_rankings(pool, (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path, **GEN_KW)
     calls = count_generate["calls"]
-    assert calls == 2                                   # 4 prompts in chunks of 2
+    assert calls == 4                                   # one call per prompt (its k samples, unpadded)
     # a re-run never loads the generator: an unknown id is fine when everything is cached
     again = extend_rankings(pool, "no-such/model", LengthRM(), cache_dir=tmp_path, **GEN_KW)
     assert count_generate["calls"] == calls
@@ -124,7 +124,7 @@ def test_empty_generations_retried_once_then_kept(tiny_gpt, tiny_tokenizer, pool
     count_generate["transform"] = lambda out, kw: [""] * len(out) if kw["seed"] == 42 else out
     gen = (tiny_gpt, tiny_tokenizer)
     out = extend_rankings(pool[:2], gen, LengthRM(), cache_dir=tmp_path / "a", **GEN_KW)
-    assert count_generate["calls"] == 2 and all(r.meta["n_empty"] == 0 for r in out)
+    assert count_generate["calls"] == 4 and all(r.meta["n_empty"] == 0 for r in out)   # 2 prompts x (1 + retry)
     # always empty: kept, counted, and ranked by the RM like any response (here: last)
     count_generate.update(calls=0, transform=lambda out, kw: [""] * len(out))
     out = extend_rankings(pool[:2], gen, LengthRM(), cache_dir=tmp_path / "b", **GEN_KW)

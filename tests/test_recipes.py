@@ -87,6 +87,11 @@ def test_paper_recipe_values_are_the_spec(name):
     assert r.eval.test_prompts_per_subset is None and r.data.test_size is None
     assert sorted(r.grid.equal_budgets) == [6000, 48000]
     assert t.accelerate_config == "accelerate/zero2.yaml"
+    assert r.diversity.tokenizer == "huggyllama/llama-7b"             # d in LLaMA-1 token units (Fig. 4b)
+    assert (r.diversity.ngram, r.diversity.exponent, r.diversity.max_tokens) == (2, 0.5, 512)
+    assert r.ranking.generator == "Qwen/Qwen2.5-7B-Instruct"          # not SmolLM2 (the cpu generator)
+    assert (r.ranking.k, r.ranking.max_new_tokens, r.ranking.max_prompt_tokens) == (2, 128, 384)
+    assert r.reward.test_dtype == "float32" and r.reward.dtype == "float32"   # the paper scored in fp32
 
 
 def test_accelerate_zero2_config():
@@ -140,14 +145,18 @@ def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, 
     monkeypatch.setattr(pipeline, "reward_models", lambda R: (LengthRM(), LengthRM()))
     monkeypatch.setattr(pipeline, "grid", lambda R: {(3, 4): RANKINGS})
     monkeypatch.setattr(pipeline, "dev_prompts", lambda R: [r["prompt"] for r in RANKINGS[:2]])
+    monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "tiny-gpt:stub")   # the stub's weights hash
     monkeypatch.setattr(divscale.models, "load_policy",
                         lambda cfg, texts, progress=False: calls.append(texts) or (tiny_gpt, tiny_tokenizer))
     argv = ["train", "--recipe", "smoke", "--algo", "pro", "--ranking-len", "3", "--prompts", "4", "--seed", "42",
-            "--set", "train.max_steps=2", "--runs-dir", str(tmp_path)]
+            "--set", "train.max_steps=2", "--set", "train.lr=5e-4", "--runs-dir", str(tmp_path)]
     assert cli.main(argv) == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert run_dir.startswith(str(tmp_path / "train" / "pro-n3-k4-s42-"))
     assert json.loads((tmp_path / "train" / run_dir.split("/")[-1] / "result.json").read_text())["steps"] == 2
+    cfg = json.loads((tmp_path / "train" / run_dir.split("/")[-1] / "config.json").read_text())
+    assert cfg["train"]["lr"] == 0.0005                              # '5e-4' (YAML: a string) read as a float
+    assert not list((tmp_path / "train").glob("*.partial"))
     assert calls == [["some text"]]
     assert cli.main(argv) == 0 and calls == [["some text"]]      # completed: the policy is not even loaded
     assert capsys.readouterr().out.strip().splitlines()[-1] == run_dir

@@ -199,6 +199,21 @@ def test_openassistant_rm_scores_in_batches(tiny_neox_rm, hh_dir):
     assert np.isfinite(long).all()
 
 
+def test_rm_test_scores_in_fp32_and_bf16_rm_train_is_logged(tiny_neox_rm, caplog):
+    """The paper scored with fp32: RM_test stays float32 whatever reward.dtype says; a bf16 RM_train warns."""
+    import logging
+
+    recipe = _recipe(train_model=str(tiny_neox_rm), test_model=str(tiny_neox_rm), dtype="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="divscale.reward"):
+        rm_train, rm_test = reward.build_reward_models(recipe, pool=None)
+    assert rm_train.model.dtype == torch.bfloat16 and rm_test.model.dtype == torch.float32
+    warned = [r for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert len(warned) == 1 and "float32" in warned[0].getMessage()
+    prompt = "\n\nHuman: hello\n\nAssistant:"
+    a, b = rm_train.score([prompt], ["hi there"]), rm_test.score([prompt], ["hi there"])
+    assert np.isfinite(a).all() and abs(a[0] - b[0]) < 0.5          # same model, bf16 rounding only
+
+
 def test_openassistant_reward_model_architecture_loads(tmp_path, tiny_tokenizer):
     """OpenAssistant's ``gpt_neox_reward_model`` checkpoints load through our registered class (no remote code)."""
     reward._register_gpt_neox_reward_model()

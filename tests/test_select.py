@@ -210,9 +210,12 @@ def test_each_selector_returns_budget_unique_indices_deterministically(name, hh_
     ctx = selector_ctx(name, responses, tiny_tokenizer)
     a = sel.run_selector(name, prompts, 25, seed=3, **ctx)
     b = sel.run_selector(name, prompts, 25, seed=3, **ctx)
-    assert a == b and len(set(a)) == 25 and all(0 <= i < len(prompts) for i in a)
+    assert isinstance(a, sel.Selection) and a.selector == name and a.pool_size == len(prompts)
+    assert a == b and len(set(a.indices)) == 25 and all(0 <= i < len(prompts) for i in a.indices)
+    assert not set(a.indices) & set(a.removed)
+    assert a.summary().startswith(f"{name}: picked 25 of {len(prompts)}")
     if name != "deita":                                               # deita is deterministic by design
-        assert sel.run_selector(name, prompts, 25, seed=4, **ctx) != a
+        assert sel.run_selector(name, prompts, 25, seed=4, **ctx).indices != a.indices
 
 
 def test_run_selector_rejects_bad_requests(hh_prompts):
@@ -227,22 +230,71 @@ def test_run_selector_rejects_bad_requests(hh_prompts):
         sel.run_selector("deita", prompts, 5)
 
 
-def test_minhash_dedup_removes_duplicates(hh_prompts, tiny_tokenizer):
+def test_minhash_dedup_removes_duplicates_and_reports_them(hh_prompts, tiny_tokenizer):
     prompts = [p for p, _ in hh_prompts[:40]]
     doubled = prompts + prompts                                     # every prompt twice
-    picked = sel.run_selector("minhash-dedup", doubled, 40, seed=0, tokenizer=tiny_tokenizer, threshold=0.9)
-    assert len({doubled[i] for i in picked}) == 40
+    res = sel.run_selector("minhash-dedup", doubled, 40, seed=0, tokenizer=tiny_tokenizer, threshold=0.9)
+    assert len({doubled[i] for i in res.indices}) == 40
+    # every skipped prompt is the twin of a picked one, and the report counts them
+    assert res.n_removed > 0 and all(doubled[i] in {doubled[j] for j in res.indices} for i in res.removed)
+    assert f"removed {res.n_removed} (" in res.summary() and res.details["threshold"] == 0.9
     with pytest.raises(ValueError, match="survive MinHash dedup"):
         sel.run_selector("minhash-dedup", doubled, 41, seed=0, tokenizer=tiny_tokenizer, threshold=0.9)
+
+
+def test_dedup_walks_randoms_order_so_without_duplicates_it_is_random(hh_prompts, tiny_tokenizer):
+    prompts = list(dict.fromkeys(p for p, _ in hh_prompts))[:60]
+    ids = tokenize_prompts(prompts, tiny_tokenizer)
+    rnd = sel.run_selector("random", prompts, 20, seed=5)
+    same = sel.run_selector("minhash-dedup", prompts, 20, seed=5, token_ids=ids, threshold=1.0)
+    assert same.indices == rnd.indices and same.removed == []                 # nothing removed: random's set
+    assert sel.identical_arms({"random": rnd.indices, "minhash-dedup": same.indices}) == \
+        {"random": None, "minhash-dedup": "random"}
+    # with every prompt twice, dedup walks random's order and skips exactly the twins of what it took
+    dup, ids2 = prompts + prompts, ids + ids
+    res = sel.run_selector("minhash-dedup", dup, 20, seed=5, token_ids=ids2, threshold=0.9)
+    taken, skipped = [], []
+    for i in sel._random_order(len(dup), 5).tolist():
+        if len(taken) == 20:
+            break
+        (skipped if dup[i] in {dup[j] for j in taken} else taken).append(i)
+    assert res.indices == taken and res.removed == skipped and len(skipped) > 0
+    assert sel.run_selector("random", dup, 20, seed=5).indices == sel._random_order(len(dup), 5)[:20].tolist()
+
+
+def test_identical_arms_ignores_order_and_points_to_the_first():
+    got = sel.identical_arms({"a": [1, 2, 3], "b": [3, 2, 1], "c": [1, 2, 4], "d": [2, 1, 3]})
+    assert got == {"a": None, "b": "a", "c": None, "d": "a"}
+
+
+def test_jaccard_profile_counts_pairs_and_neighbours():
+    sets = [np.array([1, 2, 3, 4]), np.array([1, 2, 3, 5]), np.array([9, 10]), np.array([9, 11])]
+    jac = sel.pairwise_jaccard(sets)
+    assert jac[0, 1] == pytest.approx(3 / 5) and jac[2, 3] == pytest.approx(1 / 3) and jac[0, 2] == 0
+    assert np.all(np.diag(jac) == 0) and np.allclose(jac, jac.T)
+    by_t, quant = sel.jaccard_profile(sets, thresholds=(0.3, 0.5, 0.7))
+    assert by_t["pairs"].tolist() == [2, 1, 0]
+    assert by_t["prompts_with_a_neighbour"].tolist() == [4, 2, 0]
+    assert quant.loc[1.0, "all pairs"] == pytest.approx(0.6)
+
+
+def test_deita_reports_what_its_filter_passed_over():
+    X = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]])
+    res = sel.run_selector("deita", ["a", "b", "c", "d"], 2, scores=[4.0, 3.0, 2.0, 1.0], embeddings=X, tau=0.9)
+    assert res.indices == [0, 2] and res.removed == [1]                      # b is a's near-twin; d never reached
 
 
 def test_d_greedy_beats_random_on_the_metric(hh_prompts, tiny_tokenizer):
     prompts = [p for p, _ in hh_prompts]
     ids = tokenize_prompts(prompts, tiny_tokenizer)
-    greedy = sel.run_selector("d-greedy", prompts, 30, seed=0, token_ids=ids, sample_size=None)
+    res = sel.run_selector("d-greedy", prompts, 30, seed=0, token_ids=ids, sample_size=None)
+    greedy = res.indices
     d_greedy = diversity_from_ids([ids[i] for i in greedy]).d
-    d_random = [diversity_from_ids([ids[i] for i in sel.select_random(prompts, 30, seed=s)]).d for s in range(5)]
+    d_random = [diversity_from_ids([ids[i] for i in sel.select_random(prompts, 30, seed=s).indices]).d
+                for s in range(5)]
     assert d_greedy > max(d_random)
+    assert res.details["d"] == pytest.approx(d_greedy) and res.removed == []
+    assert res.details["mean_tokens_picked"] == pytest.approx(np.mean([len(ids[i]) for i in greedy]))
     # exact greedy: the first pick maximises d of a single prompt
     assert greedy[0] == int(np.argmax([diversity_from_ids([x]).d for x in ids]))
 
@@ -269,5 +321,19 @@ def test_select_cli(tmp_path, hh_prompts, tiny_tokenizer, tiny_gpt, monkeypatch)
         assert main(argv) == 0
         info = json.loads((tmp_path / f"{name}.indices.json").read_text())
         assert [r.id for r in load_rankings(out)] == info["ids"] == [rankings[i].id for i in info["indices"]]
-        assert len(info["ids"]) == 10
+        assert len(info["ids"]) == 10 and "removed" in info and "details" in info
     assert main(argv + ["--budget", "1000"]) == 1
+
+
+def test_identical_arms_are_reported_without_a_difference_ci():
+    import pandas as pd
+
+    from divscale import pipeline
+    rows = [{"algo": "pro", "strategy": s, "seed": k, "reward_global": r + k, "identical_to": t}
+            for s, r, t in [("random", 10.0, None), ("minhash-dedup", 10.0, "random"), ("d-greedy", 12.0, None)]
+            for k in range(3)]
+    df = pd.DataFrame(rows)
+    same = pipeline.method_differences(df, by="strategy", baseline="random", compare="minhash-dedup").iloc[0]
+    assert same["status"].startswith("identical") and np.isnan(same["diff"]) and np.isnan(same["ci_lo"])
+    other = pipeline.method_differences(df, by="strategy", baseline="minhash-dedup", compare="d-greedy").iloc[0]
+    assert other["diff"] == pytest.approx(2.0) and not other["status"].startswith("identical")

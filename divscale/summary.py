@@ -1,0 +1,519 @@
+"""``divscale summarize``: every number the README and the notebooks quote, in one generated file.
+
+``results/<recipe>/summary.json`` is built from the committed tables and the small files the notebooks
+write beside them (nothing is typed by hand):
+
+    results/<recipe>/runs.csv            the grid (divscale grid)                        required
+    results/<recipe>/augmentation.csv    07_augmentation                                 optional
+    results/<recipe>/selection.csv       08_selection                                    optional
+    results/<recipe>/initial_policy.json 05_allocation (:func:`write_initial_policy`)    optional
+    results/<recipe>/reward_models.csv   03_reward_models (:func:`write_rm_report`)      optional
+
+Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
+
+    schema, recipe, generated_by, scale, inputs {file: sha256}, missing [inputs not found]
+    runs            n_runs, eval_keys, reward mean/min/max, dev_reward_best_mean (×100), cell_spread,
+                    pooled_seed_sd {algo}
+    initial_policy  reward_global, ci_lo, ci_hi, ci_method                          (or null)
+    reward_models   {model: {accuracy, length_baseline, oa_agreement, oa_accuracy: {value, ci_lo, ci_hi, n}}}
+                    on the 0–1 scale of a fraction of pairs, plus chance_subsets (CI containing 0.5)
+    contrasts       {id: {estimate, ci_lo, ci_hi, mde, se, df, test, n_runs, n_a, n_b, status, direction,
+                          identical, paper?}}  ids: equal_budget/<algo>/<budget>/n4-n2, .../n3-n2 (OLS cell
+                    means; welch/... beside them), same_prompts/<algo>/k<k>/n4-n2 (paired by seed),
+                    augmentation/<algo>/<a> - <b>, selection/<algo>/<strategy> - random
+    paper           equal_budget_effect_range, table1 diagonal cells, printed and refit MSEs, d growth
+    regression      {algo: {d|n_prompts: {mean_mse, mean_r2, lines {n: slope, slope_lo, slope_hi, r2, mse,
+                    n_points}}}} on runs (12 points a line), MSE in points²
+    exponent        {ours|paper: {algo: {best_p, best_p_any_slope, rule}}}
+    diversity       ours {k: d}, growth over 4×, paper growth over 4×, augmentation d by method
+    verdicts        sentences (what the notebooks print and the README renders)
+
+``divscale summarize --recipe R --readme`` also re-renders the README block between
+``<!-- results:R:start -->`` and ``<!-- results:R:end -->``; ``--check`` fails when the README block and
+summary.json disagree (what a test does too).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import analysis, paths
+from .io import DataError, atomic_write_json, atomic_write_text
+
+SCHEMA_VERSION = 1
+SCALE = "reward ×100 = 100 · mean sigmoid(RM_test logit), in [0, 100]; slopes in points per unit x; MSE in points²"
+AUGMENT_PAIRS = [("base + diverse", "base + random"), ("base + diverse", "base only"), ("base + random", "base only")]
+
+
+def results_dir(recipe: str) -> Path:
+    return paths.RESULTS_DIR / recipe
+
+
+# ------------------------------------------------------------------------------------------- notebook outputs
+
+def write_initial_policy(recipe: str, initial: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    """05_allocation: the policy before fine-tuning (``pipeline.initial_policy_reward``) as a small JSON."""
+    ci = initial.get("ci") or [initial.get("ci_lo"), initial.get("ci_hi")]
+    path = Path(out_dir or results_dir(recipe)) / "initial_policy.json"
+    atomic_write_json(path, {"reward_global": float(initial["reward_global"]), "ci_lo": float(ci[0]),
+                             "ci_hi": float(ci[1]),
+                             "ci_method": initial.get("ci_method", "percentile bootstrap over test prompts, "
+                                                                   "stratified by test file")})
+    return path
+
+
+def write_rm_report(recipe: str, report: pd.DataFrame, out_dir: str | os.PathLike | None = None) -> Path:
+    """03_reward_models: the long RM report (model, subset, metric, value, ci_lo, ci_hi, n) as CSV."""
+    need = {"model", "subset", "metric", "value", "ci_lo", "ci_hi", "n"}
+    if not need <= set(report.columns):
+        raise DataError(f"write_rm_report: the report needs columns {sorted(need)}, has {list(report.columns)}")
+    from .io import atomic_path
+
+    path = Path(out_dir or results_dir(recipe)) / "reward_models.csv"
+    with atomic_path(path) as tmp:
+        report[sorted(need, key=["model", "subset", "metric", "value", "ci_lo", "ci_hi", "n"].index)] \
+            .to_csv(tmp, index=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- building blocks
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN to None, tuples to lists, keys to str."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].astype(str) == "ok"] if "status" in df.columns else df
+
+
+def _runs_block(runs: pd.DataFrame) -> dict:
+    eval_keys = sorted({Path(str(p)).name for p in runs.get("eval_dir", pd.Series(dtype=str)).dropna()})
+    return {"n_runs": len(runs), "algos": sorted(runs["algo"].unique()),
+            "sizes": sorted(int(k) for k in runs["n_prompts"].unique()),
+            "seeds": sorted(int(s) for s in runs["seed"].unique()), "eval_keys": eval_keys,
+            "reward_mean": runs["reward_global"].mean(), "reward_min": runs["reward_global"].min(),
+            "reward_max": runs["reward_global"].max(),
+            "dev_reward_best_mean": 100 * runs["dev_reward_best"].mean() if "dev_reward_best" in runs else None,
+            "cell_spread": analysis.cell_spread(runs),
+            "pooled_seed_sd": {a: analysis.pooled_seed_sd(g) for a, g in runs.groupby("algo")}}
+
+
+def _contrasts(runs: pd.DataFrame, budgets, augmentation: pd.DataFrame | None,
+               selection: pd.DataFrame | None) -> dict:
+    out = {}
+    paper = analysis.paper_table1_long()
+    paper = paper[(paper["model"] == "OPT-1.3B") & (paper["split"] == "Global") & paper["diagonal"]]
+    for algo, g in runs.groupby("algo"):
+        for budget in budgets:
+            ols = analysis.more_responses_beat_more_prompts(g, budget, method="ols")
+            welch = analysis.more_responses_beat_more_prompts(g, budget, method="welch")
+            for n in (4, 3):
+                c = ols[f"contrast_{n}_vs_2"]
+                if c is None:
+                    continue
+                w = welch[f"contrast_{n}_vs_2"]
+                p = paper[(paper["algo"] == algo) & (paper["budget_group"] == 6000)].set_index("ranking_len")["reward"]
+                out[f"equal_budget/{algo}/{budget}/n{n}-n2"] = c | {
+                    "algo": algo, "family": "equal_budget",
+                    "paper": float(p[n] - p[2]) if {n, 2} <= set(p.index) else None,
+                    "welch": {k: w[k] for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test")}}
+        for k in sorted(g["n_prompts"].unique()):
+            have = set(g[g["n_prompts"] == k]["ranking_len"])
+            if {2, 4} <= have:
+                out[f"same_prompts/{algo}/k{int(k)}/n4-n2"] = analysis.same_prompts_contrast(g, int(k)) | {
+                    "algo": algo, "family": "same_prompts"}
+    for name, df, by, pairs in [
+            ("augmentation", augmentation, "method", AUGMENT_PAIRS),
+            ("selection", selection, "strategy", None)]:
+        if df is None or by not in df.columns:
+            continue
+        for algo, g in _ok(df).groupby("algo"):
+            arms = list(pd.unique(g[by]))
+            todo = pairs if pairs else [(s, "random") for s in arms if s != "random"]
+            for a, b in todo:
+                if pairs and not {a, b} <= set(arms):
+                    raise DataError(f"{name}.csv ({algo}): arms {sorted(arms)} lack {sorted({a, b} - set(arms))}; "
+                                    f"rebuild it with its notebook (07_augmentation) or update AUGMENT_PAIRS")
+                if a in arms and b in arms:
+                    c = analysis.method_contrast(g, by, baseline=b, compare=a)
+                    if name == "selection" and not c.get("identical"):     # the paper makes no claim here
+                        c["direction"] = f"{'above' if c['estimate'] > 0 else 'below'} {b}"
+                    sizes = {arm: int(g[g[by] == arm]["n_prompts"].iloc[0]) for arm in (a, b)}
+                    out[f"{name}/{algo}/{a} - {b}"] = c | {"algo": algo, "family": name, "n_prompts": sizes}
+    return out
+
+
+def _regression(runs: pd.DataFrame) -> dict:
+    out = {}
+    for algo, g in runs.groupby("algo"):
+        out[algo] = {}
+        for x in ("d", "n_prompts"):
+            fits = analysis.fit_lines(g, x=x, y="reward_global", by="ranking_len", aggregate=False)
+            out[algo][x] = {"mean_mse": analysis.mean_mse(fits), "mean_r2": float(fits["r2"].mean()),
+                            "negative_slopes": int((fits["slope"] < 0).sum()),
+                            "slope_ci_above_0": int((fits["slope_lo"] > 0).sum()),
+                            "slope_ci_below_0": int((fits["slope_hi"] < 0).sum()),
+                            "lines": {int(r.ranking_len): {"slope": r.slope, "slope_lo": r.slope_lo,
+                                                           "slope_hi": r.slope_hi, "intercept": r.intercept,
+                                                           "r2": r.r2, "mse": r.mse, "n_points": int(r.n_points)}
+                                      for r in fits.itertuples()}}
+    return out
+
+
+def exponent_summary(table: pd.DataFrame) -> dict:
+    """Best p of d = |X|^(1/p)·r_unique: under the positive-slope rule (every per-n line rises) and without it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # an exponent at which d is constant across sizes: no line
+        free = analysis.fit_exponent(table, require_positive_slope=False)
+    rising = free.curve[free.curve["min_slope"] > 0]       # the same rule as fit_exponent's default
+    if rising.empty:
+        best, rule = None, "no exponent makes every per-n line rise"
+    else:
+        best, rule = float(rising.loc[rising["mean_mse"].idxmin(), "p"]), "every per-n line rises"
+    return {"best_p": best, "best_p_any_slope": free.best_p, "rule": rule}
+
+
+def _paper_block() -> dict:
+    lo, hi = analysis.paper_effect_range()
+    t1 = analysis.paper_table1_long()
+    t1 = t1[(t1["model"] == "OPT-1.3B") & (t1["split"] == "Global") & t1["diagonal"]]
+    refit = analysis.refit_paper(scale=1.0)
+    div = analysis.paper_diversity().set_index("n_prompts")["d"]
+    return {"equal_budget_effect_range": [lo, hi],
+            "table1_diagonal": {f"{r.algo}/{int(r.budget_group)}/n{int(r.ranking_len)}": r.reward
+                                for r in t1.itertuples()},
+            "printed_mse_0_1_scale": dict(analysis.PAPER_PRINTED_MSE),
+            "printed_mse_points2": {k: analysis.paper_mse_points(k) for k in analysis.PAPER_PRINTED_MSE},
+            "refit_mse_points2": {k: analysis.mean_mse(f) for k, f in refit.items()},
+            "d_growth_4x": {"from_prompts": 1500, "to_prompts": 6000, "d_from": div[1500], "d_to": div[6000],
+                            "growth": div[6000] / div[1500] - 1}}
+
+
+def _diversity(runs: pd.DataFrame, augmentation: pd.DataFrame | None) -> dict:
+    d = runs.groupby("n_prompts")["d"].mean()
+    lo, hi = int(d.index.min()), int(d.index.max())
+    out = {"ours": {int(k): v for k, v in d.items()},
+           "growth": {"from_prompts": lo, "to_prompts": hi, "ratio_prompts": hi / lo, "d_from": d[lo],
+                      "d_to": d[hi], "growth": d[hi] / d[lo] - 1}}
+    if augmentation is not None and "method" in augmentation.columns:
+        aug = _ok(augmentation).groupby("method")[["d", "n_prompts"]].mean()
+        out["augmentation"] = {m: {"d": r.d, "n_prompts": int(r.n_prompts)} for m, r in aug.iterrows()}
+    return out
+
+
+def _reward_models(report: pd.DataFrame | None) -> dict | None:
+    if report is None:
+        return None
+    out = {}
+    overall = report[report["subset"] == "all"]
+    for model, g in overall.groupby("model"):
+        out[model] = {m: {"value": r.value, "ci_lo": r.ci_lo, "ci_hi": r.ci_hi, "n": int(r.n)}
+                      for m, r in g.set_index("metric").iterrows()}
+    acc = report[(report["metric"] == "accuracy") & (report["subset"] != "all")]
+    chance = acc[(acc["ci_lo"] <= 0.5) & (acc["ci_hi"] >= 0.5)]
+    return {"overall": out, "scale": "fraction of held-out human pairs (0–1), Wilson 95% CI",
+            "chance_subsets": [{"model": r.model, "subset": r.subset, "accuracy": r.value}
+                               for r in chance.itertuples()]}
+
+
+def verdicts(summary: dict) -> list[str]:
+    """The study's verdicts as sentences, from summary.json alone (what notebooks print, README renders)."""
+    out = []
+    rng = tuple(summary["paper"]["equal_budget_effect_range"])
+    for cid, c in summary["contrasts"].items():
+        fam = c.get("family")
+        if fam == "equal_budget":
+            algo, budget, comp = cid.split("/")[1:]
+            label = f"{algo.upper()}, equal budget {int(budget):,} responses, {comp.replace('-', ' − ')}"
+            out.append(analysis.contrast_sentence(label, _nan(c), rng if comp == "n4-n2" else None))
+        elif fam in ("augmentation", "selection"):
+            algo, comp = cid.split("/")[1], cid.split("/", 2)[2]
+            out.append(analysis.contrast_sentence(f"{algo.upper()}, {fam}: {comp.replace(' - ', ' − ')}", _nan(c)))
+    # the paper's claims: n=4 and n=3 beat n=2 at an equal budget, diverse beats random augmentation,
+    # reward rises with d (every per-n slope positive)
+    claims = [c for cid, c in summary["contrasts"].items()
+              if c.get("family") == "equal_budget" or cid.endswith("/base + diverse - base + random")]
+    slopes = [line["slope"] for r in summary["regression"].values() for line in r["d"]["lines"].values()]
+    n_against = sum(c["direction"] == "against the paper" for c in claims) + sum(v < 0 for v in slopes)
+    favour = sum(c["status"] == "holds" for c in claims) + \
+        sum(r["d"]["slope_ci_above_0"] for r in summary["regression"].values())
+    out.append(f"{n_against} of the {len(claims) + len(slopes)} estimates that test the paper's claims point against "
+               f"it ({len(claims)} equal-budget and diverse − random contrasts, {len(slopes)} per-n slopes of reward "
+               f"on d); {favour} of them {'has' if favour == 1 else 'have'} a CI that excludes 0 in the paper's "
+               f"favour.")
+    for algo, r in summary["regression"].items():
+        rd, rn = r["d"], r["n_prompts"]
+        out.append(f"{algo.upper()}: {rd['negative_slopes']} of {len(rd['lines'])} per-n slopes of reward on d are "
+                   f"negative ({rd['slope_ci_above_0']} with a CI above 0, {rd['slope_ci_below_0']} below); the "
+                   f"mean MSE on d ({rd['mean_mse']:.2f} points²) is "
+                   f"{'smaller' if rd['mean_mse'] < rn['mean_mse'] else 'larger'} than on #prompts "
+                   f"({rn['mean_mse']:.2f}).")
+    return out
+
+
+def _nan(c: dict) -> dict:
+    return {k: (math.nan if v is None and k in ("ci_lo", "ci_hi", "mde", "se", "df") else v) for k, v in c.items()}
+
+
+def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets=None) -> dict:
+    """summary.json's content for ``recipe`` from ``results`` (default results/<recipe>/)."""
+    folder = Path(results or results_dir(recipe))
+    runs_path = folder / "runs.csv"
+    runs = _ok(analysis.load_results(runs_path))
+    if runs.empty:
+        raise DataError(f"{runs_path}: no ok runs to summarize")
+    if budgets is None:
+        from .config import load_recipe
+
+        try:
+            budgets = list(load_recipe(recipe).grid.equal_budgets)
+        except (FileNotFoundError, DataError, ValueError):
+            budgets = []
+    inputs, missing = {"runs.csv": _sha(runs_path)}, []
+
+    def optional(name, read):
+        path = folder / name
+        if not path.exists():
+            missing.append(name)
+            return None
+        inputs[name] = _sha(path)
+        return read(path)
+
+    augmentation = optional("augmentation.csv", pd.read_csv)
+    selection = optional("selection.csv", pd.read_csv)
+    initial = optional("initial_policy.json", lambda p: json.loads(p.read_text()))
+    report = optional("reward_models.csv", pd.read_csv)
+    summary = {
+        "schema": SCHEMA_VERSION, "recipe": recipe, "generated_by": "divscale summarize", "scale": SCALE,
+        "inputs": inputs, "missing": missing, "runs": _runs_block(runs), "initial_policy": initial,
+        "reward_models": _reward_models(report), "equal_budgets": list(budgets),
+        "contrasts": _contrasts(runs, budgets, augmentation, selection), "paper": _paper_block(),
+        "regression": _regression(runs),
+        "exponent": {"ours": {a: exponent_summary(g) for a, g in runs.groupby("algo")},
+                     "paper": {a: exponent_summary(g) for a, g in analysis.paper_fig4_points().groupby("algo")}},
+        "diversity": _diversity(runs, augmentation),
+    }
+    summary = _clean(summary)
+    summary["verdicts"] = verdicts(summary)
+    return summary
+
+
+def write_summary(recipe: str, results: str | os.PathLike | None = None, budgets=None) -> Path:
+    """Build and write ``results/<recipe>/summary.json`` atomically (temp file renamed on success)."""
+    folder = Path(results or results_dir(recipe))
+    summary = build_summary(recipe, folder, budgets)
+    path = folder / "summary.json"
+    atomic_write_json(path, summary)
+    return path
+
+
+def load_summary(recipe: str, results: str | os.PathLike | None = None) -> dict:
+    path = Path(results or results_dir(recipe)) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no summary; run `divscale summarize --recipe {recipe}`")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------- the README block
+
+def _f(v, fmt="{:.1f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _ci(c: dict) -> str:
+    if c.get("identical"):
+        return "identical arms (same runs): no CI"
+    ci = "no CI" if c["ci_lo"] is None else f"CI [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}]"
+    mde = "" if c["mde"] is None else f", MDE {c['mde']:.1f}"
+    return f"{c['estimate']:+.1f}, {ci}{mde} ({c['direction']})"
+
+
+def render_readme_block(s: dict) -> str:
+    """The README's results table and reading, from summary.json only (every number here is generated)."""
+    p, runs, con, reg = s["paper"], s["runs"], s["contrasts"], s["regression"]
+    lo, hi = p["equal_budget_effect_range"]
+    rows = ["| | paper (OPT-1.3B, Global, ×100) | this study (×100) |", "|---|---|---|"]
+    for budget in s["equal_budgets"]:
+        for algo in runs["algos"]:
+            means = []
+            for n in (2, 3, 4):
+                c = con.get(f"equal_budget/{algo}/{budget}/n{n}-n2")
+                if n == 2:
+                    c = con.get(f"equal_budget/{algo}/{budget}/n4-n2")
+                    means.append(_f(c["mean_b"]) if c else "—")
+                else:
+                    means.append(_f(c["mean_a"]) if c else "—")
+            paper = " / ".join(_f(p["table1_diagonal"].get(f"{algo}/6000/n{n}"), "{:.2f}") for n in (2, 3, 4))
+            rows.append(f"| equal budget, {algo.upper()}, n = 2 / 3 / 4 | {paper} (6k responses) | "
+                        f"{' / '.join(means)} ({budget:,} responses, mean of seeds) |")
+            for n in (4, 3):
+                c = con.get(f"equal_budget/{algo}/{budget}/n{n}-n2")
+                if c:
+                    rows.append(f"| n = {n} − n = 2, {algo.upper()} | {c['paper']:+.2f} | {_ci(c)} |")
+    for algo, r in reg.items():
+        key = f"{algo}_vs_d"
+        paper = f"{p['printed_mse_points2'][key]:.3f}" if key in p["printed_mse_points2"] else "—"
+        if algo == "pro":
+            paper += f" vs {p['printed_mse_points2']['pro_vs_samples']:.2f} for ~#prompts"
+        rows.append(f"| reward ~ d, mean MSE ({algo.upper()}, points²) | {paper} | {r['d']['mean_mse']:.2f} vs "
+                    f"{r['n_prompts']['mean_mse']:.2f} for ~#prompts; {r['d']['negative_slopes']} of "
+                    f"{len(r['d']['lines'])} slopes negative, {r['d']['slope_ci_above_0']} with CI above 0 |")
+    rf = p["refit_mse_points2"]
+    rows.append(f"| our refit of the paper's transcribed points (points²) | {rf['pro_vs_samples']:.2f} / "
+                f"{rf['pro_vs_d']:.3f} / {rf['sft_vs_d']:.3f} (printed ×10⁴: "
+                f"{p['printed_mse_points2']['pro_vs_samples']:.2f} / {p['printed_mse_points2']['pro_vs_d']:.3f} / "
+                f"{p['printed_mse_points2']['sft_vs_d']:.3f}) | — |")
+    ep, eo = s["exponent"]["paper"], s["exponent"]["ours"]
+    rows.append("| best p (d = \\|X\\|^(1/p)·r_unique), PRO / SFT | "
+                + " / ".join(f"{_f(ep[a]['best_p'], '{:.2f}')}" for a in ("pro", "sft"))
+                + " with every line rising; " + " / ".join(f"{ep[a]['best_p_any_slope']:.2f}" for a in ("pro", "sft"))
+                + " without that rule | "
+                + " / ".join(f"{_f(eo[a]['best_p'], '{:.2f}')}" for a in runs["algos"] if a in eo)
+                + " with every line rising; "
+                + " / ".join(f"{eo[a]['best_p_any_slope']:.2f}" for a in runs["algos"] if a in eo) + " without |")
+    g, pg = s["diversity"]["growth"], p["d_growth_4x"]
+    rows.append(f"| d of the nested subsets | {pg['d_from']:.1f} → {pg['d_to']:.1f} (+{100 * pg['growth']:.0f}% over "
+                f"{pg['from_prompts']:,} → {pg['to_prompts']:,} prompts, 4×; LLaMA tokens) | {g['d_from']:.2f} → "
+                f"{g['d_to']:.2f} (+{100 * g['growth']:.0f}% over {g['from_prompts']} → {g['to_prompts']} prompts, "
+                f"{g['ratio_prompts']:.0f}×; SmolLM2 tokens) |")
+    for cid, c in con.items():
+        if c.get("family") in ("augmentation", "selection"):
+            algo, comp = cid.split("/")[1], cid.split("/", 2)[2]
+            sizes = c.get("n_prompts") or {}
+            size_note = ("" if len(set(sizes.values())) <= 1 else
+                         " (" + " vs ".join(f"{v} prompts" for v in sizes.values()) + ")")
+            rows.append(f"| {c['family']}: {comp.replace(' - ', ' − ')}, {algo.upper()}{size_note} | "
+                        f"{'gain reported (details not recoverable)' if c['family'] == 'augmentation' else '—'} | "
+                        f"{_ci(c)} |")
+    ip = s.get("initial_policy")
+    spread = runs["cell_spread"]
+    mdes = [c["mde"] for cid, c in con.items()
+            if cid.endswith("n4-n2") and c.get("family") == "equal_budget" and c.get("mde") is not None]
+    reading = [
+        "",
+        ("Estimates are differences of mean reward ×100 with 95% CIs and the minimum detectable effect (MDE: the "
+         "true difference a test at α = 0.05 finds with 80% power). Equal-budget contrasts: one OLS model per "
+         "algorithm over all its runs (the cells have different prompts, so nothing is paired); augmentation and "
+         f"selection: Welch's t. The paper's n = 4 − n = 2 effects are {lo:+.2f} to {hi:+.2f}."),
+        "",
+        "**Reading.** " + " ".join(v for v in s["verdicts"] if "point against" in v)
+        + " At this scale the study cannot confirm or refute the paper: see the MDEs.",
+        "",
+        ("- Each cell has one seed: there is no seed-to-seed spread" if spread is None else
+         f"- The largest seed-to-seed range of one cell is {spread['max_range']:.1f} points (SD "
+         f"{spread['sd_of_that_cell']:.1f})")
+        + "; the seed SD pooled over cells is "
+        + " / ".join(f"{v:.1f} ({a.upper()})" for a, v in runs["pooled_seed_sd"].items())
+        + ", so the equal-budget MDEs are " + " / ".join(f"{m:.1f}" for m in mdes)
+        + f" points against the paper's {lo:.1f}–{hi:.1f}: an effect of the paper's size "
+        + ("could not have been seen." if mdes and min(mdes) > hi else
+           "could have been seen." if mdes and max(mdes) <= lo else "could have been seen only in part."),
+        f"- The best dev reward (RM_train, the checkpoint criterion) averages {_f(runs['dev_reward_best_mean'])}; "
+        f"on test the fine-tuned runs average {runs['reward_mean']:.1f} (range {runs['reward_min']:.1f}–"
+        f"{runs['reward_max']:.1f}), "
+        + (f"the policy before fine-tuning {ip['reward_global']:.1f} (CI {ip['ci_lo']:.1f}–{ip['ci_hi']:.1f})."
+           if ip else "the policy before fine-tuning: not generated yet (notebook 05 writes it)."),
+    ]
+    rm = s.get("reward_models")
+    if rm:
+        ov = rm["overall"]
+        accs = " / ".join(f"{m} {100 * v['accuracy']['value']:.0f}%" for m, v in ov.items() if "accuracy" in v)
+        first = next(iter(ov.values()))
+        extra = ""
+        if "length_baseline" in first:
+            extra += f"; length baseline {100 * first['length_baseline']['value']:.0f}%"
+        if "oa_accuracy" in first:
+            extra += f"; the OpenAssistant 6.9B RM {100 * first['oa_accuracy']['value']:.0f}% on the same pairs"
+        reading.append(f"- Held-out pairwise accuracy against the human labels: {accs}{extra}.")
+    else:
+        reading.append("- Reward-model accuracies: not generated yet (notebook 03 writes them).")
+    if "augmentation" in s["diversity"]:
+        aug = s["diversity"]["augmentation"]
+        reading.append("- d of the augmentation sets: " + ", ".join(
+            f"{m} {v['d']:.2f} ({v['n_prompts']} prompts)" for m, v in aug.items()) + ".")
+    return "\n".join(rows + reading)
+
+
+def _markers(recipe: str) -> tuple[str, str]:
+    return f"<!-- results:{recipe}:start -->", f"<!-- results:{recipe}:end -->"
+
+
+def readme_block(text: str, recipe: str) -> str | None:
+    start, end = _markers(recipe)
+    if start not in text or end not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def update_readme(summary: dict, readme: str | os.PathLike | None = None) -> bool:
+    """Re-render the README block of ``summary['recipe']``; True when the file changed."""
+    path = Path(readme or paths.ROOT / "README.md")
+    text = path.read_text()
+    start, end = _markers(summary["recipe"])
+    if readme_block(text, summary["recipe"]) is None:
+        raise DataError(f"{path}: no {start} … {end} markers to render the results into")
+    new = text.split(start, 1)[0] + start + "\n" + render_readme_block(summary) + "\n" + end + \
+        text.split(end, 1)[1]
+    if new != text:
+        atomic_write_text(path, new)
+    return new != text
+
+
+def readme_agrees(summary: dict, readme: str | os.PathLike | None = None) -> bool:
+    path = Path(readme or paths.ROOT / "README.md")
+    return readme_block(path.read_text(), summary["recipe"]) == render_readme_block(summary)
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name: reads and writes results/<recipe>/")
+    parser.add_argument("--results", default=None, help="results folder (default results/<recipe>/)")
+    parser.add_argument("--readme", action="store_true", help="also re-render the README's results block")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail when summary.json or the README block is out of date")
+
+
+def command(args: argparse.Namespace) -> int:
+    recipe = Path(args.recipe).stem
+    if args.check:
+        fresh = build_summary(recipe, args.results)
+        stored = load_summary(recipe, args.results)
+        if fresh != stored:
+            print(f"summary.json of {recipe} is out of date: run `divscale summarize --recipe {recipe}`")
+            return 1
+        if not readme_agrees(stored):
+            print(f"README results block of {recipe} disagrees with summary.json: run with --readme")
+            return 1
+        print(f"summary.json and README agree ({recipe})")
+        return 0
+    path = write_summary(recipe, args.results)
+    print(path)
+    if args.readme:
+        changed = update_readme(json.loads(path.read_text()))
+        print("README.md " + ("updated" if changed else "unchanged"))
+    return 0
