@@ -47,26 +47,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import build_tokenizer  # noqa: E402  (the benchmarks folder is on sys.path above)
+
 from divscale.logprobs import logprobs_from_ids
 from divscale.pro import RankingCollator, pro_loss_parts, sequence_logprobs
 
 PROMPT_TOKENS, RESPONSE_TOKENS = 384, 128
 BLOCK = PROMPT_TOKENS + RESPONSE_TOKENS
 MODEL = {"n_embd": 512, "n_layer": 6, "n_head": 8, "n_positions": BLOCK}
-
-
-def build_tokenizer(texts: list[str], vocab: int = 2048):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|pad|>")
 
 
 def build_model(vocab: int, pad_id: int, **shape):

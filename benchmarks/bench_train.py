@@ -50,7 +50,8 @@ def hh_rankings(per_subset: int) -> tuple[list[dict], list[str]]:
     return recs, texts
 
 
-def tiny_policy(texts: list[str], vocab: int = 2048, block: int = 256):
+def build_tokenizer(texts: list[str], vocab: int = 2048):
+    """A byte-level BPE trained on ``texts`` (also used by bench_listwise.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -59,8 +60,12 @@ def tiny_policy(texts: list[str], vocab: int = 2048, block: int = 256):
     tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=["<|endoftext|>", "<|pad|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                        pad_token="<|pad|>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|pad|>")
+
+
+def tiny_policy(texts: list[str], vocab: int = 2048, block: int = 256):
+    tokenizer = build_tokenizer(texts, vocab)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=block, n_embd=128, n_layer=4, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -74,15 +74,6 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | os.PathLike | None = 
 # small shared helpers
 # ---------------------------------------------------------------------------------------------------------
 
-def _summarise(df: pd.DataFrame, keys: list[str], y: str, scale: float = 1.0) -> pd.DataFrame:
-    """Mean and t-interval of ``y``·scale over the rows (seeds) of each ``keys`` group."""
-    rows = []
-    for key, g in df.dropna(subset=[y]).groupby(keys, sort=True):
-        mean, lo, hi = analysis.t_interval(g[y] * scale)
-        rows.append(dict(zip(keys, key)) | {"mean": mean, "lo": lo, "hi": hi, "runs": len(g)})
-    return pd.DataFrame(rows, columns=keys + ["mean", "lo", "hi", "runs"])
-
-
 def _yerr(summary: pd.DataFrame) -> np.ndarray:
     lo = (summary["mean"] - summary["lo"]).fillna(0).to_numpy()
     hi = (summary["hi"] - summary["mean"]).fillna(0).to_numpy()
@@ -452,7 +443,7 @@ MEASURE_LABELS = {"d": "d (the paper's metric)", "r_unique": "unique-bigram rati
                   "vendi": "Vendi score (MiniLM)", "remote_clique": "remote clique (MiniLM)",
                   "chamfer": "chamfer distance (MiniLM)"}
 LESS_DIVERSE_WHEN_HIGHER = ("compression_ratio", "jaccard")
-REWARD_BARS = "dots: training seeds; bar: mean and 95% t-interval over seeds"
+REWARD_BARS = "dots: training seeds; bar: mean and " + BOUNDED_NOTE
 
 
 def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True) -> dict:
@@ -474,9 +465,10 @@ def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True) ->
 
 def _reward_panel(ax, df: pd.DataFrame, by: str, order: list, labels: dict, y: str, scale: float,
                   hue: str | None) -> None:
-    """Test reward per arm: every run as a small dot, the mean and 95% t-interval over seeds beside it."""
+    """Test reward per arm: every run as a small dot, the mean and its bounded 95% interval over seeds
+    (:func:`_seed_summary`) beside it."""
     keys = [by] + ([hue] if hue and hue in df.columns else [])
-    summary = _summarise(df, keys, y, scale)
+    summary = _seed_summary(df, keys, y, scale)
     hues = list(pd.unique(df[keys[1]])) if len(keys) > 1 else [None]
     colors = dict(zip(hues, sns.color_palette("colorblind", len(hues)))) if len(keys) > 1 else {None: LENGTH_COLORS[2]}
     _dots(ax, summary, by, hue=keys[1] if len(keys) > 1 else None, order=order, hue_order=hues, colors=colors)
@@ -486,13 +478,13 @@ def _reward_panel(ax, df: pd.DataFrame, by: str, order: list, labels: dict, y: s
         pos = part[by].map({a: i for i, a in enumerate(order)}) + (j - (len(hues) - 1) / 2) * step - 0.12
         ax.scatter(pos, part[y] * scale, s=12, color=colors[h], alpha=0.55, lw=0, zorder=3)
     ax.set_xticks(np.arange(len(order)), [labels[a] for a in order])
-    ax.set_ylabel("test reward (RM_test" + (", 0–1)" if scale == 0.01 else ")"))
+    ax.set_ylabel(REWARD_LABEL if scale == 1 else f"RM_test reward (×{100 * scale:g})")
     if len(keys) > 1:
         ax.legend(fontsize="small", loc="best")
 
 
 def plot_selection(df: pd.DataFrame, by: str = "strategy", measures=None, y: str = "reward_global",
-                   scale: float = 0.01, hue: str | None = None, baseline: str = "random") -> plt.Figure:
+                   scale: float = 1.0, hue: str | None = None, baseline: str = "random") -> plt.Figure:
     """Selection strategies at an equal budget, in three panels:
 
     (a) every diversity measure of each selection as its change against ``baseline`` (percent, signed so
@@ -561,11 +553,11 @@ def plot_selection(df: pd.DataFrame, by: str = "strategy", measures=None, y: str
     return fig
 
 
-def plot_augmentation(df: pd.DataFrame, by: str = "method", y: str = "reward_global", scale: float = 0.01,
+def plot_augmentation(df: pd.DataFrame, by: str = "method", y: str = "reward_global", scale: float = 1.0,
                       hue: str | None = "algo", measures=("d",)) -> plt.Figure:
     """Diversity-guided augmentation (spec §5): the base set alone vs base + random vs base + diverse.
     One panel per measure of the training set (d), and test reward per algorithm (every run, the mean and
-    its 95% t-interval over seeds). Tick labels carry each arm's #prompts (``n_prompts``): the base set
+    its bounded 95% interval over seeds). Tick labels carry each arm's #prompts (``n_prompts``): the base set
     trains on half as many prompts as the augmented sets."""
     set_style()
     if by not in df.columns:
