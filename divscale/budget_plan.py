@@ -47,6 +47,9 @@ SELECTOR_NAMES = ("random", "d-greedy", "deita")
 # ------------------------------------------------------------------------------------------ the fit
 
 
+REWARD_BOUNDS = (0.0, 100.0)   # reward ×100 = 100 · mean sigmoid(RM_test logit)
+
+
 @dataclasses.dataclass
 class RewardFit:
     """One OLS line reward ~ d per ranking length, and where its d values come from."""
@@ -84,10 +87,16 @@ class RewardFit:
         return self.lines[n]
 
     def predict(self, n: int, d, alpha: float = 0.05) -> pd.DataFrame:
-        """mean, mean_ci_lower/upper (the line) and obs_ci_lower/upper (a new result) at each d."""
+        """mean, mean_ci_lower/upper (the line) and obs_ci_lower/upper (a new result) at each d.
+
+        Rewards are bounded in [0, 100]: the OLS line and intervals are cut at the bounds (the straight-line fit
+        itself knows no bounds; an interval that reaches one says the fit is too loose to plan on)."""
         d = np.atleast_1d(np.asarray(d, dtype=float))
         exog = np.column_stack([np.ones_like(d), d])
-        return self.line(n).get_prediction(exog).summary_frame(alpha=alpha).reset_index(drop=True)
+        frame = self.line(n).get_prediction(exog).summary_frame(alpha=alpha).reset_index(drop=True)
+        bounded = ["mean", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"]
+        frame[bounded] = frame[bounded].clip(REWARD_BOUNDS[0], REWARD_BOUNDS[1])
+        return frame
 
     def summary(self) -> list[dict]:
         out = []

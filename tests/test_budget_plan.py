@@ -332,3 +332,13 @@ def test_plain_callable_outputs_give_identical_d(wrap):
     assert got == ref and ref.total_ngrams == 300 * 8
     lists = [ids[:9] for ids in word_tokenizer(pool)]
     assert (ref.unique_ngrams, ref.total_ngrams) == (len({g for ids in lists for g in itertools.pairwise(ids)}), 300 * 8)
+
+
+def test_prediction_intervals_stay_inside_the_reward_bounds():
+    # lines near 0 with a steep negative slope: far out in d, the raw OLS interval would fall below 0
+    fit = synthetic_fit(intercepts={2: 1.0, 3: 1.0, 4: 1.0}, slopes={2: -0.1, 3: -0.1, 4: -0.1})
+    raw = fit.line(2).get_prediction(np.array([[1.0, 30.0]])).summary_frame(alpha=0.05)
+    assert float(raw["obs_ci_lower"].iloc[0]) < 0          # the unbounded interval leaves [0, 100] here
+    pred = fit.predict(2, [30.0])
+    assert (pred[["obs_ci_lower", "obs_ci_upper", "mean_ci_lower", "mean_ci_upper"]] >= 0).all().all()
+    assert (pred[["obs_ci_lower", "obs_ci_upper"]] <= 100).all().all()
