@@ -7,7 +7,7 @@ write beside them (nothing is typed by hand):
     results/<recipe>/augmentation.csv    07_augmentation                                 optional
     results/<recipe>/selection.csv       08_selection                                    optional
     results/<recipe>/initial_policy.json 05_allocation (:func:`write_initial_policy`)    optional
-    results/<recipe>/reward_models.csv   03_reward_models (:func:`write_rm_report`)      optional
+    results/<recipe>/reports/reward_models.csv   03_reward_models (:func:`write_rm_report`)      optional
 
 Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
 
@@ -52,6 +52,9 @@ SCALE = "reward ×100 = 100 · mean sigmoid(RM_test logit), in [0, 100]; slopes 
 AUGMENT_PAIRS = [("base + diverse", "base + random"), ("base + diverse", "base only"), ("base + random", "base only")]
 
 
+# not a table of runs (no eval_dir): kept out of results/<recipe>/*.csv, which hold only run tables
+RM_REPORT = "reports/reward_models.csv"
+
 def results_dir(recipe: str) -> Path:
     return paths.RESULTS_DIR / recipe
 
@@ -76,7 +79,8 @@ def write_rm_report(recipe: str, report: pd.DataFrame, out_dir: str | os.PathLik
         raise DataError(f"write_rm_report: the report needs columns {sorted(need)}, has {list(report.columns)}")
     from .io import atomic_path
 
-    path = Path(out_dir or results_dir(recipe)) / "reward_models.csv"
+    path = Path(out_dir or results_dir(recipe)) / RM_REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         report[sorted(need, key=["model", "subset", "metric", "value", "ci_lo", "ci_hi", "n"].index)] \
             .to_csv(tmp, index=False)
@@ -306,7 +310,7 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     augmentation = optional("augmentation.csv", pd.read_csv)
     selection = optional("selection.csv", pd.read_csv)
     initial = optional("initial_policy.json", lambda p: json.loads(p.read_text()))
-    report = optional("reward_models.csv", pd.read_csv)
+    report = optional(RM_REPORT, pd.read_csv)
     summary = {
         "schema": SCHEMA_VERSION, "recipe": recipe, "generated_by": "divscale summarize", "scale": SCALE,
         "inputs": inputs, "missing": missing, "runs": _runs_block(runs), "initial_policy": initial,

@@ -34,7 +34,7 @@
 # Below: their held-out pairwise accuracy against the human labels on the test split (Wilson 95% CIs),
 # next to a response-length baseline and to the OpenAssistant 6.9B reward model's own accuracy on the same
 # pairs (its scores for every test pair ship with the PRO authors' evaluation files), and their agreement
-# with that model. The report is also written to `results/<recipe>/reward_models.csv`, from which
+# with that model. The report is also written to `results/<recipe>/reports/reward_models.csv`, from which
 # `divscale summarize` takes the accuracies that the README quotes.
 
 # %% tags=["parameters"]

@@ -48,7 +48,7 @@ def test_summary_schema_and_values(tmp_path):
     assert {"schema", "recipe", "inputs", "missing", "runs", "initial_policy", "reward_models", "contrasts",
             "paper", "regression", "exponent", "diversity", "verdicts"} <= set(s)
     assert s["missing"] == [] and set(s["inputs"]) == {"runs.csv", "augmentation.csv", "selection.csv",
-                                                        "initial_policy.json", "reward_models.csv"}
+                                                        "initial_policy.json", "reports/reward_models.csv"}
     assert s["initial_policy"] == {"reward_global": 13.9, "ci_lo": 13.2, "ci_hi": 14.7,
                                    "ci_method": s["initial_policy"]["ci_method"]}
     rm = s["reward_models"]["overall"]
@@ -83,7 +83,7 @@ def test_summary_tolerates_missing_notebook_files_and_extra_columns(tmp_path):
     analysis.write_results(out / "runs.csv", runs)
     s = summary.build_summary("toy", out, budgets=[240])
     assert s["initial_policy"] is None and s["reward_models"] is None
-    assert set(s["missing"]) == {"augmentation.csv", "selection.csv", "initial_policy.json", "reward_models.csv"}
+    assert set(s["missing"]) == {"augmentation.csv", "selection.csv", "initial_policy.json", "reports/reward_models.csv"}
     assert "not generated yet" in summary.render_readme_block(s)
 
 
