@@ -19,6 +19,12 @@ export MKL_NUM_THREADS ?= 1
 # data/ lacks it. Without one, divscale reads HH-RLHF from the hub (HF_HUB_OFFLINE=0).
 LOCAL_DATA ?= ../shared/data
 
+# `make figures` runs independent notebooks side by side with the grid (JOBS make jobs; the grid itself runs
+# JOBS cells at once), so no core idles while a long notebook (07, 08) runs on one.
+ifneq ($(filter figures,$(MAKECMDGOALS)),)
+MAKEFLAGS += -j$(JOBS)
+endif
+
 .PHONY: help setup data test test-fast figures results notebooks lab clean bench verify gpu-check
 
 help:  ## list targets
@@ -50,10 +56,10 @@ DEPS := $(wildcard divscale/*.py) recipes/$(RECIPE).yaml $(VENV)/.installed
 RESULTS := results/$(RECIPE)/runs.csv
 nb = $(NB_OUT)/$(1).ipynb
 
-$(NB_OUT)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(DEPS)
+$(NB_OUT)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(DEPS) | setup
 	$(PY) -m divscale.cli notebook run $* --recipe $(RECIPE)
 
-$(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction)
+$(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction) | setup
 	$(PY) -m divscale.cli grid --recipe $(RECIPE) -j $(JOBS)
 
 $(call nb,05_allocation) $(call nb,06_diversity_regression) $(call nb,10_budget_planner): $(RESULTS)

@@ -521,6 +521,45 @@ def paired_contrast(a: pd.DataFrame, b: pd.DataFrame, y: str, on: str = "seed", 
                      len(diff), len(diff), confidence, m[f"{y}_a"].mean(), m[f"{y}_b"].mean())
 
 
+def versus_reference(values, reference: float, confidence: float = 0.95) -> dict:
+    """mean(values) − ``reference`` with a one-sample t interval over the runs: e.g. fine-tuned runs against
+    the policy before fine-tuning, evaluated on the same test prompts. The test set is held fixed (as in
+    every seed CI here), so the interval is over training runs; the reference's own bootstrap CI over
+    prompts is reported beside it, not folded in."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float) - float(reference)
+    if len(x) < 2:
+        return _contrast(float(x.mean()) if len(x) else math.nan, math.nan, math.nan,
+                         "one-sample t over runs (fewer than 2 runs: no CI)", len(x), 0, confidence)
+    se = float(x.std(ddof=1) / math.sqrt(len(x)))
+    return _contrast(float(x.mean()), se, len(x) - 1, f"one-sample t over {len(x)} runs vs a fixed reference",
+                     len(x), 0, confidence, float(x.mean() + reference), float(reference))
+
+
+def variance_sources(df: pd.DataFrame, y: str = "reward_global") -> dict:
+    """Where a results table's variance comes from, per algorithm.
+
+    ``eval_se``: the mean standard error of one run's reward over test prompts (from its bootstrap CI,
+    width / 3.92); ``seed_sd``: the seed-to-seed SD within a cell, pooled over cells (training: data order);
+    ``short_answer_r``: the correlation, within cells, of a run's reward with its share of very short answers
+    (``short_answer_share``, :func:`divscale.pipeline.answer_profile`), and ``short_answer_r2`` its square:
+    the part of the seed variance that this one trait of the policy's outputs accounts for."""
+    out = {}
+    for algo, g in df.dropna(subset=[y]).groupby("algo"):
+        row = {"runs": len(g), "seed_sd": pooled_seed_sd(g, y)}
+        if {f"{y}_lo", f"{y}_hi"} <= set(g.columns):
+            row["eval_se"] = float(((g[f"{y}_hi"] - g[f"{y}_lo"]) / (2 * stats.norm.ppf(0.975))).mean())
+        if "short_answer_share" in g.columns and g["short_answer_share"].notna().sum() > 2:
+            cells = ["ranking_len", "n_prompts"]
+            res_y = g[y] - g.groupby(cells)[y].transform("mean")
+            res_s = g["short_answer_share"] - g.groupby(cells)["short_answer_share"].transform("mean")
+            ok = res_y.notna() & res_s.notna() & (g.groupby(cells)[y].transform("size") > 1)
+            if ok.sum() > 2 and res_s[ok].std() > 0 and res_y[ok].std() > 0:
+                r = float(np.corrcoef(res_y[ok], res_s[ok])[0, 1])
+                row |= {"short_answer_r": r, "short_answer_r2": r * r}
+        out[algo] = row
+    return out
+
+
 def cell_model(df: pd.DataFrame, y: str = "reward_global"):
     """statsmodels OLS ``y ~ C(cell) − 1``: one mean per (ranking_len, n_prompts) cell, residual variance
     pooled over every run of one algorithm. Returns (fitted model, list of cell labels "n{n}_k{k}")."""

@@ -46,6 +46,7 @@ class RankingConfig:
     temperature: float = 0.7             # sampling for diversity between the k responses
     top_p: float = 0.9
     seed: int = 42
+    workers: int = 1                     # processes sampling the k responses (per-prompt seeds: same output)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RewardConfig:
     seed: int = 0                        # RM_train uses seed, RM_test seed + 1
     dtype: str = "float32"               # RM_train (OpenAssistant) scoring dtype; bfloat16 allowed (logged warning)
     test_dtype: str = "float32"          # RM_test scoring dtype: float32, as the paper
+    workers: int = 1                     # processes embedding texts for the in-project RMs (same vectors)
 
 
 @dataclass
@@ -108,6 +110,8 @@ class TrainConfig:
     dpo_lr: float | None = None          # None: same lr as SFT/PRO
     dpo_pairs: str = "best-vs-rest"      # ranking -> DPO pairs: best-vs-rest (y1, yi) | adjacent (yi, yi+1) | all
     eval_every: int = 500                # validate on dev, keep the best checkpoint (also the checkpoint cadence)
+    checkpoint: str = "best-dev"         # best-dev: the paper's rule (best dev reward of RM_train) | last: the
+                                         # last step, no dev validation (the official code without a dev set)
     dev_max_new_tokens: int = 128
     dev_batch_size: int = 28             # the official per_device_eval_batch_size
     bf16: bool = False
@@ -129,6 +133,14 @@ class GridConfig:
     executor: str = "local"              # local | slurm (submitit)
     jobs: int = 1
     equal_budgets: list[int] = field(default_factory=list)   # annotation budgets B: cells (n, B/n)
+    # the cells the verdicts read get more seeds than the rest of the grid: the equal-budget cells and, for
+    # each k of contrast_sizes, the same-prompts cells (n=2, k) and (n=max, k)
+    verdict_seeds: list[int] = field(default_factory=list)   # seeds added to train.seeds on those cells
+    contrast_sizes: list[int] = field(default_factory=list)  # k of the same-prompts n=max vs n=2 contrast
+    # PRO's β (train.sft_weight) ablation at the equal-budget cells: these β besides the recipe's, in their own
+    # table (beta_ablation.csv), with beta_seeds (default: train.seeds)
+    beta_ablation: list[float] = field(default_factory=list)
+    beta_seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +165,7 @@ class AugmentConfig:
     support_sample: int | None = None    # None: the whole seed set
     support_includes_added: bool = True  # added prompts join the Jaccard support set
     seed: int = 42                       # candidate draws (and the random baseline)
+    train_seeds: list[int] = field(default_factory=list)   # training seeds of each arm (empty: train.seeds)
     num_perm: int = 128                  # minhash backend: permutations
     minhash_seed: int = 1                # minhash backend: permutation seed (pinned)
 
@@ -169,6 +182,7 @@ class SelectConfig:
     embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     selectors: list[str] = field(default_factory=lambda: ["random", "minhash-dedup", "d-greedy", "deita"])
     seed: int = 42                       # random / minhash-dedup sampling, d-greedy candidate draws
+    train_seeds: list[int] = field(default_factory=list)   # training seeds of each arm (empty: train.seeds)
     scorer_batch_size: int = 8
     scorer_max_length: int = 1024        # scorer input tokens (left-truncated; the template's end survives)
     dedup_threshold: float = 0.7         # minhash-dedup: estimated N-gram Jaccard (text-dedup's default)

@@ -41,6 +41,7 @@ class GridCell:
     ranking_len: int
     n_prompts: int
     seed: int
+    sft_weight: float | None = None     # set: a β-ablation cell (train.sft_weight overridden), beta_ablation.csv
 
     def cell_id(self, recipe: Recipe, keys: dict | None = None) -> str:
         """Readable tag + a hash of everything that changes the cell's row: the recipe sections it reads (not
@@ -48,23 +49,63 @@ class GridCell:
         (:func:`divscale.pipeline.table_keys`: RM_train / RM_test fingerprints, the initial policy's weights,
         the grid's rankings, the code versions of training and evaluation). ``None`` builds them."""
         tag = f"{self.algo}-n{self.ranking_len}-k{self.n_prompts}-s{self.seed}"
+        if self.sft_weight is not None:
+            tag += f"-beta{self.sft_weight:g}"
         sections = {k: v for k, v in recipe.to_dict().items() if k in CELL_SECTIONS}
         keys = cell_keys(recipe) if keys is None else keys
         return f"{tag}-{config_hash(sections, asdict(self), keys, length=8)}"
 
     def parameters(self, recipe_name: str, overrides: dict | None = None) -> dict:
+        overrides = dict(overrides or {})
+        if self.sft_weight is not None:
+            overrides["train.sft_weight"] = self.sft_weight
         return {"recipe": recipe_name, "algo": self.algo, "ranking_len": self.ranking_len,
                 "n_prompts": self.n_prompts, "seed": self.seed,
-                "overrides": json.dumps(overrides or {}, sort_keys=True)}
+                "overrides": json.dumps(overrides, sort_keys=True)}
+
+
+def verdict_cells(recipe: Recipe) -> list[tuple[int, int]]:
+    """(n, k) of the cells the verdicts read: each equal budget's (n, B/n) and, for each k of
+    ``grid.contrast_sizes``, the same-prompts pair (2, k) and (max n, k)."""
+    lengths = sorted(recipe.data.ranking_lengths)
+    cells = [(n, budget // n) for budget in recipe.grid.equal_budgets for n in lengths]
+    cells += [(n, k) for k in recipe.grid.contrast_sizes for n in (lengths[0], lengths[-1])]
+    missing = [(n, k) for n, k in cells if k not in recipe.data.sizes]
+    if missing:
+        raise ValueError(f"recipe {recipe.name}: verdict cells {missing} use sizes not in data.sizes "
+                         f"{recipe.data.sizes}; add them or change grid.equal_budgets / grid.contrast_sizes")
+    return list(dict.fromkeys(cells))
 
 
 def expand_grid(recipe: Recipe) -> list[GridCell]:
-    """Sizes x ranking lengths x algorithms x seeds, in a stable order (seed last, so the
-    first pass over the grid gives one seed of every cell)."""
+    """Sizes x ranking lengths x algorithms x ``train.seeds``, in a stable order (seed last, so the first pass
+    over the grid gives one seed of every cell), then ``grid.verdict_seeds`` on :func:`verdict_cells` only."""
     cells = [GridCell(algo, n, k, seed)
              for seed, algo, n, k in itertools.product(recipe.train.seeds, recipe.train.algos,
                                                        recipe.data.ranking_lengths, recipe.data.sizes)]
+    extra = [s for s in recipe.grid.verdict_seeds if s not in recipe.train.seeds]
+    if extra:
+        targets = verdict_cells(recipe)
+        cells += [GridCell(algo, n, k, seed) for seed in extra for algo in recipe.train.algos
+                  for n, k in targets]
     return cells
+
+
+def expand_ablation(recipe: Recipe) -> list[GridCell]:
+    """PRO at the equal-budget cells with each β of ``grid.beta_ablation`` (train.sft_weight) other than the
+    recipe's, for ``grid.beta_seeds`` (default ``train.seeds``)."""
+    if "pro" not in recipe.train.algos:
+        return []
+    betas = [b for b in recipe.grid.beta_ablation if b != recipe.train.sft_weight]
+    seeds = recipe.grid.beta_seeds or recipe.train.seeds
+    lengths = sorted(recipe.data.ranking_lengths)
+    return [GridCell("pro", n, budget // n, seed, sft_weight=float(beta))
+            for seed in seeds for beta in betas for budget in recipe.grid.equal_budgets for n in lengths]
+
+
+def all_cells(recipe: Recipe) -> list[GridCell]:
+    """What ``divscale grid`` runs: the grid (runs.csv) and the β ablation (beta_ablation.csv)."""
+    return expand_grid(recipe) + expand_ablation(recipe)
 
 
 def cell_keys(recipe: Recipe) -> dict:
@@ -97,7 +138,8 @@ def cell_status(recipe: Recipe, cell: GridCell, keys: dict) -> str:
     path = cell_result_path(recipe, cell, keys)
     if not path.exists():
         return "todo"
-    return "stale" if stale_keys(json.loads(path.read_text()), keys) else "done"
+    expected = keys if cell.sft_weight is None else ablation_keys(recipe, cell.sft_weight, keys)
+    return "stale" if stale_keys(json.loads(path.read_text()), expected) else "done"
 
 
 def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Path, result: Path, out: Path) -> Path:
@@ -130,20 +172,52 @@ def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
 
     keys = cell_keys(recipe) if keys is None else keys
     dirs = recipe_dirs(recipe)
-    done = [cell_result_path(recipe, c, keys) for c in expand_grid(recipe)]
-    rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
-    check_table_keys(rows, f"{dirs['results'] / 'runs.csv'} (from {dirs['cells']})", expected=keys,
-                     columns=list(keys),
-                     fix=f"Run `divscale grid --recipe {recipe.name}`: it redoes stale cells.")
     from .pipeline import project_relative
 
-    for row in rows:                       # results tables hold project-relative paths, not machine paths
-        for key in ("run_dir", "eval_dir"):
-            if key in row:
-                row[key] = project_relative(row[key])
+    def rows_of(cells, expected):
+        done = [cell_result_path(recipe, c, keys) for c in cells]
+        rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
+        check_table_keys(rows, f"{dirs['results'] / 'runs.csv'} (from {dirs['cells']})", expected=expected,
+                         columns=list(expected),
+                         fix=f"Run `divscale grid --recipe {recipe.name}`: it redoes stale cells.")
+        for row in rows:                   # results tables hold project-relative paths, not machine paths
+            for key in ("run_dir", "eval_dir"):
+                if key in row:
+                    row[key] = project_relative(row[key])
+        return rows
+
     out = dirs["results"] / "runs.csv"
-    write_results(out, results_frame(rows))
+    write_results(out, results_frame(rows_of(expand_grid(recipe), keys)))
+    ablation = expand_ablation(recipe)
+    if ablation:
+        # a β cell's row is keyed by its own recipe (train.sft_weight differs): one key set per β
+        rows = []
+        for beta in sorted({c.sft_weight for c in ablation}):
+            expected = ablation_keys(recipe, beta, keys)
+            rows += rows_of([c for c in ablation if c.sft_weight == beta], expected)
+        write_results(dirs["results"] / BETA_TABLE, results_frame(rows))
     return out
+
+
+BETA_TABLE = "beta_ablation.csv"
+
+
+def ablation_keys(recipe: Recipe, beta: float, keys: dict) -> dict:
+    """The key columns of a β-ablation row: the grid's, with the recipe key of train.sft_weight = β."""
+    from .config import config_hash
+    from .pipeline import RUN_SECTIONS
+
+    other = _with_beta(recipe, beta)
+    sections = {k: v for k, v in other.to_dict().items() if k in RUN_SECTIONS}
+    return keys | {"key_recipe": config_hash(sections, length=12)}
+
+
+def _with_beta(recipe: Recipe, beta: float) -> Recipe:
+    import copy
+
+    other = copy.deepcopy(recipe)
+    other.train.sft_weight = float(beta)
+    return other
 
 
 def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, executor: str = "local",
@@ -159,7 +233,7 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
     overrides = overrides or {}
     recipe = load_recipe(recipe_name, overrides)
     keys = cell_keys(recipe) if keys is None else keys
-    cells = cells if cells is not None else expand_grid(recipe)
+    cells = cells if cells is not None else all_cells(recipe)
     status = {c: cell_status(recipe, c, keys) for c in cells}
     todo = [c for c in cells if status[c] != "done"]
     for c in todo:
@@ -215,9 +289,10 @@ def _collect_quietly(recipe: Recipe, keys: dict, summary: dict) -> None:
     try:
         collect_results(recipe, keys)
     except StaleResultsError:
-        for cell in expand_grid(recipe):
+        for cell in all_cells(recipe):
             path = cell_result_path(recipe, cell, keys)
-            why = stale_keys(json.loads(path.read_text()), keys) if path.exists() else []
+            expected = keys if cell.sft_weight is None else ablation_keys(recipe, cell.sft_weight, keys)
+            why = stale_keys(json.loads(path.read_text()), expected) if path.exists() else []
             if why:
                 path.unlink()
                 summary["failed"].append((cell, "its row was made from other inputs than the grid's: "
@@ -331,7 +406,7 @@ def command(args) -> int:
     if args.plan:
         from .compute_plan import print_plan
 
-        print_plan(recipe, expand_grid(recipe), as_json=args.json)
+        print_plan(recipe, all_cells(recipe), as_json=args.json)
         return 0
     if args.verify:
         report = verify_builds(args.recipe, args.set)
@@ -349,7 +424,7 @@ def command(args) -> int:
         return 0
     if args.list:
         keys = cell_keys(recipe)
-        for cell in expand_grid(recipe):
+        for cell in all_cells(recipe):
             print(f"{cell_status(recipe, cell, keys)}\t{cell.cell_id(recipe, keys)}")
         return 0
     start = time.time()

@@ -244,14 +244,21 @@ def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
     from .models import load_policy
     from .train import train_run
 
+    if R.train.checkpoint not in CHECKPOINT_RULES:
+        raise ValueError(f"recipe {R.name}: train.checkpoint={R.train.checkpoint!r}; choose one of "
+                         f"{CHECKPOINT_RULES} (best-dev: the paper's best-on-dev rule; last: the last step)")
     texts = policy_texts(R)
     policy_id = policy_fingerprint(R)        # a content hash of the initial weights, not of their inputs
     rm_train, _ = reward_models(R)
     cell = rankings if rankings is not None else grid(R)
+    dev = R.train.checkpoint == "best-dev"   # "last": no dev validation, the last step is kept
     return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
                      policy=lambda: load_policy(R.policy, texts, progress=progress), policy_id=policy_id,
-                     rm_train=rm_train, dev_prompts=dev_prompts(R), runs_dir=runs_dir or paths.RUNS_DIR,
-                     progress=progress)
+                     rm_train=rm_train if dev else None, dev_prompts=dev_prompts(R) if dev else None,
+                     runs_dir=runs_dir or paths.RUNS_DIR, progress=progress)
+
+
+CHECKPOINT_RULES = ("best-dev", "last")
 
 
 def configure_train_parser(parser) -> None:
@@ -401,6 +408,10 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
+           "sft_weight": R.train.sft_weight, "checkpoint": run.get("selection", "dev"),
+           **answer_profile(evaluation.get("eval_dir")),
+           # PRO's loss balance (NaN for SFT): the ranking term's share of the two terms' gradient norms
+           "grad_share_rank": (run.get("loss_balance") or {}).get("mean_grad_share_rank", math.nan),
            "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok",
            # when the run finished (its evaluation's finish time, recorded then: a re-built table keeps it)
            "created": evaluation.get("finished") or _now(),
@@ -408,6 +419,23 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
     return row | table_keys(R) | {"eval_key": evaluation.get("eval_key") or Path(evaluation.get("eval_dir", "")).name} \
         | extra
+
+
+SHORT_ANSWER_CHARS = 10    # "very short": e.g. "I’s." -- the tiny policy's terse mode, which RM_test scores high
+
+
+def answer_profile(eval_dir: str | Path | None) -> dict:
+    """Mean answer length (characters) and the share of answers of at most :data:`SHORT_ANSWER_CHARS`
+    characters in an evaluation's ``generations.jsonl`` (NaN without one): the run-level trait that the
+    run-to-run spread of the reward follows (05)."""
+    path = Path(eval_dir) / "generations.jsonl" if eval_dir else None
+    if path is None or not path.exists():
+        return {"answer_chars_mean": math.nan, "short_answer_share": math.nan}
+    lengths = [len(json.loads(line)["response"]) for line in path.read_text().splitlines() if line.strip()]
+    if not lengths:
+        return {"answer_chars_mean": math.nan, "short_answer_share": math.nan}
+    return {"answer_chars_mean": sum(lengths) / len(lengths),
+            "short_answer_share": sum(n <= SHORT_ANSWER_CHARS for n in lengths) / len(lengths)}
 
 
 def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, progress: bool = False) -> dict:
@@ -444,6 +472,15 @@ def training_curve(run_dir: str | Path) -> pd.DataFrame:
     lines = (project_path(run_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line]
     return pd.DataFrame(records).groupby("step", as_index=False).first()
+
+
+def run_loss_balance(row: dict) -> pd.Series:
+    """One run's PRO loss balance (``result.json``'s ``loss_balance``: mean ranking and weighted SFT terms,
+    each one's gradient norm and share) beside its β; empty for SFT runs."""
+    run = json.loads((project_path(row["run_dir"]) / "result.json").read_text())
+    balance = run.get("loss_balance") or {}
+    return pd.Series({"algo": row["algo"], "ranking_len": row["ranking_len"],
+                      "sft_weight": row.get("sft_weight")} | balance, dtype=object)
 
 
 def generations(row: dict) -> pd.DataFrame:
@@ -679,7 +716,7 @@ def augmentation_experiment(R: Recipe) -> pd.DataFrame:
     rows = [train_and_score(R, n_rankings(R, rs, n), algo, n, seed, method=method, identical_to=same[method],
                             dropped=res.n_dropped if res is not None else 0)
             for method, (rs, res) in sets.items()
-            for algo in R.train.algos for seed in R.train.seeds]
+            for algo in R.train.algos for seed in (R.augment.train_seeds or R.train.seeds)]
     return _write_table(R, "augmentation", rows)
 
 
@@ -752,7 +789,8 @@ def selection_experiment(R: Recipe) -> pd.DataFrame:
     removed = {name: res.n_removed for name, res in selection_results(R).items()}
     rows = [train_and_score(R, n_rankings(R, extend(R, chosen), n), algo, n, seed, strategy=name,
                             removed=removed[name], identical_to=same[name])
-            for name, chosen in chosen_by.items() for algo in R.select.algos for seed in R.train.seeds]
+            for name, chosen in chosen_by.items() for algo in R.select.algos
+            for seed in (R.select.train_seeds or R.train.seeds)]
     return _write_table(R, "selection", rows)
 
 

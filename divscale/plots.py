@@ -8,6 +8,8 @@
     plot_exponent_fit                which decay exponent e = 1/p makes reward most linear in d
     plot_rm_report                   reward-model accuracies with CIs beside a length baseline
     plot_selection, plot_augmentation   strategies side by side: diversity measures and reward with CIs
+    plot_short_answers               run reward against the share of very short answers (the variance's trait)
+    plot_beta_ablation               PRO's sft_weight ablation: reward and the ranking term's gradient share
 
 One reward scale everywhere (README, tables, figures): reward ×100 = 100 · mean sigmoid(RM_test logit), the
 paper's Table 1 scale (``scale=1``; :data:`REWARD_LABEL`). Intervals of cell means over seeds are bounded
@@ -623,4 +625,68 @@ def plot_budget_crossover(table: pd.DataFrame, crossovers: list[dict] | None = N
         labels.append("d outside the fit's range")
     ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "Predicted reward per ranking length at equal budget")
+    return fig
+
+
+def plot_short_answers(df: pd.DataFrame, y: str = "reward_global", x: str = "short_answer_share") -> plt.Figure:
+    """Where the run-to-run spread comes from: each run's test reward against its share of very short answers
+    (:func:`divscale.pipeline.answer_profile`), one panel per algorithm, dots coloured by ranking length, and
+    the within-cell correlation (each run minus its cell's mean) in the panel title."""
+    set_style()
+    data = df.dropna(subset=[x, y])
+    algos = sorted(data["algo"].unique())
+    fig, axes = plt.subplots(1, max(1, len(algos)), figsize=(4.2 * max(1, len(algos)), 3.6),
+                             sharey=True, squeeze=False, constrained_layout=True)
+    sources = analysis.variance_sources(data, y)
+    for ax, algo in zip(axes[0], algos):
+        g = data[data["algo"] == algo]
+        for n, gn in g.groupby("ranking_len"):
+            ax.scatter(100 * gn[x], gn[y], s=16, alpha=0.75, color=LENGTH_COLORS.get(int(n)), label=f"n = {n}")
+        r = sources.get(algo, {}).get("short_answer_r", float("nan"))
+        ax.set_title(f"{algo.upper()}: {len(g)} runs, within-cell r = {r:+.2f}")
+        ax.set_xlabel("answers of ≤ 10 characters (% of test prompts)")
+        ax.set_xlim(-2, 102)
+    axes[0][0].set_ylabel("test reward (RM_test, ×100)")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _caption(fig, "Each dot is one fine-tuned run of the grid. r: correlation of reward and short-answer share "
+                  "after subtracting each cell's mean (cells with ≥ 2 seeds).")
+    return fig
+
+
+def plot_beta_ablation(beta: dict) -> plt.Figure:
+    """PRO's β ablation (:func:`divscale.summary.beta_ablation_summary`): per equal-budget cell, the mean test
+    reward of each sft_weight with its t interval over seeds and SFT on the same prompts beside it (left), and
+    the ranking term's share of the gradient norm per sft_weight (right)."""
+    set_style()
+    cells = list(beta["cells"].values())
+    weights = beta["weights"]
+    palette = dict(zip([f"{w:g}" for w in weights], sns.color_palette("rocket_r", len(weights) + 1)[1:]))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8), constrained_layout=True)
+    width = 0.8 / (len(weights) + 1)
+    for i, cell in enumerate(cells):
+        arms = cell["arms"]
+        names = [f"{w:g}" for w in weights if f"{w:g}" in arms] + (["sft"] if "sft" in arms else [])
+        for j, name in enumerate(names):
+            a = arms[name]
+            color = "0.55" if name == "sft" else palette[name]
+            xpos = i + (j - (len(names) - 1) / 2) * width
+            _intervals(ax, [xpos], [a["mean"]], [a["ci_lo"]], [a["ci_hi"]], color,
+                       label=(("SFT" if name == "sft" else f"PRO, sft_weight {name}"
+                               + (" (paper)" if float(name) == beta["paper_sft_weight"] else "")) if i == 0 else None))
+            if name != "sft" and np.isfinite(a.get("grad_share_rank", np.nan)):
+                ax2.bar(xpos, 100 * a["grad_share_rank"], width=width * 0.9, color=color,
+                        label=f"sft_weight {name}" if i == 0 else None)
+    labels = [f"n = {c['n']}\n{c['n_prompts']} prompts" for c in cells]
+    for a_ in (ax, ax2):
+        a_.set_xticks(range(len(cells)), labels)
+    ax.set_ylabel("test reward (RM_test, ×100)")
+    ax.set_title("Test reward: mean of seeds, 95% t interval")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=2)
+    ax2.set_ylabel("ranking term's share of gradient norm (%)")
+    ax2.set_ylim(0, 105)
+    ax2.set_title("What moves the weights")
+    _caption(fig, f"Equal-budget cells ({cells[0]['budget']:,} responses). PRO's loss = ranking term + β·SFT, "
+                  "β = sft_weight·(n−1)²; the paper's sft_weight is "
+                  f"{beta['paper_sft_weight']:g}. Share = ‖∇ranking‖ / (‖∇ranking‖ + ‖∇β·SFT‖), mean over the "
+                  "measured steps.")
     return fig

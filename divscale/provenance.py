@@ -39,8 +39,8 @@ STEPS: dict[str, tuple[str, ...]] = {
                "divscale.reward:hh_turns", "divscale.reward:bt_loss", "divscale.reward:_oa_targets",
                "divscale.data:pro_turns"),
     # SmolLM2's sampled extensions of the rankings
-    "generate": ("divscale.generation", "divscale.rankings:extend_rankings", "divscale.models:load_causal_lm",
-                 "divscale.models:smollm2_from_wheel"),
+    "generate": ("divscale.generation", "divscale.rankings:extend_rankings", "divscale.rankings:_sample_prompt",
+                 "divscale.models:load_causal_lm", "divscale.models:smollm2_from_wheel"),
     # RM_train's ordering of the 4-rankings
     "rankings": ("divscale.rankings:extend_rankings", "divscale.rankings:build_rankings", "divscale.data:Ranking"),
     # the tiny-gpt policy's BPE tokenizer (cached on its own)

@@ -105,7 +105,8 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
                     cache_dir: str | os.PathLike | None = None, max_new_tokens: int = 128,
                     max_prompt_tokens: int = 384, batch_size: int = 8, temperature: float = 0.7,
                     top_p: float = 0.9, seed: int = 42, progress: bool = True,
-                    generator_name: str | None = None, rm_batch_size: int | None = None) -> list:
+                    generator_name: str | None = None, rm_batch_size: int | None = None,
+                    workers: int = 1) -> list:
     """Add ``k`` generated responses to each ranking of ``pool`` (human pairs) and re-rank all by RM_train.
 
     ``generator``: a model id / local path (loaded with ``divscale.models.load_causal_lm`` only
@@ -113,6 +114,11 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
     ``score(prompts, responses) -> logits``. Returns one ``Ranking`` per pool entry (same order,
     same ids) with ``n + k`` responses (4 for a pair and k=2) sorted by RM_train logit, descending (ties keep
     human-first order), ``rewards`` = the logits, ``sources`` = provenance of each response.
+
+    ``workers > 1`` samples the missing prompts in that many spawned processes (each loads the generator once;
+    chunks of up to :data:`CHUNK_PROMPTS` prompts), with the same per-prompt code, seeds and one thread each, so
+    the responses are the same as ``workers=1``; used only for a generator given by name and when at least
+    ``MIN_PROMPTS_PER_WORKER * workers`` prompts are missing (else serial: spawning costs seconds per process).
     """
     from .data import Ranking
 
@@ -132,9 +138,6 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
     keys = {p: prompt_key(name, gen_config, p) for p in prompts}
     missing = [p for p in prompts if keys[p] not in cache]
     if missing:
-        model, tokenizer = (generator if isinstance(generator, tuple)
-                            else _load_generator(str(generator)))
-        formatted = {p: format_prompt(p, tokenizer) for p in missing}
         # One prompt per forward pass (its k samples side by side: identical rows, no padding). A batch of
         # different prompts pads them to one width, and padding changes the logits' last bits, so a sample
         # would depend on which other prompts happened to be missing from the cache; unpadded it does not,
@@ -143,22 +146,25 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
         gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens, "batch_size": k,
                "do_sample": True, "temperature": temperature, "top_p": top_p}
         bar = _progress(len(missing), progress, f"generate ({name})")
-        from .provenance import deterministic
 
-        with deterministic(1):
-            for p in missing:
-                rows = [formatted[p]] * k
-                outs = generate(model, tokenizer, rows, seed=seed, **gen)
-                empty = [i for i, o in enumerate(outs) if not o]
-                if empty:                                             # one retry with another seed
-                    retry = generate(model, tokenizer, [rows[i] for i in empty],
-                                     seed=seed + REGENERATE_SEED_OFFSET, **gen)
-                    for i, o in zip(empty, retry):
-                        outs[i] = o
-                record = {"key": keys[p], "responses": outs}
-                _append(cache_path, [record])
-                cache[record["key"]] = record["responses"]
-                bar.update(1)
+        def store(chunk: list[str], outputs: list[list[str]]) -> None:
+            records = [{"key": keys[p], "responses": outs} for p, outs in zip(chunk, outputs)]
+            _append(cache_path, records)
+            cache.update((rec["key"], rec["responses"]) for rec in records)
+            bar.update(len(chunk))
+
+        parallel = (workers > 1 and not isinstance(generator, tuple)
+                    and len(missing) >= MIN_PROMPTS_PER_WORKER * workers)
+        if parallel:
+            _sample_in_pool(str(generator), missing, k, seed, gen, workers, store)
+        else:
+            model, tokenizer = (generator if isinstance(generator, tuple)
+                                else _load_generator(str(generator)))
+            from .provenance import deterministic
+
+            with deterministic(1):
+                for p in missing:
+                    store([p], [_sample_prompt(model, tokenizer, format_prompt(p, tokenizer), k, seed, gen)])
         bar.close()
 
     # score every candidate with RM_train in one batched call
@@ -187,6 +193,59 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
     return out
 
 
+def _sample_prompt(model, tokenizer, formatted: str, k: int, seed: int, gen: dict) -> list[str]:
+    """The ``k`` sampled responses of one (formatted) prompt, empty ones regenerated once with another seed."""
+    rows = [formatted] * k
+    outs = generate(model, tokenizer, rows, seed=seed, **gen)
+    empty = [i for i, o in enumerate(outs) if not o]
+    if empty:                                                         # one retry with another seed
+        retry = generate(model, tokenizer, [rows[i] for i in empty], seed=seed + REGENERATE_SEED_OFFSET, **gen)
+        for i, o in zip(empty, retry):
+            outs[i] = o
+    return outs
+
+
+# worker processes of ``extend_rankings(..., workers > 1)``: module level, so that "spawn" can pickle them
+MIN_PROMPTS_PER_WORKER = 2     # fewer missing prompts than this per worker: serial (spawning costs seconds)
+CHUNK_PROMPTS = 8              # at most this many prompts per task (the cache file is appended task by task)
+_WORKER_GENERATOR: dict = {}
+
+
+def _init_generation_worker(generator: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_GENERATOR["model"], _WORKER_GENERATOR["tokenizer"] = _load_generator(generator)
+
+
+def _generate_chunk(prompts: list[str], k: int, seed: int, gen: dict) -> list[list[str]]:
+    from .provenance import deterministic
+
+    model, tokenizer = _WORKER_GENERATOR["model"], _WORKER_GENERATOR["tokenizer"]
+    with deterministic(1):
+        return [_sample_prompt(model, tokenizer, format_prompt(p, tokenizer), k, seed, gen) for p in prompts]
+
+
+def _sample_in_pool(generator: str, missing: list[str], k: int, seed: int, gen: dict, workers: int, store) -> None:
+    """Sample ``missing`` in ``workers`` spawned processes; ``store(chunk, outputs)`` runs in this process as each
+    chunk finishes (contiguous chunks, about four per worker, at most ``CHUNK_PROMPTS`` prompts)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    size = max(1, min(CHUNK_PROMPTS, len(missing) // (4 * workers)))
+    chunks = [missing[i:i + size] for i in range(0, len(missing), size)]
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_generation_worker, initargs=(generator,))
+    try:
+        pending = {pool.submit(_generate_chunk, chunk, k, seed, gen): chunk for chunk in chunks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                store(pending.pop(fut), fut.result())
+    finally:   # on an error or an interrupt, drop the chunks not started (what is stored stays cached)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _load_generator(name: str):
     from .models import load_causal_lm
 
@@ -207,8 +266,10 @@ def rankings_dir(recipe, pool_ids: Sequence[str] = (), rm_train_fingerprint: str
     """``runs/rankings/<hash>``: keyed by the recipe's data, ranking and RM_train settings, RM_train's
     fingerprint (the content hash of its weights: a re-trained RM_train re-ranks) and the code version of
     generation and ranking."""
-    key = config_hash(recipe.data.__dict__, recipe.ranking.__dict__,
-                      {k: v for k, v in recipe.reward.__dict__.items() if k != "test_model"}, list(pool_ids),
+    # ``workers`` (how many processes) does not change the output, so it is not part of the key
+    key = config_hash(recipe.data.__dict__, {k: v for k, v in recipe.ranking.__dict__.items() if k != "workers"},
+                      {k: v for k, v in recipe.reward.__dict__.items() if k not in ("test_model", "workers")},
+                      list(pool_ids),
                       rm_train_fingerprint, code_version("generate", "rankings"))
     return paths.RUNS_DIR / "rankings" / key
 
@@ -236,7 +297,8 @@ def build_rankings(recipe, out_dir: str | os.PathLike | None = None, progress: b
     cfg = recipe.ranking
     ranked = extend_rankings(pool, cfg.generator, rm_train, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                              max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
-                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, progress=progress)
+                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, progress=progress,
+                             workers=getattr(cfg, "workers", 1))
     save_rankings(target, ranked)
     return target
 

@@ -48,6 +48,7 @@ baseline). Use the OpenAssistant RMs where the hub is available (``reward.train_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -357,6 +358,19 @@ def score_pairs(rm: RewardModel, pairs, batch_size: int | None = None, progress:
 # sentence embeddings with a content-addressed cache (they dominate the in-project RMs' cost)
 
 _ENCODERS: dict[str, Any] = {}          # loaded sentence encoders, shared by all caches in a process
+_EMBED_WORKERS = 1                      # processes for caches built with ``workers=None`` (see :func:`embedding_workers`)
+_WORKER_ENCODER: dict[str, Any] = {}    # the encoder of an embedding worker process
+
+
+@contextlib.contextmanager
+def embedding_workers(workers: int):
+    """Within the block, an :class:`EmbeddingCache` built without ``workers`` embeds in ``workers`` processes."""
+    global _EMBED_WORKERS
+    saved, _EMBED_WORKERS = _EMBED_WORKERS, int(workers)
+    try:
+        yield
+    finally:
+        _EMBED_WORKERS = saved
 
 
 @functools.cache
@@ -374,10 +388,19 @@ def _file_sha256(path: Path) -> str:
 
 class EmbeddingCache:
     """``encode(texts) -> float32 [n, dim]`` with a sentence encoder; vectors are stored in one sqlite file under
-    ``cache_dir()/reward/`` keyed by sha256(encoder weights, max_length, truncation side, text)."""
+    ``cache_dir()/reward/`` keyed by sha256(encoder weights, max_length, truncation side, text).
+
+    ``workers > 1`` embeds the missing texts in that many spawned processes (each loads the encoder once and
+    runs the same per-text code on one thread, so the vectors are the same bytes); only this process writes
+    the sqlite file. The pool is used only when at least ``MIN_TEXTS_PER_WORKER * workers`` texts are missing
+    (spawning costs seconds per process). ``workers=None``: the :func:`embedding_workers` default (1)."""
+
+    MIN_TEXTS_PER_WORKER = 64
+    CHUNK_TEXTS = 256               # at most this many texts per task
 
     def __init__(self, encoder: str = "sentence-transformers/all-MiniLM-L6-v2", max_length: int = 128,
-                 truncation_side: str = "right", db_path: str | os.PathLike | None = None):
+                 truncation_side: str = "right", db_path: str | os.PathLike | None = None,
+                 workers: int | None = None):
         from .models import resolve_model
 
         self.encoder_name = encoder
@@ -392,6 +415,7 @@ class EmbeddingCache:
         self.weights_sha = _file_sha256_cached(str(weights[0]), stat.st_size, stat.st_mtime)[:16]
         self.db_path = Path(db_path) if db_path else paths.cache_dir() / "reward" / "embeddings.sqlite"
         self.code = code_version("embed")   # vectors made by other embedding code (or libraries) are not reused
+        self.workers = workers
         self._model = None
 
     def _key(self, text: str) -> str:
@@ -447,11 +471,61 @@ class EmbeddingCache:
 
         from .provenance import deterministic
 
+        workers = self.workers if self.workers is not None else _EMBED_WORKERS
+        if workers > 1 and len(texts) >= self.MIN_TEXTS_PER_WORKER * workers:
+            return self._embed_in_pool(texts, workers, progress)
         model = self.model
         with deterministic(1):
-            rows = [model.encode([text], batch_size=1, convert_to_numpy=True, show_progress_bar=False)[0]
+            rows = [self._embed_one(model, text)
                     for text in tqdm(texts, desc="embedding", unit="text", disable=not progress)]
         return np.stack(rows).astype(np.float32)
+
+    @staticmethod
+    def _embed_one(model, text: str) -> np.ndarray:
+        return model.encode([text], batch_size=1, convert_to_numpy=True, show_progress_bar=False)[0]
+
+    def _embed_in_pool(self, texts: list[str], workers: int, progress: bool = False) -> np.ndarray:
+        """:meth:`_embed_each` in ``workers`` spawned processes: contiguous chunks (about four per worker, at
+        most ``CHUNK_TEXTS``), reassembled in order."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm.auto import tqdm
+
+        size = max(1, min(self.CHUNK_TEXTS, len(texts) // (4 * workers)))
+        starts = range(0, len(texts), size)
+        parts: dict[int, np.ndarray] = {}
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=EmbeddingCache._init_worker,
+                                   initargs=(str(self.folder), self.max_length, self.truncation_side))
+        try:
+            futures = {pool.submit(EmbeddingCache._embed_chunk, texts[i:i + size]): i for i in starts}
+            with tqdm(total=len(texts), desc=f"embedding ({workers} workers)", unit="text",
+                      disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    parts[futures[fut]] = fut.result()
+                    bar.update(len(parts[futures[fut]]))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return np.concatenate([parts[i] for i in starts]).astype(np.float32)
+
+    @staticmethod
+    def _init_worker(folder: str, max_length: int, truncation_side: str) -> None:
+        from .models import load_encoder
+
+        torch.set_num_threads(1)
+        model = load_encoder(folder)
+        model.max_seq_length = max_length
+        model.tokenizer.truncation_side = truncation_side
+        _WORKER_ENCODER["model"] = model
+
+    @staticmethod
+    def _embed_chunk(texts: list[str]) -> np.ndarray:
+        from .provenance import deterministic
+
+        model = _WORKER_ENCODER["model"]
+        with deterministic(1):
+            return np.stack([EmbeddingCache._embed_one(model, text) for text in texts]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -750,8 +824,9 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
             oa_rewards = load_oa_rewards()
         except FileNotFoundError as err:
             raise ValueError(f"reward.oa_weight > 0 needs the PRO-format test files: {err}") from None
+    workers = getattr(cfg, "workers", 1)   # embedding processes: the same vectors, so not part of the key
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("train_model", "test_model", "pairs", "dtype", "test_dtype")}
+                if k not in ("train_model", "test_model", "pairs", "dtype", "test_dtype", "workers")}
     out: list[RewardModel] = []
     for role, spec, half, seed in (("train", cfg.train_model, 0, cfg.seed), ("test", cfg.test_model, 1, cfg.seed + 1)):
         if spec != "inproject":   # RM_test always float32 unless test_dtype says otherwise (the paper: fp32)
@@ -761,16 +836,18 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
         key = config_hash("embedding-bt-v2", role, settings, _texts_digest(cols), oa_rewards is not None,
                           code_version("embed", "reward"), length=16)
         folder = paths.cache_dir() / "reward" / f"rm_{role}-{key}"
-        if (folder / "config.json").exists():
-            out.append(EmbeddingRM.load(folder))
-            continue
-        rm = train_reward_model(cols, encoder=cfg.encoder, seed=seed, epochs=cfg.epochs, lr=cfg.lr,
-                                batch_size=cfg.batch_size, hidden=cfg.hidden, dropout=cfg.dropout,
-                                weight_decay=cfg.weight_decay, max_length=cfg.max_length, max_pairs=None,
-                                oa_weight=cfg.oa_weight, oa_rewards=oa_rewards, name=f"inproject RM_{role}",
-                                progress=progress)
-        rm.save(folder)
-        out.append(EmbeddingRM.load(folder))
+        if not (folder / "config.json").exists():
+            with embedding_workers(workers):
+                rm = train_reward_model(cols, encoder=cfg.encoder, seed=seed, epochs=cfg.epochs, lr=cfg.lr,
+                                        batch_size=cfg.batch_size, hidden=cfg.hidden, dropout=cfg.dropout,
+                                        weight_decay=cfg.weight_decay, max_length=cfg.max_length, max_pairs=None,
+                                        oa_weight=cfg.oa_weight, oa_rewards=oa_rewards,
+                                        name=f"inproject RM_{role}", progress=progress)
+            rm.save(folder)
+        loaded = EmbeddingRM.load(folder)
+        if role == "train":                # RM_train ranks the extensions in one large call: its workers too;
+            loaded.cache.workers = workers # RM_test scores one run's answers inside a grid cell, where the
+        out.append(loaded)                 # cores are already busy with the other cells: serial
     return out[0], out[1]
 
 

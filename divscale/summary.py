@@ -8,6 +8,8 @@ write beside them (nothing is typed by hand):
     results/<recipe>/selection.csv       08_selection                                    optional
     results/<recipe>/initial_policy.json 05_allocation (:func:`write_initial_policy`)    optional
     results/<recipe>/reports/reward_models.csv   03_reward_models (:func:`write_rm_report`)      optional
+    results/<recipe>/beta_ablation.csv   the grid's β-ablation cells (divscale grid)     optional
+    results/<recipe>/reports/cold_run.json  a timed cold `make figures` (summarize --cold-run) optional
 
 Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
 
@@ -26,6 +28,15 @@ Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
                     n_points}}}} on runs (12 points a line), MSE in points²
     exponent        {ours|paper: {algo: {best_p, best_p_any_slope, rule}}}
     diversity       ours {k: d}, growth over 4×, paper growth over 4×, augmentation d by method
+    design          sizes, size_ratio, seeds per cell (min/max), verdict cells, step budget and its passes
+                    over the largest subset, checkpoint rule
+    variance        {algo: eval_se (one run's SE over test prompts), seed_sd (pooled within cells),
+                    short_answer_r / _r2 (within-cell correlation of reward with the share of very short answers)}
+    fine_tuned_vs_initial  {algo: contrast of the runs' mean reward against the initial policy's (one-sample t)}
+    cold_run        wall_s, user_s, system_s, cores, cpu_utilisation, note of a timed cold run (or null)
+    mde_reached     {contrast id: MDE} of the equal-budget and same-prompts contrasts
+    beta_ablation   PRO's sft_weight ablation at the equal-budget cells (beta_ablation.csv, optional): per cell
+                    mean / CI / gradient share of the ranking term per weight, SFT beside, paired contrasts
     verdicts        sentences (what the notebooks print and the README renders)
 
 ``divscale summarize --recipe R --readme`` also re-renders the README block between
@@ -89,6 +100,46 @@ def write_rm_report(recipe: str, report: pd.DataFrame, out_dir: str | os.PathLik
 
 # ------------------------------------------------------------------------------------------- building blocks
 
+COLD_RUN = "reports/cold_run.json"
+
+
+def parse_gnu_time(text: str) -> dict:
+    """The numbers of a GNU ``/usr/bin/time -v`` report: wall, user and system seconds, peak RSS, exit status."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().rpartition(": ")
+        if sep:
+            fields[key.strip()] = value.strip()
+    need = ("Elapsed (wall clock) time (h:mm:ss or m:ss)", "User time (seconds)", "System time (seconds)")
+    missing = [k for k in need if k not in fields]
+    if missing:
+        raise DataError(f"not a GNU `/usr/bin/time -v` report: no {missing[0]!r} line; run the command as "
+                        "`/usr/bin/time -v -o FILE make figures` and pass FILE")
+    wall = 0.0
+    for part in fields[need[0]].split(":"):
+        wall = wall * 60 + float(part)
+    out = {"wall_s": wall, "user_s": float(fields[need[1]]), "system_s": float(fields[need[2]]),
+           "max_rss_kb": int(fields.get("Maximum resident set size (kbytes)", 0)),
+           "exit_status": int(fields.get("Exit status", 0)), "command": fields.get("Command being timed", "").strip('"')}
+    out["cpu_utilisation"] = (out["user_s"] + out["system_s"]) / wall if wall else math.nan
+    return out
+
+
+def write_cold_run(recipe: str, time_report: str | os.PathLike, note: str = "",
+                   out_dir: str | os.PathLike | None = None) -> Path:
+    """``results/<recipe>/reports/cold_run.json`` from a ``/usr/bin/time -v`` report of a cold ``make figures``
+    (fresh clone, empty caches), with the machine's core count and a note on how it was run."""
+    info = parse_gnu_time(Path(time_report).read_text())
+    if info["exit_status"] != 0:
+        raise DataError(f"{time_report}: the timed command exited with status {info['exit_status']}; a failed run "
+                        "is not a timing")
+    info |= {"cores": os.cpu_count(), "note": note}
+    path = Path(out_dir or results_dir(recipe)) / COLD_RUN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, info)
+    return path
+
+
 def _clean(obj):
     """JSON-safe: numpy scalars to Python, NaN to None, tuples to lists, keys to str."""
     if isinstance(obj, dict):
@@ -119,7 +170,8 @@ def _runs_block(runs: pd.DataFrame) -> dict:
             "seeds": sorted(int(s) for s in runs["seed"].unique()), "eval_keys": eval_keys,
             "reward_mean": runs["reward_global"].mean(), "reward_min": runs["reward_global"].min(),
             "reward_max": runs["reward_global"].max(),
-            "dev_reward_best_mean": 100 * runs["dev_reward_best"].mean() if "dev_reward_best" in runs else None,
+            "dev_reward_best_mean": (100 * runs["dev_reward_best"].mean()
+                                     if "dev_reward_best" in runs and runs["dev_reward_best"].notna().any() else None),
             "cell_spread": analysis.cell_spread(runs),
             "pooled_seed_sd": {a: analysis.pooled_seed_sd(g) for a, g in runs.groupby("algo")}}
 
@@ -279,6 +331,84 @@ def verdicts(summary: dict) -> list[str]:
     return out
 
 
+def fine_tuned_vs_initial(runs: pd.DataFrame, initial: dict | None) -> dict | None:
+    """Per algorithm: the mean fine-tuned test reward over the grid's runs minus the initial policy's."""
+    if not initial:
+        return None
+    out = {}
+    for algo, g in runs.groupby("algo"):
+        c = analysis.versus_reference(g["reward_global"], initial["reward_global"])
+        out[algo] = c | {"direction": "above the initial policy" if c["estimate"] > 0 else "below the initial policy"}
+    return out
+
+
+def _design(recipe: str, runs: pd.DataFrame) -> dict:
+    """How the grid spends its runs, from the table: seeds per cell, the size range, the step budget's reach."""
+    per_cell = runs.groupby(["algo", "ranking_len", "n_prompts"]).size()
+    sizes = sorted(int(k) for k in runs["n_prompts"].unique())
+    out = {"sizes": sizes, "size_ratio": sizes[-1] / sizes[0] if sizes else None,
+           "seeds_per_cell_min": int(per_cell.min()), "seeds_per_cell_max": int(per_cell.max()),
+           "cells": len(per_cell),
+           "verdict_cells": sorted({f"n{n}-k{k}" for (_, n, k), v in per_cell.items() if v == per_cell.max()})}
+    try:
+        from .config import load_recipe
+
+        t = load_recipe(recipe).train
+        out |= {"max_steps": t.max_steps, "prompts_per_step": t.prompts_per_step, "checkpoint": t.checkpoint,
+                "passes_over_largest": t.max_steps * t.prompts_per_step / sizes[-1] if sizes else None}
+    except (FileNotFoundError, DataError, ValueError):
+        pass
+    return out
+
+
+def _mde_reached(contrasts: dict) -> dict:
+    """The MDE of each verdict contrast (equal budget n=4/3 − n=2, same prompts n=4 − n=2), by id."""
+    return {cid: c.get("mde") for cid, c in contrasts.items() if c.get("family") in ("equal_budget", "same_prompts")}
+
+
+def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | None:
+    """PRO's β ablation at the equal-budget cells: mean reward (t CI over seeds) and the ranking term's gradient
+    share per sft_weight, beside SFT; contrasts paired by seed (same k and seed: same prompts, same order, same
+    initial weights), the paper's β against β = 0 and against SFT."""
+    path = folder / "beta_ablation.csv"
+    if not path.exists():
+        return None
+    extra = _ok(pd.read_csv(path))
+    pro = runs[runs["algo"] == "pro"]
+    both = pd.concat([pro, extra], ignore_index=True)
+    if "sft_weight" not in both.columns or both["sft_weight"].isna().all():
+        return None
+    paper_w = float(pro["sft_weight"].dropna().iloc[0]) if pro["sft_weight"].notna().any() else None
+    out = {"paper_sft_weight": paper_w, "weights": sorted(float(w) for w in both["sft_weight"].dropna().unique()),
+           "cells": {}}
+    for budget in budgets:
+        for n in (2, 3, 4):
+            k = budget // n
+            cell = both[(both["ranking_len"] == n) & (both["n_prompts"] == k)]
+            sft = runs[(runs["algo"] == "sft") & (runs["ranking_len"] == n) & (runs["n_prompts"] == k)]
+            if cell.empty:
+                continue
+            arms = {}
+            for w, g in cell.groupby("sft_weight"):
+                mean, lo, hi = analysis.t_interval(g["reward_global"])
+                share = g["grad_share_rank"].mean() if "grad_share_rank" in g else math.nan
+                arms[f"{float(w):g}"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(g),
+                                         "grad_share_rank": share, "beta": float(w) * (n - 1) ** 2}
+            if not sft.empty:
+                mean, lo, hi = analysis.t_interval(sft["reward_global"])
+                arms["sft"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(sft)}
+            entry = {"n": n, "n_prompts": k, "budget": budget, "arms": arms, "contrasts": {}}
+            paper_runs = cell[cell["sft_weight"] == paper_w]
+            for w, g in cell.groupby("sft_weight"):
+                if float(w) != paper_w and not paper_runs.empty:
+                    entry["contrasts"][f"{paper_w:g} - {float(w):g}"] = analysis.paired_contrast(
+                        paper_runs, g, "reward_global")
+            if not sft.empty and not paper_runs.empty:
+                entry["contrasts"][f"{paper_w:g} - sft"] = analysis.paired_contrast(paper_runs, sft, "reward_global")
+            out["cells"][f"{budget}/n{n}"] = entry
+    return out
+
+
 def _nan(c: dict) -> dict:
     return {k: (math.nan if v is None and k in ("ci_lo", "ci_hi", "mde", "se", "df") else v) for k, v in c.items()}
 
@@ -311,6 +441,7 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     selection = optional("selection.csv", pd.read_csv)
     initial = optional("initial_policy.json", lambda p: json.loads(p.read_text()))
     report = optional(RM_REPORT, pd.read_csv)
+    cold = optional(COLD_RUN, lambda p: json.loads(p.read_text()))
     summary = {
         "schema": SCHEMA_VERSION, "recipe": recipe, "generated_by": "divscale summarize", "scale": SCALE,
         "inputs": inputs, "missing": missing, "runs": _runs_block(runs), "initial_policy": initial,
@@ -320,7 +451,15 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
         "exponent": {"ours": {a: exponent_summary(g) for a, g in runs.groupby("algo")},
                      "paper": {a: exponent_summary(g) for a, g in analysis.paper_fig4_points().groupby("algo")}},
         "diversity": _diversity(runs, augmentation),
+        "design": _design(recipe, runs),
+        "variance": analysis.variance_sources(runs),
+        "fine_tuned_vs_initial": fine_tuned_vs_initial(runs, initial),
+        "cold_run": cold,
     }
+    summary["mde_reached"] = _mde_reached(summary["contrasts"])
+    if (folder / "beta_ablation.csv").exists():
+        inputs["beta_ablation.csv"] = _sha(folder / "beta_ablation.csv")
+    summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
     summary = _clean(summary)
     summary["verdicts"] = verdicts(summary)
     return summary
@@ -436,12 +575,14 @@ def render_readme_block(s: dict) -> str:
         + f" points against the paper's {lo:.1f}–{hi:.1f}: an effect of the paper's size "
         + ("could not have been seen." if mdes and min(mdes) > hi else
            "could have been seen." if mdes and max(mdes) <= lo else "could have been seen only in part."),
-        f"- The best dev reward (RM_train, the checkpoint criterion) averages {_f(runs['dev_reward_best_mean'])}; "
-        f"on test the fine-tuned runs average {runs['reward_mean']:.1f} (range {runs['reward_min']:.1f}–"
+        ("- Checkpoint: the last step of each run (no dev validation); " if runs.get("dev_reward_best_mean") is None else
+         f"- The best dev reward (RM_train, the checkpoint criterion) averages {_f(runs['dev_reward_best_mean'])}; ")
+        + f"on test the fine-tuned runs average {runs['reward_mean']:.1f} (range {runs['reward_min']:.1f}–"
         f"{runs['reward_max']:.1f}), "
         + (f"the policy before fine-tuning {ip['reward_global']:.1f} (CI {ip['ci_lo']:.1f}–{ip['ci_hi']:.1f})."
            if ip else "the policy before fine-tuning: not generated yet (notebook 05 writes it)."),
     ]
+    reading += resolution_lines(s)
     rm = s.get("reward_models")
     if rm:
         ov = rm["overall"]
@@ -460,6 +601,61 @@ def render_readme_block(s: dict) -> str:
         reading.append("- d of the augmentation sets: " + ", ".join(
             f"{m} {v['d']:.2f} ({v['n_prompts']} prompts)" for m, v in aug.items()) + ".")
     return "\n".join(rows + reading)
+
+
+def resolution_lines(s: dict) -> list[str]:
+    """What the study can and cannot resolve, from summary.json: design, variance, MDEs, fine-tuning, β."""
+    out = []
+    lo, hi = s["paper"]["equal_budget_effect_range"]
+    d = s.get("design")
+    if d:
+        out.append(f"- Design: {d['cells']} cells over {d['sizes'][0]}–{d['sizes'][-1]} prompts "
+                   f"({d['size_ratio']:.0f}×), {d['seeds_per_cell_min']} seeds a cell and "
+                   f"{d['seeds_per_cell_max']} on the verdict cells ({', '.join(d['verdict_cells'])}); "
+                   + (f"{d['max_steps']} steps × {d['prompts_per_step']} prompts pass over the largest subset "
+                      f"{d['passes_over_largest']:.1f}×; checkpoint: {d['checkpoint']}." if "max_steps" in d else ""))
+    v = s.get("variance") or {}
+    if v:
+        out.append("- Where the variance is: one run's SE over test prompts "
+                   + " / ".join(f"{x.get('eval_se', math.nan):.1f}" for x in v.values())
+                   + " against a seed SD of " + " / ".join(f"{x['seed_sd']:.1f}" for x in v.values())
+                   + f" ({' / '.join(a.upper() for a in v)}); within a cell the reward follows the share of very "
+                   "short answers (r = " + " / ".join(f"{x.get('short_answer_r', math.nan):+.2f}" for x in v.values())
+                   + "): training, not evaluation, sets the noise.")
+    m = s.get("mde_reached") or {}
+    if m:
+        parts = [f"{cid.replace('equal_budget/', 'equal budget ').replace('same_prompts/', 'same prompts ')} "
+                 f"{_f(val)}" for cid, val in m.items() if cid.endswith("n4-n2")]
+        best = min((val for cid, val in m.items() if val is not None and cid.endswith("n4-n2")), default=math.nan)
+        verdict = ("so an effect of the paper's size cannot be resolved here" if best > hi else
+                   "so effects of the paper's size are within reach" if best <= lo else
+                   "so only the largest of the paper's effects could be seen")
+        out.append(f"- Minimum detectable n = 4 − n = 2 effects reached (points): {'; '.join(parts)}; the paper's "
+                   f"are {lo:.1f}–{hi:.1f}, {verdict}.")
+    f = s.get("fine_tuned_vs_initial")
+    if f:
+        out.append("- Does fine-tuning help? Mean fine-tuned − initial policy: " + "; ".join(
+            f"{a.upper()} {_ci(c)}" for a, c in f.items()) + ".")
+    cr = s.get("cold_run")
+    if cr:
+        out.append(f"- A cold `make figures` (fresh clone, empty caches; {cr.get('note') or 'one uninterrupted run'}) "
+                   f"took {cr['wall_s'] / 60:.1f} min wall on {cr['cores']} cores, {(cr['user_s'] + cr['system_s']) / 60:.1f} "
+                   f"CPU-min ({100 * cr['cpu_utilisation'] / cr['cores']:.0f}% of the cores), measured with "
+                   "`/usr/bin/time -v`.")
+    b = s.get("beta_ablation")
+    if b:
+        for cell in b["cells"].values():
+            if cell["n"] != 4:
+                continue
+            arms = cell["arms"]
+            txt = ", ".join(f"w = {w} (β = {a['beta']:g}) {a['mean']:.1f} [ranking-term gradient share "
+                            f"{100 * a['grad_share_rank']:.0f}%]" for w, a in arms.items() if w != "sft")
+            if "sft" in arms:
+                txt += f", SFT {arms['sft']['mean']:.1f}"
+            con = "; ".join(f"{name}: {_ci(c)}" for name, c in cell["contrasts"].items())
+            out.append(f"- PRO's β at n = 4, {cell['n_prompts']} prompts (mean reward of seeds): {txt}. Paired by "
+                       f"seed: {con}.")
+    return out
 
 
 def _markers(recipe: str) -> tuple[str, str]:
@@ -498,6 +694,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe name: reads and writes results/<recipe>/")
     parser.add_argument("--results", default=None, help="results folder (default results/<recipe>/)")
     parser.add_argument("--readme", action="store_true", help="also re-render the README's results block")
+    parser.add_argument("--cold-run", default=None, metavar="TIME_REPORT",
+                        help="record a `/usr/bin/time -v -o TIME_REPORT make figures` report of a cold run as "
+                             f"results/<recipe>/{COLD_RUN} (then summarize as usual)")
+    parser.add_argument("--cold-run-note", default="", help="how the cold run was made (shown in the README)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; fail when summary.json or the README block is out of date")
 
@@ -515,6 +715,8 @@ def command(args: argparse.Namespace) -> int:
             return 1
         print(f"summary.json and README agree ({recipe})")
         return 0
+    if args.cold_run:
+        print(write_cold_run(recipe, args.cold_run, args.cold_run_note, args.results))
     path = write_summary(recipe, args.results)
     print(path)
     if args.readme:

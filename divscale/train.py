@@ -416,6 +416,43 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
     run_dir = Path(runs_dir) / "train" / run_name(config)
     if (run_dir / "DONE").exists():
         return run_dir
+    if world_size() == 1:
+        # two processes asking for the same run (a grid cell and 07's base set, under `make -j`): one trains,
+        # the other waits for it and reuses the finished run
+        with _run_lock(run_dir):
+            if (run_dir / "DONE").exists():
+                return run_dir
+            return _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train,
+                          dev_prompts, copy_policy, callbacks, progress)
+    return _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train,
+                  dev_prompts, copy_policy, callbacks, progress)
+
+
+class _run_lock:
+    """An exclusive ``flock`` on ``<run_dir>.lock`` for the life of the block (released if the process dies)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir.with_name(run_dir.name + ".lock")
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        return False
+
+
+def _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train, dev_prompts,
+           copy_policy, callbacks, progress) -> Path:
+    """The body of :func:`train_run` once the run's folder is decided (and, on one process, locked)."""
     work = run_dir.with_name(run_dir.name + ".partial")
     main = int(os.environ.get("RANK", "0")) == 0
     if (work / "DONE").exists():                       # killed between completion and the final rename

@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · One fine-tuning run: train, pick the best checkpoint, evaluate
+# # 04 · One fine-tuning run: train, pick the checkpoint, evaluate
 #
 # This is the unit of the study: `divscale grid` executes this notebook once per cell
 # (algorithm × ranking length n × #prompts × seed) with papermill, and the executed copies are kept
@@ -29,9 +29,11 @@
 # term on the best response is added with weight 0.05·(n−1)² (spec §3.3). **DPO** (TRL) on pairs drawn
 # from the rankings is an extra baseline the paper does not have.
 #
-# Every `eval_every` steps the policy answers the dev prompts greedily, RM_train scores the answers, and
-# the best checkpoint is kept (the paper validates every 500 of its 4000 steps). That checkpoint then
-# answers the test prompts and RM_test scores them.
+# Which checkpoint answers the test prompts is `train.checkpoint`. The paper's rule (`best-dev`): every
+# `eval_every` steps the policy answers the dev prompts greedily, RM_train scores the answers, and the best
+# checkpoint is kept (the paper validates every 500 of its 4000 steps). The cpu profile keeps the last step
+# (`last`): with 32 dev prompts the choice followed noise (see 05). That checkpoint then answers the test
+# prompts and RM_test scores them.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -64,6 +66,20 @@ curve.tail()
 
 # %%
 ax = curve.plot(x="step", y=[c for c in ("loss", "dev_reward") if c in curve], subplots=True, figsize=(7, 4))
+
+# %% [markdown]
+# ## PRO's two loss terms
+#
+# PRO's loss is the ranking term L_PRO plus β·L_SFT on the best response, β = sft_weight·(n−1)². Every step
+# logs both terms; every `loss_balance_steps` steps the trainer also measures the norm of each term's gradient
+# on the same micro-batch, so the table says which term actually moves the weights (`grad_share_rank`: the
+# ranking term's share of the two norms). SFT runs have only the SFT term.
+
+# %%
+terms = [c for c in ("loss_pro", "loss_sft_weighted") if c in curve and curve[c].notna().any()]
+if terms:
+    curve.plot(x="step", y=terms, figsize=(7, 2.5), title="PRO: ranking term and weighted SFT term")
+pipeline.run_loss_balance(row)
 
 # %% [markdown]
 # ## A few test generations

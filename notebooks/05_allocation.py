@@ -81,6 +81,41 @@ print(f"initial policy: {initial['reward_global']:.2f} (95% CI {initial['ci'][0]
       f"{results.reward_global.max():.2f}")
 
 # %% [markdown]
+# ## Does fine-tuning help?
+#
+# Every fine-tuned run of the grid against the policy before fine-tuning, on the same test prompts: the mean
+# difference with a one-sample t interval over runs (the test set held fixed, as in every seed CI here). A
+# design that lowered the variance by not training would show up here as a difference near 0.
+
+# %%
+gain = summary.fine_tuned_vs_initial(results, initial)
+for algo, c in gain.items():
+    print(f"{algo.upper()}: fine-tuned − initial {c['estimate']:+.2f} (95% CI {c['ci_lo']:+.2f} to {c['ci_hi']:+.2f}, "
+          f"MDE {c['mde']:.2f}, {c['n_a']} runs): {c['direction']}, {c['status']}")
+
+# %% [markdown]
+# ## Where the variance comes from
+#
+# Three sources, measured: the test prompts (one run's bootstrap SE), the training seed (its data order: the
+# SD between seeds of one cell, pooled over cells), and what the seed changes in the policy's answers. The
+# tiny policy answers in a few recurring patterns; RM_test scores its very short answers (at most
+# `pipeline.SHORT_ANSWER_CHARS` characters, e.g. "I’s.") well above its long, looping ones, so a run's reward
+# follows how often it answers tersely. The correlation is taken within cells (each run minus its cell mean).
+
+# %%
+sources = pd.DataFrame(analysis.variance_sources(results)).T
+print(sources.round(3).to_string())
+for algo, v in sources.iterrows():
+    v = v.reindex(["eval_se", "seed_sd", "short_answer_r", "short_answer_r2"])      # NaN where not measurable
+    print(f"{algo.upper()}: one run's SE over test prompts {v.eval_se:.2f} vs seed SD {v.seed_sd:.2f}; the share of "
+          f"very short answers accounts for {100 * v.short_answer_r2:.0f}% of the within-cell variance "
+          f"(r = {v.short_answer_r:+.2f})")
+
+# %%
+fig = plots.plot_short_answers(results)
+plots.save_figure(fig, "variance_short_answers", pipeline.figures_dir(R))
+
+# %% [markdown]
 # ## The verdict, per algorithm and budget
 #
 # One row per contrast: the OLS estimate with its CI and MDE, and Welch's t on the two cells alone.
@@ -147,3 +182,30 @@ else:
     for n, r in by_n.iterrows():
         print(f"n={n}: the ranking term carries {100 * r.mean_grad_share_rank:.0f}% of the gradient norm, "
               f"β·SFT {100 * r.mean_grad_share_sft:.0f}% (cosine between them {r.mean_grad_cos_rank_sft:+.2f})")
+
+# %% [markdown]
+# ## PRO's β ablation: is PRO at n = 4 learning the ranking or doing SFT on the top-1?
+#
+# PRO at the equal-budget cells with `sft_weight` 0 (the ranking term alone), one value between and the paper's
+# 0.05 (β = `sft_weight`·(n − 1)², 0.45 at n = 4), beside SFT on the same prompts. Runs of one seed share
+# the prompts, their order and the initial weights, so the contrasts are paired by seed. If the paper's β
+# scores like SFT and unlike β = 0, and its ranking term carries little of the gradient, PRO at that n is
+# SFT on the top-1 response in practice.
+
+# %%
+beta = summary.beta_ablation_summary(pipeline.results_dir(R), results, R.grid.equal_budgets)
+if beta is None:
+    print("no β ablation in this recipe (grid.beta_ablation is empty)")
+else:
+    arms = pd.DataFrame([{"cell": key, "arm": arm} | a for key, cell in beta["cells"].items()
+                         for arm, a in cell["arms"].items()])
+    print(arms.round(3).to_string(index=False))
+    for key, cell in beta["cells"].items():
+        for name, c in cell["contrasts"].items():
+            print(f"{key}: sft_weight {name}: {c['estimate']:+.2f} (95% CI {c['ci_lo']:+.2f} to {c['ci_hi']:+.2f}, "
+                  f"MDE {c['mde']:.2f}, {c['test']})")
+
+# %%
+if beta is not None:
+    fig = plots.plot_beta_ablation(beta)
+    plots.save_figure(fig, "beta_ablation", pipeline.figures_dir(R))

@@ -30,8 +30,8 @@
 #
 # One scale throughout: reward ×100 (100 · mean sigmoid of the RM_test logit), so slopes are in reward
 # points per unit of d and MSEs in points²; the paper's printed MSEs (0–1 scale) are multiplied by 10⁴.
-# Our lines are fitted on every run (4 sizes × 3 seeds = 12 points a line, 10 residual dof), not on the
-# 4 seed means (2 dof).
+# Our lines are fitted on every run (every size × its seeds: the verdict cells carry more seeds than the
+# others), not on the per-size seed means.
 
 # %% tags=["parameters"]
 recipe = "cpu"

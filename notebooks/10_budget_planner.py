@@ -59,7 +59,8 @@ except (DataError, FileNotFoundError) as err:   # smoke: one seed, two sizes -> 
     study_fit = None
     print(f"no study fit for recipe {R.name}: {err}")
 if study_fit is not None:
-    study_plan = bp.plan(prompts, budget, study_fit, tokenizer, seed=seed, tokenizer_name=study_fit.tokenizer)
+    study_plan = bp.plan(prompts, budget, study_fit, tokenizer, lengths=study_fit.lengths, seed=seed,
+                         tokenizer_name=study_fit.tokenizer)
     print(bp.format_plan(study_plan))
 
 # %% [markdown]
@@ -88,7 +89,7 @@ print(bp.format_plan(paper_plan))
 fit_for_chart = study_fit if study_fit is not None else paper_fit
 label = f"{R.name} study fit" if study_fit is not None else "paper fit (tokenizer mismatch)"
 budgets = bp.default_budgets(len(prompts))
-table = bp.crossover_table(prompts, fit_for_chart, tokenizer, budgets, seed=seed)
+table = bp.crossover_table(prompts, fit_for_chart, tokenizer, budgets, lengths=fit_for_chart.lengths, seed=seed)
 switches = bp.crossovers(table)
 fig = plots.plot_budget_crossover(table, switches, title=f"{label}, HH-RLHF {pool_subset} pool")
 plots.save_figure(fig, "budget_crossover", pipeline.figures_dir(R))

@@ -3,6 +3,7 @@ others are kept, the results table rebuilt atomically; the submitit executor run
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import nbformat
 import pandas as pd
@@ -62,17 +63,57 @@ def fixed_keys(monkeypatch):
     return keys
 
 
-SMALL = {"train.algos": "[sft, pro]", "train.seeds": "[1]", "data.sizes": "[24, 48]", "data.ranking_lengths": "[2, 4]"}
+SMALL = {"train.algos": "[sft, pro]", "train.seeds": "[1]", "data.sizes": "[24, 48]", "data.ranking_lengths": "[2, 4]",
+         "grid.verdict_seeds": "[]", "grid.beta_ablation": "[]"}
 
 
 def test_expand_grid_is_the_full_product_in_a_stable_order():
-    recipe = load_recipe("cpu")
+    recipe = load_recipe("cpu", {"grid.verdict_seeds": "[]"})
     cells = grid_runner.expand_grid(recipe)
     t, d = recipe.train, recipe.data
     assert len(cells) == len(t.algos) * len(t.seeds) * len(d.sizes) * len(d.ranking_lengths)
     assert len({c.cell_id(recipe, KEYS) for c in cells}) == len(cells)
-    assert cells == grid_runner.expand_grid(load_recipe("cpu"))
+    assert cells == grid_runner.expand_grid(load_recipe("cpu", {"grid.verdict_seeds": "[]"}))
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)          # one seed of every cell first
+
+
+def test_verdict_cells_get_the_extra_seeds_and_only_they():
+    recipe = load_recipe("cpu", {"data.sizes": "[12, 60, 80, 120, 240]", "grid.equal_budgets": "[240]",
+                                 "grid.contrast_sizes": "[60]", "train.seeds": "[1, 2]",
+                                 "grid.verdict_seeds": "[2, 3, 4]"})
+    cells = grid_runner.expand_grid(recipe)
+    per_cell = Counter((c.algo, c.ranking_len, c.n_prompts) for c in cells)
+    verdict = {(2, 120), (3, 80), (4, 60), (2, 60)}
+    assert set(grid_runner.verdict_cells(recipe)) == verdict
+    for (algo, n, k), count in per_cell.items():
+        assert count == (4 if (n, k) in verdict else 2), (algo, n, k, count)   # seed 2 is not added twice
+    assert len(per_cell) == 2 * 3 * 5
+    assert len({c.cell_id(recipe, KEYS) for c in cells}) == len(cells)
+    with pytest.raises(ValueError, match="not in data.sizes"):
+        grid_runner.expand_grid(load_recipe("cpu", {"grid.contrast_sizes": "[30]", "grid.verdict_seeds": "[9]"}))
+
+
+def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():
+    recipe = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",
+                                 "train.sft_weight": 0.05})
+    cells = grid_runner.expand_ablation(recipe)
+    assert {c.sft_weight for c in cells} == {0.0, 0.01}                     # the recipe's own β is the grid
+    assert {(c.ranking_len, c.n_prompts) for c in cells} == {(2, 120), (3, 80), (4, 60)}
+    assert all(c.algo == "pro" and c.seed == 7 for c in cells)
+    params = cells[0].parameters("cpu", {"eval.bootstrap": 10})
+    assert json.loads(params["overrides"]) == {"eval.bootstrap": 10, "train.sft_weight": cells[0].sft_weight}
+    base = grid_runner.GridCell("pro", cells[0].ranking_len, cells[0].n_prompts, 7)
+    assert base.cell_id(recipe, KEYS) != cells[0].cell_id(recipe, KEYS)
+    # the key a β cell's row must carry is the recipe key of its own (overridden) recipe
+    from divscale import pipeline
+    from divscale.config import config_hash
+
+    other = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",
+                                "train.sft_weight": cells[0].sft_weight})
+    sections = {k: v for k, v in other.to_dict().items() if k in pipeline.RUN_SECTIONS}
+    keys = grid_runner.ablation_keys(recipe, cells[0].sft_weight, dict(KEYS))
+    assert keys["key_recipe"] == config_hash(sections, length=12)
+    assert {k: v for k, v in keys.items() if k != "key_recipe"} == {k: v for k, v in KEYS.items() if k != "key_recipe"}
 
 
 def test_cell_id_changes_with_the_recipe():
@@ -115,7 +156,7 @@ def test_cli_lists_cells(capsys):
 
     assert cli.main(["grid", "--recipe", "smoke", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(grid_runner.expand_grid(load_recipe("smoke")))
+    assert len(lines) == len(grid_runner.all_cells(load_recipe("smoke")))
 
 
 def test_cell_id_changes_with_every_key_component():

@@ -40,11 +40,17 @@ def test_smoke_profile_executes_every_notebook_and_draws_every_figure():
     assert all(grid_runner.cell_result_path(recipe, c).exists() for c in cells)
     table = (paths.RESULTS_DIR / "smoke" / "runs.csv").read_text().splitlines()
     assert len(table) == 1 + len(cells)
+    ablation = grid_runner.expand_ablation(recipe)          # β cells: their own table, keyed by their own recipe
+    assert ablation and all(grid_runner.cell_status(recipe, c, grid_runner.cell_keys(recipe)) == "done"
+                            for c in ablation)
+    beta = (paths.RESULTS_DIR / "smoke" / grid_runner.BETA_TABLE).read_text().splitlines()
+    assert len(beta) == 1 + len(ablation)
     for name in ("05_allocation", "06_diversity_regression", "07_augmentation", "08_selection", "09_listwise",
                  "10_budget_planner"):
         notebooks.run_notebook(name, "smoke")
     for fig in ("diversity_by_size", "reward_models", "allocation_pro", "allocation_sft", "reward_vs_diversity_pro",
-                "exponent_fit", "paper_refit_pro", "augmentation", "selection", "listwise", "budget_crossover"):
+                "exponent_fit", "paper_refit_pro", "augmentation", "selection", "listwise", "budget_crossover",
+                "variance_short_answers", "beta_ablation"):
         for ext in ("png", "pdf"):
             path = figures / f"{fig}.{ext}"
             assert path.exists() and path.stat().st_size > 2000, path

@@ -123,3 +123,31 @@ def test_regression_sentences_cite_each_algorithms_own_paper_mse():
     assert "2.6e-05 vs 1.2e-04" in mse_lines["PRO"]
     assert "9.3e-06" in mse_lines["SFT"] and "2.6e-05" not in mse_lines["SFT"] and "1.2e-04" not in mse_lines["SFT"]
     assert "paper" not in mse_lines["DPO"]
+
+
+def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
+    """best-dev (the paper's rule) hands RM_train and the dev prompts to the run; last hands neither, so the
+    run keeps its last step; anything else is refused with the choices named."""
+    import divscale.models
+    import divscale.train
+
+    seen = {}
+
+    def fake_train_run(R, algo, n, k, seed, **kw):
+        seen.update(kw)
+        return "run"
+
+    monkeypatch.setattr(divscale.train, "train_run", fake_train_run)
+    monkeypatch.setattr(divscale.models, "load_policy", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["x"])
+    monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "pol")
+    monkeypatch.setattr(pipeline, "reward_models", lambda R: ("rm_train", "rm_test"))
+    monkeypatch.setattr(pipeline, "dev_prompts", lambda R: ["dev prompt"])
+    rankings = [Ranking(id="a", prompt="p", responses=["x", "y"], rewards=[1.0, 0.0], sources=["h", "h"])]
+    pipeline.train_cell(load_recipe("smoke", {"train.checkpoint": "best-dev"}), "sft", 2, 1, 1, rankings=rankings)
+    assert seen["rm_train"] == "rm_train" and seen["dev_prompts"] == ["dev prompt"]
+    pipeline.train_cell(load_recipe("smoke", {"train.checkpoint": "last"}), "sft", 2, 1, 1, rankings=rankings)
+    assert seen["rm_train"] is None and seen["dev_prompts"] is None
+    with pytest.raises(ValueError, match="best-dev"):
+        pipeline.train_cell(load_recipe("smoke", {"train.checkpoint": "best"}), "sft", 2, 1, 1, rankings=rankings)
+    assert load_recipe("cpu").train.checkpoint == "last" and load_recipe("paper-opt-1.3b").train.checkpoint == "best-dev"

@@ -155,3 +155,34 @@ def test_save_figure_is_atomic_and_stable(tmp_path, monkeypatch):
     assert (tmp_path / "line.png").read_bytes() == first[0]
     assert sorted(os.listdir(tmp_path)) == ["line.pdf", "line.png"]
     matplotlib.pyplot.close(fig)
+
+
+def _png(paths_):
+    png = next(p for p in paths_ if p.suffix == ".png")
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+    return png
+
+
+def test_short_answers_scatter_names_the_within_cell_correlation(tmp_path, results):
+    df = results.copy()
+    rng = np.random.default_rng(1)
+    df["short_answer_share"] = rng.uniform(0, 1, len(df))
+    fig = plots.plot_short_answers(df)
+    r = analysis.variance_sources(df)["pro"]["short_answer_r"]
+    assert fig.axes[0].get_title() == f"PRO: {len(df[df.algo == 'pro'])} runs, within-cell r = {r:+.2f}"
+    _png(plots.save_figure(fig, "short", tmp_path))
+
+
+def test_beta_ablation_figure_draws_every_arm_and_share(tmp_path):
+    cell = lambda n, k: {"n": n, "n_prompts": k, "budget": 240, "contrasts": {}, "arms": {
+        "0": {"mean": 20.0, "ci_lo": 15.0, "ci_hi": 25.0, "runs": 2, "grad_share_rank": 1.0, "beta": 0.0},
+        "0.05": {"mean": 22.0, "ci_lo": 18.0, "ci_hi": 26.0, "runs": 6, "grad_share_rank": 0.05, "beta": 0.45},
+        "sft": {"mean": 21.0, "ci_lo": 17.0, "ci_hi": 25.0, "runs": 6}}}
+    beta = {"paper_sft_weight": 0.05, "weights": [0.0, 0.05], "cells": {"240/n2": cell(2, 120), "240/n4": cell(4, 60)}}
+    fig = plots.plot_beta_ablation(beta)
+    left, right = fig.axes[:2]
+    assert len(right.patches) == 4                          # 2 weights x 2 cells (SFT has no gradient share)
+    assert sorted(round(p.get_height()) for p in right.patches) == [5, 5, 100, 100]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["PRO, sft_weight 0", "PRO, sft_weight 0.05 (paper)",
+                                                                        "SFT"]
+    _png(plots.save_figure(fig, "beta", tmp_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_analysis import make_results
@@ -47,7 +48,7 @@ def test_summary_schema_and_values(tmp_path):
     s = json.loads(path.read_text())
     assert {"schema", "recipe", "inputs", "missing", "runs", "initial_policy", "reward_models", "contrasts",
             "paper", "regression", "exponent", "diversity", "verdicts"} <= set(s)
-    assert s["missing"] == [] and set(s["inputs"]) == {"runs.csv", "augmentation.csv", "selection.csv",
+    assert s["missing"] == [summary.COLD_RUN] and set(s["inputs"]) == {"runs.csv", "augmentation.csv", "selection.csv",
                                                         "initial_policy.json", "reports/reward_models.csv"}
     assert s["initial_policy"] == {"reward_global": 13.9, "ci_lo": 13.2, "ci_hi": 14.7,
                                    "ci_method": s["initial_policy"]["ci_method"]}
@@ -83,7 +84,8 @@ def test_summary_tolerates_missing_notebook_files_and_extra_columns(tmp_path):
     analysis.write_results(out / "runs.csv", runs)
     s = summary.build_summary("toy", out, budgets=[240])
     assert s["initial_policy"] is None and s["reward_models"] is None
-    assert set(s["missing"]) == {"augmentation.csv", "selection.csv", "initial_policy.json", "reports/reward_models.csv"}
+    assert set(s["missing"]) == {"augmentation.csv", "selection.csv", "initial_policy.json", "reports/reward_models.csv",
+                                 summary.COLD_RUN}
     assert "not generated yet" in summary.render_readme_block(s)
 
 
@@ -135,3 +137,95 @@ def test_committed_readme_agrees_with_committed_summary(recipe):
         f"README results block disagrees with results/{recipe}/summary.json: run divscale summarize --readme"
     assert summary.build_summary(recipe) == stored, \
         f"results/{recipe}/summary.json is stale: run divscale summarize --recipe {recipe}"
+
+
+def test_fine_tuned_vs_initial_is_a_one_sample_t_over_runs():
+    runs = make_results(sizes=(60, 120), seeds=(1, 2, 3), noise=2.0)
+    got = summary.fine_tuned_vs_initial(runs, {"reward_global": 41.0})
+    for algo, g in runs.groupby("algo"):
+        diff = g["reward_global"] - 41.0
+        half = analysis.stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+        c = got[algo]
+        assert c["estimate"] == pytest.approx(diff.mean()) and c["n_a"] == len(g)
+        assert (c["ci_lo"], c["ci_hi"]) == pytest.approx((diff.mean() - half, diff.mean() + half))
+        assert c["direction"] == ("above the initial policy" if diff.mean() > 0 else "below the initial policy")
+    # a reference far above every run: the CI lies below 0
+    low = summary.fine_tuned_vs_initial(runs, {"reward_global": 99.0})["pro"]
+    assert low["ci_hi"] < 0 and low["status"] == "does not hold"
+    assert summary.fine_tuned_vs_initial(runs, None) is None
+
+
+def test_variance_sources_separates_evaluation_from_seed_noise_and_finds_the_short_answer_trait():
+    rng = np.random.default_rng(0)
+    runs = make_results(sizes=(60, 120), seeds=tuple(range(8)), noise=0.0)
+    share = rng.uniform(0, 1, len(runs))
+    runs["short_answer_share"] = share
+    runs["reward_global"] += 20 * share                    # the seed spread is all short answers
+    runs["reward_global_lo"], runs["reward_global_hi"] = runs["reward_global"] - 0.98, runs["reward_global"] + 0.98
+    v = analysis.variance_sources(runs)
+    for algo in ("pro", "sft"):
+        assert v[algo]["eval_se"] == pytest.approx(0.5, rel=1e-3)            # width 1.96 -> SE 0.5
+        assert v[algo]["seed_sd"] > 4
+        assert v[algo]["short_answer_r"] == pytest.approx(1.0) and v[algo]["short_answer_r2"] == pytest.approx(1.0)
+    runs["reward_global"] = runs["reward_global"] - 20 * share + rng.normal(0, 5, len(runs))   # unrelated now
+    assert abs(analysis.variance_sources(runs)["pro"]["short_answer_r"]) < 0.4
+
+
+def test_beta_ablation_summary_pairs_by_seed_and_reads_the_gradient_share(tmp_path):
+    runs = make_results(sizes=(60, 80, 120), seeds=(1, 2, 3), noise=0.5).assign(sft_weight=0.05,
+                                                                                 grad_share_rank=0.1)
+    beta = make_results(sizes=(60, 80, 120), seeds=(1, 2, 3), algos=("pro",), noise=0.5, rng=3)
+    beta = beta[beta["n_prompts"] * beta["ranking_len"] == 240].assign(sft_weight=0.0, grad_share_rank=1.0)
+    beta["reward_global"] -= 5.0
+    beta.to_csv(tmp_path / "beta_ablation.csv", index=False)
+    got = summary.beta_ablation_summary(tmp_path, runs, [240])
+    assert got["paper_sft_weight"] == 0.05 and got["weights"] == [0.0, 0.05]
+    cell = got["cells"]["240/n4"]
+    assert (cell["n"], cell["n_prompts"]) == (4, 60)
+    assert cell["arms"]["0"]["grad_share_rank"] == 1.0 and cell["arms"]["0.05"]["beta"] == pytest.approx(0.45)
+    assert set(cell["arms"]) == {"0", "0.05", "sft"}
+    c = cell["contrasts"]["0.05 - 0"]
+    assert c["test"].startswith("paired t by seed") and c["estimate"] == pytest.approx(5.0, abs=1.5)
+    assert "0.05 - sft" in cell["contrasts"]
+    assert summary.beta_ablation_summary(tmp_path / "none", runs, [240]) is None
+
+
+def test_summary_reports_design_mdes_and_resolution_lines(tmp_path):
+    out = _study(tmp_path)
+    s = summary.build_summary("toy", out, budgets=[240])
+    assert s["design"]["size_ratio"] == pytest.approx(4.0) and s["design"]["seeds_per_cell_min"] == 3
+    assert set(s["mde_reached"]) == {cid for cid, c in s["contrasts"].items()
+                                     if c.get("family") in ("equal_budget", "same_prompts")}
+    assert s["fine_tuned_vs_initial"]["pro"]["estimate"] > 0
+    lines = "\n".join(summary.resolution_lines(s))
+    assert "Minimum detectable" in lines and "Does fine-tuning help?" in lines and "Design:" in lines
+    assert "β" not in lines                                  # no ablation table in this study
+
+
+GNU_TIME = """\tCommand being timed: "make figures"
+\tUser time (seconds): 5400.50
+\tSystem time (seconds): 120.25
+\tPercent of CPU this job got: 170%
+\tElapsed (wall clock) time (h:mm:ss or m:ss): 0:54:03.10
+\tMaximum resident set size (kbytes): 3145728
+\tExit status: 0
+"""
+
+
+def test_cold_run_report_is_parsed_recorded_and_rendered(tmp_path):
+    report = tmp_path / "time.txt"
+    report.write_text(GNU_TIME)
+    out = _study(tmp_path)
+    path = summary.write_cold_run("toy", report, "after make setup", out)
+    got = json.loads(path.read_text())
+    assert got["wall_s"] == pytest.approx(54 * 60 + 3.1) and got["user_s"] == pytest.approx(5400.5)
+    assert got["command"] == "make figures" and got["note"] == "after make setup"
+    s = summary.build_summary("toy", out, budgets=[240])
+    assert s["cold_run"]["wall_s"] == pytest.approx(3243.1) and summary.COLD_RUN in s["inputs"]
+    assert any("54.1 min wall" in line for line in summary.resolution_lines(s))
+    report.write_text(GNU_TIME.replace("Exit status: 0", "Exit status: 2"))
+    with pytest.raises(Exception, match="status 2"):
+        summary.write_cold_run("toy", report, "", out)
+    report.write_text("real 1m\n")
+    with pytest.raises(Exception, match="GNU"):
+        summary.write_cold_run("toy", report, "", out)
