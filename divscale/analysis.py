@@ -607,6 +607,47 @@ def model_contrast(df: pd.DataFrame, a: tuple[int, int], b: tuple[int, int], y: 
                                  f"cells; t-test of the contrast with the pooled residual variance")
 
 
+def seed_blocked_contrast(df: pd.DataFrame, a: tuple[int, int], b: tuple[int, int], y: str = "reward_global",
+                          confidence: float = 0.95) -> dict:
+    """Cell a minus cell b in OLS ``y ~ C(cell) + C(seed)``: the seeds as blocks.
+
+    Every run of a seed starts from the same initial weights and draws its data order from the same seeded
+    generator, whatever its cell; where that makes a seed's runs score alike across cells (a shared "good" or
+    "bad" seed), the seed blocks take that out of the residual variance. Valid because the verdict cells are
+    crossed with the same seeds (a randomised block design); where seeds have no common effect it only costs
+    their degrees of freedom. Reported beside the unblocked OLS contrast, never instead of it; the F-test of the
+    seed blocks is in ``seed_block_p``."""
+    import warnings
+
+    import statsmodels.formula.api as smf
+
+    _one_setting(df, "seed_blocked_contrast")
+    data = df.dropna(subset=[y]).copy()
+    data["cell"] = [f"n{n}_k{k}" for n, k in zip(data["ranking_len"], data["n_prompts"])]
+    data["_y"], data["_seed"] = data[y].astype(float), data["seed"].astype(str)
+    la, lb = f"n{a[0]}_k{a[1]}", f"n{b[0]}_k{b[1]}"
+    for lab in (la, lb):
+        if lab not in set(data["cell"]):
+            raise ValueError(f"seed_blocked_contrast: no runs in cell {lab}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = smf.ols("_y ~ C(cell) + C(_seed) - 1", data=data).fit()
+        names = list(res.params.index)
+        vec = np.zeros(len(names))
+        vec[names.index(f"C(cell)[{la}]")], vec[names.index(f"C(cell)[{lb}]")] = 1.0, -1.0
+        t = res.t_test(vec)
+        seeds = [n for n in names if n.startswith("C(_seed)")]
+        p_block = (float(res.f_test(np.eye(len(names))[[names.index(n) for n in seeds]]).pvalue)
+                   if seeds and res.df_resid > 0 else math.nan)
+    est, se, dfr = float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(res.df_resid)
+    n_a, n_b = int((data["cell"] == la).sum()), int((data["cell"] == lb).sum())
+    if dfr <= 0:
+        return _contrast(est, math.nan, math.nan, "OLS cell means + seed blocks (no residual df: no CI)", n_a, n_b,
+                         confidence)
+    return _contrast(est, se, dfr, f"OLS cell means + seed blocks, df {int(dfr)}", n_a, n_b, confidence,
+                     pooled_sd=float(math.sqrt(res.scale)), seed_block_p=p_block)
+
+
 def pooled_seed_sd(df: pd.DataFrame, y: str = "reward_global") -> float:
     """Seed-to-seed SD pooled over the cells of one algorithm (the residual SD of :func:`cell_model`)."""
     res, _ = cell_model(df, y)

@@ -635,21 +635,24 @@ def plot_short_answers(df: pd.DataFrame, y: str = "reward_global", x: str = "sho
     set_style()
     data = df.dropna(subset=[x, y])
     algos = sorted(data["algo"].unique())
-    fig, axes = plt.subplots(1, max(1, len(algos)), figsize=(4.2 * max(1, len(algos)), 3.6),
-                             sharey=True, squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, max(1, len(algos)), figsize=(4.8 * max(1, len(algos)), 3.8),
+                             sharey=True, sharex=True, squeeze=False, constrained_layout=True)
     sources = analysis.variance_sources(data, y)
+    top = max(5.0, 105 * float(data[x].max())) if len(data) else 100.0
     for ax, algo in zip(axes[0], algos):
         g = data[data["algo"] == algo]
         for n, gn in g.groupby("ranking_len"):
             ax.scatter(100 * gn[x], gn[y], s=16, alpha=0.75, color=LENGTH_COLORS.get(int(n)), label=f"n = {n}")
         r = sources.get(algo, {}).get("short_answer_r", float("nan"))
-        ax.set_title(f"{algo.upper()}: {len(g)} runs, within-cell r = {r:+.2f}")
-        ax.set_xlabel("answers of ≤ 10 characters (% of test prompts)")
-        ax.set_xlim(-2, 102)
+        ax.set_title(f"{algo.upper()}: {len(g)} runs, " + (f"within-cell r = {r:+.2f}" if np.isfinite(r)
+                                                           else "within-cell r not measurable"))
+        ax.set_xlabel("answers ≤ 10 characters (%)")
+        ax.set_xlim(-1, min(101.0, top))
     axes[0][0].set_ylabel("test reward (RM_test, ×100)")
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _caption(fig, "Each dot is one fine-tuned run of the grid. r: correlation of reward and short-answer share "
-                  "after subtracting each cell's mean (cells with ≥ 2 seeds).")
+    _caption(fig, "Each dot is one fine-tuned run of the grid; x: the share of its test answers of at most 10 "
+                  "characters. r: correlation of reward and that share after subtracting each cell's mean (cells "
+                  "with ≥ 2 seeds).")
     return fig
 
 
@@ -680,7 +683,7 @@ def plot_beta_ablation(beta: dict) -> plt.Figure:
     for a_ in (ax, ax2):
         a_.set_xticks(range(len(cells)), labels)
     ax.set_ylabel("test reward (RM_test, ×100)")
-    ax.set_title("Test reward: mean of seeds, 95% t interval")
+    ax.set_title("Test reward: mean of seeds, 95% interval (logit scale)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=2)
     ax2.set_ylabel("ranking term's share of gradient norm (%)")
     ax2.set_ylim(0, 105)

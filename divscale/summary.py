@@ -36,7 +36,7 @@ Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
     cold_run        wall_s, user_s, system_s, cores, cpu_utilisation, note of a timed cold run (or null)
     mde_reached     {contrast id: MDE} of the equal-budget and same-prompts contrasts
     beta_ablation   PRO's sft_weight ablation at the equal-budget cells (beta_ablation.csv, optional): per cell
-                    mean / CI / gradient share of the ranking term per weight, SFT beside, paired contrasts
+                    mean / bounded CI / gradient share of the ranking term per weight, SFT beside, paired contrasts
     verdicts        sentences (what the notebooks print and the README renders)
 
 ``divscale summarize --recipe R --readme`` also re-renders the README block between
@@ -191,10 +191,13 @@ def _contrasts(runs: pd.DataFrame, budgets, augmentation: pd.DataFrame | None,
                     continue
                 w = welch[f"contrast_{n}_vs_2"]
                 p = paper[(paper["algo"] == algo) & (paper["budget_group"] == 6000)].set_index("ranking_len")["reward"]
+                blocked = analysis.seed_blocked_contrast(g, (n, budget // n), (2, budget // 2))
                 out[f"equal_budget/{algo}/{budget}/n{n}-n2"] = c | {
                     "algo": algo, "family": "equal_budget",
                     "paper": float(p[n] - p[2]) if {n, 2} <= set(p.index) else None,
-                    "welch": {k: w[k] for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test")}}
+                    "welch": {k: w[k] for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test")},
+                    "seed_blocked": {k: blocked.get(k) for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test",
+                                                                 "seed_block_p")}}
         for k in sorted(g["n_prompts"].unique()):
             have = set(g[g["n_prompts"] == k]["ranking_len"])
             if {2, 4} <= have:
@@ -362,8 +365,15 @@ def _design(recipe: str, runs: pd.DataFrame) -> dict:
 
 
 def _mde_reached(contrasts: dict) -> dict:
-    """The MDE of each verdict contrast (equal budget n=4/3 − n=2, same prompts n=4 − n=2), by id."""
-    return {cid: c.get("mde") for cid, c in contrasts.items() if c.get("family") in ("equal_budget", "same_prompts")}
+    """The MDE of each verdict contrast (equal budget n=4/3 − n=2, same prompts n=4 − n=2), by id; the equal-budget
+    ones also with seed blocks (``<id> seed-blocked``)."""
+    out = {}
+    for cid, c in contrasts.items():
+        if c.get("family") in ("equal_budget", "same_prompts"):
+            out[cid] = c.get("mde")
+            if c.get("seed_blocked"):
+                out[f"{cid} seed-blocked"] = c["seed_blocked"].get("mde")
+    return out
 
 
 def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | None:
@@ -390,23 +400,29 @@ def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | N
                 continue
             arms = {}
             for w, g in cell.groupby("sft_weight"):
-                mean, lo, hi = analysis.t_interval(g["reward_global"])
+                mean, lo, hi = analysis.bounded_interval(g["reward_global"])      # inside [0, 100]
                 share = g["grad_share_rank"].mean() if "grad_share_rank" in g else math.nan
                 arms[f"{float(w):g}"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(g),
                                          "grad_share_rank": share, "beta": float(w) * (n - 1) ** 2}
             if not sft.empty:
-                mean, lo, hi = analysis.t_interval(sft["reward_global"])
+                mean, lo, hi = analysis.bounded_interval(sft["reward_global"])
                 arms["sft"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(sft)}
             entry = {"n": n, "n_prompts": k, "budget": budget, "arms": arms, "contrasts": {}}
             paper_runs = cell[cell["sft_weight"] == paper_w]
             for w, g in cell.groupby("sft_weight"):
                 if float(w) != paper_w and not paper_runs.empty:
-                    entry["contrasts"][f"{paper_w:g} - {float(w):g}"] = analysis.paired_contrast(
-                        paper_runs, g, "reward_global")
+                    c = analysis.paired_contrast(paper_runs, g, "reward_global")
+                    entry["contrasts"][f"{paper_w:g} - {float(w):g}"] = c | {"direction": _above(c, "the paper's β")}
             if not sft.empty and not paper_runs.empty:
-                entry["contrasts"][f"{paper_w:g} - sft"] = analysis.paired_contrast(paper_runs, sft, "reward_global")
+                c = analysis.paired_contrast(paper_runs, sft, "reward_global")
+                entry["contrasts"][f"{paper_w:g} - sft"] = c | {"direction": _above(c, "PRO with the paper's β")}
             out["cells"][f"{budget}/n{n}"] = entry
     return out
+
+
+def _above(c: dict, what: str) -> str:
+    """A direction for contrasts the paper makes no claim about."""
+    return f"{what} {'above' if c['estimate'] > 0 else 'below' if c['estimate'] < 0 else 'level'}"
 
 
 def _nan(c: dict) -> dict:
@@ -610,7 +626,7 @@ def resolution_lines(s: dict) -> list[str]:
     d = s.get("design")
     if d:
         out.append(f"- Design: {d['cells']} cells over {d['sizes'][0]}–{d['sizes'][-1]} prompts "
-                   f"({d['size_ratio']:.0f}×), {d['seeds_per_cell_min']} seeds a cell and "
+                   f"({d['size_ratio']:.0f}×), {d['seeds_per_cell_min']} seed{'s' if d['seeds_per_cell_min'] != 1 else ''} a cell and "
                    f"{d['seeds_per_cell_max']} on the verdict cells ({', '.join(d['verdict_cells'])}); "
                    + (f"{d['max_steps']} steps × {d['prompts_per_step']} prompts pass over the largest subset "
                       f"{d['passes_over_largest']:.1f}×; checkpoint: {d['checkpoint']}." if "max_steps" in d else ""))
@@ -625,8 +641,9 @@ def resolution_lines(s: dict) -> list[str]:
     m = s.get("mde_reached") or {}
     if m:
         parts = [f"{cid.replace('equal_budget/', 'equal budget ').replace('same_prompts/', 'same prompts ')} "
-                 f"{_f(val)}" for cid, val in m.items() if cid.endswith("n4-n2")]
-        best = min((val for cid, val in m.items() if val is not None and cid.endswith("n4-n2")), default=math.nan)
+                 f"{_f(val)}" for cid, val in m.items()
+                 if val is not None and (cid.endswith("n4-n2") or cid.endswith("n4-n2 seed-blocked"))]
+        best = min((val for cid, val in m.items() if val is not None and "n4-n2" in cid), default=math.nan)
         verdict = ("so an effect of the paper's size cannot be resolved here" if best > hi else
                    "so effects of the paper's size are within reach" if best <= lo else
                    "so only the largest of the paper's effects could be seen")
@@ -638,7 +655,7 @@ def resolution_lines(s: dict) -> list[str]:
             f"{a.upper()} {_ci(c)}" for a, c in f.items()) + ".")
     cr = s.get("cold_run")
     if cr:
-        out.append(f"- A cold `make figures` (fresh clone, empty caches; {cr.get('note') or 'one uninterrupted run'}) "
+        out.append(f"- A cold `make figures` ({cr.get('note') or 'fresh clone, empty caches, one uninterrupted run'}) "
                    f"took {cr['wall_s'] / 60:.1f} min wall on {cr['cores']} cores, {(cr['user_s'] + cr['system_s']) / 60:.1f} "
                    f"CPU-min ({100 * cr['cpu_utilisation'] / cr['cores']:.0f}% of the cores), measured with "
                    "`/usr/bin/time -v`.")
@@ -654,7 +671,7 @@ def resolution_lines(s: dict) -> list[str]:
                 txt += f", SFT {arms['sft']['mean']:.1f}"
             con = "; ".join(f"{name}: {_ci(c)}" for name, c in cell["contrasts"].items())
             out.append(f"- PRO's β at n = 4, {cell['n_prompts']} prompts (mean reward of seeds): {txt}. Paired by "
-                       f"seed: {con}.")
+                       f"seed (sft_weight a − b): {con}.")
     return out
 
 

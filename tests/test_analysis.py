@@ -470,3 +470,24 @@ def test_results_frame_from_cell_dicts():
     assert list(analysis.results_frame([]).columns) == analysis.RESULT_COLUMNS
     with pytest.raises(DataError, match=r"cells\[0\]: the row has no 'seed'"):
         analysis.results_frame([{k: v for k, v in row.items() if k != "seed"}], source="cells")
+
+
+def test_seed_blocked_contrast_removes_a_shared_seed_effect_and_costs_little_without_one():
+    rng = np.random.default_rng(4)
+    rows = []
+    seed_effect = {s: rng.normal(0, 6) for s in range(6)}
+    for n, k in ((2, 120), (3, 80), (4, 60)):
+        for s in range(6):
+            rows.append({"algo": "pro", "recipe": "t", "ranking_len": n, "n_prompts": k, "seed": s,
+                         "reward_global": 20 + (n - 2) + seed_effect[s] + rng.normal(0, 1)})
+    df = pd.DataFrame(rows)
+    plain = analysis.model_contrast(df, (4, 60), (2, 120))
+    blocked = analysis.seed_blocked_contrast(df, (4, 60), (2, 120))
+    assert blocked["mde"] < plain["mde"] / 2 and blocked["seed_block_p"] < 0.01
+    assert blocked["estimate"] == pytest.approx(plain["estimate"])            # balanced: same point estimate
+    assert blocked["ci_lo"] < 2 < blocked["ci_hi"]
+    df["reward_global"] = 20 + (df["ranking_len"] - 2) + rng.normal(0, 1, len(df))   # no seed effect
+    plain, blocked = analysis.model_contrast(df, (4, 60), (2, 120)), analysis.seed_blocked_contrast(df, (4, 60), (2, 120))
+    assert blocked["mde"] < 1.5 * plain["mde"] and blocked["seed_block_p"] > 0.01
+    with pytest.raises(ValueError, match="no runs in cell"):
+        analysis.seed_blocked_contrast(df, (4, 30), (2, 120))

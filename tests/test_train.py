@@ -142,7 +142,7 @@ def test_run_dir_is_atomic_and_skipped_when_done(tmp_path, tiny_gpt, tiny_tokeni
 
     class Look(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            folders = list((tmp_path / "runs" / "train").iterdir())
+            folders = [p for p in (tmp_path / "runs" / "train").iterdir() if p.suffix != ".lock"]
             seen[state.global_step] = sorted(p.name.endswith(".partial") for p in folders)
 
     run_dir = run(tiny_recipe(max_steps=2, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, callbacks=[Look()])
@@ -150,6 +150,7 @@ def test_run_dir_is_atomic_and_skipped_when_done(tmp_path, tiny_gpt, tiny_tokeni
     assert sorted(p.name for p in run_dir.iterdir()) == ["DONE", "best", "config.json", "metrics.jsonl",
                                                          "result.json", "train.log"]
     assert not run_dir.with_name(run_dir.name + ".partial").exists()
+    assert run_dir.with_name(run_dir.name + ".lock").exists()        # the lock two processes share (released)
     stamp = (run_dir / "result.json").stat().st_mtime_ns
     again = run(tiny_recipe(max_steps=2, eval_every=2), tmp_path, tiny_gpt, tiny_tokenizer, callbacks=[MustNotTrain()])
     assert again == run_dir and (run_dir / "result.json").stat().st_mtime_ns == stamp
@@ -163,7 +164,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_gpt, tiny_tokeni
     whole = run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="whole")
     with pytest.raises(KeyboardInterrupt):
         run(recipe, tmp_path, tiny_gpt, tiny_tokenizer, sub="killed", callbacks=[Kill(5)])
-    (partial,) = (tmp_path / "killed" / "train").iterdir()
+    (partial,) = [p for p in (tmp_path / "killed" / "train").iterdir() if p.suffix != ".lock"]
     assert partial.name.endswith(".partial")
     checkpoints = [p.name for p in (partial / "trainer").iterdir() if p.name.startswith("checkpoint")]
     assert max(checkpoints, key=lambda name: int(name.split("-")[1])) == "checkpoint-4"
@@ -307,4 +308,4 @@ def test_two_processes_under_torchrun(tmp_path, tiny_gpt, tiny_tokenizer):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == 4 and result["best_step"] in (2, 4) and set(result["dev_rewards"]) == {"0", "2", "4"}
     assert len([r for r in train.RunLog(run_dir).records() if "dev_reward" in r]) == 3     # written once
-    assert [p.name for p in (tmp_path / "runs" / "train").iterdir()] == [run_dir.name]
+    assert [p.name for p in (tmp_path / "runs" / "train").iterdir() if p.suffix != ".lock"] == [run_dir.name]
