@@ -138,8 +138,7 @@ def cell_status(recipe: Recipe, cell: GridCell, keys: dict) -> str:
     path = cell_result_path(recipe, cell, keys)
     if not path.exists():
         return "todo"
-    expected = keys if cell.sft_weight is None else ablation_keys(recipe, cell.sft_weight, keys)
-    return "stale" if stale_keys(json.loads(path.read_text()), expected) else "done"
+    return "stale" if stale_keys(json.loads(path.read_text()), expected_keys(recipe, cell, keys)) else "done"
 
 
 def execute_cell(recipe_name: str, overrides: dict, cell: GridCell, notebook: Path, result: Path, out: Path) -> Path:
@@ -174,10 +173,10 @@ def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
     dirs = recipe_dirs(recipe)
     from .pipeline import project_relative
 
-    def rows_of(cells, expected):
+    def rows_of(cells, expected, table):
         done = [cell_result_path(recipe, c, keys) for c in cells]
         rows = [json.loads(p.read_text()) for p in done if p.exists()]      # this grid's cells only
-        check_table_keys(rows, f"{dirs['results'] / 'runs.csv'} (from {dirs['cells']})", expected=expected,
+        check_table_keys(rows, f"{dirs['results'] / table} (from {dirs['cells']})", expected=expected,
                          columns=list(expected),
                          fix=f"Run `divscale grid --recipe {recipe.name}`: it redoes stale cells.")
         for row in rows:                   # results tables hold project-relative paths, not machine paths
@@ -187,14 +186,14 @@ def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
         return rows
 
     out = dirs["results"] / "runs.csv"
-    write_results(out, results_frame(rows_of(expand_grid(recipe), keys)))
+    write_results(out, results_frame(rows_of(expand_grid(recipe), keys, "runs.csv")))
     ablation = expand_ablation(recipe)
     if ablation:
         # a β cell's row is keyed by its own recipe (train.sft_weight differs): one key set per β
         rows = []
         for beta in sorted({c.sft_weight for c in ablation}):
             expected = ablation_keys(recipe, beta, keys)
-            rows += rows_of([c for c in ablation if c.sft_weight == beta], expected)
+            rows += rows_of([c for c in ablation if c.sft_weight == beta], expected, BETA_TABLE)
         write_results(dirs["results"] / BETA_TABLE, results_frame(rows))
     return out
 
@@ -204,12 +203,14 @@ BETA_TABLE = "beta_ablation.csv"
 
 def ablation_keys(recipe: Recipe, beta: float, keys: dict) -> dict:
     """The key columns of a β-ablation row: the grid's, with the recipe key of train.sft_weight = β."""
-    from .config import config_hash
-    from .pipeline import RUN_SECTIONS
+    from .pipeline import recipe_key
 
-    other = _with_beta(recipe, beta)
-    sections = {k: v for k, v in other.to_dict().items() if k in RUN_SECTIONS}
-    return keys | {"key_recipe": config_hash(sections, length=12)}
+    return keys | {"key_recipe": recipe_key(_with_beta(recipe, beta))}
+
+
+def expected_keys(recipe: Recipe, cell: GridCell, keys: dict) -> dict:
+    """The key columns ``cell``'s row must carry: ``keys`` for a grid cell, :func:`ablation_keys` for a β cell."""
+    return keys if cell.sft_weight is None else ablation_keys(recipe, cell.sft_weight, keys)
 
 
 def _with_beta(recipe: Recipe, beta: float) -> Recipe:
@@ -291,8 +292,8 @@ def _collect_quietly(recipe: Recipe, keys: dict, summary: dict) -> None:
     except StaleResultsError:
         for cell in all_cells(recipe):
             path = cell_result_path(recipe, cell, keys)
-            expected = keys if cell.sft_weight is None else ablation_keys(recipe, cell.sft_weight, keys)
-            why = stale_keys(json.loads(path.read_text()), expected) if path.exists() else []
+            row = json.loads(path.read_text()) if path.exists() else None
+            why = stale_keys(row, expected_keys(recipe, cell, keys)) if row is not None else []
             if why:
                 path.unlink()
                 summary["failed"].append((cell, "its row was made from other inputs than the grid's: "

@@ -337,8 +337,7 @@ def table_keys(R: Recipe) -> dict:
 
     def build():
         rm_train, rm_test = reward_models(R)
-        sections = {k: v for k, v in R.to_dict().items() if k in RUN_SECTIONS}
-        return {"key_recipe": config_hash(sections, length=12),
+        return {"key_recipe": recipe_key(R),
                 "key_rm_train": getattr(rm_train, "fingerprint", None) or type(rm_train).__name__,
                 "key_rm_test": getattr(rm_test, "fingerprint", None) or type(rm_test).__name__,
                 "key_policy": policy_fingerprint(R),
@@ -351,6 +350,11 @@ def table_keys(R: Recipe) -> dict:
 
 # The recipe sections a run's row depends on (not the grid's enumeration, nor augmentation / selection).
 RUN_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")
+
+
+def recipe_key(R: Recipe) -> str:
+    """``key_recipe``: the hash of the recipe sections a run reads (:data:`RUN_SECTIONS`)."""
+    return config_hash({k: v for k, v in R.to_dict().items() if k in RUN_SECTIONS}, length=12)
 
 
 def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
