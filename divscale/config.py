@@ -157,7 +157,8 @@ class DiversityConfig:
 class AugmentConfig:
     seed_size: int = 1500                # the seed set S: the first seed_size prompts of the grid order
     add: int = 1500                      # K prompts to add
-    candidate_pool: int = 6000           # U: pool prompts outside the grid drawn as candidates (seeded order)
+    candidate_pool: int = 6000           # U: the next pool prompts of the grid's seeded order after the seed set
+                                         # (the grid's own prompts first: already ranked, no new generation)
     ranking_len: int = 2                 # n of the training rankings in the augmentation experiment
     candidates_per_round: int = 50       # m
     jaccard_tau: float = 0.5
@@ -173,7 +174,8 @@ class AugmentConfig:
 @dataclass
 class SelectConfig:
     budget: int = 1500                   # prompts selected (annotation budget = budget x ranking_len)
-    candidate_pool: int = 6000           # pool prompts outside the grid that every selector chooses from
+    candidate_pool: int = 6000           # the first pool prompts of the grid's seeded order, which every selector
+                                         # chooses from (the grid's own prompts first: already ranked)
     ranking_len: int = 2                 # n of the training rankings of the selected prompts
     algos: list[str] = field(default_factory=lambda: ["pro"])
     tau: float = 0.9                     # Deita: max cosine *similarity* to kept samples

@@ -287,7 +287,7 @@ def rankings_from_pairs(dataset) -> list[Ranking]:
     return [Ranking(id=f"{row['subset']}:{row['line']}", prompt=row["prompt"],
                     responses=[row["chosen"], row["rejected"]], rewards=[None, None],
                     sources=["human-chosen", "human-rejected"], subset=row["subset"])
-            for row in dataset]
+            for row in (dataset.to_list() if hasattr(dataset, "to_list") else dataset)]   # Arrow -> rows at once
 
 
 # --------------------------------------------------------------------------------------------------

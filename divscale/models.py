@@ -524,20 +524,27 @@ def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: b
         raise ValueError("load_policy: the tiny-gpt policy needs texts (pool dialogues) to train its tokenizer")
     folder = policy_cache_path(policy_cfg, texts)
     if not (folder / "model.safetensors").exists():
-        tokenizer = train_bpe_tokenizer(texts, policy_cfg.vocab_size)
-        model = build_tiny_gpt(policy_cfg, tokenizer)
-        losses = warm_up(model, tokenizer, texts, policy_cfg.warmup_steps, policy_cfg.warmup_batch_size,
-                         policy_cfg.warmup_lr, seed=policy_cfg.seed, progress=progress)
-        with io.atomic_path(folder) as out:
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            io.atomic_write_json(out / "warmup.json", {
-                "policy": dataclasses.asdict(policy_cfg), "n_texts": len(texts), "texts_sha256": texts_hash(texts),
-                "n_params": sum(p.numel() for p in model.parameters()), "losses": losses})
+        with io.file_lock(folder):          # under `make -j` the grid and 07 need it at once: one warms it up
+            if not (folder / "model.safetensors").exists():
+                _build_policy(policy_cfg, texts, folder, progress)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     model = GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True, dtype=getattr(torch, policy_cfg.dtype))
     model.eval()
     return model, tokenizer
+
+
+def _build_policy(policy_cfg: PolicyConfig, texts: list[str], folder: Path, progress: bool) -> None:
+    """Train the BPE tokenizer, build the GPT, warm it up and write it to ``folder`` (atomically)."""
+    tokenizer = train_bpe_tokenizer(texts, policy_cfg.vocab_size)
+    model = build_tiny_gpt(policy_cfg, tokenizer)
+    losses = warm_up(model, tokenizer, texts, policy_cfg.warmup_steps, policy_cfg.warmup_batch_size,
+                     policy_cfg.warmup_lr, seed=policy_cfg.seed, progress=progress)
+    with io.atomic_path(folder) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        io.atomic_write_json(out / "warmup.json", {
+            "policy": dataclasses.asdict(policy_cfg), "n_texts": len(texts), "texts_sha256": texts_hash(texts),
+            "n_params": sum(p.numel() for p in model.parameters()), "losses": losses})
 
 
 def warmup_losses(folder: str | os.PathLike) -> list[float]:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,11 @@ def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None
 def policy_texts(R: Recipe) -> list[str]:
     from .train import policy_texts as texts_of
 
-    return _memo("policy_texts", R, lambda: texts_of(splits(R)["pool"]))
+    def build():
+        pool = splits(R)["pool"]               # a datasets.Dataset: read its two columns in one Arrow conversion
+        return texts_of(pool.select_columns(["prompt", "chosen"]).to_dict() if hasattr(pool, "select_columns") else pool)
+
+    return _memo("policy_texts", R, build)
 
 
 def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
@@ -620,18 +625,20 @@ def rm_report_table(R: Recipe) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- augmentation / selection
 
-def candidate_pool(R: Recipe, size: int) -> list:
-    """Pool pairs outside the grid's prompts, in the seeded pool order: the candidates that augmentation
-    and selection choose from (the first ``size`` of them)."""
+def candidate_pool(R: Recipe, size: int, exclude: Iterable[str] = ()) -> list:
+    """The first ``size`` pool pairs of the grid's seeded pool order, without the ids in ``exclude``: the
+    candidates that augmentation (``exclude``: its base set) and selection choose from. The order starts
+    with the grid's own prompts, whose 4-rankings 01 has already built, so candidates within the grid's
+    ``max(sizes)`` cost no SmolLM2 generation; larger pools continue into the rest of the pool."""
     from .grid import nested_subsets
 
-    used = {r.id for r in grid_pool(R)}
+    skip = set(exclude)
     pool = pool_pairs(R)
     order = nested_subsets(pool, [len(pool)], seed=R.data.grid_seed)[len(pool)]
-    rest = [r for r in order if r.id not in used]
+    rest = [r for r in order if r.id not in skip]
     if size > len(rest):
-        raise ValueError(f"recipe {R.name}: {size} candidates asked for, but only {len(rest)} pool prompts lie "
-                         "outside the grid; lower the candidate_pool setting or raise data.pool_size")
+        raise ValueError(f"recipe {R.name}: {size} candidates asked for, but the pool has only {len(rest)} prompts "
+                         f"besides the {len(skip)} excluded; lower the candidate_pool setting or raise data.pool_size")
     return rest[:size]
 
 
@@ -699,7 +706,7 @@ def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
     def build():
         cfg = R.augment
         base4 = augmentation_base(R)
-        candidates = candidate_pool(R, cfg.candidate_pool)
+        candidates = candidate_pool(R, cfg.candidate_pool, exclude=[r.id for r in base4])
         tok = diversity_tokenizer(R)
         out = {"base only": (base4, None)}
         for method in ("random", "diverse"):

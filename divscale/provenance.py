@@ -47,7 +47,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "bpe": ("divscale.models:train_bpe_tokenizer",),
     # the tiny-gpt policy: BPE tokenizer, initial weights, causal-LM warm-up
     "policy": ("divscale.models:train_bpe_tokenizer", "divscale.models:build_tiny_gpt", "divscale.models:warm_up",
-               "divscale.models:_token_stream", "divscale.models:load_policy", "divscale.models:set_pad_token"),
+               "divscale.models:_token_stream", "divscale.models:load_policy", "divscale.models:_build_policy",
+               "divscale.models:set_pad_token"),
     # fine-tuning one cell (SFT / PRO / DPO) with dev validation
     "train": ("divscale.train", "divscale.pro", "divscale.logprobs", "divscale.grid", "divscale.generation",
               "divscale.models:load_causal_lm"),

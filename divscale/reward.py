@@ -260,6 +260,8 @@ def _columns(pairs, names: Iterable[str]) -> dict[str, list]:
         present = pairs.column_names if hasattr(pairs, "column_names") else list(pairs)
         missing = [n for n in names if n not in present]
         if not missing:
+            if hasattr(pairs, "select_columns"):       # one Arrow conversion, not a Python loop over rows
+                return pairs.select_columns(names).to_dict()
             return {n: list(pairs[n]) for n in names}
     else:                                                            # a list of records
         pairs = list(pairs)

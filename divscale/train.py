@@ -55,7 +55,7 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback
 
-from . import paths
+from . import io, paths
 from .config import Recipe, config_hash
 from .io import DataError, atomic_path, atomic_write_json, atomic_write_text
 from .pro import loss_balance_summary, record_field
@@ -428,26 +428,9 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
                   dev_prompts, copy_policy, callbacks, progress)
 
 
-class _run_lock:
+def _run_lock(run_dir: Path):
     """An exclusive ``flock`` on ``<run_dir>.lock`` for the life of the block (released if the process dies)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir.with_name(run_dir.name + ".lock")
-
-    def __enter__(self):
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
-        return False
+    return io.file_lock(run_dir)
 
 
 def _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train, dev_prompts,

@@ -25,10 +25,13 @@
 #
 # 1. a **base set** S: the grid's subset of `seed_size` prompts (the same prompts, and the same 2-rankings,
 #    as that grid cell, so `base only` trains on exactly that cell's data);
-# 2. a **candidate pool** U of other pool prompts. An added prompt is an HH record like any other: it brings
-#    its two human responses, gets two generated responses, and all four are ordered by RM_train, exactly as
-#    in the grid. So the augmented sets hold twice as many labelled prompts as the base set: the experiment
-#    compares two ways of choosing the *same number* of extra labelled prompts, not free data;
+# 2. a **candidate pool** U of other pool prompts: the next `candidate_pool` prompts of the grid's seeded
+#    order after the base set (the grid's own larger subsets first, whose rankings 01 has already built; the
+#    cpu recipe's 180 candidates are exactly those, so 07 generates nothing new). An added prompt is an HH
+#    record like any other: it brings its two human responses and two generated ones, all four ordered by
+#    RM_train, exactly as in the grid. So the augmented sets hold twice as many labelled prompts as the base
+#    set: the experiment compares two ways of choosing the *same number* of extra labelled prompts, not free
+#    data;
 # 3. rounds of m candidates: a candidate is **dropped** when its token-bigram Jaccard similarity to any
 #    support prompt (the base set and what was added so far) reaches τ; among the survivors, the one that
 #    raises d the most is added; until K prompts are added;

@@ -125,6 +125,31 @@ def test_load_policy_caches_safetensors_only(cache, texts, monkeypatch):
         models.load_policy(TINY, [])
 
 
+def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkeypatch):
+    """Under `make -j` the grid and 07 ask for the same policy at once: one builds it, the other waits and loads it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls, real = [], models.warm_up
+    both_asked = threading.Barrier(2)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)                    # the other caller arrives while this one is warming up
+        return real(*args, **kwargs)
+
+    def ask(_):
+        both_asked.wait()
+        return models.load_policy(TINY, texts)
+
+    monkeypatch.setattr(models, "warm_up", counted)
+    with ThreadPoolExecutor(2) as pool:
+        (a, _), (b, _) = pool.map(ask, range(2))
+    assert len(calls) == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_load_causal_lm_local_folder_sets_pad_and_requires_safetensors(tmp_path, tiny_tokenizer, tiny_gpt):
     tiny_gpt.save_pretrained(tmp_path / "m")
     tiny_tokenizer.save_pretrained(tmp_path / "m")

@@ -151,3 +151,22 @@ def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
     with pytest.raises(ValueError, match="best-dev"):
         pipeline.train_cell(load_recipe("smoke", {"train.checkpoint": "best"}), "sft", 2, 1, 1, rankings=rankings)
     assert load_recipe("cpu").train.checkpoint == "last" and load_recipe("paper-opt-1.3b").train.checkpoint == "best-dev"
+
+
+def test_candidates_start_with_the_grids_own_prompts_and_skip_the_base_set():
+    """07 and 08 choose from the grid's seeded pool order: on the cpu recipe every candidate is a grid prompt,
+    already ranked in 01 (no SmolLM2 generation in 07/08), and 07's candidates never include its base set."""
+    from divscale.grid import nested_subsets
+
+    R = load_recipe("cpu")
+    grid_ids = [r.id for r in pipeline.grid_pool(R)]
+    chosen_from = [r.id for r in pipeline.candidate_pool(R, R.select.candidate_pool)]
+    assert chosen_from == grid_ids                                   # 240 candidates = the grid's 240, in order
+    base = [r.id for r in nested_subsets(pipeline.grid_pool(R), [R.augment.seed_size], seed=R.data.grid_seed)
+            [R.augment.seed_size]]
+    added_from = [r.id for r in pipeline.candidate_pool(R, R.augment.candidate_pool, exclude=base)]
+    assert set(added_from) == set(grid_ids) - set(base) and len(added_from) == R.augment.candidate_pool
+    more = [r.id for r in pipeline.candidate_pool(R, 300, exclude=base)]
+    assert more[:180] == added_from and not set(more[180:]) & set(grid_ids)   # beyond the grid: the rest of the pool
+    with pytest.raises(ValueError, match="candidate_pool"):
+        pipeline.candidate_pool(R, 10**6)
