@@ -27,7 +27,7 @@
 #    as that grid cell, so `base only` trains on exactly that cell's data);
 # 2. a **candidate pool** U of other pool prompts: the next `candidate_pool` prompts of the grid's seeded
 #    order after the base set (the grid's own larger subsets first, whose rankings 01 has already built; the
-#    cpu recipe's 180 candidates are exactly those, so 07 generates nothing new). An added prompt is an HH
+#    cpu recipe's candidates are exactly those, so 07 generates nothing new). An added prompt is an HH
 #    record like any other: it brings its two human responses and two generated ones, all four ordered by
 #    RM_train, exactly as in the grid. So the augmented sets hold twice as many labelled prompts as the base
 #    set: the experiment compares two ways of choosing the *same number* of extra labelled prompts, not free

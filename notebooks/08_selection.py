@@ -28,9 +28,10 @@
 # Offline the scorers are SmolLM2-135M-Instruct prompted with Deita's templates (Deita's own 13B scorers on
 # GPU); embeddings are MiniLM. Beside Deita: random, and **d-greedy** (the paper's metric as a selection
 # objective). Every selector picks the same number of prompts from the same candidate pool (the first
-# `candidate_pool` prompts of the grid's seeded order: on the cpu recipe the grid's 240 prompts, already ranked
-# in 01), so all runs have the same annotation budget. Each selector reports what it removed on the way, and two arms that pick the
-# same prompts are marked identical (`identical_to`) and not tested against each other.
+# `candidate_pool` prompts of the grid's seeded order: on the cpu recipe exactly the grid's prompts, already
+# ranked in 01), so all runs have the same annotation budget. Each selector reports what it removed on the
+# way, and two arms that pick the same prompts are marked identical (`identical_to`) and not tested against
+# each other.
 
 # %% tags=["parameters"]
 recipe = "cpu"

@@ -143,6 +143,17 @@ def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkey
         both_asked.wait()
         return models.load_policy(TINY, texts)
 
+    # the callers are processes in real use; in threads, transformers' from_pretrained (meta-device init) is
+    # not thread-safe, so the test serialises the loading after the lock, which is not what it tests
+    import transformers
+
+    real_load, load_lock = transformers.GPT2LMHeadModel.from_pretrained, threading.Lock()
+
+    def one_load_at_a_time(*args, **kwargs):
+        with load_lock:
+            return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", one_load_at_a_time)
     monkeypatch.setattr(models, "warm_up", counted)
     with ThreadPoolExecutor(2) as pool:
         (a, _), (b, _) = pool.map(ask, range(2))
