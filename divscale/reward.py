@@ -826,7 +826,7 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
             oa_rewards = load_oa_rewards()
         except FileNotFoundError as err:
             raise ValueError(f"reward.oa_weight > 0 needs the PRO-format test files: {err}") from None
-    workers = getattr(cfg, "workers", 1)   # embedding processes: the same vectors, so not part of the key
+    workers = cfg.workers                  # embedding processes: the same vectors, so not part of the key
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("train_model", "test_model", "pairs", "dtype", "test_dtype", "workers")}
     out: list[RewardModel] = []

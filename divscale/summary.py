@@ -619,6 +619,17 @@ def render_readme_block(s: dict) -> str:
     return "\n".join(rows + reading)
 
 
+def short_answer_link(rs) -> str:
+    """How strongly a run's reward follows its share of very short answers, in words, from the within-cell r
+    of each algorithm: "follows" (every |r| >= 0.5), "hardly follows" (every |r| < 0.3), else "partly follows"."""
+    rs = [abs(r) for r in rs if r is not None and math.isfinite(r)]
+    if rs and min(rs) >= 0.5:
+        return "follows"
+    if rs and max(rs) < 0.3:
+        return "hardly follows"
+    return "partly follows"
+
+
 def resolution_lines(s: dict) -> list[str]:
     """What the study can and cannot resolve, from summary.json: design, variance, MDEs, fine-tuning, β."""
     out = []
@@ -635,8 +646,10 @@ def resolution_lines(s: dict) -> list[str]:
         out.append("- Where the variance is: one run's SE over test prompts "
                    + " / ".join(f"{x.get('eval_se', math.nan):.1f}" for x in v.values())
                    + " against a seed SD of " + " / ".join(f"{x['seed_sd']:.1f}" for x in v.values())
-                   + f" ({' / '.join(a.upper() for a in v)}); within a cell the reward follows the share of very "
-                   "short answers (r = " + " / ".join(f"{x.get('short_answer_r', math.nan):+.2f}" for x in v.values())
+                   + f" ({' / '.join(a.upper() for a in v)}); within a cell the reward "
+                   + short_answer_link([x.get("short_answer_r") for x in v.values()])
+                   + " the share of very short answers (r = "
+                   + " / ".join(f"{x.get('short_answer_r', math.nan):+.2f}" for x in v.values())
                    + "): training, not evaluation, sets the noise.")
     m = s.get("mde_reached") or {}
     if m:

@@ -99,8 +99,9 @@ for algo, c in gain.items():
 # Three sources, measured: the test prompts (one run's bootstrap SE), the training seed (its data order: the
 # SD between seeds of one cell, pooled over cells), and what the seed changes in the policy's answers. The
 # tiny policy answers in a few recurring patterns; RM_test scores its very short answers (at most
-# `pipeline.SHORT_ANSWER_CHARS` characters, e.g. "I’s.") well above its long, looping ones, so a run's reward
-# follows how often it answers tersely. The correlation is taken within cells (each run minus its cell mean).
+# `pipeline.SHORT_ANSWER_CHARS` characters, e.g. "I’s.") well above its long, looping ones. After a shorter
+# warm-up a run's reward followed how often it answered tersely; the correlation printed below (within cells:
+# each run minus its cell mean) says how much of that link is left in this profile.
 
 # %%
 sources = pd.DataFrame(analysis.variance_sources(results)).T

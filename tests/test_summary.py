@@ -200,6 +200,10 @@ def test_summary_reports_design_mdes_and_resolution_lines(tmp_path):
     assert s["fine_tuned_vs_initial"]["pro"]["estimate"] > 0
     lines = "\n".join(summary.resolution_lines(s))
     assert "Minimum detectable" in lines and "Does fine-tuning help?" in lines and "Design:" in lines
+    # the sentence about short answers says what the measured r says, not a fixed claim
+    assert summary.short_answer_link([0.68, 0.71]) == "follows"
+    assert summary.short_answer_link([0.18, -0.07]) == "hardly follows"
+    assert summary.short_answer_link([0.6, 0.1]) == "partly follows" == summary.short_answer_link([None, None])
     assert "β" not in lines                                  # no ablation table in this study
 
 
