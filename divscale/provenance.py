@@ -2,10 +2,12 @@
 
 Every cache key and every result row of the study carries
 
-* the **code version of its step**: a hash of the source of the functions and modules that the step actually
-  runs (:data:`STEPS`, a short declared list per step, not the whole package), plus the versions of the
-  libraries whose kernels shape the numbers. Editing ``analysis.py`` or ``plots.py`` therefore leaves every
-  training run valid, while editing ``pro.py`` re-trains and editing the embedding code re-embeds;
+* the **code version of its step**: a hash of the code the step executes -- the normalised source (no comments,
+  docstrings or formatting) of every function and class reachable from the step's declared roots
+  (:data:`STEPS`), named by qualified name, not by module or file -- plus the versions of the libraries whose
+  kernels shape the numbers. Editing ``analysis.py`` or ``plots.py`` therefore leaves every training run valid,
+  editing the PRO loss re-trains and editing the embedding code re-embeds, while moving a function to another
+  module, rewording a docstring or deleting code that no step reaches changes no key;
 * **content hashes** of its inputs (RM weights, the policy's initial weights, the grid's rankings), so a row
   scored by an older RM_test can never pass for a current one (:func:`check_table_keys`).
 
@@ -17,18 +19,26 @@ and the machine's CPU capability, so the spread can be measured and the first di
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import copy
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
+import re
+import sys
+import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-# Step -> the code it runs ("module" = the whole file, "module:qualname" = one function or class). Steps
-# include the steps whose outputs they consume only through content hashes (e.g. training sees RM_train
-# through its fingerprint), so the lists name only the code that runs inside the step itself.
+# Step -> the code it runs, as roots ("module:qualname" of a function or class). A step's code is the closure of
+# its roots: every divscale function and class that their source names (module globals, imports inside functions,
+# ``module.attribute``), and the simple module-level constants they read, followed transitively (:func:`closure`).
+# Steps include the steps whose outputs they consume only through content hashes (e.g. training sees RM_train
+# through its fingerprint), so the roots name only the code that runs inside the step itself.
 STEPS: dict[str, tuple[str, ...]] = {
     # MiniLM sentence embeddings (the in-project RMs' features)
     "embed": ("divscale.reward:EmbeddingCache", "divscale.models:load_encoder", "divscale.models:minilm_from_wheel"),
@@ -39,7 +49,7 @@ STEPS: dict[str, tuple[str, ...]] = {
                "divscale.reward:hh_turns", "divscale.reward:bt_loss", "divscale.reward:_oa_targets",
                "divscale.data:pro_turns"),
     # SmolLM2's sampled extensions of the rankings
-    "generate": ("divscale.generation", "divscale.rankings:extend_rankings", "divscale.rankings:_sample_prompt",
+    "generate": ("divscale.rankings:extend_rankings", "divscale.rankings:_sample_prompt",
                  "divscale.models:load_causal_lm", "divscale.models:smollm2_from_wheel"),
     # RM_train's ordering of the 4-rankings
     "rankings": ("divscale.rankings:extend_rankings", "divscale.rankings:build_rankings", "divscale.data:Ranking"),
@@ -47,30 +57,177 @@ STEPS: dict[str, tuple[str, ...]] = {
     "bpe": ("divscale.models:train_bpe_tokenizer",),
     # the tiny-gpt policy: BPE tokenizer, initial weights, causal-LM warm-up
     "policy": ("divscale.models:train_bpe_tokenizer", "divscale.models:build_tiny_gpt", "divscale.models:warm_up",
-               "divscale.models:_token_stream", "divscale.models:load_policy", "divscale.models:_build_policy",
-               "divscale.models:set_pad_token"),
+               "divscale.models:load_policy", "divscale.models:_build_policy", "divscale.models:set_pad_token"),
     # fine-tuning one cell (SFT / PRO / DPO) with dev validation
-    "train": ("divscale.train", "divscale.pro", "divscale.logprobs", "divscale.grid", "divscale.generation",
-              "divscale.models:load_causal_lm"),
+    "train": ("divscale.train:train_run", "divscale.models:load_causal_lm", "divscale.provenance:deterministic"),
     # greedy test generations scored by RM_test
-    "eval": ("divscale.evaluate", "divscale.generation", "divscale.models:load_causal_lm"),
+    "eval": ("divscale.evaluate:evaluate_checkpoint", "divscale.evaluate:recipe_test_prompts",
+             "divscale.models:load_causal_lm", "divscale.provenance:deterministic"),
 }
 
 LIBRARIES = ("torch", "transformers", "sentence_transformers", "tokenizers", "trl", "numpy")
 
+# Modules whose code never shapes a number: where files go, how they are written, the recipe's data classes (their
+# values are hashed with every run's configuration), this module, the command line. The closure does not follow
+# into them (a root may still name one of their functions, as "train" names deterministic).
+NOT_FOLLOWED = ("divscale.paths", "divscale.io", "divscale.config", "divscale.provenance", "divscale.cli")
+SIMPLE = (bool, int, float, str, bytes, type(None))
 
-def _source(entry: str) -> str:
+
+def _resolve(entry: str):
     module_name, _, qualname = entry.partition(":")
-    module = importlib.import_module(module_name)
-    obj = module
+    obj = importlib.import_module(module_name)
     for part in filter(None, qualname.split(".")):
         obj = getattr(obj, part, None)
-        if obj is None:       # a declared piece that no longer exists: hash its absence (and fix STEPS)
-            return f"<missing {entry}>"
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return f"<no source {entry}>"
+        if obj is None:
+            raise KeyError(f"{entry}: no such function or class; fix divscale.provenance.STEPS")
+    return obj
+
+
+def _is_simple(value, depth: int = 0) -> bool:
+    if isinstance(value, SIMPLE) or isinstance(value, re.Pattern) or type(value).__module__ == "numpy":
+        return True
+    if depth < 3 and isinstance(value, (tuple, list, frozenset, set)):
+        return all(_is_simple(v, depth + 1) for v in value)
+    if depth < 3 and isinstance(value, dict):
+        return all(_is_simple(k, depth + 1) and _is_simple(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _constant(name: str, value) -> bool:
+    """A module-level constant that shapes results: an UPPER_CASE name bound to plain data. Mutable containers count
+    only under public names: ``_CACHE = {}``-style module state changes while the code runs and is not code."""
+    if not name.isupper() or value is None or not _is_simple(value):
+        return False
+    return not (name.startswith("_") and isinstance(value, (list, dict, set)) or
+                name.startswith("_") and type(value).__name__ == "ndarray")
+
+
+def _ours(obj, package: str) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return (module == package or module.startswith(package + ".")) and not module.startswith(NOT_FOLLOWED)
+
+
+@functools.cache
+def _module_syntax(module_name: str) -> tuple[dict[str, ast.AST], frozenset[str]]:
+    """A module parsed once: its functions and classes by ``__qualname__``, and the names its functions rebind
+    with ``global`` (module state, not constants)."""
+    tree = ast.parse(inspect.getsource(sys.modules[module_name]))
+    defs: dict[str, ast.AST] = {}
+    rebound: set[str] = set()
+
+    def visit(node, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                defs.setdefault(name, child)
+                visit(child, name + (".<locals>." if not isinstance(child, ast.ClassDef) else "."))
+            elif isinstance(child, ast.Global):
+                rebound.update(child.names)
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return defs, frozenset(rebound)
+
+
+def _syntax(obj) -> ast.AST:
+    obj = inspect.unwrap(obj)
+    node = _module_syntax(obj.__module__)[0].get(obj.__qualname__)
+    return node if node is not None else ast.parse(textwrap.dedent(inspect.getsource(obj))).body[0]
+
+
+@functools.cache
+def _normalized(obj) -> str:
+    node = copy.deepcopy(_syntax(obj))
+    for sub in ast.walk(node):
+        body = getattr(sub, "body", None)
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body and \
+                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
+                isinstance(body[0].value.value, str):
+            sub.body = body[1:] or [ast.Pass()]
+    return ast.unparse(node)
+
+
+def normalized_source(obj) -> str:
+    """The source of a function or class without comments, docstrings or formatting (``ast.unparse``), so that
+    rewording a docstring or re-wrapping a line leaves a key unchanged while any change to the code moves it."""
+    return _normalized(inspect.unwrap(obj))
+
+
+@functools.cache
+def _references(obj, package: str) -> tuple[tuple, tuple]:
+    """What ``obj``'s source names: divscale functions/classes (followed) and simple constants (name, repr)."""
+    module = sys.modules[obj.__module__]
+    tree = _syntax(obj)
+    local: dict[str, object] = {}
+    for node in ast.walk(tree):                      # imports inside the function or class bind names too
+        try:
+            if isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__) \
+                    if node.level else node.module
+                if not (base == package or base.startswith(package + ".")):
+                    continue                         # only divscale code is followed: no library imported here
+                source = importlib.import_module(base)
+                for alias in node.names:
+                    value = getattr(source, alias.name, None)
+                    if value is None:
+                        value = importlib.import_module(f"{base}.{alias.name}")
+                    local[alias.asname or alias.name] = value
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname and alias.name.startswith(package + "."):
+                        local[alias.asname] = importlib.import_module(alias.name)
+        except ImportError:                          # an optional dependency (e.g. deepspeed) absent here
+            continue
+    namespace = {**vars(module), **local}
+    state = _module_syntax(obj.__module__)[1]
+    found, constants = [], {}
+
+    def add(name: str, value) -> None:
+        if inspect.isfunction(value) or inspect.isclass(value) or isinstance(value, functools._lru_cache_wrapper):
+            if _ours(inspect.unwrap(value), package):
+                found.append(inspect.unwrap(value))
+        elif name not in state and _constant(name, value):
+            constants[name] = repr(value)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in namespace:
+            add(node.id, namespace[node.id])
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if not isinstance(base, ast.Name) or base.id not in namespace:
+                continue
+            value = namespace[base.id]
+            for attr in reversed(chain):
+                if not inspect.ismodule(value):
+                    break
+                value = getattr(value, attr, None)
+                add(attr, value)
+    return tuple(found), tuple(sorted(constants.items()))
+
+
+@functools.cache
+def closure(*roots: str, package: str = "divscale") -> tuple[tuple[str, str], ...]:
+    """``(name, normalized source)`` of every function and class the roots reach, and ``(NAME, repr)`` of the
+    constants they read, sorted. Entries are named by qualified name alone, never by module or file: moving a
+    function to another module, or deleting code that no root reaches, leaves the closure unchanged."""
+    seen: dict[int, object] = {}
+    todo = [inspect.unwrap(_resolve(r)) for r in roots]
+    entries: set[tuple[str, str]] = set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen[id(obj)] = obj
+        entries.add((obj.__qualname__, normalized_source(obj)))
+        found, constants = _references(obj, package)
+        entries.update(constants)
+        todo.extend(f for f in found if id(f) not in seen)
+    return tuple(sorted(entries))
 
 
 @functools.cache
@@ -88,13 +245,14 @@ def library_versions() -> dict[str, str]:
 
 @functools.cache
 def code_version(*steps: str, length: int = 12) -> str:
-    """Hash of the source of the code ``steps`` run (:data:`STEPS`) and of the library versions."""
+    """Hash of the code ``steps`` run (the :func:`closure` of their :data:`STEPS` roots) and of the library
+    versions whose kernels shape the numbers."""
     h = hashlib.sha256()
     for step in steps:
         if step not in STEPS:
             raise KeyError(f"unknown step {step!r}; declare its code in divscale.provenance.STEPS ({sorted(STEPS)})")
-        for entry in STEPS[step]:
-            h.update(entry.encode() + b"\0" + _source(entry).encode("utf-8") + b"\0")
+        for name, source in closure(*STEPS[step]):
+            h.update(name.encode() + b"\0" + source.encode("utf-8") + b"\0")
     h.update(json.dumps(library_versions(), sort_keys=True).encode())
     return h.hexdigest()[:length]
 

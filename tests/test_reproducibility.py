@@ -69,26 +69,93 @@ def test_sampled_extensions_do_not_depend_on_what_was_cached(tmp_path, tiny_gpt,
     assert len({tuple(r.responses) for r in cold}) > 1
 
 
+def _package(root, name: str, files: dict[str, str]):
+    """A throwaway package ``name`` under ``root`` with the given modules, imported fresh."""
+    import importlib
+    import sys
+    import textwrap
+
+    folder = root / name
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for module, source in files.items():
+        (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(root))
+    try:
+        importlib.invalidate_caches()
+        return {m: importlib.import_module(f"{name}.{m}") for m in files}
+    finally:
+        sys.path.remove(str(root))
+
+
+def test_a_key_survives_moving_code_and_moves_when_the_code_changes(tmp_path):
+    """A step's code is named by qualified name, not by module or file: moving a function to another module,
+    deleting code no root reaches, or rewording a docstring keep the key; editing a reached body changes it."""
+    one = {"a": '''
+        SCALE = 2
+
+        def helper(x):
+            """Add one."""
+            return x + 1
+
+        def root(x):
+            return helper(x) * SCALE
+        ''', "b": '''
+        def unused():
+            return 0
+        '''}
+    moved = {"a": '''
+        from .b import helper  # the helper now lives in b
+
+        SCALE = 2
+
+        def root(x):
+            return helper(x) * SCALE
+        ''', "b": '''
+        def helper(x):
+            """Add one to x (reworded)."""
+            return (x +
+                    1)
+        '''}
+    edited = {"a": one["a"].replace("x + 1", "x + 2"), "b": one["b"]}
+    constant = {"a": one["a"].replace("SCALE = 2", "SCALE = 3"), "b": one["b"]}
+    keys = {}
+    for name, files in {"k_one": one, "k_moved": moved, "k_edited": edited, "k_constant": constant}.items():
+        _package(tmp_path, name, files)
+        keys[name] = provenance.closure(f"{name}.a:root", package=name)
+    assert {n for n, _ in keys["k_one"]} == {"root", "helper", "SCALE"}          # unused() is not reached
+    assert keys["k_moved"] == keys["k_one"]
+    assert keys["k_edited"] != keys["k_one"] and keys["k_constant"] != keys["k_one"]
+
+
 def test_code_version_covers_the_steps_code_and_nothing_else(monkeypatch):
-    for step, entries in provenance.STEPS.items():
-        modules = {e.split(":")[0] for e in entries}
-        assert not modules & {"divscale.analysis", "divscale.plots", "divscale.notebooks"}, step
+    reached = {step: {n for n, _ in provenance.closure(*roots)} for step, roots in provenance.STEPS.items()}
+    from divscale import analysis, plots, summary
+
+    for module in (analysis, plots, summary):
+        public = {n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == module.__name__}
+        assert not any(public & names for names in reached.values()), module.__name__
+    assert "pro_loss_parts" in reached["train"] and "pro_loss_parts" not in reached["eval"]
+    assert not {"_VERIFIED", "_LOGGED", "_ENCODERS", "_EMBED_WORKERS"} & set().union(*reached.values())  # state
     before = {s: provenance.code_version(s) for s in provenance.STEPS}
-    real = provenance._source
+    real = provenance.normalized_source
     provenance.code_version.cache_clear()
-    monkeypatch.setattr(provenance, "_source", lambda e: real(e) + ("#edited" if e == "divscale.pro" else ""))
+    provenance.closure.cache_clear()
+    monkeypatch.setattr(provenance, "normalized_source",
+                        lambda obj: real(obj) + ("#edited" if obj.__qualname__ == "pro_loss_parts" else ""))
     after = {s: provenance.code_version(s) for s in provenance.STEPS}
     provenance.code_version.cache_clear()
+    provenance.closure.cache_clear()
     changed = {s for s in before if before[s] != after[s]}
-    assert changed == {"train"}                               # editing pro.py re-trains, nothing else
+    assert changed == {"train"}                               # editing the PRO loss re-trains, nothing else
     with pytest.raises(KeyError, match="unknown step"):
         provenance.code_version("nope")
 
 
-def test_every_declared_piece_of_code_exists():
-    for entries in provenance.STEPS.values():
-        for entry in entries:
-            assert not provenance._source(entry).startswith("<"), entry
+def test_every_declared_root_exists():
+    for roots in provenance.STEPS.values():
+        for entry in roots:
+            assert callable(provenance._resolve(entry)), entry
 
 
 @pytest.mark.slow
