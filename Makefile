@@ -45,14 +45,14 @@ setup: $(VENV)/.installed  ## create .venv, install divscale and its dependencie
 	    mkdir -p data && ln -s "$$(cd "$(LOCAL_DATA)/$$d" && pwd)" data/$$d && echo "linked data/$$d -> $(LOCAL_DATA)/$$d"; fi; done
 
 data: setup  ## fetch HH-RLHF from the hub into data/hh-rlhf (offline: link a local copy there instead)
-	HF_HUB_OFFLINE=0 $(PY) -m divscale.data download --out data/hh-rlhf
+	HF_HUB_OFFLINE=0 $(PY) -m divscale.cli data download --out data/hh-rlhf
 
 # ---------------------------------------------------------------- the study, rebuilt by Make
 # Executed notebooks are build products in runs/<recipe>/notebooks/; each is redone only when its
 # notebook, the package or the recipe changed. The grid (04_finetune once per cell, via papermill)
 # skips cells that are already complete, so an interrupted `make figures` resumes where it stopped.
 NB_OUT := runs/$(RECIPE)/notebooks
-DEPS := $(wildcard divscale/*.py) recipes/$(RECIPE).yaml $(VENV)/.installed
+DEPS := $(shell find divscale -name '*.py' -not -path '*/__pycache__/*') recipes/$(RECIPE).yaml $(VENV)/.installed
 RESULTS := results/$(RECIPE)/runs.csv
 nb = $(NB_OUT)/$(1).ipynb
 
@@ -101,7 +101,7 @@ verify: setup  ## rebuild VERIFY_RECIPE's (default smoke) shared artifacts twice
 	$(PY) -m divscale.cli grid --recipe $(VERIFY_RECIPE) --verify
 
 gpu-check: setup  ## on a GPU machine: smoke cell on CUDA in bf16 (tokens/s, peak memory), PRO loss CPU vs GPU, OPT-1.3B throughput
-	HF_HUB_OFFLINE=1 timeout 480 $(PY) -m divscale.gpu_check --json runs/gpu-check.json
+	HF_HUB_OFFLINE=1 timeout 480 $(PY) -m divscale.tools.gpu_check --json runs/gpu-check.json
 
 bench: setup  ## speed/memory benchmarks (ratios against a baseline in the same run)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,4 +1,4 @@
-"""Benchmark of the Jaccard filter behind the augmentation (divscale.augment): MinHash vs exact.
+"""Benchmark of the Jaccard filter behind the augmentation (divscale.tools.augment): MinHash vs exact.
 
 Inputs are built from the real HH-RLHF test prompts (all 8,552, tokenized with the metric's
 tokenizer, first 512 tokens, bigram sets). To reach the target sizes with near-duplicates at every
@@ -30,10 +30,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from divscale import augment as ag
-from divscale.data import load_hh_rlhf
-from divscale.diversity import tokenize_prompts
-from divscale.models import load_tokenizer
+from divscale.data.hh import load_hh_rlhf
+from divscale.metrics.diversity import tokenize_prompts
+from divscale.models.hub import load_tokenizer
+from divscale.tools import augment as ag
 
 
 def perturb(rng: np.random.Generator, ids: np.ndarray, rate: float, vocab: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Benchmark of the prompt-diversity metric (divscale.diversity), baseline measured in the same run.
+"""Benchmark of the prompt-diversity metric (divscale.metrics.diversity), baseline measured in the same run.
 
 (1) Counting path: ``diversity_from_ids`` on >= 5M pre-tokenized tokens (the real HH-RLHF test
     prompts tokenized with a fast tokenizer, replicated; every copy after the first has 10% of its
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np
 
-from divscale import diversity as dv
+from divscale.metrics import diversity as dv
 
 
 def cpu_seconds() -> float:
@@ -117,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~1.2M tokens and 50k prompts")
     ap.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2",
-                    help="a fast tokenizer (resolved offline by divscale.models)")
+                    help="a fast tokenizer (resolved offline by divscale.models.hub)")
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="best of R runs for part (1), both sides")
     args = ap.parse_args(argv)
     min_tokens = 1_000_000 if args.quick else 5_000_000
     n_big = 50_000 if args.quick else 1_000_000
 
-    from divscale.data import load_hh_rlhf
-    from divscale.models import load_tokenizer
+    from divscale.data.hh import load_hh_rlhf
+    from divscale.models.hub import load_tokenizer
 
     load0 = os.getloadavg()
     tok = load_tokenizer(args.tokenizer)

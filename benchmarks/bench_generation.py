@@ -1,4 +1,4 @@
-"""Throughput of ``divscale.generation.generate``: batch 1 vs batch 8 (and per-row sampling) in one run.
+"""Throughput of ``divscale.models.generation.generate``: batch 1 vs batch 8 (and per-row sampling) in one run.
 
     .venv/bin/python benchmarks/bench_generation.py [--prompts 16] [--new-tokens 48] [--no-smollm2]
 
@@ -21,8 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from divscale.config import PolicyConfig
-from divscale.data import load_hh_rlhf
-from divscale.generation import format_prompt, generate
+from divscale.data.hh import load_hh_rlhf
+from divscale.models.generation import format_prompt, generate
 
 
 def count_tokens(model, tokenizer):
@@ -78,7 +78,7 @@ def main() -> None:
     runs = [("greedy batch 1", dict(batch_size=1)), ("greedy batch 8", dict(batch_size=8)),
             ("sampled batch 8", dict(batch_size=8, do_sample=True, temperature=0.7, top_p=0.9))]
 
-    from divscale.models import build_tiny_gpt, train_bpe_tokenizer
+    from divscale.models.tiny_gpt import build_tiny_gpt, train_bpe_tokenizer
 
     texts = list(data["prompt"][:2000])
     cfg = PolicyConfig()
@@ -88,7 +88,7 @@ def main() -> None:
           args.new_tokens, runs)
 
     if not args.no_smollm2:
-        from divscale.models import SMOLLM2_ID, load_causal_lm
+        from divscale.models.hub import SMOLLM2_ID, load_causal_lm
 
         try:
             model, tokenizer = load_causal_lm(SMOLLM2_ID)

@@ -1,10 +1,10 @@
-"""PRO step with the prompt encoded once (divscale.logprobs) vs one full sequence per candidate, same process.
+"""PRO step with the prompt encoded once (divscale.train.logprobs) vs one full sequence per candidate, same process.
 
 What is timed: forward + backward of the PRO loss (spec §3.3: length-normalised scores, reward-gap temperatures,
 beta * summed NLL of the top response) on a batch of ``--batch`` rankings at the paper's shape -- every prompt
 left-truncated to 384 tokens, every prompt + response right-truncated to the 512-token block (responses of
 128+ tokens; a prompt decoded and re-tokenised may come back a few tokens shorter), tokenised by
-:class:`divscale.pro.RankingCollator` -- scored either with ``share_prompt=False`` (the baseline: n full
+:class:`divscale.train.pro.RankingCollator` -- scored either with ``share_prompt=False`` (the baseline: n full
 ``prompt + response`` sequences per ranking in one forward pass, what PROTrainer did before) or with
 ``share_prompt=True`` (the prompt once into a KV cache, repeated n times, then the n responses). Both modes run
 alternately on the same model and batch in this process; the figures are medians over ``--reps`` steps after
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import build_tokenizer  # noqa: E402  (the benchmarks folder is on sys.path above)
 
-from divscale.logprobs import logprobs_from_ids
-from divscale.pro import RankingCollator, pro_loss_parts, sequence_logprobs
+from divscale.train.logprobs import logprobs_from_ids
+from divscale.train.pro import RankingCollator, pro_loss_parts, sequence_logprobs
 
 PROMPT_TOKENS, RESPONSE_TOKENS = 384, 128
 BLOCK = PROMPT_TOKENS + RESPONSE_TOKENS
@@ -194,7 +194,7 @@ def loss_curves(args) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from divscale.pro import PROConfig, PROTrainer
+    from divscale.train.pro import PROConfig, PROTrainer
 
     recs, texts = hh_rankings(per_subset=60)                     # 240 4-rankings
     tokenizer = build_tokenizer(texts)

@@ -1,4 +1,4 @@
-"""Benchmark of the budget planner (divscale.budget_plan), each part against a baseline in the same run.
+"""Benchmark of the budget planner (divscale.tools.annotation_plan), each part against a baseline in the same run.
 
 (1) ``prompt_diversity`` with a plain callable tokenizer on pre-tokenized ids (the real HH-RLHF test prompts
     tokenized with MiniLM's fast tokenizer, replicated with 10% of the tokens of every later copy replaced, as
@@ -34,9 +34,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np
 
-from divscale import budget_plan as bp
-from divscale import diversity as dv
 from divscale import paths
+from divscale.metrics import diversity as dv
+from divscale.tools import annotation_plan as bp
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,8 +61,8 @@ def reference_counts(lists, n: int = 2, max_tokens: int = 512) -> tuple[int, int
 
 def part1(quick: bool, repeats: int) -> bool:
     bd = _bench_diversity()
-    from divscale.data import load_hh_rlhf
-    from divscale.models import load_tokenizer
+    from divscale.data.hh import load_hh_rlhf
+    from divscale.models.hub import load_tokenizer
 
     tok = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
     prompts = list(load_hh_rlhf(split="test")["prompt"])
@@ -99,7 +99,7 @@ def hh_word_frequencies() -> tuple[np.ndarray, np.ndarray]:
     """The word types of the real HH-RLHF test prompts (role tags removed) and their relative frequencies."""
     from collections import Counter
 
-    from divscale.data import load_hh_rlhf
+    from divscale.data.hh import load_hh_rlhf
 
     counts = Counter(w for p in load_hh_rlhf(split="test")["prompt"]
                      for w in p.replace("\n\nHuman:", " ").replace("\n\nAssistant:", " ").split())
@@ -128,7 +128,7 @@ def synthetic_pool(path: Path, size: int, seed: int = 0, vocab=None) -> None:
 
 
 def plan_end_to_end(pool_file: Path, budget: int, fit_csv: Path) -> tuple[float, dict]:
-    from divscale.diversity import _load_tokenizer
+    from divscale.metrics.diversity import _load_tokenizer
 
     t0 = time.perf_counter()
     fit = bp.results_fit(fit_csv)
@@ -142,7 +142,7 @@ def baseline(pool_file: Path, budget: int, fit_csv: Path) -> tuple[float, list[f
     """By hand: read the file, draw each subset, tokenizer(subset) and a Python set of bigram tuples."""
     import math
 
-    from divscale.models import load_tokenizer
+    from divscale.models.hub import load_tokenizer
 
     t0 = time.perf_counter()
     fit = bp.results_fit(fit_csv)

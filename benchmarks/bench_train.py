@@ -1,7 +1,7 @@
 """Training-step speed, each number against a baseline measured in the same run on the same model and data.
 
 1. PRO step (forward + backward of the PRO loss on b prompts x n candidates): all b*n sequences in ONE
-   forward pass (divscale.pro) vs n separate forward passes, one per candidate (the official code).
+   forward pass (divscale.train.pro) vs n separate forward passes, one per candidate (the official code).
    Both pad to the longest of the b*n sequences, as the official collator does, and give the same loss.
 2. SFT throughput: our SFT step (PROTrainer with one candidate) vs TRL's SFTTrainer on the same
    prompt-completion data (completion-only loss), same model init, batch, max length and optimizer;
@@ -29,8 +29,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from divscale import paths
-from divscale.data import split_dialogue
-from divscale.pro import PROConfig, PROTrainer, RankingCollator, pro_loss, sequence_logprobs
+from divscale.data.hh import split_dialogue
+from divscale.train.pro import PROConfig, PROTrainer, RankingCollator, pro_loss, sequence_logprobs
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 

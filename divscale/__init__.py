@@ -1,18 +1,24 @@
 """divscale: a reproducible companion to Song et al. (2024), "Scaling Data Diversity for
 Fine-Tuning Language Models in Human Alignment" (arXiv 2403.11124).
 
-Modules, in the order the data flows (see README):
-    paths, io, config   where things live, atomic file I/O, recipes
-    data                HH-RLHF -> prompts + responses, PRO format, Ranking, pool/dev/test splits
-    grid                nested budgeted subsets, sub-rankings, equal-budget cells
-    diversity           the paper's prompt-diversity metric d and other measures
-    models, generation  offline model resolution, tiny policies, batched generation
-    reward              reward models (RM_train / RM_test)
-    rankings            extending pairs to 3-/4-rankings
-    pro, train          PRO loss + trainer, SFT / DPO, run directories
-    evaluate            test rewards, CIs, win rates, LLM judge
-    analysis, plots     OLS reward ~ diversity, tables, figures
-    augment, select     diversity-guided augmentation, Deita and other selectors
+Sub-packages, in the order the data flows (docs/architecture.md has the picture):
+
+    paths, io, config, provenance   the frame: where things live, atomic file I/O, recipes, run keys
+    data/      hh (HH-RLHF -> prompt + responses, splits, Ranking, PRO files), formats (anyone's ranked or
+               pairwise data: TRL, NeMo-RL, UltraFeedback, oasst1, ...), subsets (nested budgeted subsets)
+    models/    hub (hub ids, wheels, local folders, safetensors-only loading), tiny_gpt (the project's small
+               policy), generation (batched greedy / sampled generation)
+    metrics/   diversity (the paper's d and other measures)
+    reward/    rm (RM_train / RM_test), rankings (pairs extended to n-rankings ordered by RM_train),
+               evaluate (greedy answers scored by a reward model, CIs, win rates, LLM judge)
+    train/     losses (PRO, Plackett-Luce, all-pairs DPO, SFT), logprobs (completion log-probs, prompt shared),
+               trainer, pro (the Trainer subclasses), runs (a run folder: train, keep a checkpoint, resume)
+    study/     pipeline (recipe -> results: what the notebooks call), grid (every cell via papermill, locally or
+               on Slurm), notebook_runner (execute / sync / check the notebooks)
+    report/    analysis (regressions, contrasts, power), plots, publish (summary.json, the README block)
+    tools/     augment and select (diversity-guided augmentation, Deita and other selectors), annotation_plan
+               (the annotation-budget planner), gpu_plan (GPU-hours and memory of a recipe), gpu_check
+    cli        the ``divscale`` command
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,8 @@
-"""The ``divscale`` command: one subcommand per step of the pipeline.
+"""The ``divscale`` command: one subcommand per step of the pipeline, every parser defined here.
 
-Each subcommand lives in the module that does the work, which defines
-``configure_parser(parser)`` and ``command(args) -> int``; this file only dispatches,
-importing a module when its subcommand is used (so ``divscale diversity`` never loads torch).
-Where running a subcommand needs modules above the one that parses it, ``COMMANDS`` names the
-higher module that runs it, so a lower module never imports a higher one.
+A subcommand is a parser function in this file and a ``command(args) -> int`` in the module that does the work,
+imported only when its subcommand runs (so ``divscale diversity`` never loads torch, and ``--help`` of one
+subcommand builds only that subcommand's parser).
 """
 from __future__ import annotations
 
@@ -12,45 +10,247 @@ import argparse
 import importlib
 import sys
 
-from .io import DataError
+from divscale.io import DataError
 
+
+def _diversity_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSONL(.gz): HH-RLHF (chosen/rejected), PRO (prefix) or a prompt field")
+    parser.add_argument("--tokenizer", required=True,
+                        help="hub id or local dir (paper: a LLaMA tokenizer), resolved by divscale.models.hub")
+    parser.add_argument("--n", type=int, default=2, help="N-gram order (paper: 2)")
+    parser.add_argument("--exponent", type=float, default=0.5,
+                        help="d = n_prompts**exponent * r_unique (paper: 0.5)")
+    parser.add_argument("--max-tokens", type=int, default=512,
+                        help="only the first tokens of a prompt count (paper: 512)")
+    parser.add_argument("--no-special-tokens", action="store_true", help="do not add BOS/special tokens")
+    parser.add_argument("--field", default=None, help="prompt field of a plain JSONL file (default: prompt)")
+
+
+def _data_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale import paths
+    from divscale.data.hh import SUBSETS
+
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = sub.add_parser("download", help="fetch HH-RLHF (train + test of the 4 subsets) from the hub")
+    p.add_argument("--out", default=str(paths.HH_RLHF_DIR), help="target folder (default: data/hh-rlhf)")
+    p.add_argument("--subsets", nargs="+", default=list(SUBSETS))
+    p.add_argument("--splits", nargs="+", default=["train", "test"])
+    p.add_argument("--force", action="store_true", help="download files that already exist again")
+
+    p = sub.add_parser("prepare", help="write a recipe's pool/dev/test splits to runs/data/<hash>/")
+    p.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--out", default=None, help="output folder (default: runs/data/<hash>)")
+    p.add_argument("--force", action="store_true", help="rewrite an existing folder")
+
+    p = sub.add_parser("grid", help="write the nested subsets of a 4-ranking file (len{n}_{k}.jsonl)")
+    p.add_argument("--rankings", required=True, help="4-rankings JSONL (divscale rankings)")
+    p.add_argument("--recipe", required=True, help="recipe giving data.sizes, data.ranking_lengths, data.grid_seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--out", default=None, help="output folder (default: runs/data/grid-<hash>)")
+
+
+def _rankings_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/rankings/<hash>)")
+
+
+def _reward_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--report", action="store_true",
+                        help="score the test split's human pairs: accuracy, length baseline, OA 6.9B agreement")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def _train_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale import paths
+    from divscale.train.losses import LOSSES
+    from divscale.train.runs import ALGOS
+
+    parser.add_argument("--recipe", default=None, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--algo", default=None, choices=ALGOS)
+    parser.add_argument("--ranking-len", type=int, default=None, help="ranking length n (2, 3, 4)")
+    parser.add_argument("--prompts", type=int, default=None, help="number of prompts k (one of data.sizes)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.max_steps=10")
+    parser.add_argument("--runs-dir", default=None, help=f"where run directories go (default {paths.RUNS_DIR})")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    g = parser.add_argument_group("train on your own ranked data (instead of a grid cell)")
+    g.add_argument("--data", default=None, metavar="FILE_OR_HUB_ID",
+                   help="ranked data: JSONL/JSON file or folder (ranked format, divscale Rankings, HH-RLHF pairs, "
+                        "PRO, UltraFeedback, oasst1 trees) or a datasets hub id")
+    g.add_argument("--loss", default="plackett_luce", choices=LOSSES)
+    g.add_argument("--model", default="tiny-gpt",
+                   help="a local model folder, a cached hub id, or tiny-gpt (the project's small GPT: tokenizer and "
+                        "warm-up on the data's own texts, sized by --recipe's policy section, default cpu; cached)")
+    g.add_argument("--split", default="train", help="split of a hub dataset")
+    g.add_argument("--limit", type=int, default=None, help="use the first N rows")
+    g.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=4, help="rows (prompts) per step")
+    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (constant)")
+    g.add_argument("--beta", type=float, default=0.1, help="DPO beta (plackett_luce, all_pairs_dpo)")
+    g.add_argument("--sft-weight", type=float, default=None, help="default: 0.05 for pro, 0 otherwise")
+    g.add_argument("--max-prompt-length", type=int, default=384)
+    g.add_argument("--max-completion-length", type=int, default=128)
+    g.add_argument("--no-share-prompt", action="store_true", help="one full sequence per completion")
+    g.add_argument("--keep-unrankable", action="store_true",
+                   help="fail on a row that cannot be ranked (default: drop it, with a warning)")
+
+
+def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by `divscale train`")
+    parser.add_argument("--recipe", default=None, help="recipe (default: the one saved in RUN/config.json)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--checkpoint", default="best", help="checkpoint folder in the run (default: best)")
+
+
+def _grid_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="cells run at once (local executor)")
+    parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.max_steps=10")
+    parser.add_argument("--list", action="store_true", help="list the cells and their status, run nothing")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the compute plan (params, per-GPU memory, tokens, GPU-hours), run nothing")
+    parser.add_argument("--json", action="store_true", help="with --plan: one JSON object")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="build (or load) the steps every cell shares and print the content hash of each "
+                             "artifact (embeddings, RM heads, rankings, initial policy, code versions) as JSON; "
+                             "compare two machines' outputs to measure where they differ")
+    parser.add_argument("--runs-dir", default=None, help="with --fingerprint: put run products here instead of runs/")
+    parser.add_argument("--verify", action="store_true",
+                        help="build the shared artifacts twice from empty caches (one pre-warmed differently, "
+                             "one on another thread count) and compare their hashes; exit 1 if any differs")
+
+
+def _notebook_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale.study.notebook_runner import ORDER
+
+    sub = parser.add_subparsers(dest="action", required=True)
+    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1 with the project kernel; .py sources open as notebooks")
+    lab.add_argument("--port", type=int, default=8888, help="first port to try (default 8888)")
+    lab.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
+    export = sub.add_parser("export", help="cleaned copies of the executed figure notebooks -> results/RECIPE/notebooks/")
+    export.add_argument("--recipe", required=True)
+    export.add_argument("names", nargs="*", help="notebook names (default: every notebook but 04_finetune)")
+    run = sub.add_parser("run", help="execute one notebook with papermill")
+    run.add_argument("name", help=f"notebook name, one of {list(ORDER)}")
+    run.add_argument("--recipe", required=True)
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--out", default=None)
+    sub.add_parser("check", help="check that every .py/.ipynb pair is in sync")
+    sub.add_parser("sync", help="rewrite each .ipynb from its .py")
+
+
+def _augment_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="cpu", help="recipe name or YAML path (section: augment)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. augment.jaccard_tau=0.3 (repeatable)")
+    parser.add_argument("--rankings", required=True, help="pool rankings JSONL (divscale.data.hh.save_rankings)")
+    parser.add_argument("--seed-rankings", default=None,
+                        help="seed subset JSONL; default: the first augment.seed_size rankings of --rankings")
+    parser.add_argument("--method", choices=["diverse", "random"], default="diverse")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer for the N-grams (default: diversity.tokenizer)")
+    parser.add_argument("--out", required=True, help="output rankings JSONL (seed + added); a .log.json beside it")
+
+
+def _select_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale.tools.select import SELECTORS
+
+    parser.add_argument("--recipe", default="cpu", help="recipe name or YAML path (section: select)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. select.budget=3000 (repeatable)")
+    parser.add_argument("--rankings", required=True, help="pool rankings JSONL to select from")
+    parser.add_argument("--selector", required=True, choices=sorted(SELECTORS))
+    parser.add_argument("--budget", type=int, default=None, help="number of prompts (default: select.budget)")
+    parser.add_argument("--out", required=True, help="selected rankings JSONL; the indices go to <out>.indices.json")
+
+
+def _summarize_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale.report.publish import COLD_RUN
+
+    parser.add_argument("--recipe", required=True, help="recipe name: reads and writes results/<recipe>/")
+    parser.add_argument("--results", default=None, help="results folder (default results/<recipe>/)")
+    parser.add_argument("--readme", action="store_true", help="also re-render the README's results block")
+    parser.add_argument("--cold-run", default=None, metavar="TIME_REPORT",
+                        help="record a `/usr/bin/time -v -o TIME_REPORT make figures` report of a cold run as "
+                             f"results/<recipe>/{COLD_RUN} (then summarize as usual)")
+    parser.add_argument("--cold-run-note", default="", help="how the cold run was made (shown in the README)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail when summary.json or the README block is out of date")
+
+
+def _plan_parser(parser: argparse.ArgumentParser) -> None:
+    from divscale.tools.annotation_plan import SELECTOR_NAMES
+
+    parser.add_argument("--prompts", required=True,
+                        help="prompt pool: JSONL(.gz) (HH-RLHF, PRO or a prompt field) or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
+    parser.add_argument("--budget", type=int, required=True, help="annotations (ranked responses) to spend")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2, 3, 4], help="ranking lengths n to compare")
+    parser.add_argument("--selector", default="random",
+                        help=f"how the ⌊B/n⌋ prompts are picked: one of {', '.join(SELECTOR_NAMES)}")
+    parser.add_argument("--fit", default="paper", help="'paper' (Figure 4's lines) or a results CSV (runs.csv)")
+    parser.add_argument("--algo", default="pro", help="which algorithm's lines (pro | sft)")
+    parser.add_argument("--y", default="reward_global", help="reward column of a results CSV")
+    parser.add_argument("--recipe", default=None, help="the results CSV's recipe, when it has no recipe column")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer for d (default: the fit's)")
+    parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                        help="measure d in a tokenizer other than the fit's (said in the output)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=5, help="random selector: seeded draws for d's spread")
+    parser.add_argument("--field", default=None, help="prompt field of a plain JSONL file (default: prompt)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _convert_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="+", help="hub id(s) or local folder(s) with pytorch_model*.bin weights")
+    parser.add_argument("--revision", default=None)
+
+
+# subcommand: (parser function, "module:function" that runs it, help)
 SUBCOMMANDS = {
-    "diversity": ("divscale.diversity", "prompt-diversity metric d of a prompt file"),
-    "data": ("divscale.data", "prepare pool/dev/test splits and the budgeted grid"),
-    "rankings": ("divscale.rankings", "extend pairs to rankings with a generator and RM_train"),
-    "reward": ("divscale.reward", "train / report the in-project reward models"),
-    "train": ("divscale.train", "fine-tune one grid cell (SFT, PRO or DPO)"),
-    "evaluate": ("divscale.evaluate", "generate on test prompts and score with RM_test"),
-    "grid": ("divscale.grid_runner", "run every cell of a recipe's grid (papermill)"),
-    "notebook": ("divscale.notebooks", "execute a notebook with papermill; check / sync the jupytext pairs"),
-    "augment": ("divscale.augment", "diversity-guided augmentation of a seed subset"),
-    "select": ("divscale.select", "select a budgeted subset (Deita, d-greedy, random, ...)"),
-    "summarize": ("divscale.summary", "write results/<recipe>/summary.json (and the README results block)"),
-    "plan": ("divscale.budget_plan", "plan an annotation budget: prompts x responses per n, predicted reward"),
-    "convert": ("divscale.models", "convert a .bin-only checkpoint to safetensors once (torch.load weights_only)"),
-}
-
-# Subcommands parsed and run by a module higher than the one named above, which does the wiring, so that a
-# lower module never imports a higher one: `divscale train` needs the recipe's splits, RM_train, grid and
-# policy and the --data trainer (divscale.pipeline), `divscale data grid` the grid builder (divscale.grid).
-# module: (parser function or None for the module above's configure_parser, command function)
-COMMANDS = {
-    "train": ("divscale.pipeline", "configure_train_parser", "train_command"),
-    "data": ("divscale.grid", None, "data_command"),
+    "diversity": (_diversity_parser, "divscale.metrics.diversity:command",
+                  "prompt-diversity metric d of a prompt file"),
+    "data": (_data_parser, "divscale.data.subsets:data_command",
+             "download HH-RLHF, prepare pool/dev/test splits, write the budgeted grid"),
+    "rankings": (_rankings_parser, "divscale.reward.rankings:command",
+                 "extend pairs to rankings with a generator and RM_train"),
+    "reward": (_reward_parser, "divscale.reward.rm:command",
+               "train / report the in-project reward models"),
+    "train": (_train_parser, "divscale.study.pipeline:train_command",
+              "fine-tune one grid cell (SFT, PRO or DPO), or train on your own ranked data (--data)"),
+    "evaluate": (_evaluate_parser, "divscale.reward.evaluate:command",
+                 "generate on test prompts and score with RM_test"),
+    "grid": (_grid_parser, "divscale.study.grid:command",
+             "run every cell of a recipe's grid (papermill)"),
+    "notebook": (_notebook_parser, "divscale.study.notebook_runner:command",
+                 "execute a notebook with papermill; check / sync the jupytext pairs"),
+    "augment": (_augment_parser, "divscale.tools.augment:command",
+                "diversity-guided augmentation of a seed subset"),
+    "select": (_select_parser, "divscale.tools.select:command",
+               "select a budgeted subset (Deita, d-greedy, random, ...)"),
+    "summarize": (_summarize_parser, "divscale.report.publish:command",
+                  "write results/<recipe>/summary.json (and the README results block)"),
+    "plan": (_plan_parser, "divscale.tools.annotation_plan:command",
+             "plan an annotation budget: prompts x responses per n, predicted reward"),
+    "convert": (_convert_parser, "divscale.models.hub:command",
+                "convert a .bin-only checkpoint to safetensors once (torch.load weights_only)"),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divscale", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (configure, runner, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:
-            runner_name, configure, command = COMMANDS.get(name, (module_name, None, "command"))
-            runner = importlib.import_module(runner_name)
-            configure = getattr(runner, configure) if configure else importlib.import_module(module_name).configure_parser
             configure(p)
-            p.set_defaults(_command=getattr(runner, command))
+            p.set_defaults(_runner=runner)
     return parser
 
 
@@ -62,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "subcommand", None):
         parser.print_help()
         return 2
+    module, _, function = args._runner.partition(":")
+    command = getattr(importlib.import_module(module), function)
     try:
-        return int(args._command(args) or 0)
+        return int(command(args) or 0)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"divscale {args.subcommand}: error: {err}", file=sys.stderr)
         return 1

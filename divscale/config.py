@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from divscale import paths
 
 
 @dataclass
@@ -282,7 +282,7 @@ def coerce_value(hint: Any, value: Any, key: str, where: str = "recipe:", defaul
                           f"of type {name}{example}") from None
 
 
-def _build(cls, values: dict[str, Any], where: str, prefix: str = "", origin: dict[str, str] | None = None):
+def build_config(cls, values: dict[str, Any], where: str, prefix: str = "", origin: dict[str, str] | None = None):
     """``cls`` from a mapping, every value checked and coerced against its field's type (:func:`coerce_value`).
     ``where``: the file the values come from; ``origin``: dotted keys set elsewhere (``--set``) -> their label."""
     if values is None:
@@ -302,7 +302,7 @@ def _build(cls, values: dict[str, Any], where: str, prefix: str = "", origin: di
         f = known[name]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, where, f"{prefix}{name}.", origin)
+            kwargs[name] = build_config(sub, value, where, f"{prefix}{name}.", origin)
         else:
             default = f.default if f.default is not dataclasses.MISSING else (
                 sub() if sub is not None else dataclasses.MISSING)
@@ -311,7 +311,7 @@ def _build(cls, values: dict[str, Any], where: str, prefix: str = "", origin: di
     return cls(**kwargs)
 
 
-def _set_override(tree: dict, dotted: str, value: Any) -> None:
+def set_override(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for i, key in enumerate(keys[:-1]):
@@ -347,9 +347,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             except yaml.YAMLError as err:
                 raise RecipeError(f"--set {key}={value!r} is not a YAML value "
                                   f"({getattr(err, 'problem', None) or err}); quote it or fix the brackets") from None
-        _set_override(tree, key, value)
+        set_override(tree, key, value)
     shown = path.resolve().relative_to(paths.ROOT) if path.resolve().is_relative_to(paths.ROOT) else path
-    return _build(Recipe, tree, str(shown), origin={key: "--set" for key in overrides or {}})
+    return build_config(Recipe, tree, str(shown), origin={key: "--set" for key in overrides or {}})
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

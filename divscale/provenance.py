@@ -14,7 +14,7 @@ Every cache key and every result row of the study carries
 :func:`deterministic` pins what torch lets us pin: one intra-op thread and ``use_deterministic_algorithms``.
 Bit-exactness holds on one machine (same CPU kind, same libraries); across CPU kinds the BLAS kernels differ
 (AVX2 vs AVX-512 blocking changes float sums), so artifacts can differ in their last bits there: ``divscale grid
---recipe R --fingerprint`` (:func:`divscale.grid_runner.artifact_fingerprints`) prints the hash of every artifact
+--recipe R --fingerprint`` (:func:`divscale.study.grid.artifact_fingerprints`) prints the hash of every artifact
 and the machine's CPU capability, so the spread can be measured and the first differing step named.
 """
 from __future__ import annotations
@@ -41,28 +41,28 @@ from pathlib import Path
 # through its fingerprint), so the roots name only the code that runs inside the step itself.
 STEPS: dict[str, tuple[str, ...]] = {
     # MiniLM sentence embeddings (the in-project RMs' features)
-    "embed": ("divscale.reward:EmbeddingCache", "divscale.models:load_encoder", "divscale.models:minilm_from_wheel"),
+    "embed": ("divscale.reward.rm:EmbeddingCache", "divscale.models.hub:load_encoder", "divscale.models.hub:minilm_from_wheel"),
     # the in-project RM heads (features + Bradley-Terry training)
-    "reward": ("divscale.reward:embedding_features", "divscale.reward:BTHead", "divscale.reward:EmbeddingRM",
-               "divscale.reward:train_reward_model", "divscale.reward:reward_pairs", "divscale.reward:pair_records",
-               "divscale.reward:prompt_half", "divscale.reward:_query", "divscale.reward:last_human_turn",
-               "divscale.reward:hh_turns", "divscale.reward:bt_loss", "divscale.reward:_oa_targets",
-               "divscale.data:pro_turns"),
+    "reward": ("divscale.reward.rm:embedding_features", "divscale.reward.rm:BTHead", "divscale.reward.rm:EmbeddingRM",
+               "divscale.reward.rm:train_reward_model", "divscale.reward.rm:reward_pairs", "divscale.reward.rm:pair_records",
+               "divscale.reward.rm:prompt_half", "divscale.reward.rm:_query", "divscale.reward.rm:last_human_turn",
+               "divscale.reward.rm:hh_turns", "divscale.reward.rm:bt_loss", "divscale.reward.rm:_oa_targets",
+               "divscale.data.hh:pro_turns"),
     # SmolLM2's sampled extensions of the rankings
-    "generate": ("divscale.rankings:extend_rankings", "divscale.rankings:_sample_prompt",
-                 "divscale.models:load_causal_lm", "divscale.models:smollm2_from_wheel"),
+    "generate": ("divscale.reward.rankings:extend_rankings", "divscale.reward.rankings:_sample_prompt",
+                 "divscale.models.hub:load_causal_lm", "divscale.models.hub:smollm2_from_wheel"),
     # RM_train's ordering of the 4-rankings
-    "rankings": ("divscale.rankings:extend_rankings", "divscale.rankings:build_rankings", "divscale.data:Ranking"),
+    "rankings": ("divscale.reward.rankings:extend_rankings", "divscale.reward.rankings:build_rankings", "divscale.data.hh:Ranking"),
     # the tiny-gpt policy's BPE tokenizer (cached on its own)
-    "bpe": ("divscale.models:train_bpe_tokenizer",),
+    "bpe": ("divscale.models.tiny_gpt:train_bpe_tokenizer",),
     # the tiny-gpt policy: BPE tokenizer, initial weights, causal-LM warm-up
-    "policy": ("divscale.models:train_bpe_tokenizer", "divscale.models:build_tiny_gpt", "divscale.models:warm_up",
-               "divscale.models:load_policy", "divscale.models:_build_policy", "divscale.models:set_pad_token"),
+    "policy": ("divscale.models.tiny_gpt:train_bpe_tokenizer", "divscale.models.tiny_gpt:build_tiny_gpt", "divscale.models.tiny_gpt:warm_up",
+               "divscale.models.tiny_gpt:load_policy", "divscale.models.tiny_gpt:_build_policy", "divscale.models.hub:set_pad_token"),
     # fine-tuning one cell (SFT / PRO / DPO) with dev validation
-    "train": ("divscale.train:train_run", "divscale.models:load_causal_lm", "divscale.provenance:deterministic"),
+    "train": ("divscale.train.runs:train_run", "divscale.models.hub:load_causal_lm", "divscale.provenance:deterministic"),
     # greedy test generations scored by RM_test
-    "eval": ("divscale.evaluate:evaluate_checkpoint", "divscale.evaluate:recipe_test_prompts",
-             "divscale.models:load_causal_lm", "divscale.provenance:deterministic"),
+    "eval": ("divscale.reward.evaluate:evaluate_checkpoint", "divscale.reward.evaluate:recipe_test_prompts",
+             "divscale.models.hub:load_causal_lm", "divscale.provenance:deterministic"),
 }
 
 LIBRARIES = ("torch", "transformers", "sentence_transformers", "tokenizers", "trl", "numpy")
@@ -137,22 +137,43 @@ def _syntax(obj) -> ast.AST:
     return node if node is not None else ast.parse(textwrap.dedent(inspect.getsource(obj))).body[0]
 
 
-@functools.cache
-def _normalized(obj) -> str:
-    node = copy.deepcopy(_syntax(obj))
-    for sub in ast.walk(node):
-        body = getattr(sub, "body", None)
-        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body and \
-                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
+class _Normalize(ast.NodeTransformer):
+    """Docstrings out; an import of the package's own code inside a function kept as the name it binds only
+    (``from divscale.models.generation import generate`` -> ``import generate``): where that code lives is not
+    what it does, and the imported function is hashed by its own name and source."""
+
+    def __init__(self, module: str, package: str):
+        self.module, self.package = module, package
+
+    def _docless(self, node):
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
                 isinstance(body[0].value.value, str):
-            sub.body = body[1:] or [ast.Pass()]
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _docless
+
+    def visit_ImportFrom(self, node):
+        base = importlib.util.resolve_name("." * node.level + (node.module or ""), sys.modules[self.module].__package__) \
+            if node.level else (node.module or "")
+        if base == self.package or base.startswith(self.package + "."):
+            return ast.Import(names=[ast.alias(name=a.asname or a.name) for a in node.names])
+        return node
+
+
+@functools.cache
+def _normalized(obj, package: str) -> str:
+    node = _Normalize(obj.__module__, package).visit(copy.deepcopy(_syntax(obj)))
     return ast.unparse(node)
 
 
-def normalized_source(obj) -> str:
-    """The source of a function or class without comments, docstrings or formatting (``ast.unparse``), so that
+def normalized_source(obj, package: str = "divscale") -> str:
+    """The source of a function or class without comments, docstrings or formatting (``ast.unparse``), and with
+    its imports of the package's own code reduced to the names they bind, so that moving code between modules,
     rewording a docstring or re-wrapping a line leaves a key unchanged while any change to the code moves it."""
-    return _normalized(inspect.unwrap(obj))
+    return _normalized(inspect.unwrap(obj), package)
 
 
 @functools.cache
@@ -223,7 +244,7 @@ def closure(*roots: str, package: str = "divscale") -> tuple[tuple[str, str], ..
         if id(obj) in seen:
             continue
         seen[id(obj)] = obj
-        entries.add((obj.__qualname__, normalized_source(obj)))
+        entries.add((obj.__qualname__, normalized_source(obj, package)))
         found, constants = _references(obj, package)
         entries.update(constants)
         todo.extend(f for f in found if id(f) not in seen)

@@ -52,9 +52,9 @@ overrides = "{}"        # JSON dict of dotted recipe overrides, e.g. '{"data.siz
 # %%
 import pandas as pd
 
-from divscale import pipeline
-from divscale.data import resolve_split_mode
-from divscale.grid import equal_budget_cells
+from divscale.data.hh import resolve_split_mode
+from divscale.data.subsets import equal_budget_cells
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 print(R.description)

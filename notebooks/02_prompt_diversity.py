@@ -43,8 +43,10 @@ overrides = "{}"
 # %%
 import numpy as np
 
-from divscale import diversity, pipeline, plots
-from divscale.analysis import paper_diversity
+from divscale.metrics import diversity
+from divscale.report import plots
+from divscale.report.analysis import paper_diversity
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

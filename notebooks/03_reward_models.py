@@ -43,7 +43,9 @@ overrides = "{}"
 
 # %%
 
-from divscale import pipeline, plots, summary
+from divscale.report import plots
+from divscale.report import publish as summary
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

@@ -45,11 +45,10 @@ overrides = "{}"
 result_path = ""        # set by `divscale grid`: where the cell's result row is written (last step)
 
 # %%
-import json
 
 import pandas as pd
 
-from divscale import pipeline
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 

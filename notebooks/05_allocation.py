@@ -38,7 +38,9 @@ overrides = "{}"
 # %%
 import pandas as pd
 
-from divscale import analysis, pipeline, plots, summary
+from divscale.report import analysis, plots
+from divscale.report import publish as summary
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

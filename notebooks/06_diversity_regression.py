@@ -20,7 +20,7 @@
 #
 # The paper's Figure 4 (OPT-1.3B, 8 subset sizes × 3 ranking lengths) fits one OLS line per ranking
 # length of test reward against d, and against the raw number of prompts. It prints only the mean MSE of
-# the three lines (printed below from `divscale.analysis.PAPER_PRINTED_MSE`): reward is much closer to
+# the three lines (printed below from `divscale.report.analysis.PAPER_PRINTED_MSE`): reward is much closer to
 # linear in d than in the prompt count.
 #
 # First we refit the paper's *own* published points (Table 1 plus the two sizes read off Figure 4,
@@ -42,7 +42,9 @@ import warnings
 
 import pandas as pd
 
-from divscale import analysis, pipeline, plots, summary
+from divscale.report import analysis, plots
+from divscale.report import publish as summary
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

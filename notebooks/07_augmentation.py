@@ -48,8 +48,9 @@ overrides = "{}"
 # %%
 import pandas as pd
 
-from divscale import pipeline, plots
-from divscale.diversity import prompt_diversity
+from divscale.metrics.diversity import prompt_diversity
+from divscale.report import plots
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

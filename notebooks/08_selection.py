@@ -41,7 +41,8 @@ overrides = "{}"
 import pandas as pd
 from IPython.display import display
 
-from divscale import pipeline, plots
+from divscale.report import plots
+from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

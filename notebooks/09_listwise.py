@@ -20,7 +20,7 @@
 #
 # The study so far ranks responses with RM_train. Here the rankings are **human**: the English validation
 # contexts of OpenAssistant oasst1, where volunteers ranked 2–5 sibling replies (`data/oasst1`, read by
-# `divscale.ranked_data.from_oasst1`). Two questions, on the recipe's tiny policy and RM_test:
+# `divscale.data.formats.from_oasst1`). Two questions, on the recipe's tiny policy and RM_test:
 #
 # 1. **Which listwise loss?** PRO (the paper's, no reward temperature since human rankings carry no RM
 #    scores, SFT weight 0.05·(n−1)²), Plackett–Luce (listwise DPO, β = 0.1), DPO on every ordered pair (the
@@ -39,7 +39,7 @@
 # Held-out oasst1 contexts are the test prompts; each run's greedy answers are scored by RM_test
 # (100 × mean sigmoid). RM_test was trained on HH-RLHF pairs, not on oasst1, so its judgement of these
 # answers is a proxy of unknown quality here. Every contrast comes with a 95% CI over training seeds and its
-# minimum detectable effect (MDE, α = 0.05, 80% power: `divscale.analysis`).
+# minimum detectable effect (MDE, α = 0.05, 80% power: `divscale.report.analysis`).
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -53,14 +53,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from divscale import analysis, pipeline, plots
-from divscale.evaluate import bootstrap_ci
-from divscale.generation import format_prompt, generate
-from divscale.listwise_train import split_ranked, sub_ranked, train_ranked
-from divscale.models import load_causal_lm, load_policy
+from divscale.data.formats import from_oasst1, one_line_ranked
+from divscale.models.generation import format_prompt, generate
+from divscale.models.hub import load_causal_lm
+from divscale.models.tiny_gpt import load_policy
 from divscale.paths import DATA_DIR
-from divscale.ranked_data import from_oasst1, one_line_ranked
-from divscale.reward import sigmoid
+from divscale.report import analysis, plots
+from divscale.reward.evaluate import bootstrap_ci
+from divscale.reward.rm import sigmoid
+from divscale.study import pipeline
+from divscale.train.trainer import split_ranked, sub_ranked, train_ranked
 
 started = time.time()
 R = pipeline.load(recipe, overrides)
@@ -95,7 +97,7 @@ print(f"train {len(train)} contexts, test {len(test)} contexts; "
 # oasst1 replies are markdown: line breaks inside the reply, and colons that end a line (`"Here are the
 # steps:\n1. ..."`). Fine-tuned on that, the tiny policy learns "after `:` comes a line break" and applies it
 # to the `"Assistant:"` that ends every prompt; greedy decoding then emits only line breaks, an empty
-# answer. Written on one line (`divscale.ranked_data.one_line_ranked`: whitespace runs inside a turn become
+# answer. Written on one line (`divscale.data.formats.one_line_ranked`: whitespace runs inside a turn become
 # one space, the turn markers stay), the replies keep their words. The counts below come from the data;
 # section 1 also trains one SFT run on the replies as written, to show the effect.
 

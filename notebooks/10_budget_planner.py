@@ -34,9 +34,11 @@ pool_subset = "harmless-base"
 seed = 0
 
 # %%
-from divscale import budget_plan as bp
-from divscale import paths, pipeline, plots
+from divscale import paths
 from divscale.io import DataError
+from divscale.report import plots
+from divscale.study import pipeline
+from divscale.tools import annotation_plan as bp
 
 R = pipeline.load(recipe, overrides)
 plots.set_style()

@@ -1,4 +1,4 @@
-"""Tests for divscale.analysis: the results table, the paper's numbers and refit, fits, exponent, verdicts."""
+"""Tests for divscale.report.analysis: the results table, the paper's numbers and refit, fits, exponent, verdicts."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from divscale import analysis
 from divscale.io import DataError
+from divscale.report import analysis
 
 # ---------------------------------------------------------------------------------------------------------
 # fixtures

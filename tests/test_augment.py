@@ -1,4 +1,4 @@
-"""Tests for divscale.augment: the exact and MinHash Jaccard filters, the greedy augmentation, the
+"""Tests for divscale.tools.augment: the exact and MinHash Jaccard filters, the greedy augmentation, the
 random baseline and the CLI."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from divscale import augment as ag
-from divscale.diversity import diversity_from_ids, ngram_codes
+from divscale.metrics.diversity import diversity_from_ids, ngram_codes
+from divscale.tools import augment as ag
 
 
 def naive_max_jaccard(cand, support) -> float:
@@ -209,7 +209,7 @@ def test_ngram_sets_use_the_metric_codes():
 # ----------------------------------------------------------------------------- rankings + CLI
 
 def hh_rankings(texts, k):
-    from divscale.data import Ranking
+    from divscale.data.hh import Ranking
     out = []
     for i, t in enumerate(texts[:k]):
         cut = t.rfind("\n\nAssistant:") + len("\n\nAssistant:")
@@ -220,7 +220,7 @@ def hh_rankings(texts, k):
 
 def test_augment_cli_end_to_end(tmp_path, hh_sample_texts, tiny_tokenizer):
     from divscale.cli import main
-    from divscale.data import load_rankings, save_rankings
+    from divscale.data.hh import load_rankings, save_rankings
 
     rankings = hh_rankings(hh_sample_texts, 120)
     save_rankings(tmp_path / "pool.jsonl", rankings)
@@ -245,7 +245,7 @@ def test_augment_cli_end_to_end(tmp_path, hh_sample_texts, tiny_tokenizer):
 # ----------------------------------------------------------------------------- the experiment's training sets
 
 def _r4(i: int):
-    from divscale.data import Ranking
+    from divscale.data.hh import Ranking
     return Ranking(id=f"p{i}", prompt=f"\n\nHuman: question {i}?\n\nAssistant:",
                    responses=[f"a{i}", f"b{i}", f"c{i}", f"d{i}"], rewards=[3.0, 2.0, 1.0, 0.0],
                    sources=["human-chosen", "gen-1", "human-rejected", "gen-2"])
@@ -254,8 +254,8 @@ def _r4(i: int):
 def test_every_arm_trains_the_base_set_on_the_grid_cells_rankings(monkeypatch):
     """The base set is the grid's k=seed_size subset, and its 2-rankings are the grid cell's in every arm
     (not redrawn from a stream whose state depends on how many prompts the arm adds)."""
-    from divscale import pipeline
-    from divscale.grid import build_grid, sub_rankings
+    from divscale.data.subsets import build_grid, sub_rankings
+    from divscale.study import pipeline
 
     R = pipeline.load("smoke", {"augment.seed_size": 6, "data.sizes": [6, 12]})
     grid4, extra = [_r4(i) for i in range(12)], [_r4(100 + i) for i in range(8)]

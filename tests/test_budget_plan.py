@@ -1,4 +1,4 @@
-"""The annotation-budget planner (divscale.budget_plan, `divscale plan`)."""
+"""The annotation-budget planner (divscale.tools.annotation_plan, `divscale plan`)."""
 from __future__ import annotations
 
 import itertools
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from divscale import budget_plan as bp
 from divscale import cli
 from divscale.config import DiversityConfig
-from divscale.diversity import prompt_diversity
 from divscale.io import DataError
-from divscale.select import select_random
+from divscale.metrics.diversity import prompt_diversity
+from divscale.tools import annotation_plan as bp
+from divscale.tools.select import select_random
 
 WORDS = [f"w{i}" for i in range(400)]
 
@@ -249,7 +249,7 @@ def test_crossover_found_where_the_lines_cross():
     assert pred[(cx[0]["previous_budget"], 4)] > pred[(cx[0]["previous_budget"], 2)]
     assert pred[(cx[0]["budget"], 2)] > pred[(cx[0]["budget"], 4)]
 
-    from divscale import plots
+    from divscale.report import plots
 
     fig = plots.plot_budget_crossover(table, cx)
     ax = fig.axes[0]
@@ -324,7 +324,7 @@ def test_cli_bad_pools(capsys, tmp_path, content, message):
 @pytest.mark.parametrize("wrap", [list, tuple, iter, lambda x: np.asarray(x, dtype=np.int32),
                                   lambda x: np.asarray(x, dtype=np.uint64)])
 def test_plain_callable_outputs_give_identical_d(wrap):
-    """divscale.diversity's plain-callable path passes lists/arrays on without copying: every container type gives
+    """divscale.metrics.diversity's plain-callable path passes lists/arrays on without copying: every container type gives
     the same counts as the reference, truncation included."""
     pool = make_pool(300, words=20)
     ref = prompt_diversity(pool, word_tokenizer, max_tokens=9)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from divscale import cli, compute_plan
+from divscale import cli
+from divscale.tools import gpu_plan as compute_plan
 
 GIB = 1024 ** 3
 

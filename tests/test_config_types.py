@@ -125,17 +125,17 @@ class _Literal:
 
 
 def test_literal_optional_and_nested_items():
-    built = config._build(_Literal, {"mode": "minhash", "ratios": ["1e-3", 2], "opt": "5e-4"}, "x.yaml")
+    built = config.build_config(_Literal, {"mode": "minhash", "ratios": ["1e-3", 2], "opt": "5e-4"}, "x.yaml")
     assert built == _Literal("minhash", [0.001, 2.0], 0.0005)
     with pytest.raises(RecipeError, match=r"x.yaml: mode='fuzzy' is not of type Literal\['exact', 'minhash'\]"):
-        config._build(_Literal, {"mode": "fuzzy"}, "x.yaml")
+        config.build_config(_Literal, {"mode": "fuzzy"}, "x.yaml")
     with pytest.raises(RecipeError, match=r"ratios=\['1e-3', 'lots'\] is not of type list\[float\] \(item \[1\]"):
-        config._build(_Literal, {"ratios": ["1e-3", "lots"]}, "x.yaml")
+        config.build_config(_Literal, {"ratios": ["1e-3", "lots"]}, "x.yaml")
 
 
 def test_cli_train_rejects_a_bad_value_before_anything_runs(tmp_path, monkeypatch, capsys):
     """`divscale train --set train.max_steps=ten`: exit 1, one line on stderr, nothing written (no .partial)."""
-    from divscale import pipeline
+    from divscale.study import pipeline
 
     monkeypatch.setattr(pipeline, "train_cell", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.setattr(pipeline, "grid", lambda *a, **k: pytest.fail("the grid was built"))

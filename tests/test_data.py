@@ -1,4 +1,4 @@
-"""divscale.data: dialogue splitting, HH-RLHF loading, rankings, the PRO format and pool/dev/test splits.
+"""divscale.data.hh: dialogue splitting, HH-RLHF loading, rankings, the PRO format and pool/dev/test splits.
 
 Checked against the real data in data/hh-rlhf (all four test splits) and data/pro-hh (the PRO
 authors' own preprocessing of the same files).
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from divscale import cli, data, paths
+from divscale import cli, paths
 from divscale.config import DataConfig
-from divscale.data import (
+from divscale.data import hh as data
+from divscale.data.hh import (
     Ranking,
     from_pro_record,
     load_hh_rlhf,
@@ -155,7 +156,7 @@ def test_load_all_four_test_splits(hh, raw, caplog):
 
 
 def test_unsplittable_records_are_dropped_with_a_warning(hh_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="divscale.data"):
+    with caplog.at_level(logging.WARNING, logger="divscale.data.hh"):
         ds = load_hh_rlhf(["helpful-online"], data_dir=hh_dir)
     assert len(ds) == 1135
     msg = " ".join(r.getMessage() for r in caplog.records)

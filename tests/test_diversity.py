@@ -1,4 +1,4 @@
-"""Tests for divscale.diversity: the paper's d, its incremental form, the other measures and the CLI."""
+"""Tests for divscale.metrics.diversity: the paper's d, its incremental form, the other measures and the CLI."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from divscale import diversity as dv
 from divscale.cli import main as cli_main
+from divscale.metrics import diversity as dv
 from divscale.paths import ROOT
 
 A, B, C, D, E, F, G = range(1, 8)

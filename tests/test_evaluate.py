@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from divscale.config import Recipe
-from divscale.evaluate import (
+from divscale.reward.evaluate import (
     bootstrap_ci,
     evaluate_checkpoint,
     evaluate_policy,
@@ -255,9 +255,9 @@ def test_evaluate_cli_uses_run_config(tiny_gpt, tiny_tokenizer, tmp_path, monkey
     """`divscale evaluate --run RUN` evaluates RUN/best with the run's saved settings + --set overrides."""
     import datasets
 
-    import divscale.evaluate as ev
-    from divscale import reward
+    import divscale.reward.evaluate as ev
     from divscale.cli import main
+    from divscale.reward import rm as reward
 
     run = tmp_path / "run"
     tiny_gpt.save_pretrained(run / "best", safe_serialization=True)
@@ -288,8 +288,8 @@ def test_evaluate_cli_uses_run_config(tiny_gpt, tiny_tokenizer, tmp_path, monkey
 
 
 def test_compare_generations_pairs_by_prompt(tmp_path):
-    from divscale.evaluate import compare_generations
     from divscale.io import DataError, atomic_write_jsonl
+    from divscale.reward.evaluate import compare_generations
 
     def recs(logits):
         return [{"subset": s, "index": i, "prompt": f"p{s}{i}", "logit": lg}

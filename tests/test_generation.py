@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from divscale.generation import cut_at_stop, format_prompt, generate, hh_turns
+from divscale.models.generation import cut_at_stop, format_prompt, generate, hh_turns
 
 PROMPTS = [
     "\n\nHuman: How do I bake bread?\n\nAssistant:",

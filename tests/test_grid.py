@@ -1,4 +1,4 @@
-"""divscale.grid: the official sub-ranking, nested-subset and equal-budget rules (spec §2.2-2.4)."""
+"""divscale.data.subsets: the official sub-ranking, nested-subset and equal-budget rules (spec §2.2-2.4)."""
 from __future__ import annotations
 
 import itertools
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from divscale import cli
-from divscale import grid as grid_mod
-from divscale.data import Ranking, save_rankings
-from divscale.grid import (
+from divscale.data import subsets as grid_mod
+from divscale.data.hh import Ranking, save_rankings
+from divscale.data.subsets import (
     PAPER_SIZES,
     Cell,
     build_grid,

@@ -9,15 +9,16 @@ import nbformat
 import pandas as pd
 import pytest
 
-from divscale import grid_runner, paths
+from divscale import paths
 from divscale.config import load_recipe
+from divscale.study import grid as grid_runner
 
 FAKE_CELL = '''
 import json, os, pathlib
 row = {"run_id": f"{algo}-n{ranking_len}-k{n_prompts}-s{seed}", "recipe": recipe, "algo": algo,
        "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed, "status": "ok",
        "reward_global": 50.0 + ranking_len + n_prompts / 100 + seed / 1000}
-# what the real notebook's row carries (divscale.pipeline.table_keys): the RMs, policy, code it was made from
+# what the real notebook's row carries (divscale.study.pipeline.table_keys): the RMs, policy, code it was made from
 row.update(json.loads((pathlib.Path(os.environ["FAKE_GRID_DIR"]) / "keys.json").read_text()))
 flag = pathlib.Path(os.environ["FAKE_GRID_DIR"]) / "kill-once"
 if algo == "pro" and ranking_len == 4 and flag.exists():
@@ -45,7 +46,7 @@ def fake_notebook(tmp_path, monkeypatch):
     return path
 
 
-# stand-ins for divscale.pipeline.table_keys (the real ones build both RMs, the rankings and the policy)
+# stand-ins for divscale.study.pipeline.table_keys (the real ones build both RMs, the rankings and the policy)
 KEYS = {"key_recipe": "r1", "key_rm_train": "rmtrain-a", "key_rm_test": "rmtest-a", "key_policy": "pol-a",
         "key_rankings": "rank-a", "key_code_train": "code-a", "key_code_eval": "code-a", "eval_key": "eval-a"}
 
@@ -105,8 +106,8 @@ def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():
     base = grid_runner.GridCell("pro", cells[0].ranking_len, cells[0].n_prompts, 7)
     assert base.cell_id(recipe, KEYS) != cells[0].cell_id(recipe, KEYS)
     # the key a β cell's row must carry is the recipe key of its own (overridden) recipe
-    from divscale import pipeline
     from divscale.config import config_hash
+    from divscale.study import pipeline
 
     other = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",
                                 "train.sft_weight": cells[0].sft_weight})
@@ -209,8 +210,8 @@ def test_rows_that_disagree_among_themselves_are_refused():
 
 def test_a_table_without_key_columns_is_checked_on_its_eval_folders(tmp_path):
     """The committed cpu table: 2 rows point at eval-583055e0db, 70 at eval-c52520b0e7."""
-    from divscale.pipeline import check_keys
     from divscale.provenance import StaleResultsError
+    from divscale.study.pipeline import check_keys
 
     df = pd.DataFrame({"run_id": [f"pro-{i}" for i in range(4)] + ["sft-n2-k80-s42-83a306b8eb33"],
                        "eval_dir": [f"runs/train/pro-{i}/eval-c52520b0e7" for i in range(4)]

@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import networkx as nx
-import pytest
 
 from divscale import paths
 
@@ -15,7 +14,7 @@ PACKAGE = paths.ROOT / "divscale"
 
 def _target(node: ast.ImportFrom, module: str) -> list[str]:
     """The divscale modules that ``from ... import ...`` in ``module`` (dotted, in the package) reads."""
-    if node.level:                                           # relative: from . / from .x / from .. (none here)
+    if node.level:                                           # relative: from . / from .x / from ..
         base = module.split(".")[: -node.level]
         prefix = ".".join(base + ([node.module] if node.module else []))
     else:
@@ -28,8 +27,13 @@ def _target(node: ast.ImportFrom, module: str) -> list[str]:
 
 
 def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
-    """Edges module -> divscale module it imports, for every ``divscale/*.py``."""
-    modules = {f"divscale.{p.stem}": p for p in sorted(package.glob("*.py")) if p.stem != "__init__"}
+    """Edges module -> divscale module it imports, for every ``divscale/**/*.py`` (a package's ``__init__`` is the
+    package itself)."""
+    def dotted(path: Path) -> str:
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {dotted(p): p for p in sorted(package.rglob("*.py"))}
     graph = nx.DiGraph()
     graph.add_nodes_from(modules)
     for name, path in modules.items():
@@ -68,8 +72,68 @@ def test_no_import_cycles():
         "\n".join(cycles)
 
 
-@pytest.mark.parametrize("low,high", [("data", "grid"), ("train", "pipeline"), ("data", "train"),
-                                      ("grid", "pipeline"), ("config", "data")])
-def test_a_lower_module_never_imports_a_higher_one(low, high):
+# The layers, lowest first: a module imports only from its own layer or lower ones (the cli, at the top, wires
+# them). ``__init__`` files of the sub-packages hold docstrings only.
+LAYERS = [
+    ("divscale", "divscale.paths", "divscale.io", "divscale.config", "divscale.provenance"),
+    ("divscale.data",),
+    ("divscale.models",),
+    ("divscale.metrics", "divscale.reward"),
+    ("divscale.train",),
+    ("divscale.report",),
+    ("divscale.tools",),
+    ("divscale.study",),
+    ("divscale.cli",),
+]
+
+
+def layer(module: str) -> int:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or (p != "divscale" and module.startswith(p + ".")) for p in prefixes):
+            return i
+    raise AssertionError(f"{module} is in no layer of tests/test_imports.py::LAYERS")
+
+
+def test_a_lower_layer_never_imports_a_higher_one():
     graph = import_graph()
-    assert not nx.has_path(graph, f"divscale.{low}", f"divscale.{high}"), (low, high)
+    upward = sorted(f"{a} -> {b}" for a, b in graph.edges if layer(b) > layer(a))
+    assert not upward, "a lower module imports a higher one (move the code down, or wire it in the higher " \
+        "module):\n" + "\n".join(upward)
+
+
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """``from divscale.x import _name`` (or ``module._name``) in a module other than x: a private name used
+    across modules."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = ".".join(_target(node, module)[0].split(".")) if _target(node, module) else ""
+                for a in node.names:
+                    if source and a.name.startswith("_") and not a.name.startswith("__") and source != module:
+                        found.append(f"{module}: from {source} import {a.name}")
+                    if source:
+                        aliases[a.asname or a.name] = f"{source}.{a.name}" if node.module is None or \
+                            source == "divscale" or not node.module else source
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    node.attr.startswith("_") and not node.attr.startswith("__"):
+                target = aliases.get(node.value.id, "")
+                if target.startswith("divscale") and target != module:
+                    found.append(f"{module}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_private_imports_are_found(tmp_path):
+    pkg = tmp_path / "divscale"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def _f():\n    pass\n")
+    (pkg / "b.py").write_text("from divscale.a import _f\nfrom divscale import a\na._f()\n")
+    assert private_imports(pkg) == ["divscale.b: from divscale.a import _f", "divscale.b: a._f"]
+
+
+def test_no_module_imports_another_modules_private_name():
+    assert not private_imports(), "\n".join(private_imports())

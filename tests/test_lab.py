@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from divscale import notebooks, paths
+from divscale import paths
+from divscale.study import notebook_runner as notebooks
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.timeout(240)]
 

@@ -1,4 +1,4 @@
-"""divscale.listwise: the losses against hand-computed values, ties, padding, and K = 2 against TRL's DPO loss."""
+"""divscale.train.losses: the losses against hand-computed values, ties, padding, and K = 2 against TRL's DPO loss."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from divscale import listwise, pro
-from divscale.listwise import all_pairs_dpo_loss, plackett_luce_loss, pro_ranked_loss, sft_nll_of_best
+from divscale.train import losses as listwise
+from divscale.train import pro
+from divscale.train.losses import all_pairs_dpo_loss, plackett_luce_loss, pro_ranked_loss, sft_nll_of_best
 
 # z = beta * (policy - ref) = [-1, -2, -3] with beta = 1 and ref = 0 in most tests below.
 Z = torch.tensor([[-1.0, -2.0, -3.0]])

@@ -1,4 +1,4 @@
-"""divscale.listwise_train: log-probs, ListwiseTrainer (each loss, frozen reference), run directories and
+"""divscale.train.trainer: log-probs, ListwiseTrainer (each loss, frozen reference), run directories and
 `divscale train --data`."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from divscale import cli
-from divscale.listwise_train import (
+from divscale.data.formats import normalize_ranked
+from divscale.train.trainer import (
     ListwiseCollator,
     ListwiseConfig,
     ListwiseTrainer,
@@ -18,7 +19,6 @@ from divscale.listwise_train import (
     naive_completion_logprobs,
     train_ranked,
 )
-from divscale.ranked_data import normalize_ranked
 
 ROWS = [{"id": "a", "prompt": "\n\nHuman: What is a cat?\n\nAssistant:",
          "completions": ["A small animal.", "A dog.", "No."], "ranks": [0, 1, 2]},
@@ -169,7 +169,7 @@ def test_train_ranked_dataset_in(tiny_gpt, tiny_tokenizer, ranked, tmp_path):
 
 def _colon_then_line_break(tokenizer, rows) -> int:
     """Token pairs (ends with ':', starts with a line break) among the completion tokens the trainer scores."""
-    from divscale.logprobs import encode_completions
+    from divscale.train.logprobs import encode_completions
 
     batch = ListwiseCollator(tokenizer, "pro")(list(rows))
     enc = encode_completions(tokenizer, batch["prompts"], batch["completions"], 128, 64)
@@ -184,8 +184,8 @@ def test_one_line_rows_never_teach_a_line_break_after_a_colon(tiny_tokenizer):
     """09_listwise's empty answers: every generation prompt ends with the colon of "Assistant:"; markdown
     replies ("steps:\\n1. ...") train an HH-only policy to follow a colon with a line break, so it answers
     with line breaks only. The one-line form (what 09 trains on) has no such token pair."""
-    from divscale.generation import format_prompt
-    from divscale.ranked_data import one_line_ranked
+    from divscale.data.formats import one_line_ranked
+    from divscale.models.generation import format_prompt
 
     rows = normalize_ranked([{"prompt": [{"role": "user", "content": "How do I fix runny mayonnaise?"}],
                               "completions": ["Try this:\n\n1. Add a yolk.\n2. Whisk:\nslowly.", "Throw it out."],

@@ -1,4 +1,4 @@
-"""Shared-prompt completion log-probs (divscale.logprobs): values AND gradients equal the naive path."""
+"""Shared-prompt completion log-probs (divscale.train.logprobs): values AND gradients equal the naive path."""
 from __future__ import annotations
 
 import logging
@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from divscale import logprobs as lp_mod
-from divscale.logprobs import completion_logprobs, encode_completions, logprobs_from_ids
+from divscale.train import logprobs as lp_mod
+from divscale.train.logprobs import completion_logprobs, encode_completions, logprobs_from_ids
 
 V = 64
 TOL = 1e-5          # fp32, the issue's bound, absolute
@@ -174,7 +174,7 @@ def test_falls_back_with_a_log_line_when_the_cache_is_off(caplog):
     model = tiny_model("gpt2").train()
     model.gradient_checkpointing_enable()
     batch = make_batch("right")
-    with caplog.at_level(logging.WARNING, logger="divscale.logprobs"):
+    with caplog.at_level(logging.WARNING, logger="divscale.train.logprobs"):
         shared, _ = logprobs_from_ids(model, *batch, share_prompt=True, pad_token_id=1)
     assert "gradient checkpointing" in caplog.text
     model.gradient_checkpointing_disable()
@@ -192,7 +192,7 @@ def test_falls_back_when_the_shared_result_disagrees(monkeypatch, caplog):
         return logps + 1.0, counts
 
     monkeypatch.setattr(lp_mod, "_shared", wrong)
-    with caplog.at_level(logging.WARNING, logger="divscale.logprobs"), torch.no_grad():
+    with caplog.at_level(logging.WARNING, logger="divscale.train.logprobs"), torch.no_grad():
         out, _ = logprobs_from_ids(model, *batch, share_prompt=True, pad_token_id=1)
         naive, _ = logprobs_from_ids(model, *batch, share_prompt=False, pad_token_id=1)
     assert "differs" in caplog.text
@@ -280,7 +280,7 @@ def test_a_ddp_style_wrapper_still_shares(caplog):
     hook = inner.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape[1]),
                                            with_kwargs=True)
     try:
-        with caplog.at_level(logging.WARNING, logger="divscale.logprobs"):
+        with caplog.at_level(logging.WARNING, logger="divscale.train.logprobs"):
             shared, _ = logprobs_from_ids(wrapped, *batch, share_prompt=True, pad_token_id=1)
     finally:
         hook.remove()

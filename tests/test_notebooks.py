@@ -7,8 +7,10 @@ import json
 import nbformat
 import pytest
 
-from divscale import grid_runner, notebooks, paths
+from divscale import paths
 from divscale.config import load_recipe
+from divscale.study import grid as grid_runner
+from divscale.study import notebook_runner as notebooks
 
 
 def test_every_notebook_is_paired_and_in_sync():
@@ -62,10 +64,10 @@ def test_smoke_profile_executes_every_notebook_and_draws_every_figure():
 def test_clean_text_drops_progress_lines_and_machine_paths():
     root = str(paths.ROOT)
     text = (f"loading\nGGUF:   0%|          | 0/272 [00:00<?, ?it/s]\rGGUF: 100%|##########| 272/272 [00:08<00:00]\n"
-            f"{root}/divscale/data.py:480: UserWarning: x\n  at {root}/.venv/lib/site-packages/tqdm/auto.py\n"
+            f"{root}/divscale/data/hh.py:480: UserWarning: x\n  at {root}/.venv/lib/site-packages/tqdm/auto.py\n"
             "augment:  50%|#####     | 30/60 [00:02<00:02, 14.2it/s]\ndone: 5/10 prompts kept\n")
     got = notebooks.clean_text(text, [(root + "/.venv", "<venv>"), (root, ".")])
-    assert got == ("loading\n./divscale/data.py:480: UserWarning: x\n  at <venv>/lib/site-packages/tqdm/auto.py\n"
+    assert got == ("loading\n./divscale/data/hh.py:480: UserWarning: x\n  at <venv>/lib/site-packages/tqdm/auto.py\n"
                    "done: 5/10 prompts kept\n")
     assert notebooks.clean_text("a\rb\rfinal\n") == "final\n"
 

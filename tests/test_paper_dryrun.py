@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from divscale import compute_plan, evaluate, models, reward, train
 from divscale.config import load_recipe
-from divscale.pro import RankingCollator
+from divscale.models import hub as models
+from divscale.reward import evaluate
+from divscale.reward import rm as reward
+from divscale.tools import gpu_plan as compute_plan
+from divscale.train import runs as train
+from divscale.train.pro import RankingCollator
 
 SHRINK = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
           "intermediate_size": 128, "ffn_dim": 128, "word_embed_proj_dim": 64}   # depth and width only
@@ -87,7 +91,7 @@ def pythia_oa_tokenizer(texts):
 
 def save_bin_rm(model_id, tokenizer, folder, shards=1):
     """A shrunk OA reward model saved as the hub ships it: ``.bin`` only (sharded with an index for the 6.9B)."""
-    reward._register_gpt_neox_reward_model()
+    reward.register_gpt_neox_reward_model()
     config = shrunk_config(model_id)
     assert config.model_type == "gpt_neox_reward_model" and config.vocab_size == 50282
     torch.manual_seed(1)
@@ -234,7 +238,7 @@ def test_paper_recipe_cell_on_the_real_architectures(name, tmp_path, hh_dir, hh_
 
 
 def test_gpu_check_without_cuda_exits_cleanly_with_a_message(monkeypatch, capsys):
-    from divscale import gpu_check
+    from divscale.tools import gpu_check
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 0
@@ -244,7 +248,7 @@ def test_gpu_check_without_cuda_exits_cleanly_with_a_message(monkeypatch, capsys
 
 def test_gpu_check_steps_run_on_cpu(tmp_path, monkeypatch, capsys):
     """The script's own path (smoke cell in bf16, tiny OA RMs from .bin, fixed-batch PRO loss fp32 vs bf16) on CPU."""
-    from divscale import gpu_check
+    from divscale.tools import gpu_check
 
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(gpu_check.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "work"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import divscale.rankings as rk
-from divscale import models
-from divscale.data import load_hh_rlhf, rankings_from_pairs
+import divscale.reward.rankings as rk
+from divscale.data.hh import load_hh_rlhf, rankings_from_pairs
+from divscale.models import hub as models
 
 
 class LengthRM:
@@ -68,7 +68,7 @@ def test_build_rankings_passes_workers_and_keeps_the_folder_key(monkeypatch, tmp
         return []
 
     monkeypatch.setattr(rk, "extend_rankings", fake_extend)
-    from divscale import data
+    from divscale.data import hh as data
 
     monkeypatch.setattr(data, "save_rankings", lambda path, ranked: None)
     recipe = Recipe()
@@ -81,7 +81,7 @@ def test_build_rankings_passes_workers_and_keeps_the_folder_key(monkeypatch, tmp
 
 @pytest.mark.slow
 def test_embeddings_with_two_workers_equal_serial(tmp_path, hh_sample_texts, monkeypatch):
-    from divscale.reward import EmbeddingCache
+    from divscale.reward.rm import EmbeddingCache
 
     texts = [t[: 50 + 41 * i] for i, t in enumerate(hh_sample_texts[:10])]     # different lengths
     serial = EmbeddingCache(db_path=tmp_path / "serial.sqlite", workers=1).encode(texts)

@@ -1,4 +1,4 @@
-"""divscale.pipeline: the small table helpers the notebooks call (the heavy steps are tested in their modules
+"""divscale.study.pipeline: the small table helpers the notebooks call (the heavy steps are tested in their modules
 and end to end by test_notebooks)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from divscale import pipeline
 from divscale.config import load_recipe
-from divscale.data import Ranking
+from divscale.data.hh import Ranking
+from divscale.study import pipeline
 
 
 def _r(i, sources=("human-chosen", "human-rejected", "gen", "gen")):
@@ -128,8 +128,8 @@ def test_regression_sentences_cite_each_algorithms_own_paper_mse():
 def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
     """best-dev (the paper's rule) hands RM_train and the dev prompts to the run; last hands neither, so the
     run keeps its last step; anything else is refused with the choices named."""
-    import divscale.models
-    import divscale.train
+    import divscale.models.tiny_gpt
+    import divscale.train.runs
 
     seen = {}
 
@@ -137,8 +137,8 @@ def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
         seen.update(kw)
         return "run"
 
-    monkeypatch.setattr(divscale.train, "train_run", fake_train_run)
-    monkeypatch.setattr(divscale.models, "load_policy", lambda *a, **k: None)
+    monkeypatch.setattr(divscale.train.runs, "train_run", fake_train_run)
+    monkeypatch.setattr(divscale.models.tiny_gpt, "load_policy", lambda *a, **k: None)
     monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["x"])
     monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "pol")
     monkeypatch.setattr(pipeline, "reward_models", lambda R: ("rm_train", "rm_test"))
@@ -156,7 +156,7 @@ def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
 def test_candidates_start_with_the_grids_own_prompts_and_skip_the_base_set():
     """07 and 08 choose from the grid's seeded pool order: on the cpu recipe every candidate is a grid prompt,
     already ranked in 01 (no SmolLM2 generation in 07/08), and 07's candidates never include its base set."""
-    from divscale.grid import nested_subsets
+    from divscale.data.subsets import nested_subsets
 
     R = load_recipe("cpu")
     grid_ids = [r.id for r in pipeline.grid_pool(R)]

@@ -1,4 +1,4 @@
-"""Tests for divscale.plots: every figure function draws from a small fixture table and saves PNG + PDF."""
+"""Tests for divscale.report.plots: every figure function draws from a small fixture table and saves PNG + PDF."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from divscale import analysis, plots
+from divscale.report import analysis, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

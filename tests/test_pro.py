@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from divscale.io import DataError
-from divscale.pro import RankingCollator, pro_loss, pro_loss_parts, sequence_logprobs
+from divscale.train.pro import RankingCollator, pro_loss, pro_loss_parts, sequence_logprobs
 
 S = torch.tensor([[-1.0, -1.2, -1.5]])
 R = torch.tensor([[2.0, 0.5, -1.0]])
@@ -227,7 +227,7 @@ def test_one_forward_equals_n_separate_forwards(tiny_gpt, tiny_tokenizer, hh_sam
 
 
 def test_trainer_loss_is_the_pro_loss(tiny_gpt, tiny_tokenizer, tmp_path):
-    from divscale.pro import PROConfig, PROTrainer, SFTRankTrainer
+    from divscale.train.pro import PROConfig, PROTrainer, SFTRankTrainer
 
     tiny_gpt.eval()
     recs = [RANKING, {**RANKING, "id": "r1", "responses": ["Sure.", "Maybe later today.", "?"], "rewards": [3, 1, 0]}]
@@ -287,7 +287,7 @@ def _loss_and_grads(trainer, model, batch):
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_trainer_shared_prompt_equals_full_sequences(tiny_gpt, tiny_tokenizer, tmp_path, n):
     """PRO (n >= 2) and SFT (n = 1): loss and gradients of the shared-prompt path = the full-sequence path."""
-    from divscale.pro import PROConfig, PROTrainer
+    from divscale.train.pro import PROConfig, PROTrainer
 
     tiny_gpt.eval()                                      # the fixture has dropout; eval keeps the passes comparable
     common = {"output_dir": str(tmp_path), "use_cpu": True, "block_size": 40, "max_prompt_tokens": 24,
@@ -308,7 +308,7 @@ def test_trainer_shared_prompt_equals_full_sequences(tiny_gpt, tiny_tokenizer, t
 
 
 def test_loss_balance_matches_separate_backwards(tiny_gpt, tiny_tokenizer):
-    from divscale.pro import loss_balance
+    from divscale.train.pro import loss_balance
 
     tiny_gpt.eval()
     batch = RankingCollator(tiny_tokenizer, n=3, block_size=128, max_prompt_tokens=96)(RECS)
@@ -340,8 +340,8 @@ def test_loss_balance_is_logged_and_leaves_training_unchanged(tiny_gpt, tiny_tok
 
     from datasets import Dataset
 
-    from divscale.pro import LOSS_BALANCE_FIELDS, PROConfig, PROTrainer, loss_balance_summary
-    from divscale.train import weights_sha256
+    from divscale.train.pro import LOSS_BALANCE_FIELDS, PROConfig, PROTrainer, loss_balance_summary
+    from divscale.train.runs import weights_sha256
 
     def run(every: int, share: bool):
         model = copy.deepcopy(tiny_gpt)

@@ -1,4 +1,4 @@
-"""divscale.ranked_data: the ranked format, ties, errors that name the row, and every reader."""
+"""divscale.data.formats: the ranked format, ties, errors that name the row, and every reader."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from divscale import ranked_data as rd
-from divscale.data import Ranking, save_rankings
+from divscale.data import formats as rd
+from divscale.data.hh import Ranking, save_rankings
 from divscale.io import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

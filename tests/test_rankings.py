@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-import divscale.rankings as rk
-from divscale.data import Ranking, load_rankings
-from divscale.grid import sub_rankings
+import divscale.reward.rankings as rk
+from divscale.data.hh import Ranking, load_rankings
+from divscale.data.subsets import sub_rankings
 from divscale.io import DataError
-from divscale.rankings import build_rankings, extend_rankings, load_cache
+from divscale.reward.rankings import build_rankings, extend_rankings, load_cache
 
 PAIRS = [
     ("\n\nHuman: How do I bake bread?\n\nAssistant:", "Mix flour, water, yeast and salt, knead, let it rise.",
@@ -39,7 +39,7 @@ class LengthRM:
 
 @pytest.fixture()
 def count_generate(monkeypatch):
-    """Wrap ``divscale.rankings.generate`` to count calls (and optionally fail or alter outputs)."""
+    """Wrap ``divscale.reward.rankings.generate`` to count calls (and optionally fail or alter outputs)."""
     state = {"calls": 0, "fail_at": None, "rows": [], "transform": None}
     real = rk.generate
 
@@ -162,8 +162,9 @@ def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_pat
 def test_rankings_cli(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
     import datasets
 
-    from divscale import data, reward
     from divscale.cli import main
+    from divscale.data import hh as data
+    from divscale.reward import rm as reward
 
     rows = [{"prompt": p, "chosen": c, "rejected": r, "subset": "helpful-base", "line": i + 1}
             for i, (p, c, r) in enumerate(PAIRS)]

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
-from divscale import cli, paths, train
+from divscale import cli, paths
 from divscale.config import load_recipe
+from divscale.train import runs as train
 
 RECIPES = sorted(p.stem for p in paths.RECIPES_DIR.glob("*.yaml"))
 PAPER = ["paper-opt-1.3b", "paper-llama-7b"]
@@ -105,7 +106,7 @@ def test_accelerate_zero2_config():
     assert "gradient_accumulation_steps" not in yaml.safe_load(path.read_text())["deepspeed_config"]   # "auto"
     cmd = train.launch_command(load_recipe("paper-opt-1.3b"), "paper-opt-1.3b", "pro", 4, 1500, 42)
     assert cmd[:6] == ["accelerate", "launch", "--config_file", str(path), "--num_processes", "7"]
-    assert cmd[6:8] == ["-m", "divscale.train"] and "--ranking-len" in cmd
+    assert cmd[6:9] == ["-m", "divscale.cli", "train"] and "--ranking-len" in cmd
     assert train.launch_command(load_recipe("smoke"), "smoke", "sft", 2, 16, 42)[0] == sys.executable
 
 
@@ -136,9 +137,9 @@ def test_paper_code_path_with_a_tiny_model(name, algo, tmp_path, tiny_gpt, tiny_
 
 
 def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, monkeypatch, capsys):
-    """``divscale train`` -> run_cell -> divscale.pipeline (stubbed here) -> load_policy (stubbed) -> train_run."""
-    import divscale.models
-    from divscale import pipeline
+    """``divscale train`` -> run_cell -> divscale.study.pipeline (stubbed here) -> load_policy (stubbed) -> train_run."""
+    import divscale.models.tiny_gpt
+    from divscale.study import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["some text"])
@@ -146,7 +147,7 @@ def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, 
     monkeypatch.setattr(pipeline, "grid", lambda R: {(3, 4): RANKINGS})
     monkeypatch.setattr(pipeline, "dev_prompts", lambda R: [r["prompt"] for r in RANKINGS[:2]])
     monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "tiny-gpt:stub")   # the stub's weights hash
-    monkeypatch.setattr(divscale.models, "load_policy",
+    monkeypatch.setattr(divscale.models.tiny_gpt, "load_policy",
                         lambda cfg, texts, progress=False: calls.append(texts) or (tiny_gpt, tiny_tokenizer))
     argv = ["train", "--recipe", "smoke", "--algo", "pro", "--ranking-len", "3", "--prompts", "4", "--seed", "42",
             "--set", "train.max_steps=2", "--set", "train.lr=5e-4", "--runs-dir", str(tmp_path)]
@@ -165,7 +166,7 @@ def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, 
     assert "no grid cell" in capsys.readouterr().err
 
 
-def test_python_m_divscale_train_help():
-    out = subprocess.run([sys.executable, "-m", "divscale.train", "--help"], capture_output=True, text=True, check=False,
+def test_python_m_divscale_cli_train_help():
+    out = subprocess.run([sys.executable, "-m", "divscale.cli", "train", "--help"], capture_output=True, text=True, check=False,
                          cwd=paths.ROOT, timeout=120)
     assert out.returncode == 0 and "--ranking-len" in out.stdout and "--algo" in out.stdout

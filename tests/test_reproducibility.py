@@ -19,7 +19,7 @@ def _texts(hh_sample_texts, n=24):
 
 
 def test_embeddings_do_not_depend_on_what_was_cached_before_or_on_threads(tmp_path, hh_sample_texts):
-    from divscale.reward import EmbeddingCache
+    from divscale.reward.rm import EmbeddingCache
 
     texts = _texts(hh_sample_texts)
     cold = EmbeddingCache(db_path=tmp_path / "cold.sqlite").encode(texts)
@@ -35,8 +35,8 @@ def test_embeddings_do_not_depend_on_what_was_cached_before_or_on_threads(tmp_pa
 
 def test_rm_heads_are_byte_identical_from_a_cold_and_a_pre_warmed_cache(tmp_path, monkeypatch, hh_dir):
     from divscale import paths
-    from divscale.data import load_hh_rlhf
-    from divscale.reward import train_reward_model
+    from divscale.data.hh import load_hh_rlhf
+    from divscale.reward.rm import train_reward_model
 
     pairs = load_hh_rlhf(("helpful-base", "harmless-base"), "test", hh_dir).select(range(60))
     heads = []
@@ -51,8 +51,8 @@ def test_rm_heads_are_byte_identical_from_a_cold_and_a_pre_warmed_cache(tmp_path
 
 
 def test_sampled_extensions_do_not_depend_on_what_was_cached(tmp_path, tiny_gpt, tiny_tokenizer, hh_sample_texts):
-    from divscale.data import Ranking
-    from divscale.rankings import extend_rankings
+    from divscale.data.hh import Ranking
+    from divscale.reward.rankings import extend_rankings
 
     class LengthRM:
         def score(self, prompts, responses, **kw):
@@ -94,22 +94,24 @@ def test_a_key_survives_moving_code_and_moves_when_the_code_changes(tmp_path):
     one = {"a": '''
         SCALE = 2
 
+        def root(x):
+            from .util import helper    # an import of the package's own code inside a function
+
+            return helper(x) * SCALE
+        ''', "util": '''
         def helper(x):
             """Add one."""
             return x + 1
-
-        def root(x):
-            return helper(x) * SCALE
         ''', "b": '''
         def unused():
             return 0
         '''}
     moved = {"a": '''
-        from .b import helper  # the helper now lives in b
-
         SCALE = 2
 
         def root(x):
+            from .b import helper       # the helper now lives in b
+
             return helper(x) * SCALE
         ''', "b": '''
         def helper(x):
@@ -117,8 +119,8 @@ def test_a_key_survives_moving_code_and_moves_when_the_code_changes(tmp_path):
             return (x +
                     1)
         '''}
-    edited = {"a": one["a"].replace("x + 1", "x + 2"), "b": one["b"]}
-    constant = {"a": one["a"].replace("SCALE = 2", "SCALE = 3"), "b": one["b"]}
+    edited = one | {"util": one["util"].replace("x + 1", "x + 2")}
+    constant = one | {"a": one["a"].replace("SCALE = 2", "SCALE = 3")}
     keys = {}
     for name, files in {"k_one": one, "k_moved": moved, "k_edited": edited, "k_constant": constant}.items():
         _package(tmp_path, name, files)
@@ -129,8 +131,11 @@ def test_a_key_survives_moving_code_and_moves_when_the_code_changes(tmp_path):
 
 
 def test_code_version_covers_the_steps_code_and_nothing_else(monkeypatch):
+    provenance.code_version.cache_clear()          # other tests' stand-ins (monkeypatched steps) may be cached
+    provenance.closure.cache_clear()
     reached = {step: {n for n, _ in provenance.closure(*roots)} for step, roots in provenance.STEPS.items()}
-    from divscale import analysis, plots, summary
+    from divscale.report import analysis, plots
+    from divscale.report import publish as summary
 
     for module in (analysis, plots, summary):
         public = {n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == module.__name__}
@@ -142,7 +147,8 @@ def test_code_version_covers_the_steps_code_and_nothing_else(monkeypatch):
     provenance.code_version.cache_clear()
     provenance.closure.cache_clear()
     monkeypatch.setattr(provenance, "normalized_source",
-                        lambda obj: real(obj) + ("#edited" if obj.__qualname__ == "pro_loss_parts" else ""))
+                        lambda obj, package="divscale": real(obj, package) + (
+                            "#edited" if obj.__qualname__ == "pro_loss_parts" else ""))
     after = {s: provenance.code_version(s) for s in provenance.STEPS}
     provenance.code_version.cache_clear()
     provenance.closure.cache_clear()
@@ -162,7 +168,7 @@ def test_every_declared_root_exists():
 def test_smoke_artifacts_rebuild_identically_from_two_empty_caches(tmp_path):
     """`make verify` on a reduced smoke profile: one build pre-warmed by a different build on one thread, one cold
     on two threads; embeddings, RM heads, generations, rankings, policy and eval key must hash alike."""
-    from divscale.grid_runner import verify_builds
+    from divscale.study.grid import verify_builds
 
     small = ["data.sizes=[6, 12]", "ranking.max_new_tokens=8", "data.pool_size=60"]
     report = verify_builds("smoke", small, tmp_path, warm=["reward.max_pairs=20", "data.sizes=[4]"])
@@ -176,8 +182,9 @@ def test_evaluation_records_its_time_and_finish_and_keys_by_rm_test(tmp_path, mo
     import json
     import time
 
-    from divscale import evaluate, pipeline
     from divscale.config import load_recipe
+    from divscale.reward import evaluate
+    from divscale.study import pipeline
 
     class FakeRM:
         fingerprint = "rmtest-a"

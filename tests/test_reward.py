@@ -1,4 +1,4 @@
-"""divscale.reward: Bradley-Terry training, RM_train/RM_test disjointness, save/load, OpenAssistant format, report."""
+"""divscale.reward.rm: Bradley-Terry training, RM_train/RM_test disjointness, save/load, OpenAssistant format, report."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from divscale import reward
 from divscale.config import Recipe, RewardConfig
+from divscale.reward import rm as reward
 
 
 @pytest.fixture()
@@ -38,7 +38,7 @@ def _planted_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def _rows(hh_dir, subset: str, n: int) -> list[dict]:
-    from divscale.data import load_hh_rlhf
+    from divscale.data.hh import load_hh_rlhf
 
     ds = load_hh_rlhf([subset], "test", hh_dir)
     return [dict(ds[i]) for i in range(n)]
@@ -100,7 +100,7 @@ def _recipe(**reward_fields) -> Recipe:
 
 
 def test_rm_train_and_rm_test_are_different_models_on_disjoint_pool_halves(cache, hh_dir, monkeypatch):
-    from divscale.data import load_hh_rlhf, make_splits
+    from divscale.data.hh import load_hh_rlhf, make_splits
 
     data = load_hh_rlhf(["helpful-base"], "test", hh_dir)
     data = data.select(range(160))
@@ -124,7 +124,7 @@ def test_rm_train_and_rm_test_are_different_models_on_disjoint_pool_halves(cache
     assert rm_train.config["train"]["seed"] != rm_test.config["train"]["seed"]
 
     # cached: the same recipe and pool load the saved models; 2-rankings of the pool are the same pairs
-    from divscale.data import rankings_from_pairs
+    from divscale.data.hh import rankings_from_pairs
 
     monkeypatch.setattr(reward, "train_reward_model", lambda *a, **k: pytest.fail("retrained a cached RM"))
     again = reward.build_reward_models(_recipe(), rankings_from_pairs(splits["pool"]))
@@ -204,7 +204,7 @@ def test_rm_test_scores_in_fp32_and_bf16_rm_train_is_logged(tiny_neox_rm, caplog
     import logging
 
     recipe = _recipe(train_model=str(tiny_neox_rm), test_model=str(tiny_neox_rm), dtype="bfloat16")
-    with caplog.at_level(logging.WARNING, logger="divscale.reward"):
+    with caplog.at_level(logging.WARNING, logger="divscale.reward.rm"):
         rm_train, rm_test = reward.build_reward_models(recipe, pool=None)
     assert rm_train.model.dtype == torch.bfloat16 and rm_test.model.dtype == torch.float32
     warned = [r for r in caplog.records if "bfloat16" in r.getMessage()]
@@ -216,7 +216,7 @@ def test_rm_test_scores_in_fp32_and_bf16_rm_train_is_logged(tiny_neox_rm, caplog
 
 def test_openassistant_reward_model_architecture_loads(tmp_path, tiny_tokenizer):
     """OpenAssistant's ``gpt_neox_reward_model`` checkpoints load through our registered class (no remote code)."""
-    reward._register_gpt_neox_reward_model()
+    reward.register_gpt_neox_reward_model()
     torch.manual_seed(0)
     config = reward.GPTNeoXRewardModelConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=2, intermediate_size=64, pooling="last")
@@ -283,7 +283,7 @@ def test_report_accuracy_length_baseline_and_oa_agreement():
 
 def test_report_on_real_pairs_with_the_shipped_oa_scores(hh_dir, pro_hh_dir):
     """The OA 6.9B scores map onto the raw HH pairs by (subset, line): its accuracy matches the README."""
-    from divscale.data import load_hh_rlhf
+    from divscale.data.hh import load_hh_rlhf
 
     oa = reward.load_oa_rewards(pro_hh_dir)
     assert len(oa) == 2312 + 2354 + 1135
@@ -332,7 +332,7 @@ def test_cli_trains_both_rms_for_a_recipe_and_reports(cache, tmp_path, capsys):
 
 def test_non_eval_pairs_use_everything_but_dev_and_test(hh_dir):
     from divscale.config import DataConfig
-    from divscale.data import load_splits
+    from divscale.data.hh import load_splits
 
     data = DataConfig(subsets=["helpful-online"], data_dir=str(hh_dir), dev_size=20, test_size=40, pool_size=50)
     recipe = Recipe(name="test", data=data)

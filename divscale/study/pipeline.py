@@ -1,0 +1,853 @@
+"""The wiring from a recipe to results: what the notebooks and ``divscale grid`` call.
+
+Each function is one step of the study for one recipe; the heavy steps are cached on disk by the
+module that does the work (splits, reward models, generations, runs), and memoised here for the
+life of the process so a notebook can call them freely::
+
+    R = load("cpu")
+    splits(R)                 pool / dev / test (divscale.data.hh.load_splits)
+    reward_models(R)          RM_train, RM_test (divscale.reward.rm.build_reward_models)
+    grid_pool(R)              the pool prompts the grid uses: the first max(sizes) of the seeded shuffle
+    rankings4(R)              those pairs extended to 4-rankings ordered by RM_train (divscale.reward.rankings)
+    grid(R)                   {(n, k): rankings}: nested subsets, same prompts for every n (divscale.data.subsets)
+    run_cell(R, algo, n, k, seed)   train -> best checkpoint -> RM_test on the test prompts -> one result row
+
+Only the grid's prompts are extended with the generator (the official code extends the whole pool
+and then shuffles; shuffling first and extending the prefix that the largest subset uses gives the
+same subsets at a fraction of the generation cost).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from divscale import paths
+from divscale.config import Recipe, config_hash, load_recipe
+from divscale.io import DataError, atomic_write_json
+
+# --------------------------------------------------------------------------------------------- recipe
+
+_MEMO: dict[tuple, Any] = {}
+
+
+def load(recipe: str | Recipe, overrides: str | dict | None = None) -> Recipe:
+    """A recipe by name/path (``overrides``: dotted keys, as a dict or a JSON string from papermill)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides or "{}")
+    return load_recipe(recipe, overrides or {})
+
+
+def _memo(step: str, R: Recipe, build):
+    key = (step, R.hash())
+    if key not in _MEMO:
+        _MEMO[key] = build()
+    return _MEMO[key]
+
+
+def figures_dir(R: Recipe) -> Path:
+    path = paths.FIGURES_DIR / R.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir(R: Recipe) -> Path:
+    return paths.RESULTS_DIR / R.name
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def splits(R: Recipe) -> dict:
+    from divscale.data.hh import load_splits
+
+    return _memo("splits", R, lambda: load_splits(R.data))
+
+
+def pool_pairs(R: Recipe) -> list:
+    """The whole pool as 2-rankings in human order (what the reward models train on)."""
+    from divscale.data.hh import rankings_from_pairs
+
+    return _memo("pool_pairs", R, lambda: rankings_from_pairs(splits(R)["pool"]))
+
+
+def reward_models(R: Recipe):
+    """(RM_train, RM_test): different models, trained on disjoint halves of the pool's human pairs."""
+    from divscale.reward.rm import build_reward_models
+
+    return _memo("reward_models", R, lambda: build_reward_models(R, splits(R)["pool"]))
+
+
+def grid_pool(R: Recipe) -> list:
+    """The pool pairs the grid draws on: the first max(sizes) prompts of the seeded shuffle."""
+    from divscale.data.subsets import nested_subsets
+
+    largest = max(R.data.sizes)
+    pool = pool_pairs(R)
+    if largest > len(pool):
+        raise ValueError(f"recipe {R.name}: the largest subset size {largest} exceeds the pool "
+                         f"({len(pool)} prompts); lower data.sizes or raise data.pool_size")
+    return nested_subsets(pool, [largest], seed=R.data.grid_seed)[largest]
+
+
+def rankings4(R: Recipe) -> list:
+    """The grid prompts' 4-rankings: 2 human + k generated responses, ordered by RM_train."""
+    from divscale.data.hh import load_rankings
+    from divscale.reward.rankings import build_rankings
+
+    def build():
+        rm_train, _ = reward_models(R)
+        return load_rankings(build_rankings(R, pool=grid_pool(R), rm_train=rm_train, progress=True))
+
+    return _memo("rankings4", R, build)
+
+
+def grid(R: Recipe) -> dict:
+    from divscale.data.subsets import build_grid
+
+    return _memo("grid", R, lambda: build_grid(rankings4(R), R.data.sizes, tuple(R.data.ranking_lengths),
+                                               seed=R.data.grid_seed))
+
+
+def grid_budget_table(cells: dict) -> pd.DataFrame:
+    """One row per grid cell: ranking length, #prompts and annotation cost (#prompts × n)."""
+    return pd.DataFrame([{"ranking_len": n, "n_prompts": k, "annotations": n * k}
+                         for (n, k) in sorted(cells)])
+
+
+def grid_is_nested(cells: dict) -> bool:
+    """Subsets nested by size, and the same prompts for every ranking length at a size."""
+    by_n: dict[int, list] = {}
+    for (n, k) in sorted(cells):
+        by_n.setdefault(n, []).append([r.prompt for r in cells[(n, k)]])
+    nested = all(set(a) <= set(b) for subsets in by_n.values() for a, b in zip(subsets, subsets[1:]))
+    same = len({tuple(tuple(s) for s in subsets) for subsets in by_n.values()}) == 1
+    return nested and same
+
+
+def human_order_kept(rankings: list) -> pd.Series:
+    """Share of rankings in which RM_train keeps the human-chosen response above the human-rejected one."""
+    kept = [r.sources.index("human-chosen") < r.sources.index("human-rejected") for r in rankings]
+    return pd.Series({"rankings": len(kept), "human order kept": sum(kept) / len(kept)})
+
+
+def dev_prompts(R: Recipe) -> list[str]:
+    return list(splits(R)["dev"]["prompt"][:])
+
+
+def test_prompts(R: Recipe) -> dict[str, list[str]]:
+    from divscale.reward.evaluate import recipe_test_prompts
+
+    return _memo("test_prompts", R, lambda: recipe_test_prompts(R, splits(R)))
+
+
+# --------------------------------------------------------------------------------------------- diversity
+
+def diversity_tokenizer(R: Recipe):
+    """The tokenizer d is computed with (the paper: LLaMA's; offline: SmolLM2's byte-level BPE)."""
+    from divscale.models.hub import load_tokenizer
+
+    return _memo("div_tok", R, lambda: load_tokenizer(R.diversity.tokenizer))
+
+
+def subset_prompts(R: Recipe) -> dict[int, list[str]]:
+    """The prompts of each subset size (identical for every ranking length)."""
+    n0 = min(R.data.ranking_lengths)
+    return {k: [r.prompt for r in grid(R)[(n0, k)]] for k in sorted(R.data.sizes)}
+
+
+def diversity_by_size(R: Recipe) -> pd.DataFrame:
+    """d, r_unique and N-gram counts of every subset size (the paper's N and exponent)."""
+    from divscale.metrics.diversity import prompt_diversity
+
+    def build():
+        tok, cfg = diversity_tokenizer(R), R.diversity
+        rows = []
+        for k, prompts in subset_prompts(R).items():
+            res = prompt_diversity(prompts, tok, n=cfg.ngram, exponent=cfg.exponent, max_tokens=cfg.max_tokens)
+            rows.append({"size": k, **res.to_dict()})
+        return pd.DataFrame(rows)
+
+    return _memo("div_by_size", R, build)
+
+
+def diversity_sensitivity(R: Recipe, ns=(1, 2, 3, 4), exponents=(1 / 3, 1 / 2, 1.0)) -> pd.DataFrame:
+    from divscale.metrics.diversity import diversity_grid
+
+    return diversity_grid(subset_prompts(R), diversity_tokenizer(R), ns=ns, exponents=exponents)
+
+
+def measure_sets(R: Recipe, sets: dict[str, list[str]]) -> pd.DataFrame:
+    """d and every other diversity measure (embedding ones on the recipe's encoder) per labelled prompt set."""
+    from divscale.metrics.diversity import diversity_table
+    from divscale.models.hub import load_encoder
+
+    encoder = load_encoder(R.select.embedder)
+    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
+    table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
+    if "label" not in table.columns:
+        table = table.reset_index().rename(columns={"index": "label"})
+    return table
+
+
+def diversity_measures(R: Recipe) -> pd.DataFrame:
+    """The paper's d beside other diversity measures, one row per subset size."""
+    return measure_sets(R, {f"k={k}": prompts for k, prompts in subset_prompts(R).items()})
+
+
+def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None = None,
+                                   seed: int = 0) -> pd.DataFrame:
+    """Every diversity measure on ``draws`` seeded random subsets of ``size`` prompts (default: the
+    smallest grid size) drawn from the grid's largest subset, one row per draw. At one size the measures
+    co-vary only through *which* prompts are in a set, so their correlation with d says whether they
+    agree on diversity; across the grid's sizes any measure monotone in |X| correlates ±1 with d."""
+    import numpy as np
+
+    from divscale.metrics.diversity import diversity_table
+    from divscale.models.hub import load_encoder
+
+    prompts = subset_prompts(R)[max(R.data.sizes)]
+    size = size or min(R.data.sizes)
+    if not 1 < size < len(prompts):
+        raise ValueError(f"subset size must be in (1, {len(prompts)}), got {size}")
+    rng = np.random.default_rng(seed)
+    sets = {f"draw {i}": [prompts[j] for j in rng.choice(len(prompts), size=size, replace=False)]
+            for i in range(draws)}
+    encoder = load_encoder(R.select.embedder)
+    vectors = dict(zip(prompts, encoder.encode(prompts, normalize_embeddings=True, show_progress_bar=False)))
+
+    def embed(texts):                                                    # each prompt embedded once
+        return np.stack([vectors[t] for t in texts])
+    return diversity_table(sets, diversity_tokenizer(R), embed=embed, n=R.diversity.ngram,
+                           exponent=R.diversity.exponent, max_tokens=R.diversity.max_tokens)
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+def policy_texts(R: Recipe) -> list[str]:
+    from divscale.train.runs import policy_texts as texts_of
+
+    def build():
+        pool = splits(R)["pool"]               # a datasets.Dataset: read its two columns in one Arrow conversion
+        return texts_of(pool.select_columns(["prompt", "chosen"]).to_dict() if hasattr(pool, "select_columns") else pool)
+
+    return _memo("policy_texts", R, build)
+
+
+def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
+               rankings=None, runs_dir: str | Path | None = None, progress: bool = False) -> Path:
+    """Train one cell (or another list of rankings, e.g. an augmented or selected subset)."""
+    from divscale.models.tiny_gpt import load_policy
+    from divscale.train.runs import train_run
+
+    if R.train.checkpoint not in CHECKPOINT_RULES:
+        raise ValueError(f"recipe {R.name}: train.checkpoint={R.train.checkpoint!r}; choose one of "
+                         f"{CHECKPOINT_RULES} (best-dev: the paper's best-on-dev rule; last: the last step)")
+    texts = policy_texts(R)
+    policy_id = policy_fingerprint(R)        # a content hash of the initial weights, not of their inputs
+    rm_train, _ = reward_models(R)
+    cell = rankings if rankings is not None else grid(R)
+    dev = R.train.checkpoint == "best-dev"   # "last": no dev validation, the last step is kept
+    return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
+                     policy=lambda: load_policy(R.policy, texts, progress=progress), policy_id=policy_id,
+                     rm_train=rm_train if dev else None, dev_prompts=dev_prompts(R) if dev else None,
+                     runs_dir=runs_dir or paths.RUNS_DIR, progress=progress)
+
+
+CHECKPOINT_RULES = ("best-dev", "last")
+
+
+def train_command(args) -> int:
+    """``divscale train`` (and ``python -m divscale.cli train``; parser: :func:`divscale.train.runs.configure_parser`):
+    one cell of a recipe's grid with its real splits, RM_train and policy; prints the run directory.
+    Under ``accelerate launch`` the main process builds the shared caches (splits, RMs, grid) first."""
+    from divscale.config import parse_overrides
+    from divscale.train.runs import world_size
+
+    if getattr(args, "data", None):                  # your own ranked data, outside the grid
+        from divscale.train.trainer import command as listwise_command
+
+        return listwise_command(args)
+    missing = [f"--{k.replace('_', '-')}" for k in ("recipe", "algo", "ranking_len", "prompts", "seed")
+               if getattr(args, k) is None]
+    if missing:
+        raise ValueError(f"a grid cell needs {' '.join(missing)} (or train on your own ranked data with --data FILE)")
+    R = load_recipe(args.recipe, parse_overrides(args.set))
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():
+            grid(R)
+    run = train_cell(R, args.algo, args.ranking_len, args.prompts, args.seed, runs_dir=args.runs_dir,
+                     progress=args.progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run)
+    return 0
+
+
+def policy_fingerprint(R: Recipe) -> str:
+    """The initial policy's identity for run keys: the content hash of the warmed-up tiny GPT's weights
+    (built and cached on first use), or the hub id of a hub policy."""
+    def build():
+        if R.policy.model != "tiny-gpt":
+            return f"hub:{R.policy.model}"
+        from divscale.models.tiny_gpt import load_policy, policy_cache_path
+        from divscale.provenance import file_sha256
+
+        texts = policy_texts(R)
+        weights = policy_cache_path(R.policy, texts) / "model.safetensors"
+        if not weights.exists():
+            load_policy(R.policy, texts)
+        return f"tiny-gpt:{file_sha256(weights, length=16)}"
+
+    return _memo("policy_fingerprint", R, build)
+
+
+def eval_key(R: Recipe) -> str:
+    """``eval-<hash>``: the evaluation's settings, RM_test's fingerprint and the evaluation code's version."""
+    from divscale.provenance import code_version
+    from divscale.reward.evaluate import EVAL_VERSION
+
+    _, rm_test = reward_models(R)
+    return "eval-" + config_hash(R.eval.__dict__, R.reward.test_model, getattr(rm_test, "fingerprint", None),
+                                 R.data.__dict__, EVAL_VERSION, code_version("eval"), length=10)
+
+
+def table_keys(R: Recipe) -> dict:
+    """What every row of a results table must share (divscale.provenance.KEY_COLUMNS): the recipe sections
+    a run reads, RM_train / RM_test fingerprints, the initial policy's weights, the grid's rankings, the code
+    versions of training and evaluation and the evaluation key."""
+    from divscale.provenance import code_version
+    from divscale.train.runs import ranking_record, sha256_json
+
+    def build():
+        rm_train, rm_test = reward_models(R)
+        return {"key_recipe": recipe_key(R),
+                "key_rm_train": getattr(rm_train, "fingerprint", None) or type(rm_train).__name__,
+                "key_rm_test": getattr(rm_test, "fingerprint", None) or type(rm_test).__name__,
+                "key_policy": policy_fingerprint(R),
+                "key_rankings": sha256_json([ranking_record(r) for r in rankings4(R)])[:16],
+                "key_code_train": code_version("train"), "key_code_eval": code_version("eval"),
+                "eval_key": eval_key(R)}
+
+    return _memo("table_keys", R, build)
+
+
+# The recipe sections a run's row depends on (not the grid's enumeration, nor augmentation / selection).
+RUN_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")
+
+
+def recipe_key(R: Recipe) -> str:
+    """``key_recipe``: the hash of the recipe sections a run reads (:data:`RUN_SECTIONS`)."""
+    return config_hash({k: v for k, v in R.to_dict().items() if k in RUN_SECTIONS}, length=12)
+
+
+def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
+    """RM_test on the test prompts for a run's best checkpoint; cached in ``run_dir/eval-<hash>/``
+    (:func:`eval_key`), with ``timing.json`` (seconds, finish time) beside ``eval.json``."""
+    from divscale.io import atomic_write_json as write_json
+    from divscale.provenance import deterministic
+    from divscale.reward.evaluate import evaluate_checkpoint
+
+    _, rm_test = reward_models(R)
+    out = Path(run_dir) / eval_key(R)
+    if not (out / "eval.json").exists():
+        start = time.time()
+        with deterministic(1):
+            evaluate_checkpoint(Path(run_dir) / "best", R, test_prompts(R), rm_test, out, progress=progress)
+        write_json(out / "timing.json", {"seconds": round(time.time() - start, 2),
+                                         "finished": _now()})
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+    finished = timing.get("finished") or _stamp((out / "eval.json").stat().st_mtime)
+    return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out), "eval_key": out.name,
+                                                          "seconds": timing.get("seconds", math.nan),
+                                                          "finished": finished}
+
+
+def _stamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _now() -> str:
+    """A finish time (UTC, milliseconds, so two runs finishing in one second still differ)."""
+    return _stamp(time.time())
+
+
+SUBSET_COLUMNS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
+                  "helpful-online": "helpful_online", "helpful-rejection-sampled": "helpful_rejection"}
+
+
+def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, run_dir: Path,
+               evaluation: dict, prompts: list[str] | None = None, **extra) -> dict:
+    """One tidy row of the results table (divscale.report.analysis.RESULT_COLUMNS) for a finished run."""
+    from divscale.metrics.diversity import prompt_diversity
+
+    if prompts is None:
+        div = diversity_by_size(R).set_index("size").loc[n_prompts].to_dict()
+    else:
+        cfg = R.diversity
+        div = prompt_diversity(prompts, diversity_tokenizer(R), n=cfg.ngram, exponent=cfg.exponent,
+                               max_tokens=cfg.max_tokens).to_dict()
+    run = json.loads((Path(run_dir) / "result.json").read_text())
+    reward, ci = evaluation["reward"], evaluation["ci"]
+    row = {"run_id": Path(run_dir).name, "recipe": R.name, "algo": algo, "ranking_len": ranking_len,
+           "n_prompts": n_prompts, "seed": seed, "budget": n_prompts * ranking_len,
+           "d": div["d"], "r_unique": div["r_unique"],
+           "reward_global": reward["Global"], "reward_global_lo": ci["Global"][0], "reward_global_hi": ci["Global"][1],
+           **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
+           "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
+           "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
+           "sft_weight": R.train.sft_weight, "checkpoint": run.get("selection", "dev"),
+           **answer_profile(evaluation.get("eval_dir")),
+           # PRO's loss balance (NaN for SFT): the ranking term's share of the two terms' gradient norms
+           "grad_share_rank": (run.get("loss_balance") or {}).get("mean_grad_share_rank", math.nan),
+           "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok",
+           # when the run finished (its evaluation's finish time, recorded then: a re-built table keeps it)
+           "created": evaluation.get("finished") or _now(),
+           "run_dir": project_relative(run_dir),
+           "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
+    return row | table_keys(R) | {"eval_key": evaluation.get("eval_key") or Path(evaluation.get("eval_dir", "")).name} \
+        | extra
+
+
+SHORT_ANSWER_CHARS = 10    # "very short": e.g. "I’s." -- the tiny policy's terse mode, which RM_test scores high
+
+
+def answer_profile(eval_dir: str | Path | None) -> dict:
+    """Mean answer length (characters) and the share of answers of at most :data:`SHORT_ANSWER_CHARS`
+    characters in an evaluation's ``generations.jsonl`` (NaN without one): the run-level trait that the
+    run-to-run spread of the reward follows (05)."""
+    path = Path(eval_dir) / "generations.jsonl" if eval_dir else None
+    if path is None or not path.exists():
+        return {"answer_chars_mean": math.nan, "short_answer_share": math.nan}
+    lengths = [len(json.loads(line)["response"]) for line in path.read_text().splitlines() if line.strip()]
+    if not lengths:
+        return {"answer_chars_mean": math.nan, "short_answer_share": math.nan}
+    return {"answer_chars_mean": sum(lengths) / len(lengths),
+            "short_answer_share": sum(n <= SHORT_ANSWER_CHARS for n in lengths) / len(lengths)}
+
+
+def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, progress: bool = False) -> dict:
+    """Train, pick the best checkpoint on dev, evaluate on test; returns the cell's result row."""
+    start = time.time()
+    run_dir = train_cell(R, algo, ranking_len, n_prompts, seed, progress=progress)
+    evaluation = evaluate_run(R, run_dir, progress=progress)
+    return result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation,
+                      cell_seconds=round(time.time() - start, 1))
+
+
+def write_result(row: dict, result_path: str | None) -> None:
+    """The last step of ``04_finetune``: the row's file marks the grid cell complete (atomic write)."""
+    if result_path:
+        atomic_write_json(result_path, row)
+
+
+def project_relative(path: str | Path) -> str:
+    """A path inside the project as a path relative to its root (results tables hold no machine paths)."""
+    if not path:
+        return ""
+    path = Path(path)
+    return str(path.relative_to(paths.ROOT)) if path.is_absolute() and path.is_relative_to(paths.ROOT) else str(path)
+
+
+def project_path(path: str | Path) -> Path:
+    """The inverse of :func:`project_relative`."""
+    path = Path(path)
+    return path if path.is_absolute() else paths.ROOT / path
+
+
+def training_curve(run_dir: str | Path) -> pd.DataFrame:
+    """Loss and dev reward per step from a run's ``metrics.jsonl``."""
+    lines = (project_path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
+    return pd.DataFrame(records).groupby("step", as_index=False).first()
+
+
+def run_loss_balance(row: dict) -> pd.Series:
+    """One run's PRO loss balance (``result.json``'s ``loss_balance``: mean ranking and weighted SFT terms,
+    each one's gradient norm and share) beside its β; empty for SFT runs."""
+    run = json.loads((project_path(row["run_dir"]) / "result.json").read_text())
+    balance = run.get("loss_balance") or {}
+    return pd.Series({"algo": row["algo"], "ranking_len": row["ranking_len"],
+                      "sft_weight": row.get("sft_weight")} | balance, dtype=object)
+
+
+def generations(row: dict) -> pd.DataFrame:
+    """The test generations and RM_test scores of a run (its result row's ``eval_dir``)."""
+    return pd.read_json(project_path(row["eval_dir"]) / "generations.jsonl", lines=True)
+
+
+# --------------------------------------------------------------------------------------------- results
+
+def results(R: Recipe) -> pd.DataFrame:
+    """The recipe's results table (``results/<recipe>/runs.csv``, built by ``divscale grid``)."""
+    from divscale.report.analysis import load_results
+
+    path = results_dir(R) / "runs.csv"
+    if not path.exists():
+        raise DataError(f"{path}: no results yet; run `divscale grid --recipe {R.name}` "
+                        f"(or `make results RECIPE={R.name}`) first")
+    df = load_results(path)
+    check_keys(df, path, f"run `divscale grid --recipe {R.name}`: it redoes the stale cells")
+    return df[df["status"] == "ok"]
+
+
+def check_keys(df: pd.DataFrame, source, fix: str) -> None:
+    """Refuse a results table whose rows were made from different inputs (divscale.provenance.KEY_COLUMNS;
+    a table without them is checked on the evaluation folder named in ``eval_dir``)."""
+    from divscale.provenance import KEY_COLUMNS, check_table_keys
+
+    rows = df.to_dict("records")
+    if "eval_key" not in df.columns and "eval_dir" in df.columns:
+        rows = [r | {"eval_key": Path(str(r["eval_dir"])).name} for r in rows]
+    check_table_keys(rows, str(source), columns=[c for c in KEY_COLUMNS if rows and c in rows[0]], fix=fix)
+
+
+def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
+    """PRO's two loss terms per run: the ranking term and the β·SFT term, and each one's share of the
+    gradient norm (``PROTrainer`` measures them every ``loss_balance_steps`` steps into the run's
+    ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
+    rows = []
+    for row in df[df["algo"] == "pro"].itertuples():
+        run = json.loads((project_path(row.run_dir) / "result.json").read_text())
+        balance = run.get("loss_balance") or {}
+        if balance:
+            rows.append({"ranking_len": row.ranking_len, "n_prompts": row.n_prompts, "seed": row.seed,
+                         "reward_global": row.reward_global} | balance)
+    return pd.DataFrame(rows)
+
+
+def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> pd.DataFrame:
+    """The equal-budget comparison (n=4 and n=3 vs n=2) per algorithm and budget, with CIs over seeds."""
+    from divscale.report.analysis import more_responses_beat_more_prompts
+
+    rows = []
+    for algo, sub in df.groupby("algo"):
+        for budget in R.grid.equal_budgets:
+            v = more_responses_beat_more_prompts(sub, budget, method=method)
+            for n in (4, 3):
+                key = f"{n}_vs_2"
+                lo, hi = v[f"ci_{key}"]
+                rows.append({"algo": algo, "budget": budget, "comparison": f"n={n} vs n=2",
+                             "mean_n": v["cells"][n]["mean"], "mean_2": v["cells"][2]["mean"],
+                             "diff": v[f"diff_{key}"], "ci_lo": lo, "ci_hi": hi, "status": v[f"status_{key}"],
+                             "verdict": v["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
+    return [f"{algo.upper()}: {text}" for (algo, _), text in
+            verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
+
+
+def exponent_fit(df: pd.DataFrame):
+    """:func:`divscale.report.analysis.fit_exponent` on our runs (PRO if present), and a sentence saying what it found.
+
+    If no exponent makes every per-n line rise, the best exponent among all of them is reported with that
+    caveat rather than an error: it is a finding, not a failure."""
+    from divscale.report.analysis import fit_exponent
+
+    algo = "pro" if "pro" in set(df["algo"]) else sorted(df["algo"].unique())[0]
+    table = df[df["algo"] == algo]
+    try:
+        fit = fit_exponent(table)
+        note = (f"{algo.upper()}: the straightest lines with every slope positive are at p = {fit.best_p:.2f} "
+                f"(e = {fit.best_exponent:.2f}).")
+    except ValueError:
+        fit = fit_exponent(table, require_positive_slope=False)
+        note = (f"{algo.upper()}: no exponent makes reward rise with d at every ranking length; among all exponents "
+                f"the smallest mean MSE is at p = {fit.best_p:.2f}, with at least one falling line, so this "
+                "study gives no support for any particular p.")
+    return fit, note
+
+
+def regression_sentences(fits: dict) -> list[str]:
+    """Plain statements from the per-n OLS fits: does reward rise with d, and is d a better x than #prompts?"""
+    from divscale.report.analysis import mean_mse
+
+    lines = []
+    for algo in sorted({a for a, _ in fits}):
+        f = fits[(algo, "d")]
+        rising = int((f["slope_lo"] > 0).sum())
+        falling = int((f["slope_hi"] < 0).sum())
+        lines.append(f"{algo.upper()}: reward rises with d (slope 95% CI above 0) for {rising} of {len(f)} "
+                     f"ranking lengths, falls for {falling}, inconclusive for {len(f) - rising - falling}; "
+                     f"mean R² {f['r2'].mean():.2f}.")
+        paper = PAPER_MEAN_MSE.get(algo, {})
+        if (algo, "n_prompts") in fits:
+            g = fits[(algo, "n_prompts")]
+            better = "smaller" if mean_mse(f) < mean_mse(g) else "not smaller"
+            if "d" in paper and "n_prompts" in paper:
+                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs {paper['n_prompts']:.1e})"
+            elif "d" in paper:
+                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs d; it prints no fit on #prompts)"
+            else:
+                cite = ""
+            lines.append(f"{algo.upper()}: mean MSE vs d {mean_mse(f):.2e} is {better} than vs #prompts "
+                         f"{mean_mse(g):.2e}{cite}.")
+    return lines
+
+
+# The mean MSEs the paper prints for Figure 4 (OPT-1.3B, reward on the 0-1 scale): PRO vs d and vs #prompts,
+# SFT vs d only (divscale.report.analysis.refit_paper reproduces them from the published points).
+PAPER_MEAN_MSE = {"pro": {"d": 2.6e-5, "n_prompts": 1.2e-4}, "sft": {"d": 9.3e-6}}
+
+
+def rm_report_table(R: Recipe) -> pd.DataFrame:
+    """Held-out accuracy of RM_train / RM_test vs human labels (and a length baseline), and their agreement
+    with the OpenAssistant 6.9B RM, per test subset, as a long table (model, subset, metric, accuracy, CI)."""
+    from divscale.reward.rm import rm_report_frame
+
+    rm_train, rm_test = reward_models(R)
+    return _memo("rm_report", R, lambda: rm_report_frame({"RM_train": rm_train, "RM_test": rm_test},
+                                                         splits(R)["test"]))
+
+
+# --------------------------------------------------------------------------------------------- augmentation / selection
+
+def candidate_pool(R: Recipe, size: int, exclude: Iterable[str] = ()) -> list:
+    """The first ``size`` pool pairs of the grid's seeded pool order, without the ids in ``exclude``: the
+    candidates that augmentation (``exclude``: its base set) and selection choose from. The order starts
+    with the grid's own prompts, whose 4-rankings 01 has already built, so candidates within the grid's
+    ``max(sizes)`` cost no SmolLM2 generation; larger pools continue into the rest of the pool."""
+    from divscale.data.subsets import nested_subsets
+
+    skip = set(exclude)
+    pool = pool_pairs(R)
+    order = nested_subsets(pool, [len(pool)], seed=R.data.grid_seed)[len(pool)]
+    rest = [r for r in order if r.id not in skip]
+    if size > len(rest):
+        raise ValueError(f"recipe {R.name}: {size} candidates asked for, but the pool has only {len(rest)} prompts "
+                         f"besides the {len(skip)} excluded; lower the candidate_pool setting or raise data.pool_size")
+    return rest[:size]
+
+
+def extend(R: Recipe, pairs: list) -> list:
+    """4-rankings (RM_train order) for any list of pool pairs; generations are cached per prompt."""
+    from divscale.data.hh import load_rankings
+    from divscale.reward.rankings import build_rankings
+
+    rm_train, _ = reward_models(R)
+    return load_rankings(build_rankings(R, pool=pairs, rm_train=rm_train, progress=True))
+
+
+def n_rankings(R: Recipe, rankings4_: list, n: int) -> list:
+    """The n-rankings of any list of 4-rankings: a grid prompt keeps its grid sub-ranking (so the
+    augmentation's base set trains on exactly the grid cell's rankings); any other prompt draws from its
+    own stream seeded by (grid_seed, id). A prompt's n-ranking never depends on the list it is in."""
+    from divscale.data.subsets import sub_rankings, sub_rankings_by_prompt
+
+    in_grid = {r.id: r for r in _memo("grid_sub_rankings", R,
+                                      lambda: sub_rankings(rankings4(R), seed=R.data.grid_seed))[n]}
+    others = [r for r in rankings4_ if r.id not in in_grid]
+    own = {r.id: r for r in sub_rankings_by_prompt(others, seed=R.data.grid_seed)[n]}
+    return [in_grid.get(r.id) or own[r.id] for r in rankings4_]
+
+
+def _identical_to(sets: dict[str, list]) -> dict[str, str | None]:
+    from divscale.tools.select import identical_arms
+
+    return identical_arms({name: [r.id for r in rs] for name, rs in sets.items()})
+
+
+def train_and_score(R: Recipe, rankings: list, algo: str, n: int, seed: int, **labels) -> dict:
+    """Train ``algo`` on an arbitrary list of n-rankings, evaluate, and return a result row with ``labels``."""
+    run_dir = train_cell(R, algo, n, len(rankings), seed, rankings=rankings)
+    evaluation = evaluate_run(R, run_dir)
+    return result_row(R, algo, n, len(rankings), seed, run_dir, evaluation,
+                      prompts=[r.prompt for r in rankings], **labels)
+
+
+def _write_table(R: Recipe, name: str, rows: list[dict]) -> pd.DataFrame:
+    from divscale.io import atomic_path
+
+    df = pd.DataFrame(rows)
+    out = results_dir(R) / f"{name}.csv"
+    check_keys(df, out, "its runs were made from different inputs; rebuild it in one process")
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
+
+
+def augmentation_base(R: Recipe) -> list:
+    """The augmentation's base set: the 4-rankings of the grid's subset of ``augment.seed_size`` prompts
+    (the same seeded shuffle as :func:`divscale.data.subsets.build_grid`, so for a size of the grid it is that cell)."""
+    from divscale.data.subsets import nested_subsets
+
+    size = R.augment.seed_size
+    return nested_subsets(rankings4(R), [size], seed=R.data.grid_seed)[size]
+
+
+def augmentation_sets(R: Recipe) -> dict[str, tuple[list, Any]]:
+    """The paper's augmentation experiment (spec §5): the base set alone, base + K random, base + K
+    diversity-guided (Jaccard-filtered greedy on d). Returns {method: (4-rankings, AugmentResult or None)}."""
+    from divscale.tools.augment import augment_rankings
+
+    def build():
+        cfg = R.augment
+        base4 = augmentation_base(R)
+        candidates = candidate_pool(R, cfg.candidate_pool, exclude=[r.id for r in base4])
+        tok = diversity_tokenizer(R)
+        out = {"base only": (base4, None)}
+        for method in ("random", "diverse"):
+            _, result = augment_rankings(base4, candidates, tok, cfg, method=method, progress=True,
+                                         diversity=R.diversity)
+            added = extend(R, [candidates[i] for i in result.indices])
+            out[f"base + {method}"] = (base4 + added, result)
+        return out
+
+    return _memo("augmentation_sets", R, build)
+
+
+def augmentation_experiment(R: Recipe) -> pd.DataFrame:
+    """Train every algorithm x seed on each augmentation set; ``results/<recipe>/augmentation.csv``."""
+    n = R.augment.ranking_len
+    sets = augmentation_sets(R)
+    same = _identical_to({method: rs for method, (rs, _) in sets.items()})
+    rows = [train_and_score(R, n_rankings(R, rs, n), algo, n, seed, method=method, identical_to=same[method],
+                            dropped=res.n_dropped if res is not None else 0)
+            for method, (rs, res) in sets.items()
+            for algo in R.train.algos for seed in (R.augment.train_seeds or R.train.seeds)]
+    return _write_table(R, "augmentation", rows)
+
+
+def selection_results(R: Recipe) -> dict:
+    """Each selector's :class:`divscale.tools.select.Selection` of ``select.budget`` candidate indices, with
+    what it removed (same candidate pool for all)."""
+    from divscale.tools.select import run_selector, selector_context
+
+    def build():
+        cfg = R.select
+        candidates = candidate_pool(R, cfg.candidate_pool)
+        prompts = [r.prompt for r in candidates]
+        out = {}
+        for name in cfg.selectors:
+            ctx = selector_context(name, candidates, cfg, progress=True, diversity=R.diversity)
+            out[name] = run_selector(name, prompts, cfg.budget, seed=cfg.seed, **ctx)
+        return out
+
+    return _memo("selections", R, build)
+
+
+def selections(R: Recipe) -> dict[str, list]:
+    """Each selector's chosen prompts (as pool pairs, in selection order)."""
+    candidates = candidate_pool(R, R.select.candidate_pool)
+    return {name: [candidates[i] for i in res.indices] for name, res in selection_results(R).items()}
+
+
+def selection_report(R: Recipe) -> pd.DataFrame:
+    """One row per selector: what it removed and why, and the arm it is identical to (same prompt set)."""
+    same = _identical_to(selections(R))
+    return pd.DataFrame([{"strategy": name, "picked": len(res.indices), "pool": res.pool_size,
+                          "removed": res.n_removed, "identical_to": same[name], "report": res.summary()}
+                         for name, res in selection_results(R).items()])
+
+
+def pool_jaccard_profile(R: Recipe, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
+    """The selection candidate pool's N-gram Jaccard distribution (metric tokenizer and N): how many
+    near-duplicates there are at each threshold and at ``select.dedup_threshold``
+    (:func:`divscale.tools.select.jaccard_profile`)."""
+    from divscale.metrics.diversity import tokenize_prompts
+    from divscale.tools.augment import ngram_sets
+    from divscale.tools.select import jaccard_profile
+
+    candidates = candidate_pool(R, R.select.candidate_pool)
+    ids = tokenize_prompts([r.prompt for r in candidates], diversity_tokenizer(R), max_tokens=R.diversity.max_tokens)
+    thresholds = sorted({*thresholds, R.select.dedup_threshold})          # always the recipe's own threshold
+    return jaccard_profile(ngram_sets(ids, R.diversity.ngram), thresholds)
+
+
+def selection_diversity(R: Recipe) -> pd.DataFrame:
+    """d, the other diversity measures and the prompt lengths (metric tokens) of each selector's prompts,
+    with the selector's report (removed, identical_to)."""
+    from divscale.metrics.diversity import tokenize_prompts
+
+    sets = {name: [r.prompt for r in chosen] for name, chosen in selections(R).items()}
+    table = measure_sets(R, sets).rename(columns={"label": "strategy"})
+    tok, cap = diversity_tokenizer(R), R.diversity.max_tokens
+    lengths = {name: [len(x) for x in tokenize_prompts(p, tok, max_tokens=cap)] for name, p in sets.items()}
+    table["prompt_tokens_mean"] = table["strategy"].map(lambda s: float(sum(lengths[s]) / len(lengths[s])))
+    table["prompt_tokens_median"] = table["strategy"].map(lambda s: float(pd.Series(lengths[s]).median()))
+    return table.merge(selection_report(R)[["strategy", "removed", "identical_to"]], on="strategy", how="left")
+
+
+def selection_experiment(R: Recipe) -> pd.DataFrame:
+    """Train on each selection (equal annotation budget: same #prompts, same n); ``selection.csv``.
+    ``identical_to`` names an earlier arm with the same prompt set (then the runs compare with themselves)."""
+    n = R.select.ranking_len
+    chosen_by = selections(R)
+    same = _identical_to(chosen_by)
+    removed = {name: res.n_removed for name, res in selection_results(R).items()}
+    rows = [train_and_score(R, n_rankings(R, extend(R, chosen), n), algo, n, seed, strategy=name,
+                            removed=removed[name], identical_to=same[name])
+            for name, chosen in chosen_by.items() for algo in R.select.algos
+            for seed in (R.select.train_seeds or R.train.seeds)]
+    return _write_table(R, "selection", rows)
+
+
+def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Per algorithm: mean ``y`` of ``compare`` minus ``baseline`` (rows labelled in column ``by``), with a
+    Welch 95% CI over training seeds and a plain status (holds / does not hold / inconclusive)."""
+    from divscale.report.analysis import ci_status, mean_difference
+
+    rows = []
+    for algo, sub in df.groupby("algo"):
+        a, b = sub[sub[by] == compare], sub[sub[by] == baseline]
+        if a.empty or b.empty:
+            continue
+        if "identical_to" in sub.columns and _same_arm(sub, by, compare, baseline):
+            rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": float("nan"),
+                         "ci_lo": float("nan"), "ci_hi": float("nan"), "runs": len(a) + len(b),
+                         "status": "identical (same prompt set: no difference to test)"})
+            continue
+        mean, lo, hi, k = mean_difference(a, b, y, "welch", confidence)
+        rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
+                     "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
+    return pd.DataFrame(rows)
+
+
+def _same_arm(df: pd.DataFrame, by: str, a: str, b: str) -> bool:
+    """Whether arms ``a`` and ``b`` train on one prompt set (their ``identical_to`` roots coincide)."""
+    link = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
+    return link.get(a, a) == link.get(b, b)
+
+
+def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
+    """Human-label accuracy per model and subset, with the length baseline as a model of its own
+    (the shape :func:`divscale.report.plots.plot_rm_report` draws)."""
+    acc = report[report["metric"] == "accuracy"]
+    base = report[report["metric"] == "length_baseline"].drop_duplicates("subset").assign(model="length baseline")
+    return (pd.concat([acc, base])
+            .rename(columns={"value": "accuracy", "ci_lo": "accuracy_lo", "ci_hi": "accuracy_hi"})
+            .reset_index(drop=True))
+
+
+def initial_policy_reward(R: Recipe) -> dict:
+    """RM_test reward of the policy *before* fine-tuning (the warmed-up tiny GPT or the hub model), on the
+    same test prompts: the reference every fine-tuned cell should beat."""
+    from divscale.models.tiny_gpt import load_policy
+    from divscale.reward.evaluate import evaluate_policy
+
+    def build():
+        _, rm_test = reward_models(R)
+        model, tokenizer = load_policy(R.policy, policy_texts(R))
+        from divscale.provenance import deterministic
+
+        e = R.eval
+        with deterministic(1):        # as every run's evaluation (evaluate_run)
+            res = evaluate_policy(model, tokenizer, test_prompts(R), rm_test, max_new_tokens=e.max_new_tokens,
+                                  batch_size=e.batch_size, max_prompt_tokens=e.max_prompt_tokens,
+                                  stop_strings=e.stop_strings, n_boot=e.bootstrap)
+        return {"reward_global": res.reward["Global"], "ci": res.ci["Global"]}
+
+    return _memo("initial_reward", R, build)

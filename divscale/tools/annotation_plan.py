@@ -1,0 +1,487 @@
+"""An annotation-budget planner: with B annotations, how many responses per prompt?
+
+The paper's two findings (spec §4.3–4.4) combine into a planner. An annotation is one ranked response, so a
+budget of B annotations buys ⌊B/n⌋ prompts ranked n-deep (spec §2.4). For each ranking length n:
+
+1. pick ⌊B/n⌋ prompts from the user's pool with a selector of :mod:`divscale.tools.select` (random: a seeded draw,
+   and its spread over ``draws`` seeded draws; d-greedy; deita);
+2. measure that subset's prompt diversity d (:mod:`divscale.metrics.diversity`, in the fit's tokenizer, N and exponent);
+3. read the predicted test reward off the per-n line ``reward = a_n · d + b_n`` (one OLS line per ranking
+   length, as Figure 4 fits them), with a 95% prediction interval from statsmodels
+   (``get_prediction(...).summary_frame(alpha)``, columns ``obs_ci_lower`` / ``obs_ci_upper``).
+
+The recommended n is the one with the highest predicted reward. What the prediction rests on, and so what the
+planner warns about: the per-n lines must hold at the pool's d (a d outside the range a line was fitted on is
+an extrapolation); d must be in the fit's tokenizer units (the paper's d is in LLaMA-1 tokens: a different
+tokenizer is refused unless ``allow_tokenizer_mismatch``, and then every output says so); and the fit's model,
+training recipe and reward model are not the user's.
+
+Fits: ``paper`` = the paper's 8 published points per n (divscale/paper_data: Figure 4 / Table 1, OPT-1.3B,
+Global, one point per subset size, i.e. the published means); a results CSV (``results/<recipe>/runs.csv``)
+= every ok run of one algorithm (each seed a point, so the interval covers a single training run), with d in
+that recipe's :class:`~divscale.config.DiversityConfig` tokenizer. Rewards are on the tables' ×100 scale.
+
+    divscale plan --prompts data/hh-rlhf/harmless-base/test.jsonl.gz --budget 480 --fit results/cpu/runs.csv
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from divscale.config import DiversityConfig
+from divscale.io import DataError
+
+PAPER_TOKENIZER = "LLaMA-1 (32k SentencePiece, BOS on, first 512 tokens)"
+HH_HUB = re.compile(r"^(?:hf:)?Anthropic/hh-rlhf(?:/(?P<subset>[\w-]+))?(?::(?P<split>\w+))?$")
+SELECTOR_NAMES = ("random", "d-greedy", "deita")
+
+
+# ------------------------------------------------------------------------------------------ the fit
+
+
+REWARD_BOUNDS = (0.0, 100.0)   # reward ×100 = 100 · mean sigmoid(RM_test logit)
+
+
+@dataclasses.dataclass
+class RewardFit:
+    """One OLS line reward ~ d per ranking length, and where its d values come from."""
+
+    source: str                         # "paper" or the results CSV's path
+    algo: str
+    y: str                              # reward column (×100 scale)
+    tokenizer: str | None               # the tokenizer d is measured in (None: the paper's LLaMA-1)
+    diversity: DiversityConfig          # N, exponent, max_tokens of the fit's d
+    points: pd.DataFrame                # ranking_len, n_prompts, d, reward: the points each line was fitted on
+    point_kind: str                     # "published means" | "runs"
+    lines: dict = dataclasses.field(default_factory=dict)   # n -> statsmodels RegressionResults
+
+    def __post_init__(self) -> None:
+        import statsmodels.api as sm
+
+        for n, g in self.points.groupby("ranking_len"):
+            x, y = g["d"].to_numpy(float), g["reward"].to_numpy(float)
+            if len(x) < 3 or np.ptp(x) == 0:
+                raise DataError(f"{self.source}: the n={n} line has {len(x)} point(s) with {len(set(x))} distinct d; "
+                                "a prediction interval needs at least 3 points and 2 distinct d values")
+            self.lines[int(n)] = sm.OLS(y, sm.add_constant(x, has_constant="add")).fit()
+
+    @property
+    def lengths(self) -> list[int]:
+        return sorted(self.lines)
+
+    def d_range(self, n: int) -> tuple[float, float]:
+        d = self.points.loc[self.points["ranking_len"] == n, "d"]
+        return float(d.min()), float(d.max())
+
+    def line(self, n: int):
+        if n not in self.lines:
+            raise ValueError(f"the fit ({self.source}) has no line for ranking length n={n}; it has n in {self.lengths}")
+        return self.lines[n]
+
+    def predict(self, n: int, d, alpha: float = 0.05) -> pd.DataFrame:
+        """mean, mean_ci_lower/upper (the line) and obs_ci_lower/upper (a new result) at each d.
+
+        Rewards are bounded in [0, 100]: the OLS line and intervals are cut at the bounds (the straight-line fit
+        itself knows no bounds; an interval that reaches one says the fit is too loose to plan on)."""
+        d = np.atleast_1d(np.asarray(d, dtype=float))
+        exog = np.column_stack([np.ones_like(d), d])
+        frame = self.line(n).get_prediction(exog).summary_frame(alpha=alpha).reset_index(drop=True)
+        bounded = ["mean", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"]
+        frame[bounded] = frame[bounded].clip(REWARD_BOUNDS[0], REWARD_BOUNDS[1])
+        return frame
+
+    def summary(self) -> list[dict]:
+        out = []
+        for n in self.lengths:
+            res, (lo, hi) = self.lines[n], self.d_range(n)
+            out.append({"n": n, "slope": float(res.params[1]), "intercept": float(res.params[0]),
+                        "r2": float(res.rsquared), "n_points": int(res.nobs), "d_min": lo, "d_max": hi})
+        return out
+
+    def describe(self) -> dict:
+        return {"source": self.source, "algo": self.algo, "y": self.y, "points": self.point_kind,
+                "tokenizer": self.tokenizer or PAPER_TOKENIZER, "ngram": self.diversity.ngram,
+                "exponent": self.diversity.exponent, "max_tokens": self.diversity.max_tokens,
+                "lines": self.summary()}
+
+
+def paper_fit(algo: str = "pro") -> RewardFit:
+    """The paper's Figure 4 lines (OPT-1.3B, Global, 8 subset sizes per n; d in LLaMA-1 tokens)."""
+    from divscale.report.analysis import paper_fig4_points
+
+    pts = paper_fig4_points()
+    pts = pts[pts["algo"] == algo.lower()]
+    if pts.empty:
+        raise ValueError(f"the paper has Figure 4 points for algo 'pro' and 'sft' only, not {algo!r}")
+    points = pts.rename(columns={"reward_global": "reward"})[["ranking_len", "n_prompts", "d", "reward"]]
+    return RewardFit("paper", algo.lower(), "reward_global", None, DiversityConfig(tokenizer=PAPER_TOKENIZER),
+                     points.reset_index(drop=True), "published means")
+
+
+def results_fit(path, algo: str = "pro", y: str = "reward_global", recipe: str | None = None) -> RewardFit:
+    """Refit from a results table: every ok run of ``algo`` is a point; d is in the table's recipe's tokenizer.
+
+    Only the stable columns are read (algo, ranking_len, n_prompts, d or diversity, ``y``, and status and
+    recipe when present); any other columns are ignored.
+    """
+    from divscale.config import load_recipe
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such results table; give results/<recipe>/runs.csv or --fit paper")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV results table ({err})") from None
+    if "d" not in df.columns and "diversity" in df.columns:
+        df = df.rename(columns={"diversity": "d"})
+    missing = [c for c in ("algo", "ranking_len", "n_prompts", "d", y) if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; a results table has algo, ranking_len, n_prompts, "
+                        f"d and {y} (columns here: {list(df.columns)})")
+    if "status" in df.columns:
+        df = df[df["status"].astype(str) == "ok"]
+    if recipe is None:
+        recipes = sorted(df["recipe"].dropna().astype(str).unique()) if "recipe" in df.columns else []
+        if len(recipes) != 1:
+            raise DataError(f"{path}: {'no recipe column' if not recipes else f'several recipes {recipes}'}; "
+                            "pass --recipe NAME to say whose diversity tokenizer the d column is in")
+        recipe = recipes[0]
+    elif "recipe" in df.columns:
+        df = df[df["recipe"].astype(str) == recipe]
+    algos = sorted(df["algo"].dropna().astype(str).unique())
+    df = df[df["algo"].astype(str).str.lower() == algo.lower()]
+    if df.empty:
+        raise DataError(f"{path}: no ok runs of algo {algo!r} (algos here: {algos})")
+    for col in ("ranking_len", "n_prompts", "d", y):
+        values = pd.to_numeric(df[col], errors="coerce")
+        if (values.isna() & df[col].notna()).any():
+            raise DataError(f"{path}: column {col!r} must be numeric")
+        df = df.assign(**{col: values})
+    df = df.dropna(subset=["ranking_len", "n_prompts", "d", y])
+    div = load_recipe(recipe).diversity
+    points = df.rename(columns={y: "reward"})[["ranking_len", "n_prompts", "d", "reward"]].astype(
+        {"ranking_len": int, "n_prompts": int})
+    return RewardFit(str(path), algo.lower(), y, div.tokenizer, div, points.reset_index(drop=True), "runs")
+
+
+def load_fit(spec: str, algo: str = "pro", y: str = "reward_global", recipe: str | None = None) -> RewardFit:
+    return paper_fit(algo) if spec == "paper" else results_fit(spec, algo, y, recipe)
+
+
+# ------------------------------------------------------------------------------------------ the pool
+
+
+def read_pool(spec: str, field: str | None = None) -> tuple[list[str], str]:
+    """Prompts of a JSONL(.gz) file (HH-RLHF chosen/rejected, PRO prefix, or a prompt field: the reader of
+    ``divscale diversity``), or ``Anthropic/hh-rlhf[/SUBSET][:SPLIT]`` (the local copy first, else the hub)."""
+    from divscale.metrics.diversity import read_prompts
+
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            raise DataError(f"{path}: a folder; give a JSONL(.gz) prompt file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file; the pool needs at least one prompt")
+        prompts, fmt, _ = read_prompts(path, field)
+        return prompts, f"{path} ({fmt} format, {len(prompts)} prompts)"
+    m = HH_HUB.match(spec)
+    if m is None:
+        raise FileNotFoundError(f"{spec}: no such prompt file; give a JSONL(.gz) file (HH-RLHF, PRO or a 'prompt' "
+                                "field) or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
+    from divscale.data.hh import SUBSETS, load_hh_rlhf
+
+    subsets = (m["subset"],) if m["subset"] else SUBSETS
+    prompts = list(load_hh_rlhf(subsets, split=m["split"] or "test")["prompt"])
+    if not prompts:
+        raise DataError(f"{spec}: no prompts")
+    return prompts, f"{spec} ({len(prompts)} prompts)"
+
+
+# ------------------------------------------------------------------------------------------ d of subsets
+
+
+def prompt_counts(budget: int, lengths: Sequence[int], pool_size: int) -> dict[int, int]:
+    """⌊B/n⌋ prompts per ranking length; a budget the pool cannot fill (or that buys no prompt) is an error."""
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"budget must be a positive number of annotations, got {budget!r}")
+    lengths = sorted({int(n) for n in lengths})
+    if not lengths or lengths[0] < 2:
+        raise ValueError(f"ranking lengths must be >= 2, got {lengths}")
+    counts = {n: budget // n for n in lengths}
+    if counts[lengths[-1]] < 1:
+        raise ValueError(f"budget {budget} buys no prompt at n={lengths[-1]} (⌊{budget}/{lengths[-1]}⌋ = 0); "
+                         f"the smallest budget is {lengths[-1]}")
+    n0 = lengths[0]
+    if counts[n0] > pool_size:
+        raise ValueError(f"budget {budget} needs ⌊{budget}/{n0}⌋ = {counts[n0]} prompts at n={n0}, but the pool has "
+                         f"{pool_size}; the largest budget this pool fills at every n is {pool_size * n0 + n0 - 1}")
+    return counts
+
+
+class SubsetDiversity:
+    """d of prompt subsets, each distinct prompt text tokenized once (in the fit's tokenizer and settings)."""
+
+    def __init__(self, prompts: Sequence[str], tokenizer, cfg: DiversityConfig):
+        self.prompts, self.tokenizer, self.cfg = prompts, tokenizer, cfg
+        self._ids: dict[str, np.ndarray] = {}
+
+    def token_ids(self, indices) -> list[np.ndarray]:
+        from divscale.metrics.diversity import tokenize_prompts
+
+        texts = [self.prompts[i] for i in indices]
+        new = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        if new:
+            self._ids.update(zip(new, tokenize_prompts(new, self.tokenizer, max_tokens=self.cfg.max_tokens)))
+        return [self._ids[t] for t in texts]
+
+    def prefetch(self, index_lists) -> None:
+        """Tokenize the union of several index lists in one call (each call builds the tokenizer's fast path
+        anew, so one call for everything a plan needs is much cheaper than one per subset)."""
+        self.token_ids(list(dict.fromkeys(i for idx in index_lists for i in idx)))
+
+    def d(self, indices):
+        from divscale.metrics.diversity import diversity_from_ids
+
+        return diversity_from_ids(self.token_ids(indices), n=self.cfg.ngram, exponent=self.cfg.exponent)
+
+
+def selection_order(prompts: Sequence[str], size: int, selector: str, seed: int, div: SubsetDiversity,
+                    ctx: dict | None = None) -> list[int]:
+    """``size`` indices in selection order. Every selector here is sequential, so the first k of them are what
+    it picks at budget k: one run serves every n (and, for random, nested subsets as in the paper's grid)."""
+    from divscale.tools.select import run_selector
+
+    if selector not in SELECTOR_NAMES:
+        raise ValueError(f"unknown selector {selector!r}; choose one of {list(SELECTOR_NAMES)}")
+    ctx = dict(ctx or {})
+    if selector == "d-greedy":
+        ctx.setdefault("token_ids", div.token_ids(range(len(prompts))))
+        ctx.setdefault("n", div.cfg.ngram)
+        ctx.setdefault("exponent", div.cfg.exponent)
+    elif selector == "deita" and "scores" not in ctx:
+        ctx |= deita_context(prompts)
+    picked = run_selector(selector, list(prompts), size, seed, **ctx)
+    return [int(i) for i in getattr(picked, "indices", picked)]   # a Selection, or a plain index list
+
+
+def deita_context(prompts: Sequence[str]) -> dict:
+    """Deita on a bare prompt pool: the complexity score of each prompt (there are no responses to rate for
+    quality) and MiniLM embeddings of the prompts; the scorer and encoder of :class:`SelectConfig`."""
+    from divscale.config import SelectConfig
+    from divscale.tools.select import LLMScorer, embed_texts
+
+    cfg = SelectConfig()
+    scorer = LLMScorer.from_pretrained(cfg.scorer, kind="complexity", batch_size=cfg.scorer_batch_size,
+                                       max_length=cfg.scorer_max_length)
+    return {"scores": scorer.score(list(prompts)), "embeddings": embed_texts(list(prompts), cfg.embedder),
+            "tau": cfg.tau}
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+
+
+def is_llama1_tokenizer(name: str | None, tokenizer) -> bool:
+    """The paper's tokenizer: a LLaMA(-1/2) 32,000-piece SentencePiece vocabulary."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return False
+    named = "llama" in str(name or "").lower() or "llama" in type(tokenizer).__name__.lower()
+    return named and size == 32000
+
+
+def resolve_tokenizer(fit: RewardFit, name: str | None, allow_mismatch: bool) -> tuple[str, list[str]]:
+    """The tokenizer id to measure d in, and the warnings that go with it; refuses a mismatch unless allowed."""
+    if fit.tokenizer is None:                                  # the paper: LLaMA-1 units
+        if name is None:
+            if not allow_mismatch:
+                raise ValueError("--fit paper: the paper's d is in LLaMA-1 tokens; pass --tokenizer with a LLaMA "
+                                 "tokenizer (local folder or hub id), or --allow-tokenizer-mismatch to measure d in "
+                                 f"{DiversityConfig().tokenizer} tokens against the paper's lines anyway")
+            name = DiversityConfig().tokenizer
+        return name, []
+    if name is not None and name != fit.tokenizer:
+        if not allow_mismatch:
+            raise ValueError(f"the fit's d ({fit.source}) is in {fit.tokenizer} tokens, not {name}; drop --tokenizer "
+                             "or pass --allow-tokenizer-mismatch")
+        return name, [(f"TOKENIZER MISMATCH: d is measured in {name} tokens but the fit's d is in {fit.tokenizer} "
+                      "tokens; the predictions compare numbers on different scales")]
+    return fit.tokenizer, []
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def plan(prompts: Sequence[str], budget: int, fit: RewardFit, tokenizer, lengths: Sequence[int] = (2, 3, 4),
+         selector: str = "random", seed: int = 0, draws: int = 5, alpha: float = 0.05,
+         tokenizer_name: str | None = None, warnings: Sequence[str] = (), selector_ctx: dict | None = None) -> dict:
+    """The options at ``budget`` annotations, the recommended n and the warnings (see the module docstring).
+
+    ``tokenizer`` is the tokenizer object d is measured with (a transformers tokenizer or a callable
+    list[str] -> list[list[int]]); ``tokenizer_name`` names it in the output. For a paper fit, a tokenizer that
+    is not LLaMA-1's gets a mismatch warning in every output.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise DataError("the prompt pool is empty")
+    if selector not in SELECTOR_NAMES:
+        raise ValueError(f"unknown selector {selector!r}; choose one of {list(SELECTOR_NAMES)}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    counts = prompt_counts(budget, lengths, len(prompts))
+    for n in counts:
+        fit.line(n)                                            # every n needs a line
+    warnings = list(warnings)
+    if fit.tokenizer is None and not is_llama1_tokenizer(tokenizer_name, tokenizer):
+        warnings.append(f"TOKENIZER MISMATCH: the paper's d is in LLaMA-1 tokens; this d is in {tokenizer_name} "
+                        "tokens, so it is on a different scale and the paper's lines are applied outside their units "
+                        "(--allow-tokenizer-mismatch)")
+    div = SubsetDiversity(prompts, tokenizer, fit.diversity)
+    kmax = max(counts.values())
+    seeds = [seed + i for i in range(draws)] if selector == "random" else [seed]
+    orders = [selection_order(prompts, kmax, selector, s, div, selector_ctx) for s in seeds]
+    div.prefetch(orders)
+    options = []
+    for n, k in counts.items():
+        ds = [div.d(order[:k]) for order in orders]
+        res = ds[0]
+        pred = fit.predict(n, res.d, alpha).iloc[0]
+        lo, hi = fit.d_range(n)
+        values = np.array([r.d for r in ds])
+        opt = {"n": n, "n_prompts": k, "annotations": n * k, "d": res.d, "r_unique": res.r_unique,
+               "predicted": float(pred["mean"]), "pi_lo": float(pred["obs_ci_lower"]),
+               "pi_hi": float(pred["obs_ci_upper"]), "line_ci_lo": float(pred["mean_ci_lower"]),
+               "line_ci_hi": float(pred["mean_ci_upper"]), "fit_d_min": lo, "fit_d_max": hi,
+               "extrapolated": not lo <= res.d <= hi}
+        if selector == "random":
+            opt |= {"draws": draws, "d_mean": float(values.mean()),
+                    "d_sd": float(values.std(ddof=1)) if draws > 1 else None,
+                    "d_min": float(values.min()), "d_max": float(values.max())}
+        options.append(opt)
+        if opt["extrapolated"]:
+            side = "below" if res.d < lo else "above"
+            warnings.append(f"n={n}: the subset's d = {res.d:.2f} lies {side} the range the fit saw "
+                            f"(d {lo:.2f}–{hi:.2f}); its prediction is an extrapolation of a straight line")
+    for n in counts:
+        res = fit.line(n)
+        if res.pvalues[1] > alpha:
+            warnings.append(f"n={n}: the fit's line has slope {res.params[1]:+.3g} per unit d (p = {res.pvalues[1]:.2f}, "
+                            f"R² = {res.rsquared:.2f}): reward is not clearly linear in d there, so the prediction "
+                            "rests mostly on the line's mean level")
+    best = max(options, key=lambda o: o["predicted"])
+    for o in options:
+        if o is not best and o["pi_lo"] <= best["predicted"] <= o["pi_hi"]:
+            warnings.append(f"n={best['n']} is predicted best, but its prediction lies inside the 95% prediction "
+                            f"interval of n={o['n']} ({_fmt(o['pi_lo'])}–{_fmt(o['pi_hi'])}): a single training run "
+                            "may well come out the other way")
+    return {"budget": int(budget), "selector": selector, "seed": seed, "pool_size": len(prompts),
+            "tokenizer": tokenizer_name, "fit": fit.describe(), "confidence": 1 - alpha, "options": options,
+            "recommended": best["n"], "warnings": warnings}
+
+
+def crossover_table(prompts: Sequence[str], fit: RewardFit, tokenizer, budgets: Sequence[int],
+                    lengths: Sequence[int] = (2, 3, 4), seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Predicted reward and its prediction interval per (budget, n) for a random selector (one seeded, nested
+    draw: the prompts at a smaller budget are a prefix of those at a larger one). Columns: budget, ranking_len,
+    n_prompts, d, predicted, pi_lo, pi_hi, extrapolated, recommended (the best n at that budget)."""
+    budgets = sorted({int(b) for b in budgets})
+    if not budgets:
+        raise ValueError("no budgets")
+    prompt_counts(budgets[-1], lengths, len(prompts))          # the largest must fit the pool
+    div = SubsetDiversity(prompts, tokenizer, fit.diversity)
+    order = selection_order(prompts, budgets[-1] // min(lengths), "random", seed, div)
+    div.prefetch([order])
+    rows = []
+    for b in budgets:
+        for n, k in prompt_counts(b, lengths, len(prompts)).items():
+            d = div.d(order[:k]).d
+            p = fit.predict(n, d, alpha).iloc[0]
+            lo, hi = fit.d_range(n)
+            rows.append({"budget": b, "ranking_len": n, "n_prompts": k, "d": d, "predicted": float(p["mean"]),
+                         "pi_lo": float(p["obs_ci_lower"]), "pi_hi": float(p["obs_ci_upper"]),
+                         "extrapolated": not lo <= d <= hi})
+    table = pd.DataFrame(rows)
+    best = table.loc[table.groupby("budget")["predicted"].idxmax(), ["budget", "ranking_len"]]
+    return table.merge(best.rename(columns={"ranking_len": "recommended"}), on="budget")
+
+
+def crossovers(table: pd.DataFrame) -> list[dict]:
+    """The budgets at which the recommended n changes: {budget (first budget with the new n), previous_budget,
+    from_n, to_n}."""
+    rec = table.drop_duplicates("budget").sort_values("budget")[["budget", "recommended"]].to_numpy()
+    return [{"budget": int(b1), "previous_budget": int(b0), "from_n": int(n0), "to_n": int(n1)}
+            for (b0, n0), (b1, n1) in itertools.pairwise(rec) if n0 != n1]
+
+
+def default_budgets(pool_size: int, lengths: Sequence[int] = (2, 3, 4), count: int = 24,
+                    smallest: int | None = None) -> list[int]:
+    """``count`` budgets from ``smallest`` (default: 12 prompts at the longest n) to the largest the pool fills."""
+    top = pool_size * min(lengths)
+    low = smallest or 12 * max(lengths)
+    if low > top:
+        raise ValueError(f"a pool of {pool_size} prompts is too small for a budget range")
+    return sorted(set(np.linspace(low, top, count).round().astype(int).tolist()))
+
+
+# ------------------------------------------------------------------------------------------ output and CLI
+
+
+def format_plan(p: dict) -> str:
+    fit = p["fit"]
+    pct = f"{p['confidence']:.0%}"
+    lines = [(f"budget {p['budget']:,} annotations (one annotation = one ranked response); pool {p['pool_size']:,} "
+             f"prompts; selector {p['selector']} (seed {p['seed']})"),
+             (f"fit: {fit['source']} ({fit['algo']}, {fit['y']} ×100, one OLS line per n on {fit['points']}); "
+             f"d in {p['tokenizer']} tokens (the fit's: {fit['tokenizer']})"), "",
+             (f"{'n':>3} {'prompts':>8} {'d':>7} {'d range (draws)':>16} {'predicted':>10} {pct + ' PI':>16} "
+             f"{'fit saw d':>13}")]
+    for o in p["options"]:
+        spread = f"{o['d_min']:.2f}–{o['d_max']:.2f}" if "d_min" in o else "-"
+        lines.append(f"{o['n']:>3} {o['n_prompts']:>8,} {o['d']:>7.2f} {spread:>16} {o['predicted']:>10.2f} "
+                     f"{_fmt(o['pi_lo']) + '–' + _fmt(o['pi_hi']):>16} "
+                     f"{_fmt(o['fit_d_min']) + '–' + _fmt(o['fit_d_max']):>13}{'  (extrapolated)' if o['extrapolated'] else ''}")
+    best = next(o for o in p["options"] if o["n"] == p["recommended"])
+    lines += ["", (f"recommended: n = {p['recommended']} ({best['n_prompts']:,} prompts × {p['recommended']} responses), "
+                  f"predicted {best['predicted']:.2f} ({pct} PI {_fmt(best['pi_lo'])}–{_fmt(best['pi_hi'])})")]
+    lines += [f"warning: {w}" for w in p["warnings"]]
+    return "\n".join(lines)
+
+
+def command(args) -> int:
+    from divscale.models.hub import load_tokenizer
+
+    if args.selector not in SELECTOR_NAMES:            # before any file is read or model loaded
+        raise ValueError(f"unknown selector {args.selector!r}; choose one of {list(SELECTOR_NAMES)}")
+    fit = load_fit(args.fit, args.algo, args.y, args.recipe)
+    for n in args.lengths:
+        fit.line(n)
+    prompts, _ = read_pool(args.prompts, args.field)
+    prompt_counts(args.budget, args.lengths, len(prompts))
+    name, warnings = resolve_tokenizer(fit, args.tokenizer, args.allow_tokenizer_mismatch)
+    tokenizer = load_tokenizer(name)
+    result = plan(prompts, args.budget, fit, tokenizer, args.lengths, args.selector, args.seed, args.draws,
+                  tokenizer_name=name, warnings=warnings)
+    result["prompts"] = args.prompts
+    if args.json:
+        print(json.dumps(result, indent=1, allow_nan=False, ensure_ascii=False, default=_json_default))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(type(x))

@@ -1,0 +1,366 @@
+"""Summed completion log-probabilities for K completions of each prompt, the prompt encoded once.
+
+A listwise loss (PRO, Plackett-Luce, all-pairs DPO) needs ``log pi(y_k | x)`` for K completions of
+the same prompt x. The naive way runs K full ``prompt + completion`` sequences; at the paper's shape
+(prompt <= 384 tokens, completion 128) K = 4 spends about three times the tokens on prompts.
+
+With ``share_prompt=True`` the prompt runs once; its key/value cache (a transformers
+``DynamicCache``) is repeated K times along the batch (``Cache.batch_repeat_interleave``) and
+serves the K completions in a second pass, with gradients flowing through both passes.
+Details that keep the numbers equal to the naive path:
+
+- prompts are re-laid out left-padded (whatever padding they came with) and the cache holds the
+  prompt *without its last token*; the completion pass starts with that last token, so its
+  logits predict every completion token and no logits are computed over the prompt;
+- position ids are explicit: 0 .. P-2 for the prompt's real tokens, P-1, P, ... for the last
+  prompt token and the completion, so a completion sits exactly where it does in ``prompt +
+  completion`` whatever the prompt's padding;
+- padding keys (left pads in the cache, right pads of completions) are masked out.
+
+Where the prefix cannot be shared (an encoder-decoder, a model that returns no cache -- e.g.
+gradient checkpointing in training --, a sliding window shorter than the sequence, no
+``position_ids`` argument, or a model whose shared result disagrees with the naive one on a
+first, no-grad check) the naive path is used and a line is logged once per reason.
+
+Entry points: :func:`completion_logprobs` (strings in, tokenised here) and
+:func:`logprobs_from_ids` (token tensors in, e.g. from :class:`divscale.train.pro.RankingCollator`).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_LOGGED: set[str] = set()
+_VERIFIED: dict[str, bool] = {}       # model class + attention implementation -> shared path agrees with naive
+VERIFY_TOL = 1e-3                     # the first-use check (no grad): max |shared - naive| per completion token
+VERIFY_TOL_LOW = 5e-2                 # ... for half-precision weights or autocast
+
+
+def _log_once(key: str, message: str) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.warning(message)
+
+
+# --------------------------------------------------------------------------- tensors
+
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    from trl.trainer.utils import selective_log_softmax  # memory-efficient log_softmax + gather
+
+    return selective_log_softmax(logits, targets).float()
+
+
+def _left_align(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows left-padded (real tokens at the end), width = longest row."""
+    lengths = mask.sum(-1)
+    width = int(lengths.max()) if lengths.numel() else 0
+    out_ids = ids.new_full((ids.shape[0], width), pad_id)
+    out_mask = mask.new_zeros((ids.shape[0], width))
+    for i in range(ids.shape[0]):
+        n = int(lengths[i])
+        if n:
+            out_ids[i, width - n:] = ids[i][mask[i].bool()]
+            out_mask[i, width - n:] = 1
+    return out_ids, out_mask
+
+
+def _right_align(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows right-padded (real tokens first), width = longest row (at least 1)."""
+    lengths = mask.sum(-1)
+    width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+    out_ids = ids.new_full((ids.shape[0], width), pad_id)
+    out_mask = mask.new_zeros((ids.shape[0], width))
+    for i in range(ids.shape[0]):
+        n = int(lengths[i])
+        if n:
+            out_ids[i, :n] = ids[i][mask[i].bool()]
+            out_mask[i, :n] = 1
+    return out_ids, out_mask
+
+
+def _check_contiguous(mask: torch.Tensor, what: str) -> None:
+    """Real tokens must form one run per row (left or right padding, not holes)."""
+    m = mask.reshape(-1, mask.shape[-1]).to(torch.int8)
+    if m.shape[-1] > 1 and ((m[:, 1:] - m[:, :-1]).abs().sum(-1) > 2).any():
+        raise ValueError(f"{what}: the attention mask has holes; pad on the left or the right only")
+
+
+def _inner(model):
+    """The model under a DDP / DeepSpeed wrapper (``.module``), for signatures and config; calls go to the wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _forward_params(model):
+    return inspect.signature(_inner(model).forward).parameters
+
+
+def _cache_arg(model) -> str | None:
+    """The name of the forward's cache argument: ``cache`` (transformers >= 5) or ``past_key_values``."""
+    params = _forward_params(model)
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def _naive(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id):
+    """One ``prompt + completion`` sequence per completion, right-padded, positions from 0."""
+    batch, k, lc = completion_ids.shape
+    p_ids, p_mask = _right_align(prompt_ids, prompt_mask, pad_id)
+    p_len = p_mask.sum(-1)
+    c_ids, c_mask = completion_ids.reshape(batch * k, lc), completion_mask.reshape(batch * k, lc)
+    c_len = c_mask.sum(-1)
+    rows = batch * k
+    total = (p_len.repeat_interleave(k) + c_len)
+    width = int(total.max())
+    ids = prompt_ids.new_full((rows, width), pad_id)
+    att = prompt_mask.new_zeros((rows, width))
+    score = torch.zeros((rows, width), dtype=torch.bool, device=ids.device)
+    for r in range(rows):
+        b, p, c = r // k, int(p_len[r // k]), int(c_len[r])
+        ids[r, :p] = p_ids[b, :p]
+        ids[r, p:p + c] = c_ids[r][c_mask[r].bool()]
+        att[r, :p + c] = 1
+        score[r, p:p + c] = True
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
+    token_logps = _token_logps(logits[:, :-1], ids[:, 1:])
+    mask = score[:, 1:].to(token_logps.dtype)          # position t predicts token t+1
+    return (token_logps * mask).sum(-1).reshape(batch, k), mask.sum(-1).reshape(batch, k)
+
+
+def _shared(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id, cache_arg):
+    """The prompt once (minus its last token) into a KV cache, repeated K times; then the completions."""
+    batch, k, lc = completion_ids.shape
+    p_ids, p_mask = _left_align(prompt_ids, prompt_mask, pad_id)
+    p_len = p_mask.sum(-1)                                             # P_b >= 1
+    last = p_ids[:, -1]                                                # the last real prompt token
+    prefix_ids, prefix_mask = p_ids[:, :-1], p_mask[:, :-1]            # left-padded, P_b - 1 real tokens
+    c_ids, c_mask = _right_align(completion_ids.reshape(batch * k, lc), completion_mask.reshape(batch * k, lc),
+                                 pad_id)
+    lc = c_ids.shape[1]
+    # the completion pass reads [last prompt token, c_1 .. c_{L-1}] and predicts [c_1 .. c_L]
+    step_ids = torch.cat([last.repeat_interleave(k)[:, None], c_ids[:, :-1]], dim=1)
+    step_mask = torch.cat([torch.ones_like(c_mask[:, :1]), c_mask[:, :-1]], dim=1)
+    start = (p_len - 1).repeat_interleave(k)                            # position of the last prompt token
+    # padding slots repeat the row's last real position: never past prompt + completion (learned position
+    # tables have only that many rows)
+    real = step_mask.sum(-1, keepdim=True)
+    positions = start[:, None] + torch.minimum(torch.arange(lc, device=c_ids.device)[None], real - 1)
+    kwargs: dict[str, Any] = {}
+    if prefix_ids.shape[1] > 0:
+        prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+        fwd = {"input_ids": prefix_ids, "attention_mask": prefix_mask, "position_ids": prefix_pos, "use_cache": True}
+        if "logits_to_keep" in _forward_params(model):
+            fwd["logits_to_keep"] = 1                                   # the prompt's logits are never needed
+        out = model(**fwd)
+        cache = getattr(out, cache_arg, None)
+        if cache is None:
+            return None
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(k)
+        elif isinstance(cache, (tuple, list)):                         # legacy tuple-of-tuples caches
+            cache = tuple(tuple(t.repeat_interleave(k, dim=0) for t in layer) for layer in cache)
+        else:
+            return None
+        kwargs[cache_arg] = cache
+        att = torch.cat([prefix_mask.repeat_interleave(k, dim=0), step_mask], dim=1)
+    else:
+        att = step_mask
+    logits = model(input_ids=step_ids, attention_mask=att, position_ids=positions, use_cache=bool(kwargs),
+                   **kwargs).logits
+    mask = c_mask.to(torch.float32)
+    token_logps = _token_logps(logits, c_ids)
+    return (token_logps * mask).sum(-1).reshape(batch, k), mask.sum(-1).reshape(batch, k)
+
+
+def can_share_prompt(model, total_length: int | None = None) -> str | None:
+    """``None`` if the prompt's cache can serve its completions, else the reason it cannot."""
+    inner = _inner(model)
+    config = getattr(inner, "config", None)
+    if config is not None and getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    if _cache_arg(model) is None:
+        return "its forward takes no cache argument"
+    if "position_ids" not in _forward_params(model):
+        return "its forward takes no position_ids"
+    window = getattr(config, "sliding_window", None) if config is not None else None
+    if window and total_length is not None and int(window) < total_length:
+        return f"a sliding window ({window}) shorter than the sequences ({total_length})"
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    if checkpointing and model.training:
+        return "gradient checkpointing disables the cache in training"
+    return None
+
+
+def logprobs_from_ids(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor, share_prompt: bool = True,
+                      pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of the completion tokens and their counts, both ``(batch, K)``.
+
+    ``prompt_ids``/``prompt_mask`` ``(batch, Lp)``, left- or right-padded (rows may differ in
+    length; each needs >= 1 real token). ``completion_ids``/``completion_mask`` ``(batch, K, Lc)``,
+    left- or right-padded; an empty completion scores 0 with count 0. ``share_prompt``: encode each
+    prompt once (see the module docstring); otherwise K full sequences. With K = 1 there is nothing
+    to share and the naive path runs.
+    """
+    if prompt_ids.dim() != 2 or completion_ids.dim() != 3 or completion_ids.shape[0] != prompt_ids.shape[0]:
+        raise ValueError(f"need prompt_ids (batch, Lp) and completion_ids (batch, K, Lc); got "
+                         f"{tuple(prompt_ids.shape)} and {tuple(completion_ids.shape)}")
+    if (prompt_mask.sum(-1) < 1).any():
+        raise ValueError("every prompt needs at least one token (e.g. BOS) to predict its completion from")
+    _check_contiguous(prompt_mask, "prompt_mask")
+    _check_contiguous(completion_mask, "completion_mask")
+    k = completion_ids.shape[1]
+    args = (model, prompt_ids, prompt_mask, completion_ids, completion_mask, pad_token_id)
+    if not share_prompt or k < 2:
+        return _naive(*args)
+    total = int(prompt_mask.sum(-1).max() + completion_mask.sum(-1).max())
+    reason = can_share_prompt(model, total)
+    if reason is None:
+        reason = _verify(model, *args[1:])
+    if reason is not None:
+        _log_once(f"{type(_inner(model)).__name__}:{reason}",
+                  f"share_prompt: {type(_inner(model)).__name__} cannot share the prompt ({reason}); using one full "
+                  "sequence per completion")
+        return _naive(*args)
+    out = _shared(*args, _cache_arg(model))
+    if out is None:
+        _log_once(f"{type(model).__name__}:nocache", f"share_prompt: {type(model).__name__} returned no cache; "
+                  "using one full sequence per completion")
+        return _naive(*args)
+    return out
+
+
+def _verify(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id) -> str | None:
+    """Once per model class: shared and naive agree (no grad, eval mode) on the first prompt of a batch."""
+    inner = _inner(model)
+    key = (f"{type(inner).__module__}.{type(inner).__name__}:"
+           f"{getattr(getattr(inner, 'config', None), '_attn_implementation', '')}")
+    if key not in _VERIFIED:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                args = (prompt_ids[:1], prompt_mask[:1], completion_ids[:1], completion_mask[:1], pad_id)
+                naive, counts = _naive(model, *args)
+                shared = _shared(model, *args, _cache_arg(model))
+                low = any(p.dtype in (torch.float16, torch.bfloat16) for p in inner.parameters()) or \
+                    torch.is_autocast_enabled(prompt_ids.device.type)
+                tol = VERIFY_TOL_LOW if low else VERIFY_TOL          # per completion token
+                _VERIFIED[key] = shared is not None and bool(
+                    ((shared[0] - naive).abs() <= tol * counts.clamp(min=1)).all())
+                if not _VERIFIED[key]:
+                    log.warning("share_prompt check: max |shared - naive| = %s on %s",
+                                None if shared is None else float((shared[0] - naive).abs().max()), key)
+        finally:
+            model.train(was_training)
+    return None if _VERIFIED[key] else "its shared-prompt result differs from the full sequences"
+
+
+# --------------------------------------------------------------------------- strings
+
+def _as_text(x: Any, tokenizer, prompt: bool) -> tuple[str, bool]:
+    """A string as is; chat messages rendered (the prompt through the chat template). Returns (text, templated)."""
+    if isinstance(x, str):
+        return x, False
+    if isinstance(x, dict):
+        x = [x]
+    if prompt:
+        return tokenizer.apply_chat_template(list(x), tokenize=False, add_generation_prompt=True), True
+    return "".join(m["content"] for m in x), False
+
+
+def _bos_prefix(tokenizer) -> list[int]:
+    """``[bos]`` if the tokenizer adds a BOS token on its own (never EOS), else ``[]``."""
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    adds = (tokenizer.bos_token_id is not None and len(with_special) > len(plain)
+            and with_special[0] == tokenizer.bos_token_id)
+    return [tokenizer.bos_token_id] if adds else []
+
+
+def encode_completions(tokenizer, prompts: Sequence[Any], completions: Sequence[Sequence[Any]],
+                       max_prompt_length: int | None = 384, max_completion_length: int | None = 128,
+                       max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Tokenise prompts and their completions into the tensors :func:`logprobs_from_ids` takes.
+
+    Prompt: BOS if the tokenizer adds one, then its tokens, left-truncated to ``max_prompt_length``
+    (BOS included, kept). Completion: its tokens as given (no BOS, no EOS: append one to the
+    string if it should be scored), right-truncated to ``max_completion_length`` and, with
+    ``max_length``, to ``max_length - prompt length``. Rows may have different numbers of
+    completions; missing ones are empty (score 0, count 0). Padding is the tokenizer's
+    ``padding_side`` (the scores do not depend on it).
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
+    bos = _bos_prefix(tokenizer)
+    p_rows = []
+    for p in prompts:
+        text, templated = _as_text(p, tokenizer, prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prefix = [] if templated else bos
+        if max_prompt_length is not None:
+            budget = max(max_prompt_length - len(prefix), 0)
+            ids = ids[len(ids) - budget:] if len(ids) > budget else ids
+        p_rows.append(prefix + ids)
+    if any(not r for r in p_rows):
+        raise ValueError("a prompt encodes to no tokens; give it at least one (or a tokenizer that adds BOS)")
+    k = max((len(c) for c in completions), default=0)
+    if k < 1:
+        raise ValueError("need at least one completion per batch")
+    c_rows = []
+    for p, cs in zip(p_rows, completions):
+        row = []
+        for c in list(cs) + [""] * (k - len(cs)):
+            ids = tokenizer(_as_text(c, tokenizer, prompt=False)[0], add_special_tokens=False)["input_ids"] if c else []
+            limit = max_completion_length
+            if max_length is not None:
+                limit = max_length - len(p) if limit is None else min(limit, max_length - len(p))
+            row.append(ids[:max(limit, 0)] if limit is not None else ids)
+        c_rows.append(row)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(max((len(r) for r in rows), default=0), 1)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            if r:
+                ids[i, sl], mask[i, sl] = torch.tensor(r), 1
+        return ids, mask
+
+    prompt_ids, prompt_mask = pad(p_rows)
+    flat_ids, flat_mask = pad([r for row in c_rows for r in row])
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+            "completion_ids": flat_ids.view(len(p_rows), k, -1), "completion_mask": flat_mask.view(len(p_rows), k, -1),
+            "pad_token_id": pad_id}
+
+
+def completion_logprobs(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Sequence[Any]],
+                        share_prompt: bool = True, max_prompt_length: int | None = 384,
+                        max_completion_length: int | None = 128, max_length: int | None = None,
+                        return_counts: bool = False):
+    """``(batch, K)`` summed log-probabilities of each prompt's K completions (see :func:`encode_completions`
+    for the tokenisation and truncation). ``share_prompt``: the prompt runs once and its KV cache serves its
+    completions (gradients through both); values and gradients equal ``share_prompt=False`` up to float
+    rounding. ``return_counts``: also return the ``(batch, K)`` completion token counts."""
+    enc = encode_completions(tokenizer, prompts, completions, max_prompt_length, max_completion_length, max_length)
+    device = next(model.parameters()).device
+    logps, counts = logprobs_from_ids(model, enc["prompt_ids"].to(device), enc["prompt_mask"].to(device),
+                                      enc["completion_ids"].to(device), enc["completion_mask"].to(device),
+                                      share_prompt=share_prompt, pad_token_id=enc["pad_token_id"])
+    return (logps, counts) if return_counts else logps
