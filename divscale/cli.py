@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from divscale.io import DataError
+from divscale.signals import stop_children_on_signal
 
 
 def _diversity_parser(parser: argparse.ArgumentParser) -> None:
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     module, _, function = args._runner.partition(":")
     command = getattr(importlib.import_module(module), function)
     try:
-        return int(command(args) or 0)
+        with stop_children_on_signal():       # Ctrl-C / SIGTERM stop every process the command started
+            return int(command(args) or 0)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"divscale {args.subcommand}: error: {err}", file=sys.stderr)
         return 1

@@ -75,7 +75,7 @@ def test_no_import_cycles():
 # The layers, lowest first: a module imports only from its own layer or lower ones (the cli, at the top, wires
 # them). ``__init__`` files of the sub-packages hold docstrings only.
 LAYERS = [
-    ("divscale", "divscale.paths", "divscale.io", "divscale.config", "divscale.provenance"),
+    ("divscale", "divscale.paths", "divscale.io", "divscale.config", "divscale.provenance", "divscale.signals"),
     ("divscale.data",),
     ("divscale.models",),
     ("divscale.metrics", "divscale.reward"),
