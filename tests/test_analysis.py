@@ -491,3 +491,35 @@ def test_seed_blocked_contrast_removes_a_shared_seed_effect_and_costs_little_wit
     assert blocked["mde"] < 1.5 * plain["mde"] and blocked["seed_block_p"] > 0.01
     with pytest.raises(ValueError, match="no runs in cell"):
         analysis.seed_blocked_contrast(df, (4, 30), (2, 120))
+
+
+def test_budget_decomposition_adds_up_and_pairs_only_the_paired_part():
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, k, mu in ((4, 60, 30.0), (2, 60, 28.0), (2, 120, 25.0)):
+        for seed in range(42, 48):
+            rows.append({"algo": "pro", "recipe": "r", "ranking_len": n, "n_prompts": k, "seed": seed,
+                         "reward_global": mu + rng.normal(0, 1.0) + 0.5 * (seed - 44)})
+    df = pd.DataFrame(rows)
+    dec = analysis.budget_decomposition(df, 240)
+    a, b, c = (df[(df.ranking_len == n) & (df.n_prompts == k)].reward_global.mean() for n, k in ((4, 60), (2, 60), (2, 120)))
+    assert dec["total"]["estimate"] == pytest.approx(a - c) and dec["prompts"]["estimate"] == pytest.approx(b - c)
+    assert dec["length"]["estimate"] == pytest.approx(a - b) and dec["gap"] == pytest.approx(0.0, abs=1e-9)
+    assert dec["total"]["test"].startswith("Welch") and dec["prompts"]["test"].startswith("Welch")
+    assert dec["length"]["test"].startswith("paired t by seed")
+    # the seed effect (0.5 per seed) is shared by the paired cells: pairing removes it, Welch does not
+    welch_length = analysis.welch_contrast(df[(df.ranking_len == 4) & (df.n_prompts == 60)].reward_global,
+                                           df[(df.ranking_len == 2) & (df.n_prompts == 60)].reward_global)
+    assert dec["length"]["mde"] < welch_length["mde"]
+    with pytest.raises(ValueError, match=r"no runs in cell \(n=2, k=60\)"):
+        analysis.budget_decomposition(df[~((df.ranking_len == 2) & (df.n_prompts == 60))], 240)
+
+
+def test_paper_decomposition_reproduces_the_issue_arithmetic():
+    """PRO OPT-1.3B Global at 48,000 responses: n4@12k - n2@24k = +1.52 = (n2@12k - n2@24k) -1.00 +
+    (n4@12k - n2@12k) +2.52 (Table 1)."""
+    t = analysis.paper_budget_decomposition()
+    row = t[(t.algo == "pro") & (t.model == "OPT-1.3B") & (t.split == "Global") & (t.budget == 48000)].iloc[0]
+    assert (row.total, row.prompts, row.length) == pytest.approx((1.52, -1.00, 2.52), abs=1e-9)
+    assert np.allclose(t.total, t.prompts + t.length)
+    assert len(t) == 2 * len(t.groupby(["algo", "model", "split"]))

@@ -887,3 +887,65 @@ def beside_paper(table: pd.DataFrame, algo: str = "pro", model: str = "OPT-1.3B"
                                          "reward": "paper_reward"}),
                         on=["paper_budget", "ranking_len", "share"], how="left")
     return merged.drop(columns="share")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The equal-budget contrast split into its two parts
+# ---------------------------------------------------------------------------------------------------------
+
+def budget_decomposition(df: pd.DataFrame, budget: int, n_hi: int = 4, n_lo: int = 2, y: str = "reward_global",
+                         confidence: float = 0.95) -> dict:
+    """The equal-budget contrast at ``budget`` responses and its two parts, which add up to it exactly::
+
+        total   = (n_hi, B/n_hi) - (n_lo, B/n_lo)   longer rankings of fewer prompts, at an equal budget
+        prompts = (n_lo, B/n_hi) - (n_lo, B/n_lo)   the prompt-count part: fewer prompts, same ranking length
+        length  = (n_hi, B/n_hi) - (n_lo, B/n_hi)   the ranking-length part: longer rankings of the same prompts
+
+    At a fixed step budget fewer prompts are also seen more often, so the prompt-count part holds the effect of
+    repetition as well as of fewer distinct prompts; the ranking-length part is what the longer rankings buy on
+    the same prompts. Tests, pairing only what is paired: ``total`` and ``prompts`` compare different prompt
+    sets (independent runs: Welch's t); ``length`` compares the same prompts with the same seeds (same initial
+    weights and data order: a paired t by seed). Each part carries its CI and MDE; ``gap`` is total minus the
+    sum of the parts' estimates (0 when both cells of the paired part have the same seeds)."""
+    _one_setting(df, "budget_decomposition")
+    data = df.dropna(subset=[y])
+    k_hi, k_lo = _diagonal_prompts(budget, n_hi), _diagonal_prompts(budget, n_lo)
+
+    def cell(n, k):
+        c = data[(data["ranking_len"] == n) & (data["n_prompts"] == k)]
+        if c.empty:
+            raise ValueError(f"budget_decomposition: no runs in cell (n={n}, k={k}); the decomposition of budget "
+                             f"{budget} needs (n={n_hi}, k={k_hi}), (n={n_lo}, k={k_lo}) and (n={n_lo}, k={k_hi})")
+        return c
+
+    a, b, c = cell(n_hi, k_hi), cell(n_lo, k_hi), cell(n_lo, k_lo)
+    total = welch_contrast(a[y], c[y], confidence) | {"comparison": f"(n={n_hi}, k={k_hi}) - (n={n_lo}, k={k_lo})",
+                                                      "part": "total"}
+    prompts = welch_contrast(b[y], c[y], confidence) | {"comparison": f"(n={n_lo}, k={k_hi}) - (n={n_lo}, k={k_lo})",
+                                                        "part": "prompt count"}
+    length = paired_contrast(a, b, y, confidence=confidence) | {
+        "comparison": f"(n={n_hi}, k={k_hi}) - (n={n_lo}, k={k_hi})", "part": "ranking length"}
+    gap = total["estimate"] - prompts["estimate"] - length["estimate"]
+    return {"budget": int(budget), "n_hi": n_hi, "n_lo": n_lo, "k_hi": k_hi, "k_lo": k_lo, "y": y,
+            "cells": {f"n{n}_k{k}": {"runs": len(x), "mean": float(x[y].mean()),
+                                     "seeds": sorted(int(s) for s in x["seed"])}
+                      for (n, k), x in (((n_hi, k_hi), a), ((n_lo, k_hi), b), ((n_lo, k_lo), c))},
+            "total": total, "prompts": prompts, "length": length, "gap": float(gap)}
+
+
+def paper_budget_decomposition(n_hi: int = 4, n_lo: int = 2) -> pd.DataFrame:
+    """The same split of the paper's Table 1 (one number per cell, no seeds, so no CI): for every setting
+    (algo, model, split) and both equal budgets, the total (n_hi, B/n_hi) - (n_lo, B/n_lo) and its prompt-count
+    and ranking-length parts. Reward ×100."""
+    t = paper_table1_long()
+    rows = []
+    for (algo, model, split, budget), g in t.groupby(["algo", "model", "split", "budget_group"]):
+        r = {(int(n), int(k)): float(v) for n, k, v in zip(g["ranking_len"], g["n_prompts"], g["reward"])}
+        k_hi, k_lo = _diagonal_prompts(budget, n_hi), _diagonal_prompts(budget, n_lo)
+        need = [(n_hi, k_hi), (n_lo, k_hi), (n_lo, k_lo)]
+        if not all(x in r for x in need):
+            continue
+        rows.append({"algo": algo, "model": model, "split": split, "budget": int(budget), "k_hi": k_hi, "k_lo": k_lo,
+                     "total": r[(n_hi, k_hi)] - r[(n_lo, k_lo)], "prompts": r[(n_lo, k_hi)] - r[(n_lo, k_lo)],
+                     "length": r[(n_hi, k_hi)] - r[(n_lo, k_hi)]})
+    return pd.DataFrame(rows)
