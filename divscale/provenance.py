@@ -131,10 +131,19 @@ def _module_syntax(module_name: str) -> tuple[dict[str, ast.AST], frozenset[str]
     return defs, frozenset(rebound)
 
 
-def _syntax(obj) -> ast.AST:
+def _syntax(obj) -> ast.AST | None:
+    """The syntax tree of a function or class; None for one made at run time (``type(...)``, or a ``class``
+    statement run inside a function, as the OpenAssistant RM classes are registered), which has no source of its
+    own: the code that makes it is hashed where a step reaches it, and the made object is left out (whether it
+    exists yet depends on what ran before, which must not move a key)."""
     obj = inspect.unwrap(obj)
     node = _module_syntax(obj.__module__)[0].get(obj.__qualname__)
-    return node if node is not None else ast.parse(textwrap.dedent(inspect.getsource(obj))).body[0]
+    if node is not None:
+        return node
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(obj))).body[0]
+    except (OSError, TypeError, SyntaxError):
+        return None
 
 
 class _Normalize(ast.NodeTransformer):
@@ -244,6 +253,8 @@ def closure(*roots: str, package: str = "divscale") -> tuple[tuple[str, str], ..
         if id(obj) in seen:
             continue
         seen[id(obj)] = obj
+        if _syntax(obj) is None:
+            continue
         entries.add((obj.__qualname__, normalized_source(obj, package)))
         found, constants = _references(obj, package)
         entries.update(constants)

@@ -208,3 +208,22 @@ def test_evaluation_records_its_time_and_finish_and_keys_by_rm_test(tmp_path, mo
     rm.fingerprint = "rmtest-b"                                       # RM_test re-trained
     other = pipeline.evaluate_run(R, tmp_path / "run")
     assert other["eval_key"] != first["eval_key"] and other["finished"] > first["finished"]
+
+
+def test_a_class_made_at_run_time_is_left_out_whether_or_not_it_exists_yet(tmp_path):
+    """A class made by running code (the OpenAssistant RM classes are registered at load time) has no source of
+    its own, and whether it exists depends on what ran before: the key is the same before and after."""
+    mods = _package(tmp_path, "k_runtime", {"a": '''
+        def make():
+            global Made
+            Made = type("Made", (), {"x": 1})
+
+        def root():
+            make()
+            return Made().x
+        '''})
+    before = provenance.closure("k_runtime.a:root", package="k_runtime")
+    assert mods["a"].root() == 1                      # now Made exists in the module
+    provenance.closure.cache_clear()
+    after = provenance.closure("k_runtime.a:root", package="k_runtime")
+    assert before == after and {n for n, _ in after} == {"root", "make"}
