@@ -186,3 +186,14 @@ def test_beta_ablation_figure_draws_every_arm_and_share(tmp_path):
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["PRO, sft_weight 0", "PRO, sft_weight 0.05 (paper)",
                                                                         "SFT"]
     _png(plots.save_figure(fig, "beta", tmp_path))
+
+
+def test_budget_decomposition_draws_ours_beside_the_paper(tmp_path, results):
+    ours = {algo: analysis.budget_decomposition(results[results.algo == algo], 240) for algo in ("pro", "sft")}
+    paper = analysis.paper_budget_decomposition()
+    fig = plots.plot_budget_decomposition(ours, paper)
+    ax, bx = fig.axes[:2]
+    assert len(ax.patches) == 3 * len(ours) and len(bx.patches) == 3 * len(paper)
+    heights = [p.get_height() for p in bx.patches]
+    assert heights[:3] == pytest.approx([paper.iloc[0].total, paper.iloc[0].prompts, paper.iloc[0].length])
+    check_saved(fig, "budget_decomposition", tmp_path)
