@@ -50,7 +50,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(VENV)/bin/pip check
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv, install divscale and its dependencies, link LOCAL_DATA into data/
+setup: $(VENV)/.installed  ## create .venv from requirements/lock.txt (exact versions, hashes) + TORCH_SPEC, link LOCAL_DATA into data/
 	@for d in hh-rlhf pro-hh oasst1; do \
 	  if [ ! -e data/$$d ] && [ -d "$(LOCAL_DATA)/$$d" ]; then \
 	    mkdir -p data && ln -s "$$(cd "$(LOCAL_DATA)/$$d" && pwd)" data/$$d && echo "linked data/$$d -> $(LOCAL_DATA)/$$d"; fi; done
@@ -63,7 +63,7 @@ LOCK_PYTHON ?= 3.11
 TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 UPGRADE ?=
 lock:  ## regenerate requirements/lock.txt from pyproject.toml with uv (UPGRADE=all, or UPGRADE="pkg ...": newer versions)
-	test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q "$$(grep -Eo '^uv==[^ ]+' $(LOCK) || echo uv)"; }
+	test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q "$$(grep -Eo '^uv==[^ ]+' $(LOCK) 2>/dev/null || echo uv)"; }
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version $(LOCK_PYTHON) \
 	  --generate-hashes --no-emit-package torch -c <(echo torch==$(TORCH_VERSION)+cpu) \
 	  $(addprefix --find-links ,$(TORCH_FIND_LINKS)) \
