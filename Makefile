@@ -6,7 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RECIPE ?= cpu
 JOBS ?= 2
-TORCH_SPEC ?= torch==2.13.0
+# torch is installed on its own (TORCH_SPEC: a CPU build here, a CUDA build on GPU machines) and is the one
+# package the lock leaves out; its own dependencies are locked as the CPU wheel of TORCH_VERSION declares them.
+TORCH_VERSION ?= 2.13.0
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+# The study's environment: every other package of pyproject.toml's dependencies and `dev` extra, exact versions
+# and sha256 hashes, for Python 3.11+ on any platform (`make lock` regenerates it).
+LOCK := requirements/lock.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRL_EXPERIMENTAL_SILENCE := 1
@@ -25,24 +31,45 @@ ifneq ($(filter figures,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j$(JOBS)
 endif
 
-.PHONY: help setup data test test-fast figures results notebooks lab clean bench verify gpu-check
+.PHONY: help setup lock data test test-fast figures results notebooks lab clean bench verify verify-env gpu-check
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# A changed lock (or pyproject.toml) reinstalls: packages move to the lock's versions (ones the lock dropped stay
+# until `rm -rf .venv`). Only files whose sha256 the lock lists are accepted; divscale itself is installed without
+# dependencies, so nothing unlocked comes in, and `pip check` proves the result complete and consistent.
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	# CPU torch first (on GPU machines: TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cu124')
-	$(VENV)/bin/pip install -q $(TORCH_SPEC)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --require-hashes --no-deps -r $(LOCK)
+	# torch, its dependencies held at the lock's versions (GPU machines: TORCH_SPEC='torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cu124')
+	grep -E '^[A-Za-z]' $(LOCK) | sed 's/ *\\$$//' > $(VENV)/lock-pins.txt
+	$(VENV)/bin/pip install -q $(TORCH_SPEC) -c $(VENV)/lock-pins.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	$(VENV)/bin/pip check
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv, install divscale and its dependencies, link LOCAL_DATA into data/
+setup: $(VENV)/.installed  ## create .venv from requirements/lock.txt (exact versions, hashes) + TORCH_SPEC, link LOCAL_DATA into data/
 	@for d in hh-rlhf pro-hh oasst1; do \
 	  if [ ! -e data/$$d ] && [ -d "$(LOCAL_DATA)/$$d" ]; then \
 	    mkdir -p data && ln -s "$$(cd "$(LOCAL_DATA)/$$d" && pwd)" data/$$d && echo "linked data/$$d -> $(LOCAL_DATA)/$$d"; fi; done
+
+# `make lock` keeps every pin that still satisfies pyproject.toml and adds what is new; UPGRADE=all moves every
+# package to its newest release, UPGRADE="trl numpy" only those. uv resolves from PyPI alone (no pip.conf
+# indexes) for every platform at once (platform-only packages carry markers); torch's CPU wheel comes from
+# TORCH_FIND_LINKS (a folder or a page of links) only to read its dependencies.
+LOCK_PYTHON ?= 3.11
+TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
+UPGRADE ?=
+lock:  ## regenerate requirements/lock.txt from pyproject.toml with uv (UPGRADE=all, or UPGRADE="pkg ...": newer versions)
+	test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q "$$(grep -Eo '^uv==[^ ]+' $(LOCK) 2>/dev/null || echo uv)"; }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version $(LOCK_PYTHON) \
+	  --generate-hashes --no-emit-package torch -c <(echo torch==$(TORCH_VERSION)+cpu) \
+	  $(addprefix --find-links ,$(TORCH_FIND_LINKS)) \
+	  $(if $(filter all,$(UPGRADE)),--upgrade,$(addprefix --upgrade-package ,$(UPGRADE))) \
+	  --custom-compile-command 'make lock' --quiet -o $(LOCK)
+	@echo "$(LOCK): $$(grep -cE '^[A-Za-z]' $(LOCK)) packages; \`make setup\` installs it (library versions are part of every code key)"
 
 data: setup  ## fetch HH-RLHF from the hub into data/hh-rlhf (offline: link a local copy there instead)
 	HF_HUB_OFFLINE=0 $(PY) -m divscale.cli data download --out data/hh-rlhf
@@ -99,6 +126,13 @@ test-fast: setup  ## tests without the slow (training, notebook) ones
 VERIFY_RECIPE ?= smoke
 verify: setup  ## rebuild VERIFY_RECIPE's (default smoke) shared artifacts twice from empty caches, compare hashes
 	$(PY) -m divscale.cli grid --recipe $(VERIFY_RECIPE) --verify
+
+# Two fresh clones of the current commit, each `make setup` from the lock into its own .venv, each building
+# VERIFY_RECIPE's shared artifacts and grid from its own empty cache: same fingerprints, same runs.csv (run ids,
+# keys, rewards) or it fails. Not part of `make test` (two installs and two builds: about half an hour here).
+verify-env:  ## two fresh clones set up from the lock build VERIFY_RECIPE (default smoke) alike: fingerprints and runs.csv
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" LOCAL_DATA="$(abspath $(if $(wildcard data/hh-rlhf),data,$(LOCAL_DATA)))" \
+	  bash requirements/verify-env.sh $(VERIFY_RECIPE)
 
 gpu-check: setup  ## on a GPU machine: smoke cell on CUDA in bf16 (tokens/s, peak memory), PRO loss CPU vs GPU, OPT-1.3B throughput
 	HF_HUB_OFFLINE=1 timeout 480 $(PY) -m divscale.tools.gpu_check --json runs/gpu-check.json

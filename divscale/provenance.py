@@ -354,3 +354,56 @@ def check_table_keys(rows: Sequence[dict], source: str, expected: dict | None = 
         lines = "; ".join(f"{name}: {', '.join(why)}" for name, why in sorted(stale.items()))
         raise StaleResultsError(f"{source}: {len(stale)} of {len(rows)} rows were produced from other inputs "
                                 f"than the rest: {lines}. {fix or 'Re-run those cells on the current inputs.'}")
+
+
+# ------------------------------------------------------------------------------------------- the environment
+
+# The study's lock (`make lock`, installed by `make setup`); absent where divscale is installed as a library.
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
+
+
+def environment(lock: str | Path = LOCK_FILE, cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """What produced a study's numbers besides its code and data, to be stored with the results (summary.json):
+
+    * ``lock_sha256``: the sha256 of the lock file (every package's exact version and hashes; ``None`` without one)
+      and ``lock_differs``: the locked packages (those whose markers apply here) installed at another version than
+      the lock's, ``{name: {"locked": v, "installed": w or "absent"}}`` -- empty when the environment is the lock's;
+    * ``python`` and ``libraries``: the installed versions of :data:`LIBRARIES`, the ones every code key hashes
+      (torch is installed outside the lock, CPU or CUDA build, so its version is here and not in the lock's hash);
+    * ``cpu`` (``model name`` of /proc/cpuinfo, else :func:`platform.processor`), ``arch`` and
+      ``torch_cpu_capability`` (AVX2 or AVX-512 kernels sum floats in different orders: the last bits of a number
+      can differ across CPU kinds, see the module docstring);
+    * ``threads``: ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` as set (``None`` when unset) and
+      ``torch.get_num_threads()`` in this process.
+    """
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    from packaging.markers import Marker
+    from packaging.utils import canonicalize_name
+
+    lock, differs, lock_sha = Path(lock), {}, None
+    if lock.is_file():
+        lock_sha = file_sha256(lock)
+        pin = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]*?))?\s*\\?$")
+        for line in lock.read_text().splitlines():
+            m = pin.match(line)
+            if not m or (m[3] and not Marker(m[3]).evaluate()):
+                continue
+            try:
+                installed = version(m[1])
+            except PackageNotFoundError:
+                installed = "absent"
+            if canonicalize_name(m[1]) != "torch" and installed != m[2]:
+                differs[m[1]] = {"locked": m[2], "installed": installed}
+    cpu = None
+    if Path(cpuinfo).is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path(cpuinfo).read_text().splitlines()
+                    if line.startswith("model name")), None)
+    return {"lock_sha256": lock_sha, "lock_differs": differs, "python": platform.python_version(),
+            "libraries": dict(library_versions()), "cpu": cpu or platform.processor() or None,
+            "arch": platform.machine(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"), "torch": torch.get_num_threads()}}
