@@ -122,10 +122,31 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by `divscale train`")
-    parser.add_argument("--recipe", default=None, help="recipe (default: the one saved in RUN/config.json)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--run", required=True,
+                        help="run folder written by `divscale train` (a grid cell's or an own-data run's)")
+    parser.add_argument("--rm", default=None, metavar="RM",
+                        help="reward model: rm_test (default) or rm_train of the run's recipe, an in-project RM "
+                             "folder, or a hub id / local folder of a sequence-classification RM")
+    parser.add_argument("--prompts", default=None, metavar="SOURCE",
+                        help="evaluate on these prompts (any data divscale reads) instead of the run's held-out "
+                             "rows (own data) or its recipe's test split (grid cell)")
+    parser.add_argument("--split", default="train", help="split of a hub dataset given with --prompts")
+    parser.add_argument("--limit", type=int, default=None, help="the first N prompts (of each test file) only")
+    parser.add_argument("--no-initial", action="store_true",
+                        help="skip the initial policy (no win rate, no reward difference)")
+    parser.add_argument("--recipe", default=None,
+                        help="recipe for the eval settings and in-project RMs (default: the run's)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (eval.*)")
     parser.add_argument("--checkpoint", default="best", help="checkpoint folder in the run (default: best)")
+
+
+def evaluate_command(args) -> int:
+    """``divscale evaluate``, wired here: it needs the trainer's initial-policy loader (divscale.train), which the
+    reward layer that evaluates must not import (tests/test_imports.py)."""
+    from divscale.reward.evaluate import command
+    from divscale.train.runs import load_initial_policy
+
+    return command(args, initial_policy=load_initial_policy)
 
 
 def _grid_parser(parser: argparse.ArgumentParser) -> None:
@@ -249,8 +270,8 @@ SUBCOMMANDS = {
                "train / report the in-project reward models"),
     "train": (_train_parser, "divscale.study.pipeline:train_command",
               "fine-tune one grid cell (SFT, PRO or DPO), or train on your own ranked data (--data)"),
-    "evaluate": (_evaluate_parser, "divscale.reward.evaluate:command",
-                 "generate on test prompts and score with RM_test"),
+    "evaluate": (_evaluate_parser, "divscale.cli:evaluate_command",
+                 "evaluate any run: greedy answers scored by a reward model, win rate over the initial policy"),
     "grid": (_grid_parser, "divscale.study.grid:command",
              "run every cell of a recipe's grid (papermill)"),
     "notebook": (_notebook_parser, "divscale.study.notebook_runner:command",
