@@ -364,12 +364,13 @@ def test_few_prompts_and_negative_slopes_are_warned():
     assert any("the line(s) for n=2 of this fit" in w for w in out["warnings"])
 
 
-def test_deita_selector_shows_progress(monkeypatch, capsys):
+def test_deita_selector_shows_progress_and_caches(monkeypatch, capsys, tmp_path):
     """--selector deita on a bare pool: the scorer and the encoder run with progress bars, and the planner says
-    what it is doing (it used to print nothing for many minutes)."""
+    what it is doing (it used to print nothing for many minutes); a second plan on the same pool reuses both."""
     from divscale.tools import select
 
-    seen = {}
+    monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path))
+    seen = {"calls": 0}
 
     class FakeScorer:
         @classmethod
@@ -378,6 +379,7 @@ def test_deita_selector_shows_progress(monkeypatch, capsys):
             return cls()
 
         def score(self, prompts):
+            seen["calls"] += 1
             return np.linspace(1, 6, len(prompts))
 
     def fake_embed(texts, encoder, progress=False):
@@ -391,6 +393,10 @@ def test_deita_selector_shows_progress(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "deita: rating the complexity of 60 prompts" in err and "scored and embedded in" in err
     assert len(out["options"][0]["prompt_ids"]) == 20
+    again = bp.plan(make_pool(60), 48, synthetic_fit(), word_tokenizer, selector="deita", progress=True)
+    assert seen["calls"] == 1 and "rating" not in capsys.readouterr().err
+    assert again["options"][0]["prompt_ids"][:20] == out["options"][0]["prompt_ids"]
+    assert len(list((tmp_path / "deita").glob("*.npz"))) == 1
 
 
 # ------------------------------------------------------------------------------------------ plain callables

@@ -285,24 +285,39 @@ def deita_context(prompts: Sequence[str], progress: bool = False) -> dict:
     """Deita on a bare prompt pool: the complexity score of each prompt (there are no responses to rate for
     quality) and MiniLM embeddings of the prompts; the scorer and encoder of :class:`SelectConfig`.
 
-    Its cost is one forward pass of the scorer LM per prompt, then one MiniLM pass: measured on the 2,312 prompts of
-    HH-RLHF harmless-base test (about 356k scorer tokens) on one CPU thread, see ``DEITA_COST`` in the README's
-    planner paragraph. ``progress`` shows a bar for each and says what is running."""
+    Its cost is one forward pass of the scorer LM per prompt, then one MiniLM pass per prompt: about 70 minutes for
+    the 2,312 prompts of HH-RLHF harmless-base test on one thread of a shared CPU (README, planner paragraph). Both
+    are kept in the cache (``cache_dir()/deita/``, keyed by the prompts, the models and their code), so planning the
+    same pool again at another budget, n or seed costs nothing. ``progress`` shows a bar for each and says what is
+    running."""
+    import hashlib
     import sys
     import time
 
-    from divscale.config import SelectConfig
+    from divscale import paths
+    from divscale.config import SelectConfig, config_hash
+    from divscale.io import atomic_path
+    from divscale.provenance import closure
     from divscale.tools.select import LLMScorer, embed_texts
 
     cfg = SelectConfig()
+    texts = hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+    code = closure("divscale.tools.select:LLMScorer", "divscale.tools.select:embed_texts")
+    cache = paths.cache_dir() / "deita" / f"{config_hash(cfg.scorer, cfg.scorer_max_length, cfg.embedder, texts, code, length=16)}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            return {"scores": saved["scores"], "embeddings": saved["embeddings"], "tau": cfg.tau}
     start = time.time()
     if progress:
         print(f"deita: rating the complexity of {len(prompts):,} prompts with {cfg.scorer} (one forward pass each), "
-              f"then embedding them with {cfg.embedder}", file=sys.stderr, flush=True)
+              f"then embedding them with {cfg.embedder}; both are cached for the next plan", file=sys.stderr,
+              flush=True)
     scorer = LLMScorer.from_pretrained(cfg.scorer, kind="complexity", batch_size=cfg.scorer_batch_size,
                                        max_length=cfg.scorer_max_length, progress=progress)
     scores = scorer.score(list(prompts))
     embeddings = embed_texts(list(prompts), cfg.embedder, progress=progress)
+    with atomic_path(cache, suffix=".npz") as tmp:
+        np.savez(tmp, scores=scores, embeddings=embeddings)
     if progress:
         print(f"deita: {len(prompts):,} prompts scored and embedded in {time.time() - start:.0f} s", file=sys.stderr,
               flush=True)

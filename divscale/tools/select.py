@@ -109,11 +109,7 @@ class LLMScorer:
         if pad is None:
             raise ScorerError("the tokenizer has neither a pad nor an eos token to pad batches with")
         self.pad_id = int(pad)
-        params = inspect.signature(model.forward).parameters
-        self._pass_positions = "position_ids" in params
-        # only the last position's logits are read: computing the vocabulary projection there alone (transformers'
-        # ``logits_to_keep``) saves the (batch, length, vocab) logits tensor, most of a small scorer's time
-        self._last_logits_only = "logits_to_keep" in params
+        self._pass_positions = "position_ids" in inspect.signature(model.forward).parameters
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, kind: str = "complexity", **kwargs) -> LLMScorer:
@@ -157,8 +153,6 @@ class LLMScorer:
                 kwargs = {"input_ids": input_ids, "attention_mask": mask}
                 if self._pass_positions:
                     kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-                if self._last_logits_only:
-                    kwargs["logits_to_keep"] = 1
                 logits = self.model(**kwargs).logits[:, -1, :].double()
                 chosen = logits.index_select(-1, label_ids)
                 if not torch.isfinite(chosen).all():
