@@ -144,9 +144,13 @@ def evaluate_command(args) -> int:
     """``divscale evaluate``, wired here: it needs the trainer's initial-policy loader (divscale.train), which the
     reward layer that evaluates must not import (tests/test_imports.py)."""
     from divscale.reward.evaluate import command
-    from divscale.train.runs import load_initial_policy
+    from divscale.train import runs
 
-    return command(args, initial_policy=load_initial_policy)
+    loader = getattr(runs, "load_initial_policy", None)
+    if loader is None and not args.no_initial:
+        raise ValueError("this divscale has no divscale.train.runs.load_initial_policy to reload a run's initial "
+                         "policy; pass --no-initial to evaluate the trained policy alone")
+    return command(args, initial_policy=loader)
 
 
 def _grid_parser(parser: argparse.ArgumentParser) -> None:

@@ -350,7 +350,10 @@ def test_evaluate_an_own_data_run(tmp_path, tiny_gpt, tiny_tokenizer, fake_initi
         assert g["initial_logit"] == pytest.approx((len(g["initial_response"]) - 20) / 10)
     assert any(g["response"] != g["initial_response"] for g in gens)          # two different policies
     want = paired_win_rate([g["logit"] for g in gens], [g["initial_logit"] for g in gens], n_boot=200)
-    assert res["win_rate"]["Global"] == json.loads(json.dumps(want))
+    assert {k: v for k, v in res["win_rate"]["Global"].items() if k != "ci_wilson"} == json.loads(json.dumps(want))
+    from divscale.reward.rm import wilson_ci
+
+    assert res["win_rate"]["Global"]["ci_wilson"] == pytest.approx(wilson_ci(2 * want["win_rate"], 2))
     scores = [100 * g["score"] for g in gens]
     assert res["trained"]["reward"]["Global"] == pytest.approx(np.mean(scores))
     diff = res["difference"]["reward"]["Global"]
@@ -426,3 +429,20 @@ def test_reward_model_for_loads_a_sequence_classification_rm(tmp_path, tiny_toke
     assert isinstance(rm, OpenAssistantRM) and desc == str(folder)
     logits = rm.score(["\n\nHuman: hi\n\nAssistant:"] * 2, ["hello", "go away"])
     assert logits.shape == (2,) and np.all(np.isfinite(logits)) and logits[0] != logits[1]
+
+
+def test_evaluate_without_the_trainers_loader_says_so(tmp_path, tiny_gpt, tiny_tokenizer, length_rm, capsys,
+                                                      monkeypatch):
+    """Until divscale.train.runs.load_initial_policy exists, `divscale evaluate` says what is missing and
+    --no-initial evaluates the trained policy alone."""
+    from divscale.cli import main
+    from divscale.train import runs
+
+    monkeypatch.delattr(runs, "load_initial_policy", raising=False)
+    run = ranked_run(tmp_path, tiny_gpt, tiny_tokenizer)
+    assert main(["evaluate", "--run", str(run), "--set", "eval.max_new_tokens=4"]) == 1
+    assert "load_initial_policy" in capsys.readouterr().err and not list(run.glob("eval-*"))
+    assert main(["evaluate", "--run", str(run), "--set", "eval.max_new_tokens=4", "--no-initial"]) == 0
+    (folder,) = run.glob("eval-*")
+    res = json.loads((folder / "eval.json").read_text())
+    assert "win_rate" not in res and res["trained"]["n"]["Global"] == 2
