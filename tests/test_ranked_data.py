@@ -57,6 +57,17 @@ def test_unrankable_rows_raise_naming_the_row(row, why):
     assert why in str(err.value)
 
 
+def test_canonical_rows_normalise_again():
+    """Canonical rows of a ranks-only source carry NaN scores: read again, their ranks rank them (a dataset of
+    the old columns, or rows cut by hand, can go back through normalize_ranked)."""
+    ds = rd.normalize_ranked([{"prompt": "p", "completions": ["b", "a"], "ranks": [1, 0]}])
+    again = rd.normalize_ranked([{k: v for k, v in r.items() if k != "prompt_chat"} for r in ds.to_list()])
+    assert again["completions"] == [["a", "b"]] and again["ranks"] == [[0, 1]]
+    with pytest.raises(DataError, match="non-finite"):
+        rd.normalize_ranked([{"prompt": "p", "completions": ["b", "a"], "scores": [1.0, float("nan")],
+                              "ranks": [1, 0]}])
+
+
 def test_drop_unrankable_keeps_the_rest():
     rows = [{"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1]},
             {"prompt": "q", "completions": ["a", "b"], "ranks": [0, 0]}]
@@ -94,16 +105,16 @@ def test_pro_format(pro_hh_dir):
 
 
 def test_ultrafeedback_fixture():
-    ds = rd.load_ranked(FIXTURES / "ultrafeedback_sample.jsonl")
+    ds = rd.load_ranked(FIXTURES / "formats" / "ultrafeedback.jsonl")
     assert len(ds) == 3 and all(len(c) == 4 for c in ds["completions"])
     first = ds[0]
     assert first["prompt"] == "\n\nHuman: Name three primary colors and explain what makes them primary.\n\nAssistant:"
     assert first["scores"] == [5.0, 4.25, 3.5, 1.75] and first["ranks"] == [0, 1, 2, 3]
     assert ds[1]["ranks"] == [0, 0, 0, 1]                     # three answers rated 4.5: a three-way tie
-    overall = rd.from_ultrafeedback(FIXTURES / "ultrafeedback_sample.jsonl", score="overall_score")
+    overall = rd.from_ultrafeedback(FIXTURES / "formats" / "ultrafeedback.jsonl", score="overall_score")
     assert overall[1]["ranks"] == [0, 0, 1, 2]
     # the fine-grained score is the mean of the aspect ratings when the field is absent
-    rec = json.loads((FIXTURES / "ultrafeedback_sample.jsonl").read_text().splitlines()[0])["completions"][1]
+    rec = json.loads((FIXTURES / "formats" / "ultrafeedback.jsonl").read_text().splitlines()[0])["completions"][1]
     rec.pop("fine-grained_score")
     assert rd.ultrafeedback_score(rec, "fine-grained_score") == 4.25
 

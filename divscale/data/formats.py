@@ -36,7 +36,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,8 +362,3 @@ def from_oasst1(data, drop_deleted: bool = True, drop_failed_review: bool = Fals
     """oasst1 message trees (:func:`divscale.data.corpora.oasst1_rows`)."""
     return _read_as(data, "oasst1", corpora.oasst1_rows, drop_unrankable, drop_deleted=drop_deleted,
                     drop_failed_review=drop_failed_review, drop_unrankable=drop_unrankable)
-
-
-def prompts_of(rows: Sequence[dict]) -> list[str]:
-    """The prompts (HH text) of raw rows."""
-    return [prompt_text(r["prompt"], r.get(WHERE) or f"row {i}") for i, r in enumerate(rows)]
