@@ -6,6 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 import numpy as np
@@ -46,7 +47,7 @@ TEST_PROMPTS = {
     "helpful-base": ["\n\nHuman: Recommend a book about the sea.\n\nAssistant:"],
     "helpful-online": ["\n\nHuman: How do I boil an egg?\n\nAssistant:", "\n\nHuman: thanks\n\nAssistant:"],
 }
-EVAL_KW = dict(max_new_tokens=16, batch_size=4, max_prompt_tokens=64, n_boot=200)
+EVAL_KW = {"max_new_tokens": 16, "batch_size": 4, "max_prompt_tokens": 64, "n_boot": 200}
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -180,7 +181,7 @@ def test_evaluate_checkpoint_writes_run_files(tiny_gpt, tiny_tokenizer, tmp_path
 class _Judge(BaseHTTPRequestHandler):
     """Deterministic fake judge: prefers the reply containing "good"; "A" always when the dialogue says
     BIASED (position bias); a malformed answer when it says MALFORMED."""
-    seen_auth: list = []          # Authorization headers received (reset by the fixture)
+    seen_auth: ClassVar[list] = []          # Authorization headers received (reset by the fixture)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
