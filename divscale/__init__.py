@@ -4,13 +4,14 @@ Fine-Tuning Language Models in Human Alignment" (arXiv 2403.11124).
 Sub-packages, in the order the data flows (docs/architecture.md has the picture):
 
     paths, io, config, provenance   the frame: where things live, atomic file I/O, recipes, run keys
-    data/      hh (HH-RLHF -> prompt + responses, splits, Ranking, PRO files), formats (anyone's ranked or
-               pairwise data: TRL, NeMo-RL, UltraFeedback, oasst1, ...), subsets (nested budgeted subsets)
+    data/      hh (HH-RLHF -> prompt + responses, splits, Ranking, PRO files), formats (one reader for anyone's
+               preference data: TRL, NeMo-RL, UltraFeedback, oasst1, ...; ranked, preference, corpora, convert),
+               subsets (nested budgeted subsets)
     models/    hub (hub ids, wheels, local folders, safetensors-only loading), tiny_gpt (the project's small
                policy), generation (batched greedy / sampled generation)
     metrics/   diversity (the paper's d and other measures)
     reward/    rm (RM_train / RM_test), rankings (pairs extended to n-rankings ordered by RM_train),
-               evaluate (greedy answers scored by a reward model, CIs, win rates, LLM judge)
+               evaluate (greedy answers scored by a reward model, CIs, win rates, LLM judge; any run folder)
     train/     losses (PRO, Plackett-Luce, all-pairs DPO, SFT), logprobs (completion log-probs, prompt shared),
                trainer, pro (the Trainer subclasses), runs (a run folder: train, keep a checkpoint, resume)
     study/     pipeline (recipe -> results: what the notebooks call), grid (every cell via papermill, locally or

@@ -15,7 +15,9 @@ from divscale.signals import stop_children_on_signal
 
 
 def _diversity_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="JSONL(.gz): HH-RLHF (chosen/rejected), PRO (prefix) or a prompt field")
+    parser.add_argument("file", metavar="SOURCE",
+                        help="prompts of any data divscale reads: a file (JSONL, JSON, parquet), folder or hub id in "
+                             "any format (TRL, HH-RLHF, PRO, UltraFeedback, oasst1, ranked, NeMo-RL, prompt-only)")
     parser.add_argument("--tokenizer", required=True,
                         help="hub id or local dir (paper: a LLaMA tokenizer), resolved by divscale.models.hub")
     parser.add_argument("--n", type=int, default=2, help="N-gram order (paper: 2)")
@@ -24,7 +26,8 @@ def _diversity_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=512,
                         help="only the first tokens of a prompt count (paper: 512)")
     parser.add_argument("--no-special-tokens", action="store_true", help="do not add BOS/special tokens")
-    parser.add_argument("--field", default=None, help="prompt field of a plain JSONL file (default: prompt)")
+    parser.add_argument("--field", default=None, help="read prompts from this field of every record instead")
+    parser.add_argument("--split", default="train", help="split of a hub dataset")
 
 
 def _data_parser(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +52,23 @@ def _data_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", required=True, help="recipe giving data.sizes, data.ranking_lengths, data.grid_seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--out", default=None, help="output folder (default: runs/data/grid-<hash>)")
+
+    p = sub.add_parser("convert", help="ranked data -> TRL preference pairs (--to pairs), or any data -> the ranked "
+                                       "format (--to ranked)")
+    p.add_argument("source", help="file, folder or hub id in any format divscale reads (divscale.data.formats)")
+    p.add_argument("--to", required=True, choices=["pairs", "ranked"])
+    p.add_argument("--out", required=True, help="output .jsonl (written atomically)")
+    p.add_argument("--pairs", default=None, choices=["best-vs-rest", "all"],
+                   help="with --to pairs: the best completion(s) against each lower one (default), or every pair "
+                        "with different ranks")
+    p.add_argument("--style", default="auto", choices=["auto", "standard", "conversational"],
+                   help="TRL's standard (text) or conversational (messages) format; auto: as the input was")
+    p.add_argument("--format", default=None, help="force the input format (default: detected)")
+    p.add_argument("--split", default="train", help="split of a hub dataset")
+    p.add_argument("--limit", type=int, default=None, help="the first N rankings only")
+    p.add_argument("--drop-unrankable", action="store_true",
+                   help="skip rows that cannot be ranked (all tied, one completion) instead of failing")
+    p.set_defaults(_runner="divscale.data.convert:command")
 
 
 def _rankings_parser(parser: argparse.ArgumentParser) -> None:
@@ -103,10 +123,35 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by `divscale train`")
-    parser.add_argument("--recipe", default=None, help="recipe (default: the one saved in RUN/config.json)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    parser.add_argument("--run", required=True,
+                        help="run folder written by `divscale train` (a grid cell's or an own-data run's)")
+    parser.add_argument("--rm", default=None, metavar="RM",
+                        help="reward model: rm_test (default) or rm_train of the run's recipe, an in-project RM "
+                             "folder, or a hub id / local folder of a sequence-classification RM")
+    parser.add_argument("--prompts", default=None, metavar="SOURCE",
+                        help="evaluate on these prompts (any data divscale reads) instead of the run's held-out "
+                             "rows (own data) or its recipe's test split (grid cell)")
+    parser.add_argument("--split", default="train", help="split of a hub dataset given with --prompts")
+    parser.add_argument("--limit", type=int, default=None, help="the first N prompts (of each test file) only")
+    parser.add_argument("--no-initial", action="store_true",
+                        help="skip the initial policy (no win rate, no reward difference)")
+    parser.add_argument("--recipe", default=None,
+                        help="recipe for the eval settings and in-project RMs (default: the run's)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field (eval.*)")
     parser.add_argument("--checkpoint", default="best", help="checkpoint folder in the run (default: best)")
+
+
+def evaluate_command(args) -> int:
+    """``divscale evaluate``, wired here: it needs the trainer's initial-policy loader (divscale.train), which the
+    reward layer that evaluates must not import (tests/test_imports.py)."""
+    from divscale.reward.evaluate import command
+    from divscale.train import runs
+
+    loader = getattr(runs, "load_initial_policy", None)
+    if loader is None and not args.no_initial:
+        raise ValueError("this divscale has no divscale.train.runs.load_initial_policy to reload a run's initial "
+                         "policy; pass --no-initial to evaluate the trained policy alone")
+    return command(args, initial_policy=loader)
 
 
 def _grid_parser(parser: argparse.ArgumentParser) -> None:
@@ -190,22 +235,27 @@ def _plan_parser(parser: argparse.ArgumentParser) -> None:
     from divscale.tools.annotation_plan import SELECTOR_NAMES
 
     parser.add_argument("--prompts", required=True,
-                        help="prompt pool: JSONL(.gz) (HH-RLHF, PRO or a prompt field) or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
+                        help="prompt pool: a file, folder or hub id in any format divscale reads (TRL, HH-RLHF, PRO, "
+                             "UltraFeedback, oasst1, ranked, NeMo-RL, prompt-only), or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
     parser.add_argument("--budget", type=int, required=True, help="annotations (ranked responses) to spend")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2, 3, 4], help="ranking lengths n to compare")
     parser.add_argument("--selector", default="random",
                         help=f"how the ⌊B/n⌋ prompts are picked: one of {', '.join(SELECTOR_NAMES)}")
-    parser.add_argument("--fit", default="paper", help="'paper' (Figure 4's lines) or a results CSV (runs.csv)")
+    parser.add_argument("--fit", default="paper",
+                        help="'paper' (Figure 4's lines, the default) or a results CSV (results/<recipe>/runs.csv)")
     parser.add_argument("--algo", default="pro", help="which algorithm's lines (pro | sft)")
     parser.add_argument("--y", default="reward_global", help="reward column of a results CSV")
     parser.add_argument("--recipe", default=None, help="the results CSV's recipe, when it has no recipe column")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer for d (default: the fit's)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer for d (default: the fit's; for --fit paper the LLaMA-1 tokenizer when the local "
+                             "cache has it, else SmolLM2's, offline, with a warning)")
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
                         help="measure d in a tokenizer other than the fit's (said in the output)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--draws", type=int, default=5, help="random selector: seeded draws for d's spread")
-    parser.add_argument("--field", default=None, help="prompt field of a plain JSONL file (default: prompt)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--field", default=None, help="read prompts from this field of every record instead")
+    parser.add_argument("--split", default="train", help="split of a hub dataset")
+    parser.add_argument("--json", action="store_true", help="print JSON (with the prompt ids of each option)")
 
 
 def _convert_parser(parser: argparse.ArgumentParser) -> None:
@@ -225,8 +275,8 @@ SUBCOMMANDS = {
                "train / report the in-project reward models"),
     "train": (_train_parser, "divscale.study.pipeline:train_command",
               "fine-tune one grid cell (SFT, PRO or DPO), or train on your own ranked data (--data)"),
-    "evaluate": (_evaluate_parser, "divscale.reward.evaluate:command",
-                 "generate on test prompts and score with RM_test"),
+    "evaluate": (_evaluate_parser, "divscale.cli:evaluate_command",
+                 "evaluate any run: greedy answers scored by a reward model, win rate over the initial policy"),
     "grid": (_grid_parser, "divscale.study.grid:command",
              "run every cell of a recipe's grid (papermill)"),
     "notebook": (_notebook_parser, "divscale.study.notebook_runner:command",

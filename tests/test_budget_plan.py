@@ -19,6 +19,7 @@ from divscale.tools import annotation_plan as bp
 from divscale.tools.select import select_random
 
 WORDS = [f"w{i}" for i in range(400)]
+FORMATS = Path(__file__).parent / "fixtures" / "formats"
 
 
 def word_tokenizer(batch):
@@ -141,12 +142,16 @@ def test_paper_fit_is_figure_4():
         assert lines[n]["n_points"] == 8 and (lines[n]["d_min"], lines[n]["d_max"]) == (12.7, 20.8)
 
 
-def test_paper_fit_refuses_other_tokenizers_unless_allowed():
+def test_paper_fit_defaults_offline_and_says_so(monkeypatch, tmp_path):
     fit = bp.paper_fit()
-    with pytest.raises(ValueError, match="LLaMA-1 tokens"):
-        bp.resolve_tokenizer(fit, None, allow_mismatch=False)
-    name, warnings = bp.resolve_tokenizer(fit, None, allow_mismatch=True)
-    assert name == DiversityConfig().tokenizer and warnings == []        # plan() adds the warning itself
+    monkeypatch.setattr(bp, "cached_paper_tokenizer", lambda: None)       # offline, no LLaMA-1 tokenizer cached
+    for allow in (False, True):
+        name, warnings = bp.resolve_tokenizer(fit, None, allow_mismatch=allow)
+        assert name == DiversityConfig().tokenizer and len(warnings) == 1
+        assert warnings[0].startswith("offline default:") and bp.PAPER_TOKENIZER_ID in warnings[0]
+    monkeypatch.setattr(bp, "cached_paper_tokenizer", lambda: str(tmp_path))
+    assert bp.resolve_tokenizer(fit, None, allow_mismatch=False) == (str(tmp_path), [])
+    assert bp.resolve_tokenizer(fit, "my/llama", allow_mismatch=False) == ("my/llama", [])
     csv_fit = synthetic_fit()
     with pytest.raises(ValueError, match="not other-tok"):
         bp.resolve_tokenizer(csv_fit, "other-tok", allow_mismatch=False)
@@ -291,7 +296,7 @@ def test_cli_json(capsys, tmp_path, hh_dir, minilm_dir):
 @pytest.mark.parametrize("args, message", [
     (["--budget", 100000], "pool has"),
     (["--budget", 480, "--selector", "best"], "unknown selector 'best'"),
-    (["--budget", 480, "--fit", "paper"], "LLaMA-1 tokens"),
+    (["--budget", 480, "--tokenizer", "other-tok"], "not other-tok"),
     (["--budget", 480, "--lengths", "2", "6"], "no line for ranking length n=6"),
 ])
 def test_cli_refusals_are_one_line(capsys, tmp_path, hh_dir, args, message):
@@ -307,7 +312,7 @@ def test_cli_refusals_are_one_line(capsys, tmp_path, hh_dir, args, message):
 @pytest.mark.parametrize("content, message", [
     ("", "empty file"),
     ('{"prompt": "hello"}\n{not json\n', "pool.jsonl:2: not valid JSON"),
-    ('{"text": "hello"}\n', "no prompt found"),
+    ('{"text": "hello"}\n', "no known format fits this record"),
 ])
 def test_cli_bad_pools(capsys, tmp_path, content, message):
     pool = tmp_path / "pool.jsonl"
@@ -316,6 +321,82 @@ def test_cli_bad_pools(capsys, tmp_path, content, message):
     assert code == 1 and err.startswith("divscale plan: error: ") and message in err and err.count("\n") == 1
     code, _, err = run(capsys, "--prompts", tmp_path / "nope.jsonl", "--budget", 10, "--fit", "paper")
     assert code == 1 and "no such prompt file" in err
+
+
+def test_cli_default_fit_works_offline_and_json_lists_the_prompts(capsys, monkeypatch):
+    """`divscale plan --prompts FILE --budget B` with no --fit / --tokenizer: the paper's lines, d in the offline
+    tokenizer, said in the warnings; --json lists each option's prompt ids (the reader's row ids)."""
+    from divscale.data.formats import load_prompts
+
+    monkeypatch.setattr(bp, "cached_paper_tokenizer", lambda: None)
+    pool = FORMATS / "trl_conversational_implicit.jsonl"
+    code, out, err = run(capsys, "--prompts", pool, "--budget", 8, "--lengths", 2, 4, "--json", "--draws", 1)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["fit"]["source"] == "paper" and res["tokenizer"] == DiversityConfig().tokenizer
+    assert res["prompts_format"] == "preference (TRL: conversational, implicit prompt)"
+    assert any(w.startswith("offline default:") for w in res["warnings"])
+    assert any("TOKENIZER MISMATCH" in w and "1.10-1.18" in w for w in res["warnings"])
+    ids = load_prompts(pool).ids
+    for o in res["options"]:
+        assert len(o["prompt_ids"]) == o["n_prompts"] and set(o["prompt_ids"]) <= set(ids)
+    by_n = {o["n"]: o["prompt_ids"] for o in res["options"]}
+    assert by_n[4] == by_n[2][:2]                        # nested: the smaller option's prompts come first
+    assert any("TOO FEW PROMPTS" in w for w in res["warnings"])
+
+
+def test_few_prompts_and_negative_slopes_are_warned():
+    # budget 7: "1 prompt x 4 responses" is not recommended silently
+    fit = synthetic_fit(intercepts={2: 10.0, 4: 30.0}, slopes={2: 1.0, 4: 1.0})
+    out = bp.plan(make_pool(50), 7, fit, word_tokenizer, lengths=(2, 4), draws=1)
+    assert out["recommended"] == 4 and out["options"][1]["n_prompts"] == 1
+    assert any(w.startswith("TOO FEW PROMPTS: the recommended option (n = 4, 1 prompt(s))") for w in out["warnings"])
+    assert any(w.startswith("n=2: 3 prompt(s) is below the minimum of 10") for w in out["warnings"])
+    many = bp.plan(make_pool(400), 600, fit, word_tokenizer, lengths=(2, 4), draws=1)
+    assert not any("prompt(s) is" in w or "TOO FEW" in w for w in many["warnings"])
+    assert not any("NEGATIVE SLOPE" in w for w in many["warnings"])
+    falling = synthetic_fit(intercepts={2: 40.0, 4: 40.0}, slopes={2: -2.0, 4: -1.0})
+    out = bp.plan(make_pool(400), 600, falling, word_tokenizer, lengths=(2, 4), draws=1)
+    slope = [w for w in out["warnings"] if w.startswith("NEGATIVE SLOPE")]
+    assert len(slope) == 1 and "every line" in slope[0] and "n=2: -2" in slope[0]
+    mixed = synthetic_fit(intercepts={2: 40.0, 4: 40.0}, slopes={2: -2.0, 4: 1.0})
+    out = bp.plan(make_pool(400), 600, mixed, word_tokenizer, lengths=(2, 4), draws=1)
+    assert any("the line(s) for n=2 of this fit" in w for w in out["warnings"])
+
+
+def test_deita_selector_shows_progress_and_caches(monkeypatch, capsys, tmp_path):
+    """--selector deita on a bare pool: the scorer and the encoder run with progress bars, and the planner says
+    what it is doing (it used to print nothing for many minutes); a second plan on the same pool reuses both."""
+    from divscale.tools import select
+
+    monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path))
+    seen = {"calls": 0}
+
+    class FakeScorer:
+        @classmethod
+        def from_pretrained(cls, name, kind, **kw):
+            seen["scorer"] = kw
+            return cls()
+
+        def score(self, prompts):
+            seen["calls"] += 1
+            return np.linspace(1, 6, len(prompts))
+
+    def fake_embed(texts, encoder, progress=False):
+        seen["embed_progress"] = progress
+        return np.eye(len(texts))
+
+    monkeypatch.setattr(select, "LLMScorer", FakeScorer)
+    monkeypatch.setattr(select, "embed_texts", fake_embed)
+    out = bp.plan(make_pool(60), 40, synthetic_fit(), word_tokenizer, selector="deita", progress=True)
+    assert seen["scorer"]["progress"] is True and seen["embed_progress"] is True
+    err = capsys.readouterr().err
+    assert "deita: rating the complexity of 60 prompts" in err and "scored and embedded in" in err
+    assert len(out["options"][0]["prompt_ids"]) == 20
+    again = bp.plan(make_pool(60), 48, synthetic_fit(), word_tokenizer, selector="deita", progress=True)
+    assert seen["calls"] == 1 and "rating" not in capsys.readouterr().err
+    assert again["options"][0]["prompt_ids"][:20] == out["options"][0]["prompt_ids"]
+    assert len(list((tmp_path / "deita").glob("*.npz"))) == 1
 
 
 # ------------------------------------------------------------------------------------------ plain callables

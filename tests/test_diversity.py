@@ -48,8 +48,8 @@ def minilm_dir():
 
 @pytest.fixture(scope="module")
 def harmless_prompts(hh_dir):
-    prompts, fmt, dropped = dv.read_prompts(hh_dir / "harmless-base" / "test.jsonl.gz")
-    assert fmt == "hh" and not dropped and len(prompts) == 2312
+    prompts, fmt, skipped = dv.read_prompts(hh_dir / "harmless-base" / "test.jsonl.gz")
+    assert fmt == "hh" and not skipped and len(prompts) == 2312
     return prompts
 
 
@@ -401,7 +401,7 @@ def test_cli_pro_and_field_files(capsys, tmp_path, pro_hh_dir, minilm, minilm_di
                              "--no-special-tokens")
     assert code == 0, err
     res = json.loads(out)
-    assert res["format"] == "field" and res["n_prompts"] == 3 and res["add_special_tokens"] is False
+    assert res["format"] == "prompt-only" and res["n_prompts"] == 3 and res["add_special_tokens"] is False
     assert res["total_ngrams"] == 1 + 2 + 1 and res["unique_ngrams"] == 4
 
 
@@ -409,8 +409,8 @@ def test_cli_pro_and_field_files(capsys, tmp_path, pro_hh_dir, minilm, minilm_di
     (['{"prompt": "hi there"}', '{"prompt": "ok"', '{"prompt": "x"}'], 2, "not valid JSON"),
     (['{"prompt": "hi there"}', '{"text": "no prompt"}'], 2, "missing field"),
     (['{"prompt": "hi there"}', '{"prompt": "  "}'], 2, "empty prompt"),
-    (['{"prompt": "a"}', '{"prompt": 3}'], 2, "expected a string"),
-    (['{"foo": "bar"}'], 1, "no prompt found"),
+    (['{"prompt": "a"}', '{"prompt": 3}'], 2, "must be a string or chat messages, got int"),
+    (['{"foo": "bar"}'], 1, "no known format fits this record"),
     (['{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: a", "rejected": 5}'], 1, "must be strings"),
 ])
 def test_cli_errors_name_file_and_line(capsys, tmp_path, minilm_dir, lines, line_no, message):
@@ -439,3 +439,20 @@ def test_cli_subprocess(minilm_dir):
     res = json.loads(proc.stdout)
     assert res["n_prompts"] == 2312 and 0 < res["r_unique"] < 1
     assert res["d"] == pytest.approx(math.sqrt(2312) * res["unique_ngrams"] / res["total_ngrams"])
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in (Path(__file__).parent / "fixtures" / "formats").iterdir()
+                                           if p.suffix in (".jsonl", ".json")))
+def test_cli_reads_every_format(capsys, minilm_dir, fixture):
+    """`divscale diversity` reads the prompts of every format `divscale train --data` reads (and prompt-only data);
+    the same HH prompts give the same d whatever format they came in."""
+    from divscale.data.formats import load_prompts
+
+    path = Path(__file__).parent / "fixtures" / "formats" / fixture
+    code, out, err = run_cli(capsys, path, "--tokenizer", minilm_dir)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n_prompts"] == len(load_prompts(path)) > 0
+    if fixture in ("trl_standard_explicit.jsonl", "trl_conversational_implicit.jsonl", "trl_prompt_only.jsonl"):
+        code, hh, _ = run_cli(capsys, path.with_name("hh.jsonl"), "--tokenizer", minilm_dir)
+        assert json.loads(hh)["d"] == res["d"]

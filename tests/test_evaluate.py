@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
 
+import datasets
 import numpy as np
 import pytest
 
@@ -44,7 +47,7 @@ TEST_PROMPTS = {
     "helpful-base": ["\n\nHuman: Recommend a book about the sea.\n\nAssistant:"],
     "helpful-online": ["\n\nHuman: How do I boil an egg?\n\nAssistant:", "\n\nHuman: thanks\n\nAssistant:"],
 }
-EVAL_KW = dict(max_new_tokens=16, batch_size=4, max_prompt_tokens=64, n_boot=200)
+EVAL_KW = {"max_new_tokens": 16, "batch_size": 4, "max_prompt_tokens": 64, "n_boot": 200}
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -178,7 +181,7 @@ def test_evaluate_checkpoint_writes_run_files(tiny_gpt, tiny_tokenizer, tmp_path
 class _Judge(BaseHTTPRequestHandler):
     """Deterministic fake judge: prefers the reply containing "good"; "A" always when the dialogue says
     BIASED (position bias); a malformed answer when it says MALFORMED."""
-    seen_auth: list = []          # Authorization headers received (reset by the fixture)
+    seen_auth: ClassVar[list] = []          # Authorization headers received (reset by the fixture)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -249,57 +252,198 @@ def test_parse_verdict():
     assert parse_verdict("") is None
 
 
-# ---------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------- any run folder (`divscale evaluate --run`)
 
-def test_evaluate_cli_uses_run_config(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
-    """`divscale evaluate --run RUN` evaluates RUN/best with the run's saved settings + --set overrides."""
-    import datasets
+FORMATS = Path(__file__).parent / "fixtures" / "formats"
 
-    import divscale.reward.evaluate as ev
-    from divscale.cli import main
+
+def save_policy(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def other_policy(tiny_gpt, seed: int = 1):
+    """A policy that answers differently from ``tiny_gpt`` (its weights re-drawn with another seed)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_gpt)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * p.detach().std().clamp(min=0.02))
+    return model
+
+
+def ranked_run(tmp_path: Path, tiny_gpt, tiny_tokenizer, held=("row 1", "row 3")) -> Path:
+    """A fake own-data run folder laid out by the contract in HELPERS.md (config.json of kind "ranked")."""
+    run = tmp_path / "runs" / "train" / "plackett_luce-hh-s42-abc"
+    save_policy(tiny_gpt, tiny_tokenizer, run / "best")
+    (run / "config.json").write_text(json.dumps({
+        "kind": "ranked", "data": {"source": str(FORMATS / "hh.jsonl"), "split": "train", "limit": None,
+                                   "held_out_ids": list(held), "n_train": 2},
+        "model": {"name": "tiny-gpt", "recipe": "cpu", "policy_id": "tiny-gpt:x"},
+        "train": {"beta": 0.1, "learning_rate": 5e-5, "loss_type": "plackett_luce", "max_steps": 10}, "seed": 42}))
+    (run / "DONE").write_text("")
+    return run
+
+
+@pytest.fixture()
+def fake_initial(monkeypatch, tiny_gpt, tiny_tokenizer):
+    """divscale.train.runs.load_initial_policy (the trainer's; stubbed here): another policy, calls recorded."""
+    from divscale.train import runs
+
+    calls = []
+    initial = other_policy(tiny_gpt)
+
+    def load_initial_policy(run_dir):
+        calls.append(Path(run_dir))
+        return initial, tiny_tokenizer
+
+    monkeypatch.setattr(runs, "load_initial_policy", load_initial_policy, raising=False)
+    return calls
+
+
+@pytest.fixture()
+def length_rm(monkeypatch):
+    """rm_test / rm_train of any recipe: the LengthRM (so no reward model is trained)."""
     from divscale.reward import rm as reward
 
-    run = tmp_path / "run"
-    tiny_gpt.save_pretrained(run / "best", safe_serialization=True)
-    tiny_tokenizer.save_pretrained(run / "best")
-    recipe_file = tmp_path / "mini.yaml"
-    recipe_file.write_text("eval:\n  max_new_tokens: 8\n  max_prompt_tokens: 64\n  bootstrap: 50\n")
-    (run / "config.json").write_text(json.dumps({"recipe": "mini", "train": {"max_steps": 7},
-                                                 "policy": {"block_size": 256}}))
-    rows = [{"prompt": p, "chosen": "c", "rejected": "r", "subset": s, "line": i + 1}
-            for s, ps in TEST_PROMPTS.items() for i, p in enumerate(ps)]
-    test = datasets.Dataset.from_list(rows)
-    seen = {}
+    seen = []
 
     def fake_rms(recipe, pool):
-        seen["recipe"] = recipe
+        seen.append(recipe)
         return LengthRM(), LengthRM()
 
+    test = datasets.Dataset.from_list([{"prompt": p, "chosen": "c", "rejected": "r", "subset": s, "line": i + 1}
+                                       for s, ps in TEST_PROMPTS.items() for i, p in enumerate(ps)])
+    import divscale.reward.evaluate as ev
+
     monkeypatch.setattr(ev, "recipe_splits", lambda recipe: {"pool": test, "dev": test, "test": test})
-    monkeypatch.setattr(reward, "build_reward_models", fake_rms, raising=False)
-    argv = ["evaluate", "--run", str(run), "--recipe", str(recipe_file), "--set", "eval.batch_size=3"]
+    monkeypatch.setattr(reward, "build_reward_models", fake_rms)
+    return seen
+
+
+def test_evaluate_an_own_data_run(tmp_path, tiny_gpt, tiny_tokenizer, fake_initial, length_rm, capsys):
+    """An own-data run (kind "ranked", a train section the recipe does not know: the bug was "unknown key(s)"):
+    its held-out rows, the trained and the initial policy, RM_test of its recipe, the win rate paired by prompt."""
+    from divscale.cli import main
+    from divscale.data.formats import load_prompts
+
+    run = ranked_run(tmp_path, tiny_gpt, tiny_tokenizer)
+    argv = ["evaluate", "--run", str(run), "--recipe", "cpu", "--set", "eval.max_new_tokens=8",
+            "--set", "eval.bootstrap=200"]
     assert main(argv) == 0
-    recipe = seen["recipe"]
-    assert (recipe.train.max_steps, recipe.policy.block_size, recipe.eval.batch_size) == (7, 256, 3)
-    summary = json.loads((run / "eval.json").read_text())
-    assert summary["n"]["Global"] == 6 and summary["eval_config"]["max_new_tokens"] == 8
-    assert str(run / "eval.json") in capsys.readouterr().out
-    assert main(["evaluate", "--run", str(tmp_path / "nope"), "--recipe", str(recipe_file)]) == 1
+    out = capsys.readouterr().out
+    assert fake_initial == [run] and length_rm[0].name == "cpu"
+    (folder,) = run.glob("eval-*")
+    res = json.loads((folder / "eval.json").read_text())
+    gens = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    pool = load_prompts(FORMATS / "hh.jsonl")
+    held = dict(zip(pool.ids, pool.prompts))
+    assert [g["id"] for g in gens] == ["row 1", "row 3"] and [g["prompt"] for g in gens] == [held["row 1"],
+                                                                                              held["row 3"]]
+    assert res["kind"] == "ranked" and res["trained"]["n"]["Global"] == 2
+    for g in gens:
+        assert g["logit"] == pytest.approx((len(g["response"]) - 20) / 10)
+        assert g["initial_logit"] == pytest.approx((len(g["initial_response"]) - 20) / 10)
+    assert any(g["response"] != g["initial_response"] for g in gens)          # two different policies
+    want = paired_win_rate([g["logit"] for g in gens], [g["initial_logit"] for g in gens], n_boot=200)
+    assert {k: v for k, v in res["win_rate"]["Global"].items() if k != "ci_wilson"} == json.loads(json.dumps(want))
+    from divscale.reward.rm import wilson_ci
+
+    assert res["win_rate"]["Global"]["ci_wilson"] == pytest.approx(wilson_ci(2 * want["win_rate"], 2))
+    scores = [100 * g["score"] for g in gens]
+    assert res["trained"]["reward"]["Global"] == pytest.approx(np.mean(scores))
+    diff = res["difference"]["reward"]["Global"]
+    assert diff == pytest.approx(res["trained"]["reward"]["Global"] - res["initial"]["reward"]["Global"])
+    assert res["difference"]["ci"]["Global"][0] <= diff <= res["difference"]["ci"]["Global"][1]
+    assert "win rate over the initial policy" in out and str(folder / "eval.json") in out
+    # the same command again reuses the result; another prompt file is another evaluation
+    assert main(argv) == 0 and "reused" in capsys.readouterr().out and fake_initial == [run]
+    assert main(argv + ["--prompts", str(FORMATS / "trl_conversational_implicit.jsonl"), "--no-initial"]) == 0
+    assert len(list(run.glob("eval-*"))) == 2
+    other = max(run.glob("eval-*"), key=lambda p: p.stat().st_mtime)
+    assert json.loads((other / "eval.json").read_text())["trained"]["n"]["Global"] == 4
 
 
-def test_compare_generations_pairs_by_prompt(tmp_path):
-    from divscale.io import DataError, atomic_write_jsonl
-    from divscale.reward.evaluate import compare_generations
+def test_evaluate_a_grid_cell_run(tmp_path, tiny_gpt, tiny_tokenizer, fake_initial, length_rm):
+    """A grid cell's run (kind "cell", or a config written before "kind" existed): the recipe's test split by
+    test file, "Global" weighted by the full files' sizes, with the run's saved sections and --set overrides."""
+    from divscale.cli import main
 
-    def recs(logits):
-        return [{"subset": s, "index": i, "prompt": f"p{s}{i}", "logit": lg}
-                for (s, i), lg in zip([("h", 0), ("h", 1), ("x", 0), ("x", 1)], logits)]
+    recipe_file = tmp_path / "mini.yaml"
+    recipe_file.write_text("eval:\n  max_new_tokens: 8\n  max_prompt_tokens: 64\n  bootstrap: 50\n")
+    for i, config in enumerate(({"kind": "cell", "recipe": str(recipe_file)},
+                                {"algo": "pro", "ranking_len": 2, "n_prompts": 12, "recipe": str(recipe_file)})):
+        run = tmp_path / f"cell{i}"
+        save_policy(tiny_gpt, tiny_tokenizer, run / "best")
+        (run / "config.json").write_text(json.dumps(config | {"train": {"max_steps": 7},
+                                                              "policy": {"block_size": 256}}))
+        assert main(["evaluate", "--run", str(run), "--set", "eval.batch_size=3"]) == 0
+        recipe = length_rm[-1]
+        assert (recipe.train.max_steps, recipe.policy.block_size, recipe.eval.batch_size) == (7, 256, 3)
+        (folder,) = run.glob("eval-*")
+        res = json.loads((folder / "eval.json").read_text())
+        assert res["kind"] == "cell" and res["trained"]["n"]["Global"] == 6
+        assert set(res["win_rate"]) == {"Global", *TEST_PROMPTS}
+        w = res["trained"]["weights"]["Global"]
+        assert w["harmless-base"] == pytest.approx(2312 / (2312 + 2354 + 1137))
 
-    atomic_write_jsonl(tmp_path / "a.jsonl", recs([1.0, 2.0, 3.0, 4.0]))
-    atomic_write_jsonl(tmp_path / "b.jsonl", recs([0.0, 2.0, 5.0, 1.0])[::-1])     # order does not matter
-    res = compare_generations(tmp_path / "a.jsonl", tmp_path / "b.jsonl", n_boot=100)
-    assert res["Global"]["win_rate"] == pytest.approx(0.625)
-    assert (res["h"]["win"], res["h"]["tie"]) == (0.5, 0.5) and res["x"]["lose"] == 0.5
-    atomic_write_jsonl(tmp_path / "c.jsonl", recs([0.0, 0.0, 0.0]))
-    with pytest.raises(DataError, match="same test prompts"):
-        compare_generations(tmp_path / "a.jsonl", tmp_path / "c.jsonl")
+
+def test_evaluate_errors_and_atomic_results(tmp_path, tiny_gpt, tiny_tokenizer, fake_initial, length_rm, capsys,
+                                            monkeypatch):
+    import divscale.reward.evaluate as ev
+    from divscale.cli import main
+
+    assert main(["evaluate", "--run", str(tmp_path / "nope")]) == 1
+    assert "no such run folder" in capsys.readouterr().err
+    run = ranked_run(tmp_path, tiny_gpt, tiny_tokenizer)
+    (run / "config.json").rename(run / "config.moved")
+    assert main(["evaluate", "--run", str(run)]) == 1
+    assert "config.json: missing" in capsys.readouterr().err
+    (run / "config.moved").rename(run / "config.json")
+    bad = ranked_run(tmp_path / "b", tiny_gpt, tiny_tokenizer, held=("row 1", "row 99"))
+    assert main(["evaluate", "--run", str(bad)]) == 1
+    assert "held-out row id(s)" in capsys.readouterr().err and not list(bad.glob("eval-*"))
+    monkeypatch.setattr(ev, "reward_model_for", lambda spec, recipe: (BrokenRM(), "broken"))
+    with pytest.raises(RuntimeError, match="RM crashed"):
+        ev.evaluate_run(run, overrides={"eval.max_new_tokens": "4"})
+    assert not list(run.glob("eval-*")) and not list(run.glob(".eval-*"))      # nothing half-written
+
+
+def test_reward_model_for_loads_a_sequence_classification_rm(tmp_path, tiny_tokenizer):
+    """--rm FOLDER: a local sequence-classification RM goes through divscale.reward.rm.OpenAssistantRM."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    import divscale.reward.evaluate as ev
+    from divscale.reward.rm import OpenAssistantRM
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=256, n_embd=16, n_layer=1, n_head=2,
+                        num_labels=1, pad_token_id=tiny_tokenizer.pad_token_id)
+    folder = save_policy(GPT2ForSequenceClassification(config), tiny_tokenizer, tmp_path / "rm")
+    rm, desc = ev.reward_model_for(str(folder), Recipe())
+    assert isinstance(rm, OpenAssistantRM) and desc == str(folder)
+    logits = rm.score(["\n\nHuman: hi\n\nAssistant:"] * 2, ["hello", "go away"])
+    assert logits.shape == (2,) and np.all(np.isfinite(logits)) and logits[0] != logits[1]
+
+
+def test_evaluate_without_the_trainers_loader_says_so(tmp_path, tiny_gpt, tiny_tokenizer, length_rm, capsys,
+                                                      monkeypatch):
+    """Until divscale.train.runs.load_initial_policy exists, `divscale evaluate` says what is missing and
+    --no-initial evaluates the trained policy alone."""
+    from divscale.cli import main
+    from divscale.train import runs
+
+    monkeypatch.delattr(runs, "load_initial_policy", raising=False)
+    run = ranked_run(tmp_path, tiny_gpt, tiny_tokenizer)
+    assert main(["evaluate", "--run", str(run), "--set", "eval.max_new_tokens=4"]) == 1
+    assert "load_initial_policy" in capsys.readouterr().err and not list(run.glob("eval-*"))
+    assert main(["evaluate", "--run", str(run), "--set", "eval.max_new_tokens=4", "--no-initial"]) == 0
+    (folder,) = run.glob("eval-*")
+    res = json.loads((folder / "eval.json").read_text())
+    assert "win_rate" not in res and res["trained"]["n"]["Global"] == 2

@@ -154,7 +154,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "completions": ["a"], "ranks": [0]}) + "\n")
     assert cli.main(["train", "--data", str(bad), "--keep-unrankable", "--model", "x"]) == 1
-    assert "row 0: 1 completion(s)" in capsys.readouterr().err
+    assert "bad.jsonl:1: 1 completion(s)" in capsys.readouterr().err
     assert cli.main(["train", "--recipe", "smoke"]) == 1
     assert "--algo" in capsys.readouterr().err
 

@@ -57,6 +57,17 @@ def test_unrankable_rows_raise_naming_the_row(row, why):
     assert why in str(err.value)
 
 
+def test_canonical_rows_normalise_again():
+    """Canonical rows of a ranks-only source carry NaN scores: read again, their ranks rank them (a dataset of
+    the old columns, or rows cut by hand, can go back through normalize_ranked)."""
+    ds = rd.normalize_ranked([{"prompt": "p", "completions": ["b", "a"], "ranks": [1, 0]}])
+    again = rd.normalize_ranked([{k: v for k, v in r.items() if k != "prompt_chat"} for r in ds.to_list()])
+    assert again["completions"] == [["a", "b"]] and again["ranks"] == [[0, 1]]
+    with pytest.raises(DataError, match="non-finite"):
+        rd.normalize_ranked([{"prompt": "p", "completions": ["b", "a"], "scores": [1.0, float("nan")],
+                              "ranks": [1, 0]}])
+
+
 def test_drop_unrankable_keeps_the_rest():
     rows = [{"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1]},
             {"prompt": "q", "completions": ["a", "b"], "ranks": [0, 0]}]
@@ -75,7 +86,7 @@ def test_rankings_jsonl(tmp_path):
 
 def test_hh_pairs(hh_dir):
     path = hh_dir / "harmless-base" / "test.jsonl.gz"
-    with pytest.raises(DataError, match="row 86, completion 0: empty completion"):      # a real empty response
+    with pytest.raises(DataError, match=r"test.jsonl.gz:87, completion 0: empty completion"):      # a real empty response
         rd.load_ranked(path)
     ds = rd.load_ranked(path, drop_unrankable=True, limit=20)
     assert len(ds) == 20 and all(r == [0, 1] for r in ds["ranks"])
@@ -87,23 +98,23 @@ def test_hh_pairs(hh_dir):
 
 def test_pro_format(pro_hh_dir):
     path = pro_hh_dir / "hh_dev" / "sampled_dev.json"
-    with pytest.raises(DataError, match=r"sampled_dev.json: row \d+ .*tied"):       # equal rewards: named
+    with pytest.raises(DataError, match=r"sampled_dev.json:\d+ .*tied"):       # equal rewards: named
         rd.load_ranked(path)
     ds = rd.load_ranked(path, drop_unrankable=True)
     assert len(ds) > 200 and all(s[0] > s[1] for s in ds["scores"])
 
 
 def test_ultrafeedback_fixture():
-    ds = rd.load_ranked(FIXTURES / "ultrafeedback_sample.jsonl")
+    ds = rd.load_ranked(FIXTURES / "formats" / "ultrafeedback.jsonl")
     assert len(ds) == 3 and all(len(c) == 4 for c in ds["completions"])
     first = ds[0]
     assert first["prompt"] == "\n\nHuman: Name three primary colors and explain what makes them primary.\n\nAssistant:"
     assert first["scores"] == [5.0, 4.25, 3.5, 1.75] and first["ranks"] == [0, 1, 2, 3]
     assert ds[1]["ranks"] == [0, 0, 0, 1]                     # three answers rated 4.5: a three-way tie
-    overall = rd.from_ultrafeedback(FIXTURES / "ultrafeedback_sample.jsonl", score="overall_score")
+    overall = rd.from_ultrafeedback(FIXTURES / "formats" / "ultrafeedback.jsonl", score="overall_score")
     assert overall[1]["ranks"] == [0, 0, 1, 2]
     # the fine-grained score is the mean of the aspect ratings when the field is absent
-    rec = json.loads((FIXTURES / "ultrafeedback_sample.jsonl").read_text().splitlines()[0])["completions"][1]
+    rec = json.loads((FIXTURES / "formats" / "ultrafeedback.jsonl").read_text().splitlines()[0])["completions"][1]
     rec.pop("fine-grained_score")
     assert rd.ultrafeedback_score(rec, "fine-grained_score") == 4.25
 
@@ -123,11 +134,11 @@ def test_oasst1_trees():
 
 
 def test_detection_errors(tmp_path):
-    with pytest.raises(DataError, match="unrecognised record"):
+    with pytest.raises(DataError, match=r"row 0: no known format fits this record \(fields: \['foo'\]\)\. Formats tried: oasst1"):
         rd.load_ranked([{"foo": 1}])
     with pytest.raises(DataError, match="no such file"):
         rd.load_ranked(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(DataError, match="could not load 'nobody/no-such-ranked-data'.*local JSONL"):
+    with pytest.raises(DataError, match="could not load 'nobody/no-such-ranked-data'.*Pass a local file or folder"):
         rd.load_ranked("nobody/no-such-ranked-data")            # offline in tests: the hub is not reached
 
 

@@ -673,94 +673,35 @@ def diversity_grid(prompts_by_size: dict, tokenizer, ns: Sequence[int] = (1, 2, 
 
 
 # --------------------------------------------------------------------------------------------
-# CLI: divscale diversity FILE --tokenizer NAME_OR_PATH
+# CLI: divscale diversity SOURCE --tokenizer NAME_OR_PATH
 # --------------------------------------------------------------------------------------------
 
 
-def pro_prompt_text(prefix) -> str:
-    """The paper's prompt string from a PRO record's ``prefix`` (spec §1.1(1)): the turns joined, role
-    tags replaced by "\\n\\nHuman: " / "\\n\\nAssistant: ", trailing whitespace stripped. Accepts the
-    record's list of n identical turn lists or one turn list; uses ``divscale.data.hh.pro_prompt_text``."""
-    from divscale.data.hh import pro_prompt_text as turns_to_prompt
+def read_prompts(source, field: str | None = None, split: str = "train") -> tuple[list[str], str, list[str]]:
+    """The prompts of any data divscale reads (:func:`divscale.data.formats.load_prompts`: TRL, HH-RLHF, PRO,
+    UltraFeedback, oasst1 trees, the ranked format, NeMo-RL, prompt-only files; files, folders or hub ids), the
+    format found and the records skipped (HH pairs that cannot be split into prompt + final responses, as
+    ``divscale.data.hh.load_hh_rlhf`` skips them: 2 lines of helpful-online test), with a warning. Prompts are HH
+    text (chat messages are written as HH turns), so a prompt's d does not depend on the file format it came in.
+    Bad records raise DataError naming the file and record."""
+    from divscale.data.formats import load_prompts
 
-    turns = prefix[0] if prefix and isinstance(prefix[0], list) else prefix
-    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-        raise ValueError("prefix must be a list of turn strings (or a list of such lists)")
-    return turns_to_prompt(turns)
-
-
-def read_prompts(path, field: str | None = None) -> tuple[list[str], str, list[int]]:
-    """Prompts of a JSONL(.gz) file, the format found and the lines dropped.
-
-    Formats: "hh" (``chosen``/``rejected``: prompt via ``divscale.data.hh.split_dialogue``), "pro"
-    (``prefix``) or "field" (``field``, default ``prompt``). As in ``divscale.data.hh.load_hh_rlhf``, HH
-    pairs that cannot be split into prompt + final responses (2 lines of helpful-online test) are
-    dropped with a warning. Bad JSON, a missing field or an empty prompt raise DataError(file:line).
-    """
-    from divscale.io import DataError, read_jsonl
-
-    prompts: list[str] = []
-    dropped: list[int] = []
-    fmt = None
-    for lineno, rec in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if fmt is None:
-            if field is not None:
-                fmt = "field"
-            elif "chosen" in rec and "rejected" in rec:
-                fmt = "hh"
-            elif "prefix" in rec:
-                fmt = "pro"
-            elif "prompt" in rec:
-                fmt, field = "field", "prompt"
-            else:
-                raise DataError(f"{where}: no prompt found: expected 'chosen'+'rejected' (HH-RLHF), "
-                                f"'prefix' (PRO) or 'prompt' (or pass --field NAME); fields: {sorted(rec)}")
-        needed = {"hh": ["chosen", "rejected"], "pro": ["prefix"], "field": [field]}[fmt]
-        missing = [k for k in needed if k not in rec]
-        if missing:
-            raise DataError(f"{where}: missing field(s) {missing} (this file is read as {fmt!r} format); "
-                            f"fields present: {sorted(rec)}")
-        if fmt == "hh":
-            from divscale.data.hh import split_dialogue
-
-            chosen, rejected = rec["chosen"], rec["rejected"]
-            if not (isinstance(chosen, str) and isinstance(rejected, str)):
-                raise DataError(f"{where}: 'chosen' and 'rejected' must be strings")
-            try:
-                prompt = split_dialogue(chosen, rejected)[0]
-            except ValueError:
-                dropped.append(lineno)
-                continue
-        elif fmt == "pro":
-            try:
-                prompt = pro_prompt_text(rec["prefix"])
-            except (ValueError, TypeError, IndexError) as err:
-                raise DataError(f"{where}: bad 'prefix': {err}") from None
-        else:
-            prompt = rec[field]
-        if not isinstance(prompt, str):
-            raise DataError(f"{where}: prompt is a {type(prompt).__name__}, expected a string")
-        if not prompt.strip():
-            raise DataError(f"{where}: empty prompt; remove the record or fill it in")
-        prompts.append(prompt)
-    if dropped:
-        print(f"divscale diversity: warning: {path}: dropped {len(dropped)} HH pairs that cannot be split "
-              f"into prompt + final responses (lines {', '.join(map(str, dropped[:20]))})", file=sys.stderr)
-    if not prompts:
-        raise DataError(f"{path}: no usable prompts")
-    return prompts, fmt, dropped
+    got = load_prompts(source, split=split, field=field)
+    if got.skipped:
+        print(f"divscale diversity: warning: {got.name}: skipped {len(got.skipped)} record(s) that hold no prompt "
+              f"(first: {', '.join(got.skipped[:5])})", file=sys.stderr)
+    return got.prompts, got.format, got.skipped
 
 
 def command(args) -> int:
     from divscale.models.hub import load_tokenizer
 
-    prompts, fmt, dropped = read_prompts(args.file, args.field)
+    prompts, fmt, skipped = read_prompts(args.file, args.field, args.split)
     tokenizer = load_tokenizer(args.tokenizer)
     res = prompt_diversity(prompts, tokenizer, n=args.n, exponent=args.exponent,
                            max_tokens=args.max_tokens, add_special_tokens=not args.no_special_tokens)
     out = {"file": str(args.file), "format": fmt, "tokenizer": args.tokenizer, "n": args.n,
            "exponent": args.exponent, "max_tokens": args.max_tokens,
-           "add_special_tokens": not args.no_special_tokens, "dropped_lines": dropped, **res.to_dict()}
+           "add_special_tokens": not args.no_special_tokens, "skipped": skipped, **res.to_dict()}
     print(json.dumps(out))
     return 0

@@ -20,6 +20,7 @@ any OpenAI-compatible endpoint; the API key is read from the environment only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from divscale.io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl
 from divscale.models.generation import STOP_STRINGS, format_prompt, generate
 from divscale.reward.rm import sigmoid
 
@@ -130,27 +131,6 @@ def paired_win_rate(scores_a, scores_b, n_boot: int = 1000, seed: int = 0, ci: f
     diff = a - b
     outcome = np.where(diff > tie_tol, 1.0, np.where(diff < -tie_tol, 0.0, 0.5))
     return _outcome_summary(outcome, n_boot, seed, ci)
-
-
-def compare_generations(path_a: str | os.PathLike, path_b: str | os.PathLike, n_boot: int = 1000,
-                        seed: int = 0, by_subset: bool = True) -> dict:
-    """Paired win rate of run A over run B from their ``generations.jsonl`` (RM_test logits on the
-    same prompts): ``{"Global": {...}, "<subset>": {...}}``. Prompts must match one to one."""
-    fields = ("subset", "index", "prompt", "logit")
-    a = {(r["subset"], r["index"]): r for _, r in read_jsonl(path_a, fields)}
-    b = {(r["subset"], r["index"]): r for _, r in read_jsonl(path_b, fields)}
-    if a.keys() != b.keys() or any(a[k]["prompt"] != b[k]["prompt"] for k in a):
-        raise DataError(f"{path_a} and {path_b} are not on the same test prompts; evaluate both runs "
-                        "with the same recipe test split")
-    keys = sorted(a)
-    out = {"Global": paired_win_rate([a[k]["logit"] for k in keys], [b[k]["logit"] for k in keys],
-                                     n_boot=n_boot, seed=seed)}
-    if by_subset:
-        for subset in sorted({k[0] for k in keys}):
-            ks = [k for k in keys if k[0] == subset]
-            out[subset] = paired_win_rate([a[k]["logit"] for k in ks], [b[k]["logit"] for k in ks],
-                                          n_boot=n_boot, seed=seed)
-    return out
 
 
 def _outcome_summary(outcome: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
@@ -393,49 +373,241 @@ def llm_judge(prompts: Sequence[str], responses_a: Sequence[str], responses_b: S
 
 
 # --------------------------------------------------------------------------------------------------
-# the `divscale evaluate` command
+# any run folder: `divscale evaluate --run DIR`
 
 
-def command(args: argparse.Namespace) -> int:
-    from divscale.config import parse_overrides
-    from divscale.data.hh import rankings_from_pairs
-    from divscale.reward.rm import build_reward_models
-
-    run = Path(args.run)
-    checkpoint = run / args.checkpoint
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint folder; train the run first (`divscale train`)")
-    recipe = _run_recipe(run, args.recipe, parse_overrides(args.set))
-    splits = recipe_splits(recipe)
-    _, rm_test = build_reward_models(recipe, rankings_from_pairs(splits["pool"]))
-    result = evaluate_checkpoint(checkpoint, recipe, recipe_test_prompts(recipe, splits), rm_test,
-                                 out_dir=run, progress=True)
-    print(json.dumps(result.summary()["reward"], indent=2))
-    print(run / "eval.json")
-    return 0
+RUN_KINDS = ("cell", "ranked")
+# Bumped whenever a change here changes the numbers of a run evaluation (part of its eval-<key> folder name).
+RUN_EVAL_VERSION = 2     # 2: the win rate's Wilson interval
 
 
-def _run_recipe(run: Path, recipe_arg: str | None, overrides: dict):
-    """The recipe a run was trained with: ``--recipe`` (or the recipe named in ``RUN/config.json``),
-    with the sections saved in ``config.json`` (data, ranking, reward, policy, train) laid over it,
-    then the ``--set`` overrides."""
+def read_run_config(run: Path) -> dict:
+    """A run folder's ``config.json`` (the contract in HELPERS.md: ``"kind": "cell"`` for a grid cell, ``"ranked"``
+    for ``divscale train --data``; grid runs written before ``kind`` existed are cells)."""
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run folder (give a folder written by `divscale train`)")
+    path = run / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; a run folder written by `divscale train` has one")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg})") from None
+    kind = config.get("kind") or ("cell" if {"algo", "ranking_len", "n_prompts"} <= set(config) else None)
+    if kind not in RUN_KINDS:
+        raise DataError(f"{path}: run kind {config.get('kind')!r} is not one of {RUN_KINDS} (a grid cell's run or "
+                        "an own-data run of `divscale train --data`)")
+    return config | {"kind": kind}
+
+
+def run_recipe(run: Path, config: dict, recipe_arg: str | None = None, overrides: dict | None = None):
+    """The recipe whose ``eval`` settings (and in-project reward models) evaluate the run. A cell: ``--recipe`` or
+    the recipe named in its config, with the sections saved in ``config.json`` (data, ranking, reward, policy,
+    train) laid over it. An own-data run: ``--recipe`` or its ``model.recipe`` (default cpu), as it is (its saved
+    ``train`` section holds the trainer's settings, not a recipe's). Then the ``--set`` overrides."""
     import dataclasses
 
     import yaml
 
-    from divscale.config import Recipe, build_config, set_override, recipe_path
+    from divscale.config import Recipe, build_config, recipe_path, set_override
 
-    config_file = run / "config.json"
-    saved = json.loads(config_file.read_text()) if config_file.exists() else {}
-    name = recipe_arg or saved.get("recipe")
-    if not name:
-        raise FileNotFoundError(f"{config_file} not found: pass --recipe to say how the run was built")
+    if config["kind"] == "cell":
+        name = recipe_arg or config.get("recipe")
+        if not name:
+            raise DataError(f"{run / 'config.json'} names no recipe: pass --recipe to say how the run was built")
+    else:
+        name = recipe_arg or (config.get("model") or {}).get("recipe") or "cpu"
     path = recipe_path(name)
     tree = dataclasses.asdict(build_config(Recipe, yaml.safe_load(path.read_text()) or {}, str(path)))
     tree["name"] = path.stem
-    for section in ("data", "ranking", "reward", "policy", "train"):
-        if isinstance(saved.get(section), dict):
-            tree[section].update(saved[section])
-    for key, value in overrides.items():
+    if config["kind"] == "cell":
+        for section in ("data", "ranking", "reward", "policy", "train"):
+            if isinstance(config.get(section), dict):
+                tree[section].update(config[section])
+    for key, value in (overrides or {}).items():
         set_override(tree, key, yaml.safe_load(value) if isinstance(value, str) else value)
-    return build_config(Recipe, tree, str(config_file))
+    return build_config(Recipe, tree, str(run / "config.json"))
+
+
+@dataclass
+class EvalPrompts:
+    """The prompts a run is evaluated on, by group (test file, or one group), with their ids and origin."""
+    groups: dict[str, list[str]]
+    ids: dict[str, list[str]]
+    source: str
+    sizes: dict[str, int] | None = None        # group weights of "Global" (None: the HH test files' sizes)
+
+
+def run_prompts(run: Path, config: dict, recipe, prompts: str | None = None, split: str = "train",
+                limit: int | None = None) -> EvalPrompts:
+    """``prompts`` (any data divscale reads) when given; else a cell's recipe test split (by test file, weighted
+    as the paper's "Global") or an own-data run's held-out rows (``data.held_out_ids`` of its source)."""
+    from divscale.data.formats import load_prompts
+
+    if prompts is not None:
+        got = load_prompts(prompts, split=split, limit=limit)
+        return EvalPrompts({"prompts": got.prompts}, {"prompts": got.ids}, f"{prompts} ({got.format})",
+                           {"prompts": len(got)})
+    if config["kind"] == "cell":
+        by_subset = recipe_test_prompts(recipe)
+        groups = {s: ps[:limit] if limit else ps for s, ps in by_subset.items()}
+        return EvalPrompts(groups, {s: [f"{s}:{i}" for i in range(len(ps))] for s, ps in groups.items()},
+                           f"recipe {recipe.name} test split")
+    data = config.get("data") or {}
+    held = [str(i) for i in data.get("held_out_ids") or []]
+    if not held or not data.get("source"):
+        raise DataError(f"{run / 'config.json'}: no data.source / data.held_out_ids to evaluate on; pass --prompts "
+                        "FILE")
+    got = load_prompts(data["source"], split=data.get("split") or "train")
+    where = dict(zip(got.ids, got.prompts))
+    missing = [i for i in held if i not in where]
+    if missing:
+        raise DataError(f"{data['source']}: {len(missing)} held-out row id(s) of {run} are not in it (first: "
+                        f"{missing[0]!r}); the data changed since training: pass --prompts FILE")
+    held = held[:limit] if limit else held
+    return EvalPrompts({"held-out": [where[i] for i in held]}, {"held-out": held},
+                       f"{len(held)} held-out rows of {data['source']}", {"held-out": len(held)})
+
+
+def reward_model_for(spec: str | None, recipe):
+    """``(rm, description)``: ``rm_test`` (default) / ``rm_train``, the recipe's RMs (in-project RMs are built from
+    its pool, once, and cached); anything else an in-project RM folder, or a hub id / local folder of a
+    sequence-classification RM fed OpenAssistant-format dialogues (:func:`divscale.reward.rm.load_reward_model`)."""
+    from divscale.reward.rm import load_reward_model
+
+    if spec in (None, "rm_test", "rm_train"):
+        from divscale.data.hh import rankings_from_pairs
+        from divscale.reward.rm import build_reward_models
+
+        role = spec or "rm_test"
+        rm_train, rm_test = build_reward_models(recipe, rankings_from_pairs(recipe_splits(recipe)["pool"]))
+        model = recipe.reward.test_model if role == "rm_test" else recipe.reward.train_model
+        return (rm_test if role == "rm_test" else rm_train), f"{role} of recipe {recipe.name} ({model})"
+    return load_reward_model(spec), str(spec)
+
+
+def _positions(model) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def answer_and_score(model, tokenizer, prompts: Sequence[str], rm, cfg, progress: bool = False):
+    """Greedy answers (``cfg``: a recipe's eval settings; the prompt is cut from the left to fit the model's
+    positions) and their reward-model logits."""
+    room = _positions(model)
+    max_prompt = cfg.max_prompt_tokens if room is None else min(cfg.max_prompt_tokens, room - cfg.max_new_tokens)
+    if max_prompt < 1:
+        raise ValueError(f"eval.max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{room} positions; lower it with --set eval.max_new_tokens=N")
+    responses = generate(model, tokenizer, [format_prompt(p, tokenizer) for p in prompts],
+                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, max_prompt_tokens=max_prompt,
+                         stop_strings=tuple(cfg.stop_strings), progress=progress)
+    logits = np.asarray(rm.score(list(prompts), responses, progress=progress), dtype=np.float64).reshape(-1)
+    if logits.size != len(prompts) or not np.all(np.isfinite(logits)):
+        raise ValueError(f"the reward model returned {logits.size} scores (finite: {bool(np.all(np.isfinite(logits)))}) "
+                         f"for {len(prompts)} answers")
+    return responses, logits
+
+
+def win_rate(trained, initial, n_boot: int) -> dict:
+    """:func:`paired_win_rate` plus the Wilson score interval of the win rate (ties counted half), which unlike a
+    percentile bootstrap does not shrink to a point when every prompt goes one way (16 of 16 lost: [0, 0.19])."""
+    from divscale.reward.rm import wilson_ci
+
+    out = paired_win_rate(trained, initial, n_boot=n_boot)
+    return out | {"ci_wilson": list(wilson_ci(out["win_rate"] * out["n"], out["n"]))}
+
+
+def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = None, prompts: str | None = None,
+                 recipe: str | None = None, overrides: dict | None = None, checkpoint: str = "best",
+                 split: str = "train", limit: int | None = None, progress: bool = False) -> dict:
+    """Evaluate any run folder (see :func:`run_prompts`, :func:`reward_model_for`): the trained checkpoint's greedy
+    answers and, with ``initial_policy(run) -> (model, tokenizer)``, the initial policy's on the same prompts; the
+    reward (100 x mean sigmoid) of each with bootstrap CIs, their difference (paired by prompt) and the win rate of
+    the trained policy over the initial one (paired by prompt, ties half, bootstrap CI). Written atomically to
+    ``RUN/eval-<key>/`` (``eval.json``, ``generations.jsonl``); an existing result for the same key is reused."""
+    from divscale.config import config_hash
+    from divscale.models.hub import load_causal_lm
+    from divscale.provenance import deterministic, file_sha256
+
+    run = Path(run)
+    config = read_run_config(run)
+    ckpt = run / checkpoint
+    weights = sorted(ckpt.glob("*.safetensors")) if ckpt.is_dir() else []
+    if not weights:
+        raise FileNotFoundError(f"{ckpt}: no safetensors checkpoint; train the run first (`divscale train`)")
+    R = run_recipe(run, config, recipe, overrides)
+    ev = run_prompts(run, config, R, prompts, split, limit)
+    rm_model, rm_desc = reward_model_for(rm, R)
+    items = [(g, i, p) for g, ps in ev.groups.items() for i, p in zip(ev.ids[g], ps)]
+    if not items:
+        raise DataError(f"{ev.source}: no prompts to evaluate on")
+    key = "eval-" + config_hash(RUN_EVAL_VERSION, [file_sha256(w) for w in weights], rm_desc,
+                                getattr(rm_model, "fingerprint", None), items, dataclasses.asdict(R.eval),
+                                initial_policy is not None, length=10)
+    out = run / key
+    if (out / "eval.json").exists():
+        return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out), "reused": True}
+    texts = [p for _, _, p in items]
+    start = time.time()
+    with deterministic(1):
+        model, tokenizer = load_causal_lm(str(ckpt), dtype=R.policy.dtype)
+        answers, logits = answer_and_score(model, tokenizer, texts, rm_model, R.eval, progress)
+        base = None
+        if initial_policy is not None:
+            model0, tokenizer0 = initial_policy(run)
+            base = answer_and_score(model0, tokenizer0, texts, rm_model, R.eval, progress)
+    records = [{"subset": g, "id": i, "prompt": p, "response": r, "logit": float(lg), "score": float(sigmoid(lg))}
+               for (g, i, p), r, lg in zip(items, answers, logits)]
+    summary = {"kind": config["kind"], "run": str(run), "checkpoint": checkpoint, "prompts": ev.source,
+               "reward_model": rm_desc, "eval_config": dataclasses.asdict(R.eval), "recipe": R.name,
+               "trained": summarize(records, R.eval.bootstrap, sizes=ev.sizes).summary()}
+    if base is not None:
+        for rec, r0, lg0 in zip(records, *base):
+            rec |= {"initial_response": r0, "initial_logit": float(lg0), "initial_score": float(sigmoid(lg0))}
+        initial = [{"subset": r["subset"], "score": r["initial_score"]} for r in records]
+        delta = [{"subset": r["subset"], "score": r["score"] - r["initial_score"]} for r in records]
+        summary |= {"initial": summarize(initial, R.eval.bootstrap, sizes=ev.sizes).summary(),
+                    "difference": summarize(delta, R.eval.bootstrap, sizes=ev.sizes).summary(),
+                    "win_rate": {"Global": win_rate(logits, base[1], R.eval.bootstrap)} | (
+                        {g: win_rate([r["logit"] for r in records if r["subset"] == g],
+                                     [r["initial_logit"] for r in records if r["subset"] == g],
+                                     R.eval.bootstrap) for g in ev.groups} if len(ev.groups) > 1 else {})}
+    summary["seconds"] = round(time.time() - start, 2)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        atomic_write_jsonl(tmp / "generations.jsonl", records)
+        atomic_write_json(tmp / "eval.json", summary)
+    return summary | {"eval_dir": str(out), "reused": False}
+
+
+def format_run_eval(res: dict) -> str:
+    """The human summary of :func:`evaluate_run`'s result."""
+    def ci(block: dict, name: str = "Global", sign: str = "") -> str:
+        lo, hi = block["ci"][name]
+        return f"{block['reward'][name]:{sign}.2f} [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+
+    lines = [f"run: {res['run']} ({res['kind']} run, checkpoint {res['checkpoint']})",
+             f"prompts: {res['prompts']} ({res['trained']['n']['Global']} prompts)",
+             f"reward model: {res['reward_model']}",
+             f"reward (100 x mean sigmoid, 95% bootstrap CI): trained {ci(res['trained'])}"]
+    if "initial" in res:
+        w = res["win_rate"]["Global"]
+        lines[-1] += f"; initial {ci(res['initial'])}; difference {ci(res['difference'], sign='+')}"
+        lines.append(f"win rate over the initial policy (paired by prompt, ties half; 95% Wilson CI): "
+                     f"{w['win_rate']:.3f} [{w['ci_wilson'][0]:.3f}, {w['ci_wilson'][1]:.3f}] (win {w['win']:.2f}, "
+                     f"tie {w['tie']:.2f}, lose {w['lose']:.2f}; bootstrap CI [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}])")
+    lines.append(f"{'reused ' if res.get('reused') else ''}{Path(res['eval_dir']) / 'eval.json'}")
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace, initial_policy: Callable | None = None) -> int:
+    """``divscale evaluate --run DIR`` (the CLI passes ``divscale.train.runs.load_initial_policy`` as
+    ``initial_policy``: the reward layer does not import the trainer)."""
+    from divscale.config import parse_overrides
+
+    res = evaluate_run(args.run, None if args.no_initial else initial_policy, rm=args.rm, prompts=args.prompts,
+                       recipe=args.recipe, overrides=parse_overrides(args.set), checkpoint=args.checkpoint,
+                       split=args.split, limit=args.limit, progress=True)
+    print(format_run_eval(res))
+    return 0

@@ -39,6 +39,12 @@ from divscale.config import DiversityConfig
 from divscale.io import DataError
 
 PAPER_TOKENIZER = "LLaMA-1 (32k SentencePiece, BOS on, first 512 tokens)"
+PAPER_TOKENIZER_ID = "huggyllama/llama-7b"     # recipes/paper-*.yaml: diversity.tokenizer
+# d of random HH-RLHF test subsets (1,500 / 2,000 / 3,000 / 6,000 prompts, 5 draws each) in SmolLM2 tokens over the
+# paper's LLaMA-1 d of its HH-RLHF train subsets of the same sizes (Figure 4(b)): 13.96/12.7 ... 20.04/17.0
+SMOLLM2_OVER_LLAMA1_D = (1.10, 1.18)
+# fewer prompts than this make no plan: d of a handful of prompts is mostly noise, and so is a run trained on them
+MIN_PROMPTS = 10
 HH_HUB = re.compile(r"^(?:hf:)?Anthropic/hh-rlhf(?:/(?P<subset>[\w-]+))?(?::(?P<split>\w+))?$")
 SELECTOR_NAMES = ("random", "d-greedy", "deita")
 
@@ -179,30 +185,33 @@ def load_fit(spec: str, algo: str = "pro", y: str = "reward_global", recipe: str
 # ------------------------------------------------------------------------------------------ the pool
 
 
-def read_pool(spec: str, field: str | None = None) -> tuple[list[str], str]:
-    """Prompts of a JSONL(.gz) file (HH-RLHF chosen/rejected, PRO prefix, or a prompt field: the reader of
-    ``divscale diversity``), or ``Anthropic/hh-rlhf[/SUBSET][:SPLIT]`` (the local copy first, else the hub)."""
-    from divscale.metrics.diversity import read_prompts
+def load_pool(spec: str, field: str | None = None, split: str = "train"):
+    """The prompt pool (:class:`divscale.data.formats.Prompts`: prompts as HH text and their row ids): any data
+    divscale reads (:func:`divscale.data.formats.load_prompts`: a file, folder or hub id in any format), or
+    ``Anthropic/hh-rlhf[/SUBSET][:SPLIT]`` (the local copy first, else the hub; ids ``<subset>:<line>``)."""
+    from divscale.data.formats import Prompts, load_prompts
 
     path = Path(spec)
-    if path.exists():
-        if path.is_dir():
-            raise DataError(f"{path}: a folder; give a JSONL(.gz) prompt file")
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file; the pool needs at least one prompt")
-        prompts, fmt, _ = read_prompts(path, field)
-        return prompts, f"{path} ({fmt} format, {len(prompts)} prompts)"
-    m = HH_HUB.match(spec)
+    m = None if path.exists() else HH_HUB.match(spec)
     if m is None:
-        raise FileNotFoundError(f"{spec}: no such prompt file; give a JSONL(.gz) file (HH-RLHF, PRO or a 'prompt' "
-                                "field) or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
+        if not path.exists() and (spec.startswith((".", "/", "~")) or spec.endswith((".jsonl", ".json", ".gz"))):
+            raise FileNotFoundError(f"{spec}: no such prompt file; give a file or folder of prompts in any format "
+                                    "divscale reads, a hub id, or Anthropic/hh-rlhf[/SUBSET][:SPLIT]")
+        return load_prompts(spec, split=split, field=field)
     from divscale.data.hh import SUBSETS, load_hh_rlhf
 
     subsets = (m["subset"],) if m["subset"] else SUBSETS
-    prompts = list(load_hh_rlhf(subsets, split=m["split"] or "test")["prompt"])
-    if not prompts:
+    rows = load_hh_rlhf(subsets, split=m["split"] or "test")
+    if not len(rows):
         raise DataError(f"{spec}: no prompts")
-    return prompts, f"{spec} ({len(prompts)} prompts)"
+    return Prompts(list(rows["prompt"]), [f"{s}:{line}" for s, line in zip(rows["subset"], rows["line"])], "hh", [],
+                   spec)
+
+
+def read_pool(spec: str, field: str | None = None, split: str = "train") -> tuple[list[str], str]:
+    """The pool's prompts and a one-line description of where they came from (:func:`load_pool`)."""
+    pool = load_pool(spec, field, split)
+    return pool.prompts, f"{pool.name} ({pool.format} format, {len(pool):,} prompts)"
 
 
 # ------------------------------------------------------------------------------------------ d of subsets
@@ -254,7 +263,7 @@ class SubsetDiversity:
 
 
 def selection_order(prompts: Sequence[str], size: int, selector: str, seed: int, div: SubsetDiversity,
-                    ctx: dict | None = None) -> list[int]:
+                    ctx: dict | None = None, progress: bool = False) -> list[int]:
     """``size`` indices in selection order. Every selector here is sequential, so the first k of them are what
     it picks at budget k: one run serves every n (and, for random, nested subsets as in the paper's grid)."""
     from divscale.tools.select import run_selector
@@ -267,22 +276,53 @@ def selection_order(prompts: Sequence[str], size: int, selector: str, seed: int,
         ctx.setdefault("n", div.cfg.ngram)
         ctx.setdefault("exponent", div.cfg.exponent)
     elif selector == "deita" and "scores" not in ctx:
-        ctx |= deita_context(prompts)
+        ctx |= deita_context(prompts, progress=progress)
     picked = run_selector(selector, list(prompts), size, seed, **ctx)
     return [int(i) for i in getattr(picked, "indices", picked)]   # a Selection, or a plain index list
 
 
-def deita_context(prompts: Sequence[str]) -> dict:
+def deita_context(prompts: Sequence[str], progress: bool = False) -> dict:
     """Deita on a bare prompt pool: the complexity score of each prompt (there are no responses to rate for
-    quality) and MiniLM embeddings of the prompts; the scorer and encoder of :class:`SelectConfig`."""
-    from divscale.config import SelectConfig
+    quality) and MiniLM embeddings of the prompts; the scorer and encoder of :class:`SelectConfig`.
+
+    Its cost is one forward pass of the scorer LM per prompt, then one MiniLM pass per prompt: 45 minutes for the
+    2,312 prompts of HH-RLHF harmless-base test (356k scorer tokens; 42 min rating, 2.5 min embedding, 22 CPU-minutes
+    on one thread of a shared 2-core machine; README, planner paragraph). Both
+    are kept in the cache (``cache_dir()/deita/``, keyed by the prompts, the models and their code), so planning the
+    same pool again at another budget, n or seed costs nothing. ``progress`` shows a bar for each and says what is
+    running."""
+    import hashlib
+    import sys
+    import time
+
+    from divscale import paths
+    from divscale.config import SelectConfig, config_hash
+    from divscale.io import atomic_path
+    from divscale.provenance import closure
     from divscale.tools.select import LLMScorer, embed_texts
 
     cfg = SelectConfig()
+    texts = hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+    code = closure("divscale.tools.select:LLMScorer", "divscale.tools.select:embed_texts")
+    cache = paths.cache_dir() / "deita" / f"{config_hash(cfg.scorer, cfg.scorer_max_length, cfg.embedder, texts, code, length=16)}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            return {"scores": saved["scores"], "embeddings": saved["embeddings"], "tau": cfg.tau}
+    start = time.time()
+    if progress:
+        print(f"deita: rating the complexity of {len(prompts):,} prompts with {cfg.scorer} (one forward pass each), "
+              f"then embedding them with {cfg.embedder}; both are cached for the next plan", file=sys.stderr,
+              flush=True)
     scorer = LLMScorer.from_pretrained(cfg.scorer, kind="complexity", batch_size=cfg.scorer_batch_size,
-                                       max_length=cfg.scorer_max_length)
-    return {"scores": scorer.score(list(prompts)), "embeddings": embed_texts(list(prompts), cfg.embedder),
-            "tau": cfg.tau}
+                                       max_length=cfg.scorer_max_length, progress=progress)
+    scores = scorer.score(list(prompts))
+    embeddings = embed_texts(list(prompts), cfg.embedder, progress=progress)
+    with atomic_path(cache, suffix=".npz") as tmp:
+        np.savez(tmp, scores=scores, embeddings=embeddings)
+    if progress:
+        print(f"deita: {len(prompts):,} prompts scored and embedded in {time.time() - start:.0f} s", file=sys.stderr,
+              flush=True)
+    return {"scores": scores, "embeddings": embeddings, "tau": cfg.tau}
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -298,16 +338,32 @@ def is_llama1_tokenizer(name: str | None, tokenizer) -> bool:
     return named and size == 32000
 
 
+def cached_paper_tokenizer() -> str | None:
+    """The folder of the paper's LLaMA-1 tokenizer (:data:`PAPER_TOKENIZER_ID`, the paper recipes' diversity
+    tokenizer) when the local Hugging Face cache holds it; None otherwise. Nothing is downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(PAPER_TOKENIZER_ID, "tokenizer_config.json")
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
 def resolve_tokenizer(fit: RewardFit, name: str | None, allow_mismatch: bool) -> tuple[str, list[str]]:
-    """The tokenizer id to measure d in, and the warnings that go with it; refuses a mismatch unless allowed."""
+    """The tokenizer id (or folder) to measure d in, and the warnings that go with it.
+
+    The paper's fit wants LLaMA-1 tokens: without ``--tokenizer`` that is :data:`PAPER_TOKENIZER_ID` when the
+    local cache has it, else (offline, the default case) the project's offline tokenizer, said in a warning
+    (:func:`plan` adds the mismatch and its measured size). A results fit wants its recipe's tokenizer; another
+    one is refused unless ``allow_mismatch``."""
     if fit.tokenizer is None:                                  # the paper: LLaMA-1 units
-        if name is None:
-            if not allow_mismatch:
-                raise ValueError("--fit paper: the paper's d is in LLaMA-1 tokens; pass --tokenizer with a LLaMA "
-                                 "tokenizer (local folder or hub id), or --allow-tokenizer-mismatch to measure d in "
-                                 f"{DiversityConfig().tokenizer} tokens against the paper's lines anyway")
-            name = DiversityConfig().tokenizer
-        return name, []
+        if name is not None:
+            return name, []
+        cached = cached_paper_tokenizer()
+        if cached is not None:
+            return cached, []
+        fallback = DiversityConfig().tokenizer
+        return fallback, [(f"offline default: the paper's LLaMA-1 tokenizer ({PAPER_TOKENIZER_ID}) is not in the local "
+                          f"cache, so d is measured in {fallback} tokens; pass --tokenizer with a LLaMA-1 tokenizer "
+                          "(local folder or cached hub id) for the paper's units")]
     if name is not None and name != fit.tokenizer:
         if not allow_mismatch:
             raise ValueError(f"the fit's d ({fit.source}) is in {fit.tokenizer} tokens, not {name}; drop --tokenizer "
@@ -324,18 +380,56 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
+def slope_warnings(fit: RewardFit, lengths: Sequence[int]) -> list[str]:
+    """A warning for each line of ``lengths`` whose slope is negative: there the fit predicts *lower* reward for
+    more diverse prompts (the paper found the opposite), so the plan favours the less diverse option."""
+    negative = [(n, float(fit.line(n).params[1])) for n in lengths if fit.line(n).params[1] < 0]
+    if not negative:
+        return []
+    which = "every line" if len(negative) == len(lengths) else "the line(s) for " + ", ".join(f"n={n}" for n, _ in negative)
+    slopes = ", ".join(f"n={n}: {b:+.3g}" for n, b in negative)
+    return [(f"NEGATIVE SLOPE: in {which} of this fit reward falls as d rises ({slopes} per unit d), the opposite of "
+            "the paper's finding: its predictions favour less diverse prompts (fewer prompts, more responses each). "
+            "Check the fit (its runs, seeds and d range) before acting on this plan")]
+
+
+def few_prompts_warnings(fit: RewardFit, options: list[dict], best: dict) -> list[str]:
+    """Warnings for options with fewer prompts than :data:`MIN_PROMPTS` or than the fit's smallest subset, and
+    one when the recommended option is such an option."""
+    fewest = int(fit.points["n_prompts"].min())
+    floor = max(MIN_PROMPTS, fewest)
+    out = []
+    for o in options:
+        if o["n_prompts"] < floor:
+            why = (f"below the minimum of {MIN_PROMPTS} prompts a plan needs" if o["n_prompts"] < MIN_PROMPTS
+                   else f"fewer than the {fewest:,} of the fit's smallest subset")
+            out.append(f"n={o['n']}: {o['n_prompts']:,} prompt(s) is {why}; its d and prediction say little")
+    if best["n_prompts"] < floor:
+        out.append(f"TOO FEW PROMPTS: the recommended option (n = {best['n']}, {best['n_prompts']:,} prompt(s)) has "
+                   f"fewer than {floor:,} prompts; raise the budget to at least {floor * best['n']:,} annotations "
+                   "before acting on it")
+    return out
+
+
 def plan(prompts: Sequence[str], budget: int, fit: RewardFit, tokenizer, lengths: Sequence[int] = (2, 3, 4),
          selector: str = "random", seed: int = 0, draws: int = 5, alpha: float = 0.05,
-         tokenizer_name: str | None = None, warnings: Sequence[str] = (), selector_ctx: dict | None = None) -> dict:
+         tokenizer_name: str | None = None, warnings: Sequence[str] = (), selector_ctx: dict | None = None,
+         ids: Sequence[str] | None = None, progress: bool = False) -> dict:
     """The options at ``budget`` annotations, the recommended n and the warnings (see the module docstring).
 
     ``tokenizer`` is the tokenizer object d is measured with (a transformers tokenizer or a callable
     list[str] -> list[list[int]]); ``tokenizer_name`` names it in the output. For a paper fit, a tokenizer that
-    is not LLaMA-1's gets a mismatch warning in every output.
+    is not LLaMA-1's gets a mismatch warning in every output. Each option lists the prompts it picks
+    (``prompt_ids``: ``ids`` of the pool, default the pool positions; for random, the first draw's), so a plan can
+    be acted on. Warnings also flag a fit whose slopes are negative (it predicts lower reward for more diverse
+    prompts) and options with fewer prompts than :data:`MIN_PROMPTS` or than the fit's smallest subset.
     """
     prompts = list(prompts)
     if not prompts:
         raise DataError("the prompt pool is empty")
+    ids = [str(i) for i in range(len(prompts))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
     if selector not in SELECTOR_NAMES:
         raise ValueError(f"unknown selector {selector!r}; choose one of {list(SELECTOR_NAMES)}")
     if draws < 1:
@@ -345,13 +439,20 @@ def plan(prompts: Sequence[str], budget: int, fit: RewardFit, tokenizer, lengths
         fit.line(n)                                            # every n needs a line
     warnings = list(warnings)
     if fit.tokenizer is None and not is_llama1_tokenizer(tokenizer_name, tokenizer):
+        measured = ""
+        if tokenizer_name == DiversityConfig().tokenizer:
+            lo, hi = SMOLLM2_OVER_LLAMA1_D
+            measured = (f" (measured on HH-RLHF prompts: {lo:.2f}-{hi:.2f} x the paper's LLaMA-1 d at 1,500-6,000 "
+                        "prompts, so every d here reads further right on the paper's lines than it would in LLaMA-1 "
+                        "tokens)")
         warnings.append(f"TOKENIZER MISMATCH: the paper's d is in LLaMA-1 tokens; this d is in {tokenizer_name} "
-                        "tokens, so it is on a different scale and the paper's lines are applied outside their units "
-                        "(--allow-tokenizer-mismatch)")
+                        f"tokens, so it is on a different scale{measured} and the paper's lines are applied outside "
+                        "their units")
+    warnings += slope_warnings(fit, sorted(counts))
     div = SubsetDiversity(prompts, tokenizer, fit.diversity)
     kmax = max(counts.values())
     seeds = [seed + i for i in range(draws)] if selector == "random" else [seed]
-    orders = [selection_order(prompts, kmax, selector, s, div, selector_ctx) for s in seeds]
+    orders = [selection_order(prompts, kmax, selector, s, div, selector_ctx, progress) for s in seeds]
     div.prefetch(orders)
     options = []
     for n, k in counts.items():
@@ -364,7 +465,7 @@ def plan(prompts: Sequence[str], budget: int, fit: RewardFit, tokenizer, lengths
                "predicted": float(pred["mean"]), "pi_lo": float(pred["obs_ci_lower"]),
                "pi_hi": float(pred["obs_ci_upper"]), "line_ci_lo": float(pred["mean_ci_lower"]),
                "line_ci_hi": float(pred["mean_ci_upper"]), "fit_d_min": lo, "fit_d_max": hi,
-               "extrapolated": not lo <= res.d <= hi}
+               "extrapolated": not lo <= res.d <= hi, "prompt_ids": [ids[i] for i in orders[0][:k]]}
         if selector == "random":
             opt |= {"draws": draws, "d_mean": float(values.mean()),
                     "d_sd": float(values.std(ddof=1)) if draws > 1 else None,
@@ -381,6 +482,7 @@ def plan(prompts: Sequence[str], budget: int, fit: RewardFit, tokenizer, lengths
                             f"R² = {res.rsquared:.2f}): reward is not clearly linear in d there, so the prediction "
                             "rests mostly on the line's mean level")
     best = max(options, key=lambda o: o["predicted"])
+    warnings += few_prompts_warnings(fit, options, best)
     for o in options:
         if o is not best and o["pi_lo"] <= best["predicted"] <= o["pi_hi"]:
             warnings.append(f"n={best['n']} is predicted best, but its prediction lies inside the 95% prediction "
@@ -455,6 +557,7 @@ def format_plan(p: dict) -> str:
     best = next(o for o in p["options"] if o["n"] == p["recommended"])
     lines += ["", (f"recommended: n = {p['recommended']} ({best['n_prompts']:,} prompts × {p['recommended']} responses), "
                   f"predicted {best['predicted']:.2f} ({pct} PI {_fmt(best['pi_lo'])}–{_fmt(best['pi_hi'])})")]
+    lines.append("(--json lists the prompts of each option: prompt_ids)")
     lines += [f"warning: {w}" for w in p["warnings"]]
     return "\n".join(lines)
 
@@ -467,13 +570,13 @@ def command(args) -> int:
     fit = load_fit(args.fit, args.algo, args.y, args.recipe)
     for n in args.lengths:
         fit.line(n)
-    prompts, _ = read_pool(args.prompts, args.field)
-    prompt_counts(args.budget, args.lengths, len(prompts))
+    pool = load_pool(args.prompts, args.field, args.split)
+    prompt_counts(args.budget, args.lengths, len(pool))
     name, warnings = resolve_tokenizer(fit, args.tokenizer, args.allow_tokenizer_mismatch)
     tokenizer = load_tokenizer(name)
-    result = plan(prompts, args.budget, fit, tokenizer, args.lengths, args.selector, args.seed, args.draws,
-                  tokenizer_name=name, warnings=warnings)
-    result["prompts"] = args.prompts
+    result = plan(pool.prompts, args.budget, fit, tokenizer, args.lengths, args.selector, args.seed, args.draws,
+                  tokenizer_name=name, warnings=warnings, ids=pool.ids, progress=True)
+    result |= {"prompts": args.prompts, "prompts_format": pool.format}
     if args.json:
         print(json.dumps(result, indent=1, allow_nan=False, ensure_ascii=False, default=_json_default))
     else:
