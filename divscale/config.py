@@ -86,6 +86,8 @@ class PolicyConfig:
     warmup_lr: float = 1e-3
     dtype: str = "float32"
     seed: int = 0                        # initialisation + warm-up data order (tiny-gpt only)
+    hub_kernels: bool = False            # transformers' hub kernels (fetched from the hub on a GPU's first
+                                         # step): off, and refused with HF_HUB_OFFLINE=1 (divscale.models.hub)
 
 
 @dataclass

