@@ -28,6 +28,22 @@ from pathlib import Path
 RTOL, ATOL = 1e-2, 5e-2      # bf16 has 8 mantissa bits (~4e-3 relative per op); the loss sums ~100 token log-probs
 
 
+SHRINK = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
+          "intermediate_size": 128, "ffn_dim": 128, "word_embed_proj_dim": 64}   # depth and width only
+
+
+def shrunk_config(model_id: str, **changes):
+    """A model's real config (``gpu_plan.load_config``: the fixtures offline) shrunk in depth and width only
+    (:data:`SHRINK`, then ``changes``): vocabulary, positions, activations, norms, rotary settings, tying and
+    special-token ids stay the real ones. What the CPU tests and the CPU run of this script train."""
+    from divscale.tools.gpu_plan import load_config
+
+    config = load_config(model_id)
+    shrink = {**SHRINK, **changes}
+    config.update({k: v for k, v in shrink.items() if k in config.to_dict()})
+    return config
+
+
 def _texts_and_pairs(n: int = 200) -> tuple[list[str], list[tuple[str, str, str]], str]:
     """``(dialogues, [(prompt, chosen, rejected)], source)``."""
     from divscale import paths
