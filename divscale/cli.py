@@ -160,10 +160,14 @@ def _grid_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.max_steps=10")
-    parser.add_argument("--list", action="store_true", help="list the cells and their status, run nothing")
+    parser.add_argument("--list", action="store_true",
+                        help="list the cells and their status from the cell files that exist; builds and runs nothing")
     parser.add_argument("--plan", action="store_true",
                         help="print the compute plan (params, per-GPU memory, tokens, GPU-hours), run nothing")
     parser.add_argument("--json", action="store_true", help="with --plan: one JSON object")
+    parser.add_argument("--measured", default=None, metavar="FILE",
+                        help="with --plan: the JSON of `make gpu-check`; GPU-hours per stage and per-GPU memory "
+                             "from its measured figures instead of the assumed utilisation and memory model")
     parser.add_argument("--fingerprint", action="store_true",
                         help="build (or load) the steps every cell shares and print the content hash of each "
                              "artifact (embeddings, RM heads, rankings, initial policy, code versions) as JSON; "

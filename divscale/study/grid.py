@@ -13,15 +13,28 @@ One cell = (algo, ranking length n, #prompts k, seed). For each cell the runner
 
 Past one machine the same cells go to an existing engine rather than a home-made one:
 ``--executor slurm`` submits them as a job array through ``submitit`` (its ``local`` cluster
-runs the same code path in tests), and a ``paper-*`` recipe's cells launch training with
-``accelerate launch`` (see ``recipes/accelerate/``) from inside the notebook.
+runs the same code path in tests). A recipe whose cells train on several processes
+(``train.num_processes > 1`` or an accelerate config: the ``paper-*`` recipes) runs one cell at a
+time on a node and the notebook launches its training on all the node's GPUs with ``accelerate
+launch --config_file recipes/accelerate/... -m divscale.cli train`` (:func:`divscale.study.pipeline.train_cell`),
+then evaluates in the notebook; under ``--executor slurm`` each such cell is one job holding
+``train.num_processes`` GPUs of a node. Stopping the grid (Ctrl-C, SIGTERM) stops the notebooks and
+the trainings they launched.
+
+``--list`` builds nothing: it reads the cell files that exist and checks what can be checked without
+the shared artifacts (the recipe's sections, the code versions); a cell whose row is not stale by those
+is listed as ``unverified`` (its RM, policy and rankings keys need the artifacts: ``divscale grid``
+checks them before it runs anything).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -42,14 +55,17 @@ class GridCell:
     seed: int
     sft_weight: float | None = None     # set: a β-ablation cell (train.sft_weight overridden), beta_ablation.csv
 
+    def tag(self) -> str:
+        """The readable part of :meth:`cell_id`: ``<algo>-n<n>-k<k>-s<seed>[-beta<b>]``."""
+        tag = f"{self.algo}-n{self.ranking_len}-k{self.n_prompts}-s{self.seed}"
+        return tag + (f"-beta{self.sft_weight:g}" if self.sft_weight is not None else "")
+
     def cell_id(self, recipe: Recipe, keys: dict | None = None) -> str:
         """Readable tag + a hash of everything that changes the cell's row: the recipe sections it reads (not
         the grid's enumeration, nor the augmentation/selection sections) and ``keys``
         (:func:`divscale.study.pipeline.table_keys`: RM_train / RM_test fingerprints, the initial policy's weights,
         the grid's rankings, the code versions of training and evaluation). ``None`` builds them."""
-        tag = f"{self.algo}-n{self.ranking_len}-k{self.n_prompts}-s{self.seed}"
-        if self.sft_weight is not None:
-            tag += f"-beta{self.sft_weight:g}"
+        tag = self.tag()
         sections = {k: v for k, v in recipe.to_dict().items() if k in CELL_SECTIONS}
         keys = cell_keys(recipe) if keys is None else keys
         return f"{tag}-{config_hash(sections, asdict(self), keys, length=8)}"
@@ -230,8 +246,13 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
     cell redone."""
     from tqdm.auto import tqdm
 
+    from divscale.train.runs import launches
+
     overrides = overrides or {}
     recipe = load_recipe(recipe_name, overrides)
+    if launches(recipe) and executor == "local" and jobs > 1:
+        raise ValueError(f"recipe {recipe.name} trains each cell on {recipe.train.num_processes} processes (all of a "
+                         f"node's GPUs): run one cell at a time (-j 1), or --executor slurm for one node per cell")
     keys = cell_keys(recipe) if keys is None else keys
     cells = cells if cells is not None else all_cells(recipe)
     status = {c: cell_status(recipe, c, keys) for c in cells}
@@ -253,7 +274,7 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
 
         folder = recipe_dirs(recipe)["base"] / "submitit"
         ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else None)
-        ex.update_parameters(**(slurm_options or {"timeout_min": 24 * 60, "slurm_array_parallelism": jobs}))
+        ex.update_parameters(**(slurm_options or slurm_defaults(recipe, jobs)))
         jobs_ = ex.map_array(execute_cell, [recipe_name] * len(todo), [overrides] * len(todo), todo,
                              [notebook] * len(todo), [result_paths[c] for c in todo],
                              [outs[c] for c in todo])
@@ -264,8 +285,9 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
             except Exception as err:  # noqa: BLE001 - reported, others continue
                 summary["failed"].append((cell, str(err).splitlines()[-1] if str(err) else repr(err)))
     else:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
-                tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell") as bar:
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+        bar = tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell")
+        try:
             futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook, result_paths[c],
                                    outs[c]): c for c in todo}
             for fut in as_completed(futures):
@@ -277,8 +299,54 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
                     summary["failed"].append((cell, str(err).strip().splitlines()[-1] if str(err) else repr(err)))
                 bar.update(1)
                 _collect_quietly(recipe, keys, summary)
+        except BaseException:             # Ctrl-C / SIGTERM: the notebooks' kernels and what they launched stop too
+            stop_children()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+        pool.shutdown(wait=True)
     _collect_quietly(recipe, keys, summary)
     return summary
+
+
+def slurm_defaults(recipe: Recipe, jobs: int) -> dict:
+    """submitit parameters of a cell's job: a day, ``jobs`` at once; a recipe whose cells launch on several
+    processes gets one task holding ``train.num_processes`` GPUs of a node (the notebook launches on all of them)."""
+    from divscale.train.runs import launches
+
+    out = {"timeout_min": 24 * 60, "slurm_array_parallelism": jobs}
+    if launches(recipe):
+        out.update(nodes=1, tasks_per_node=1, gpus_per_node=recipe.train.num_processes)
+    return out
+
+
+def stop_children(grace_s: float = 30.0) -> None:
+    """Stop every process this one started (notebook kernels and the trainings they launched) and their trees."""
+    import psutil
+
+    from divscale.train.runs import stop_process_tree
+
+    for child in psutil.Process().children():
+        stop_process_tree(child.pid, grace_s)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread for the life of the block, so ``kill`` stops the grid as
+    Ctrl-C does (its cleanup runs); elsewhere (a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _collect_quietly(recipe: Recipe, keys: dict, summary: dict) -> None:
@@ -380,13 +448,61 @@ def verify_builds(recipe_name: str, overrides: list[str] = (), workdir: str | Pa
     return {"a": a, "b": b, "differ": differ, "workdir": str(root)}
 
 
+def list_cells(recipe: Recipe) -> list[tuple[str, str, str]]:
+    """``(status, cell, detail)`` per cell from the cell files that exist, building nothing (see the module
+    docstring): ``todo`` (no file for the cell), ``stale`` (a file whose recipe or code keys differ from now) or
+    ``unverified`` (a file current by those; its RM, policy and rankings keys are checked when the grid runs)."""
+    from divscale.provenance import code_version
+    from divscale.study.pipeline import recipe_key
+
+    folder = recipe_dirs(recipe)["cells"]
+    code = {"key_code_train": code_version("train"), "key_code_eval": code_version("eval")}
+    recipe_keys: dict = {}
+    out = []
+    for cell in all_cells(recipe):
+        tag = cell.tag()
+        beta = cell.sft_weight
+        if beta not in recipe_keys:
+            recipe_keys[beta] = recipe_key(recipe if beta is None else _with_beta(recipe, beta))
+        want = code | {"key_recipe": recipe_keys[beta]}
+        files = sorted(folder.glob(f"{tag}-*.json"), key=lambda f: f.stat().st_mtime, reverse=True) \
+            if folder.exists() else []
+        files = [f for f in files if f.stem[len(tag) + 1:].isalnum() and len(f.stem) == len(tag) + 9]
+        if not files:
+            out.append(("todo", tag, "no result yet"))
+            continue
+        rows = [(f, json.loads(f.read_text())) for f in files]
+        current = [(f, row) for f, row in rows if not stale_keys(row, want)]
+        if current:
+            f, row = current[0]
+            more = f" ({len(files) - 1} other file(s) for this cell)" if len(files) > 1 else ""
+            detail = (f"result of {row.get('created', '?')}; RM/policy/rankings keys not checked without "
+                      f"building them{more}")
+            out.append(("unverified", f.stem, detail))
+        else:
+            f, row = rows[0]
+            out.append(("stale", f.stem, "; ".join(stale_keys(row, want))))
+    return out
+
+
 def command(args) -> int:
+    if (args.json or args.measured) and not args.plan:
+        flag = "--json" if args.json else "--measured"
+        raise ValueError(f"{flag} goes with --plan; without --plan `divscale grid` runs the whole grid. Fix: add "
+                         f"--plan (or drop {flag} to run the grid)")
     overrides = parse_overrides(args.set)
     recipe = load_recipe(args.recipe, overrides)
     if args.plan:
         from divscale.tools.gpu_plan import print_plan
 
-        print_plan(recipe, all_cells(recipe), as_json=args.json)
+        measured = None
+        if args.measured:
+            try:
+                measured = json.loads(Path(args.measured).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"--measured {args.measured}: not a readable JSON file ({type(err).__name__}: "
+                                 f"{err}). Fix: pass the JSON `make gpu-check` wrote") from None
+        print_plan(recipe, all_cells(recipe), as_json=args.json, measured=measured)
         return 0
     if args.verify:
         report = verify_builds(args.recipe, args.set)
@@ -403,12 +519,12 @@ def command(args) -> int:
         print(json.dumps(artifact_fingerprints(recipe), indent=2))
         return 0
     if args.list:
-        keys = cell_keys(recipe)
-        for cell in all_cells(recipe):
-            print(f"{cell_status(recipe, cell, keys)}\t{cell.cell_id(recipe, keys)}")
+        for status, cell, detail in list_cells(recipe):
+            print(f"{status}\t{cell}\t{detail}")
         return 0
     start = time.time()
-    summary = run_grid(args.recipe, overrides, jobs=args.jobs, executor=args.executor)
+    with sigterm_as_interrupt():
+        summary = run_grid(args.recipe, overrides, jobs=args.jobs, executor=args.executor)
     print(f"grid {recipe.name}: {summary['cells']} cells, {summary['skipped']} already complete, "
           f"{summary['done']} run ({summary['stale']} of them stale), {len(summary['failed'])} failed in {time.time() - start:.0f} s; "
           f"results: {recipe_dirs(recipe)['results'] / 'runs.csv'}")

@@ -245,13 +245,22 @@ def policy_texts(R: Recipe) -> list[str]:
 
 def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
                rankings=None, runs_dir: str | Path | None = None, progress: bool = False) -> Path:
-    """Train one cell (or another list of rankings, e.g. an augmented or selected subset)."""
+    """Train one cell (or another list of rankings, e.g. an augmented or selected subset).
+
+    A recipe whose cells train on several processes (``train.num_processes > 1`` or an accelerate config: the
+    paper recipes) launches the grid cell's training as ``accelerate launch ... -m divscale.cli train`` on all of
+    them and waits for it (:func:`divscale.train.runs.launch_cell`); inside a launched process (``LOCAL_RANK`` set)
+    it trains here. Other rankings than the grid's cannot be handed to a launched command: they train in this
+    process, on one device."""
     from divscale.models.tiny_gpt import load_policy
-    from divscale.train.runs import train_run
+    from divscale.train.runs import launch_cell, launches, train_run
 
     if R.train.checkpoint not in CHECKPOINT_RULES:
         raise ValueError(f"recipe {R.name}: train.checkpoint={R.train.checkpoint!r}; choose one of "
                          f"{CHECKPOINT_RULES} (best-dev: the paper's best-on-dev rule; last: the last step)")
+    if launches(R) and rankings is None and "LOCAL_RANK" not in os.environ:
+        return launch_cell(R, algo, ranking_len, n_prompts, seed, runs_dir=runs_dir or paths.RUNS_DIR,
+                           progress=progress)
     texts = policy_texts(R)
     policy_id = policy_fingerprint(R)        # a content hash of the initial weights, not of their inputs
     rm_train, _ = reward_models(R)

@@ -1,25 +1,42 @@
-"""``make gpu-check``: is this GPU machine ready for the paper recipes? One prepared script, a few minutes on one
-H100/H200, with only what travels in the repository (no hub, no network: tiny models the project builds here).
+"""``make gpu-check``: a rehearsal of the paper grid on one GPU, offline, before anyone rents the grid.
 
-1. **The smoke profile's cell on CUDA in bf16**: a PRO n=4 cell of ``recipes/smoke.yaml`` (its tiny-gpt policy, block,
-   batch plan, steps and validation) with ``train.bf16: true``; RM_train (dev validation) and RM_test (evaluation)
-   are tiny random GPT-NeoX reward models in the Open-Assistant format, saved as a ``.bin`` checkpoint and converted
-   like the hub's (fp32 scoring). Prints training tokens/s and peak GPU memory.
-2. **PRO loss on a fixed batch, CPU fp32 vs GPU bf16**: the same weights and batch; the losses must agree within
-   bf16 tolerance (``|gpu - cpu| <= RTOL * |cpu| + ATOL``).
-3. **Full-size throughput** (skip with ``--quick``): OPT-1.3B built from its real config (tests/fixtures/configs, random
-   weights, no download), AdamW, bf16 autocast, micro-batch 8 x 512: tokens/s, achieved TFLOP/s (6 P tokens / s)
-   and peak memory -- the figure to put against ``divscale grid --plan``'s assumed utilisation.
+One prepared script (budget: 8 minutes on one H100/H200) with only what travels in the repository: the models'
+real ``config.json`` (tests/fixtures/configs) with random weights, texts from the local HH-RLHF copy (else a
+built-in synthetic set), tokenizers built here with the real special-token layouts; no hub, no network
+(``HF_HUB_OFFLINE=1``, ``USE_HUB_KERNELS=NO``). It writes one JSON (``--json``) that
+``divscale grid --plan --measured FILE`` reads in place of the plan's assumed utilisation and memory model.
 
-Texts come from the local HH-RLHF copy (``data/hh-rlhf``) when there is one, else from a built-in synthetic set.
-Without a CUDA device it prints why and exits 0 (nothing to check). Exit 1 when a check fails.
+1. **A full-size cell of each paper recipe** at its largest-memory setting (``divscale grid --plan``'s peak: PRO
+   n=4): one GPU's share of the 112-prompt step (the recipe's per-GPU batch x gradient accumulation), the
+   recipe's block (512) and prompt cut (384), bf16 mixed precision over fp32 master weights, >= 5 optimizer steps
+   through ``train.runs.train_run``: step time, tokens/s, TFLOP/s (6·P·tokens) and peak memory beside the plan's
+   prediction for one process without ZeRO. A setting that does not fit one GPU (LLaMA-7B: 16 bytes per parameter
+   without ZeRO is about 100 GiB before activations) is recorded as such and measured at half depth (the real
+   width, half the layers), labelled. Then the policy's greedy generation at the dev/eval settings (validation and
+   evaluation answer with it).
+2. **The ranking generator** (Qwen2.5-7B-Instruct): sampled generation of ``ranking.k`` answers per prompt with
+   128 new tokens, as ``divscale.reward.rankings`` runs it (one prompt per call) and batched (``ranking.batch_size``
+   rows per call).
+3. **RM_test and RM_train scoring** (GPT-NeoX 6.9B / 1.4B Open-Assistant RMs, fp32): pairs/s in the OA format.
+4. **The smoke cell on the device in bf16** and the **PRO loss on a fixed batch, CPU fp32 vs device bf16** (must
+   agree within bf16 tolerance: ``|gpu - cpu| <= RTOL * |cpu| + ATOL``).
+5. **Prompt sharing** (:func:`prompt_sharing_table`): naive vs every sharing path at the paper's shape (OPT-1.3B,
+   384-token prompts + 128-token responses, n = 2, 3, 4): median step, speed ratio, peak memory, and the
+   values and gradients against naive.
+
+Without a CUDA device it prints why and exits 0. ``--device cpu --tiny`` runs the same path on the CPU with
+shrunk models and short sequences (what the tests run). Exit 1 when a check fails.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
+import math
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -139,49 +156,570 @@ def compare_pro_loss(model, tokenizer, rankings, recipe, device: str) -> dict:
             "ok": abs(other - cpu) <= tol, "batch_shape": list(batch["input_ids"].shape)}
 
 
-def full_size_throughput(steps: int = 10, batch: int = 8, seq: int = 512) -> dict:
-    """OPT-1.3B (real config, random weights) training steps on CUDA in bf16 autocast: tokens/s and TFLOP/s."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from divscale.tools.gpu_plan import count_params, load_config
 
-    torch.cuda.reset_peak_memory_stats()
-    config = load_config("facebook/opt-1.3b")
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    params = count_params(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    ids = torch.randint(4, config.vocab_size, (batch, seq), device="cuda")
-    model.train()
+# ------------------------------------------------------------------------------------------- shapes
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+PAPER_RECIPES = ("paper-opt-1.3b", "paper-llama-7b")
+STEPS = 5                     # optimizer steps of each rehearsed cell
+TINY = {"block_size": 64, "max_prompt_tokens": 40, "new_tokens": 8, "gen_batch": 4, "gen_batches": 1,
+        "rm_pairs": 4, "sharing": {"prompt_tokens": 24, "response_tokens": 8, "batch": 2, "reps": 1}}
+PAPER_SHAPE = {"prompt_tokens": 384, "response_tokens": 128, "batch": 4, "reps": 5}
+GIB = 1024 ** 3
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start = time.time()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    seconds = time.time() - start
-    tokens = steps * batch * seq
-    out = {"model": "facebook/opt-1.3b (config only, random weights)", "params": params,
-           "micro_batch": [batch, seq], "tokens_per_s": tokens / seconds,
-           "tflops_per_s": 6 * params * tokens / seconds / 1e12,
-           "peak_memory_gib": torch.cuda.max_memory_allocated() / 1024 ** 3}
+
+# ------------------------------------------------------------------------------------------- tokenizers
+
+def _bpe(texts, special, metaspace=False, vocab=600):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tmodels
+
+    tok = Tokenizer(tmodels.BPE(unk_token="<unk>" if "<unk>" in special else None))
+    if metaspace:                                   # SentencePiece-style (LLaMA-1)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    else:                                           # byte-level (GPT-2 / OPT / GPT-NeoX / Qwen)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=special,
+                                                       initial_alphabet=alphabet, show_progress=False))
+    return tok
+
+
+def opt_tokenizer(texts):
+    """OPT's layout: ``</s>`` (2) as BOS and EOS, ``<pad>`` = 1, BOS prepended."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe(texts, ["<s>", "<pad>", "</s>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="right")
+
+
+def llama_tokenizer(texts):
+    """LLaMA-1's layout: ``<unk>``/``<s>``/``</s>`` = 0/1/2, BOS prepended, pad = eos (the paper's rule)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from divscale.models.hub import set_pad_token
+
+    tok = _bpe(texts, ["<unk>", "<s>", "</s>"], metaspace=True)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   padding_side="left")
+    return set_pad_token(fast)
+
+
+OA_SPECIAL = ["<|prompter|>", "<|assistant|>", "<|system|>", "<|prefix_begin|>", "<|prefix_end|>"]
+
+
+def pythia_oa_tokenizer(texts):
+    """The Pythia / Open-Assistant RM layout: ``<|endoftext|>`` = 0, ``<|padding|>`` = 1, OA role tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe(texts, ["<|endoftext|>", "<|padding|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|padding|>")
+    fast.add_special_tokens({"additional_special_tokens": OA_SPECIAL})
+    return fast
+
+
+def qwen_tokenizer(texts):
+    """A byte-level tokenizer with Qwen2.5's end tokens (``<|endoftext|>`` pad, ``<|im_end|>`` eos); no chat template
+    (the HH text is the prompt, as for the paper's policies)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe(texts, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   padding_side="left")
+
+
+TOKENIZERS = {"opt": opt_tokenizer, "llama": llama_tokenizer, "qwen2": qwen_tokenizer,
+              "gpt_neox_reward_model": pythia_oa_tokenizer}
+
+
+def long_rankings(pairs, count: int, n: int, start: int = 0) -> list[dict]:
+    """``count`` n-rankings at the paper's shape: each prompt several dialogues joined (far past 384 tokens: the
+    collator keeps its last 384), each response several answers joined (past 128: the 512 block cuts it)."""
+    out = []
+    for b in range(count):
+        group = [pairs[(start + b * 6 + j) % len(pairs)] for j in range(6)]
+        prompt = "".join(p for p, _, _ in group)
+        responses = [" ".join(g[1 + (i + j) % 2] for j, g in enumerate(group[i:] + group[:i])) for i in range(n)]
+        out.append({"id": f"long-{start + b}", "prompt": prompt, "responses": responses,
+                    "rewards": [float(n - i) for i in range(n)]})
     return out
 
 
-def run(quick: bool = False, out_json: str | None = None, device: str | None = None) -> int:
-    """The checks on ``device`` (default: CUDA, and a clean exit 0 without one; ``"cpu"`` runs steps 1-2 on the CPU,
-    for testing this script where there is no GPU)."""
+# ------------------------------------------------------------------------------------------- measuring
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / GIB if device.startswith("cuda") else None
+
+
+def _free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _random_model(config, device: str, dtype: str = "float32", classifier: bool = False):
+    """A randomly initialised model of ``config`` built directly on ``device`` in ``dtype`` (what the loaders give:
+    fp32 master weights for a policy whose ``policy.dtype`` is float32, whatever the config's ``torch_dtype``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    with torch.device(device):
+        return auto.from_config(config, dtype=getattr(torch, dtype))
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+class StepTimer:
+    """A TrainerCallback recording each optimizer step's wall time (the device synchronized at both ends)."""
+
+    def __init__(self, device: str):
+        from transformers import TrainerCallback
+
+        self.device, self.times, self._start = device, [], None
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                _sync(timer.device)
+                timer._start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                _sync(timer.device)
+                timer.times.append(time.perf_counter() - timer._start)
+
+        self.callback = _Callback()
+
+    def summary(self) -> dict:
+        steady = self.times[1:] or self.times           # the first step compiles, checks and allocates
+        return {"step_s_median": statistics.median(steady), "step_s_first": self.times[0] if self.times else None,
+                "step_s_all": [round(t, 4) for t in self.times]}
+
+
+# ------------------------------------------------------------------------------------------- 1. paper cells
+
+def peak_setting(recipe) -> tuple[str, int, dict]:
+    """``(algo, n, plan)`` of the recipe's largest-memory setting by the compute plan."""
+    from divscale.tools.gpu_plan import plan
+
+    p = plan(recipe, [])
+    algo, n = p["peak_setting"].split("-n")
+    return algo, int(n), p
+
+
+def paper_cell(recipe_name: str, device: str, pairs, work: Path, tiny: bool = False, steps: int = STEPS) -> dict:
+    """One GPU's share of a full-size step of the recipe's largest-memory setting, ``steps`` optimizer steps through
+    ``train_run``; on out-of-memory, recorded, then the same at half depth."""
+    from divscale.config import load_recipe
+    from divscale.tools.gpu_plan import load_config
+    from divscale.train.runs import batch_plan
+
+    base = load_recipe(recipe_name)
+    algo, n, plan_ = peak_setting(base)
+    per_device, accum = batch_plan(base.train, algo, n, world=base.train.num_processes)
+    model_id = base.policy.model
+    config = shrunk_config(model_id) if tiny else load_config(model_id)
+    layers = config.num_hidden_layers
+    out = {"recipe": recipe_name, "model": model_id, "setting": f"{algo}-n{n}", "per_device_prompts": per_device,
+           "grad_accum": accum, "world_in_recipe": base.train.num_processes, "steps": steps,
+           "layers_full": layers, "plan_per_gpu_memory_gib_zero": plan_["per_gpu_memory_gib"]}
+    try:
+        out.update(_train_cell(base, config, algo, n, per_device, accum, device, pairs, work / "full", tiny, steps))
+        out.update(fits=True, depth="full", layers_measured=layers)
+    except Exception as err:      # an OOM is a finding, anything else a failure
+        if not _is_oom(err):
+            raise
+        out.update(fits=False, oom=_error(err))
+        _free(device)
+        half = load_config(model_id) if not tiny else shrunk_config(model_id)
+        half.num_hidden_layers = max(1, layers // 2)
+        measured = _train_cell(base, half, algo, n, per_device, accum, device, pairs, work / "half", tiny, steps)
+        out.update(measured, depth="half", layers_measured=half.num_hidden_layers,
+                   note=f"{model_id} does not fit one GPU without ZeRO at this setting ({out['oom']}); measured "
+                        f"with {half.num_hidden_layers} of {layers} layers (real width and sequence): time and "
+                        "memory per layer scale about linearly, the embeddings and logits do not")
+    _free(device)
+    return out
+
+
+def _train_cell(base, config, algo, n, per_device, accum, device, pairs, work, tiny, steps) -> dict:
+    import torch
+
+    from divscale.config import load_recipe
+    from divscale.tools.gpu_plan import count_params, training_memory
+    from divscale.train.pro import RankingCollator
+    from divscale.train.runs import build_trainer, train_run
+
+    cuda = device.startswith("cuda")
+    share = per_device * accum
+    overrides = {"train.max_steps": steps, "train.prompts_per_step": share, "train.num_processes": 1,
+                 "train.accelerate_config": None, "train.eval_every": 10 ** 6, "train.bf16": cuda}
+    if tiny:
+        overrides.update({"train.block_size": TINY["block_size"], "train.max_prompt_tokens": TINY["max_prompt_tokens"]})
+    recipe = load_recipe(base.name, overrides)
+    t = recipe.train
+    texts = [p + c for p, c, _ in pairs[:200]]
+    tokenizer = TOKENIZERS[config.model_type](texts)
+    rankings = long_rankings(pairs, share, n)
+    collator = RankingCollator(tokenizer, 1 if algo == "sft" else n, t.block_size, t.max_prompt_tokens)
+    tokens = sum(len(ids) for ids, _ in collator.encode(rankings))              # n sequences per ranking
+    _reset_peak(device)
+    torch.manual_seed(0)
+    model = _random_model(config, device, recipe.policy.dtype)
+    params = count_params(model)
+    timer = StepTimer(device)
+    save_gb = 2 * params * 4 / 1e9                                           # final weights + best/ copy
+    work.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(work).free / 1e9
+    start = time.perf_counter()
+    if save_gb < 0.8 * free_gb:
+        run_dir = train_run(recipe, algo, n, share, 42, grid={(n, share): rankings}, policy=(model, tokenizer),
+                            policy_id=f"gpu-check:{config.model_type}:{params}", copy_policy=False,
+                            runs_dir=work / "runs", callbacks=[timer.callback])
+        result = json.loads((run_dir / "result.json").read_text())
+        through, final_loss = "train_run", result.get("final_train_loss")
+    else:       # the same Trainer, without train_run's final save (it would not fit this machine's disk)
+        trainer = build_trainer(recipe, algo, n, 42, model, tokenizer, rankings, work / "trainer",
+                                callbacks=[timer.callback])
+        trainer.train()
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        through = f"Trainer (train_run's final save needs {save_gb:.0f} GB, {free_gb:.0f} GB free on disk)"
+        final_loss = losses[-1] if losses else None
+    wall = time.perf_counter() - start
+    peak = _peak_gib(device)
+    timing = timer.summary()
+    step = timing["step_s_median"]
+    mem = training_memory(params, 1, 0, config.num_hidden_layers, config.hidden_size, config.vocab_size,
+                          t.block_size, per_device * (1 if algo == "sft" else n))
+    from divscale.tools.gpu_plan import PEAK_TFLOPS, UTILISATION
+
+    plan_tokens = share * (1 if algo == "sft" else n) * t.block_size
+    out = {"params": params, "through": through, "train_wall_s": round(wall, 2), "final_train_loss": final_loss,
+           **timing, "tokens_per_step": tokens, "tokens_per_s": tokens / step,
+           "tflops_per_s": 6 * params * tokens / step / 1e12,
+           "peak_memory_gib": peak, "predicted_memory_gib_one_process": mem["total"] / GIB,
+           "predicted_step_s_plan": 6 * params * plan_tokens / (PEAK_TFLOPS * 1e12 * UTILISATION),
+           "block_size": t.block_size, "bf16": t.bf16}
+    out["generation"] = generation_throughput(model, tokenizer, [p for p, _, _ in pairs[:64]], device,
+                                              batch_size=TINY["gen_batch"] if tiny else recipe.eval.batch_size,
+                                              max_new_tokens=TINY["new_tokens"] if tiny else recipe.eval.max_new_tokens,
+                                              max_prompt_tokens=t.max_prompt_tokens,
+                                              batches=TINY["gen_batches"] if tiny else 1)
+    del model
+    _free(device)
+    return out
+
+
+def generation_throughput(model, tokenizer, prompts, device: str, batch_size: int, max_new_tokens: int,
+                          max_prompt_tokens: int, batches: int = 1, do_sample: bool = False,
+                          temperature: float = 1.0, top_p: float = 1.0, rows_per_call: int | None = None) -> dict:
+    """New tokens per second of :func:`divscale.models.generation.generate` (the code dev validation, evaluation and
+    ranking use) on ``batches`` batches; EOS is never sampled early by random weights, so every row runs to
+    ``max_new_tokens`` (an upper bound on time). ``rows_per_call``: rows per ``generate`` call (default the batch)."""
+    from divscale.models.generation import generate
+
+    rows = rows_per_call or batch_size
+    take = [prompts[i % len(prompts)] for i in range(rows * batches)]
+    generate(model, tokenizer, take[:min(2, len(take))], max_new_tokens=2, batch_size=2,
+             max_prompt_tokens=max_prompt_tokens, stop_strings=())                          # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for b in range(batches):
+        generate(model, tokenizer, take[b * rows:(b + 1) * rows], max_new_tokens=max_new_tokens, batch_size=rows,
+                 max_prompt_tokens=max_prompt_tokens, stop_strings=(), do_sample=do_sample,
+                 temperature=temperature, top_p=top_p, seed=b)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"rows_per_call": rows, "calls": batches, "max_new_tokens": max_new_tokens, "seconds": seconds,
+            "new_tokens_per_s": rows * batches * max_new_tokens / seconds,
+            "rows_per_s": rows * batches / seconds, "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+
+
+# ------------------------------------------------------------------------------------------- 2. the generator
+
+def generator_throughput(device: str, pairs, tiny: bool = False, recipe_name: str = PAPER_RECIPES[0]) -> dict:
+    """The ranking generator's sampled generation at its recipe configuration: ``ranking.k`` rows of one prompt per
+    call (as :mod:`divscale.reward.rankings` runs it) and ``ranking.batch_size`` rows per call (batched)."""
+    from divscale.config import load_recipe
+    from divscale.tools.gpu_plan import load_config
+
+    r = load_recipe(recipe_name).ranking
+    config = shrunk_config(r.generator) if tiny else load_config(r.generator)
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    tokenizer = TOKENIZERS[config.model_type]([p + c for p, c, _ in pairs[:200]])
+    model = _random_model(config, device, dtype).eval()
+    prompts = [p for p, _, _ in pairs[:64]]
+    new = TINY["new_tokens"] if tiny else r.max_new_tokens
+    kw = {"max_new_tokens": new, "max_prompt_tokens": r.max_prompt_tokens, "do_sample": True,
+          "temperature": r.temperature, "top_p": r.top_p}
+    per_prompt = generation_throughput(model, tokenizer, prompts, device, batch_size=r.k, rows_per_call=r.k,
+                                       batches=2 if tiny else 3, **kw)
+    batched = generation_throughput(model, tokenizer, prompts, device, batch_size=TINY["gen_batch"] if tiny
+                                    else r.batch_size, batches=1, **kw)
+    out = {"model": r.generator, "params": sum(p.numel() for p in model.parameters()), "dtype": dtype,
+           "k": r.k, "per_prompt": per_prompt, "batched": batched}
+    del model
+    _free(device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- 3. reward models
+
+def rm_throughput(model_id: str, device: str, pairs, tiny: bool = False, dtype: str = "float32",
+                  batch_size: int | None = None, n_pairs: int | None = None) -> dict:
+    """Pairs per second of :meth:`divscale.reward.rm.OpenAssistantRM.score` (the OA format, left truncation, the RM's
+    default batch) on a random-weight RM of ``model_id``'s real config."""
+    from divscale.reward import rm as reward
+    from divscale.tools.gpu_plan import load_config
+
+    reward.register_gpt_neox_reward_model()
+    config = shrunk_config(model_id) if tiny else load_config(model_id)
+    tokenizer = pythia_oa_tokenizer([p + c for p, c, _ in pairs[:200]])
+    tokenizer.truncation_side = "left"
+    model = _random_model(config, device, dtype, classifier=True).eval()
+    # the scoring code of OpenAssistantRM on this model (its constructor loads from a folder: here the weights are
+    # random and a 6.9B fp32 folder would be 28 GB to write and read back)
+    scorer = object.__new__(reward.OpenAssistantRM)
+    scorer.__dict__.update(name=model_id, max_length=reward.OA_MAX_LENGTH, device=device, tokenizer=tokenizer,
+                           model=model)
+    batch = batch_size or reward.OpenAssistantRM.default_batch_size
+    count = n_pairs or (TINY["rm_pairs"] if tiny else 4 * batch)
+    prompts = [pairs[i % len(pairs)][0] for i in range(count)]
+    responses = [" ".join(pairs[(i + j) % len(pairs)][1] for j in range(3)) for i in range(count)]
+    scorer.score(prompts[:batch], responses[:batch], batch_size=batch)                   # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    scores = scorer.score(prompts, responses, batch_size=batch)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    out = {"model": model_id, "params": sum(p.numel() for p in model.parameters()), "dtype": dtype,
+           "batch_size": batch, "pairs": count, "seconds": seconds, "pairs_per_s": count / seconds,
+           "max_length": reward.OA_MAX_LENGTH, "finite": bool(all(math.isfinite(x) for x in scores))}
+    del model, scorer
+    _free(device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- 4. smoke cell
+
+def smoke_cell(device: str, texts, pairs, tmp: Path) -> tuple[dict, dict]:
+    """The smoke profile's PRO n=4 cell on ``device`` with ``train.bf16`` on a CUDA device (tiny-gpt policy, tiny
+    Open-Assistant RMs from ``.bin`` for validation and evaluation), then the fixed-batch PRO loss CPU vs device."""
+    import torch
+
+    from divscale.config import load_recipe
+    from divscale.models import tiny_gpt
+    from divscale.reward import rm as reward
+    from divscale.reward.evaluate import evaluate_checkpoint
+    from divscale.train import runs as train
+    from divscale.train.pro import RankingCollator
+
+    cuda = device.startswith("cuda")
+    recipe = load_recipe("smoke", {"train.bf16": True})
+    model, tokenizer = tiny_gpt.load_policy(recipe.policy, texts)            # tiny-gpt, BPE + warm-up (CPU, seconds)
+    k = min(recipe.data.sizes)
+    rankings = _rankings(pairs, k)
+    rm_train = reward.OpenAssistantRM(_tiny_oa_rm(tokenizer, tmp / "rm-train", 1), device=device)
+    rm_test = reward.OpenAssistantRM(_tiny_oa_rm(tokenizer, tmp / "rm-test", 2), device=device)
+    _reset_peak(device)
+    dev = [p for p, _, _ in pairs[k:k + recipe.data.dev_size]]
+    run_dir = train.train_run(recipe, "pro", 4, k, 42, grid={(4, k): rankings}, policy=(model, tokenizer),
+                              rm_train=rm_train, dev_prompts=dev, runs_dir=tmp / "runs")
+    result = json.loads((run_dir / "result.json").read_text())
+    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
+    per_ranking = sum(sum(len(ids) for ids, _ in collator.encode([r])) for r in rankings) / len(rankings)
+    tokens = result["steps"] * recipe.train.prompts_per_step * per_ranking
+    test = {"helpful-base": [p for p, _, _ in pairs[-16:]]}
+    ev = evaluate_checkpoint(run_dir / "best", load_recipe("smoke"), test, rm_test, tmp / "eval")
+    cell = {"steps": result["steps"], "best_step": result["best_step"], "final_train_loss": result["final_train_loss"],
+            "train_runtime_s": result["train_runtime_s"], "train_tokens": int(tokens),
+            "tokens_per_s": tokens / max(result["train_runtime_s"], 1e-9),
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None, "test_reward": ev.reward}
+    return cell, compare_pro_loss(model, tokenizer, rankings, recipe, device)
+
+
+# ------------------------------------------------------------------------------------------- 5. prompt sharing
+
+SHARING_PATHS = ("naive", "cache", "packed", "packed-flex")
+
+
+def _sharing_batch(vocab: int, batch: int, n: int, prompt_tokens: int, response_tokens: int, device: str,
+                   seed: int = 0) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed + n)
+    ids = lambda *shape: torch.randint(3, vocab, shape, generator=g).to(device)
+    return {"prompt_ids": ids(batch, prompt_tokens),
+            "prompt_mask": torch.ones(batch, prompt_tokens, dtype=torch.long, device=device),
+            "completion_ids": ids(batch, n, response_tokens),
+            "completion_mask": torch.ones(batch, n, response_tokens, dtype=torch.long, device=device),
+            "rewards": torch.arange(n, 0, -1, dtype=torch.float32, device=device).repeat(batch, 1)}
+
+
+def _pro_step(model, data: dict, share, bf16: bool, device: str, backward: bool = True):
+    """The PRO loss of one batch (as PROTrainer computes it) by one scoring path, then its backward."""
+    import torch
+
+    from divscale.train.logprobs import logprobs_from_ids
+    from divscale.train.pro import pro_loss_parts
+
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        logp, count = logprobs_from_ids(model, data["prompt_ids"], data["prompt_mask"], data["completion_ids"],
+                                        data["completion_mask"], share_prompt=share, pad_token_id=1)
+        loss = pro_loss_parts(logp / count, data["rewards"], sft_nll=-logp[:, 0]).total
+    if backward:
+        loss.backward()
+    return logp.detach().float(), count, float(loss)
+
+
+def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cuda", ns=(2, 3, 4),
+                         batch: int = PAPER_SHAPE["batch"], prompt_tokens: int = PAPER_SHAPE["prompt_tokens"],
+                         response_tokens: int = PAPER_SHAPE["response_tokens"], reps: int = PAPER_SHAPE["reps"],
+                         shrink: dict | None = None, bf16: bool | None = None, paths=SHARING_PATHS) -> dict:
+    """Naive vs every prompt-sharing path on ``model_id``'s real config (random weights, fp32 master weights, bf16
+    autocast on CUDA), ``batch`` rankings of a ``prompt_tokens`` prompt + n ``response_tokens`` responses: the PRO
+    forward + backward's median step over ``reps`` (after a warm-up), its speed against naive, the peak memory of
+    the timed steps, and (in eval mode, before timing) the largest |log-prob| difference per token and the relative
+    L2 difference of the gradients against naive. ``packed-flex``: the packed path with the model switched to
+    FlexAttention (models that support it). ``shrink``: :func:`shrunk_config` changes (CPU tests)."""
+    import torch
+
+    from divscale.tools.gpu_plan import count_params, load_config
+    from divscale.train import logprobs as lp
+
+    cuda = device.startswith("cuda")
+    bf16 = cuda if bf16 is None else bf16
+    config = shrunk_config(model_id, **shrink) if shrink is not None else load_config(model_id)
+    torch.manual_seed(0)
+    model = _random_model(config, device)
+    params = count_params(model)
+    base_impl = lp._attention(model)
+    usable = [p for p in paths if p != "packed-flex" or getattr(model, "_supports_flex_attn", False)]
+    rows = []
+    for n in ns:
+        data = _sharing_batch(config.vocab_size, batch, n, prompt_tokens, response_tokens, device)
+        checks, ref = {}, None
+        for path in usable:                                 # 1. values and gradients against naive (eval mode)
+            share = {"naive": False, "packed-flex": "packed"}.get(path, path)
+            try:
+                model.set_attn_implementation("flex_attention" if path == "packed-flex" else base_impl)
+                model.eval()
+                model.zero_grad(set_to_none=True)
+                logp, count, loss = _pro_step(model, data, share, bf16, device)
+                grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+                if path == "naive":
+                    ref = (logp, grads, loss)
+                    checks[path] = {"loss": loss}
+                else:
+                    num = sum(float((g - r).double().pow(2).sum()) for g, r in zip(grads, ref[1]))
+                    den = sum(float(r.double().pow(2).sum()) for r in ref[1])
+                    checks[path] = {"loss": loss, "max_abs_logp_diff_per_token":
+                                    float(((logp - ref[0]).abs() / count.clamp(min=1)).max()),
+                                    "grad_rel_l2_diff": (num / max(den, 1e-30)) ** 0.5}
+                del grads
+            except Exception as err:  # noqa: BLE001 - a path that fails is a row of the table, the others go on
+                checks[path] = {"error": _error(err)}
+            model.zero_grad(set_to_none=True)
+        ref = None
+        _free(device)
+        naive_s = None
+        for path in usable:                                 # 2. timing (train mode, as in training)
+            row = {"n": n, "path": path, **checks[path]}
+            if "error" not in checks[path]:
+                share = {"naive": False, "packed-flex": "packed"}.get(path, path)
+                try:
+                    model.set_attn_implementation("flex_attention" if path == "packed-flex" else base_impl)
+                    model.train()
+                    _pro_step(model, data, share, bf16, device)
+                    model.zero_grad(set_to_none=True)
+                    _reset_peak(device)
+                    times = []
+                    for _ in range(reps):
+                        _sync(device)
+                        start = time.perf_counter()
+                        _pro_step(model, data, share, bf16, device)
+                        model.zero_grad(set_to_none=True)
+                        _sync(device)
+                        times.append(time.perf_counter() - start)
+                    row.update(median_s=statistics.median(times), peak_memory_gib=_peak_gib(device))
+                    naive_s = row["median_s"] if path == "naive" else naive_s
+                    row["speed_vs_naive"] = naive_s / row["median_s"] if naive_s else None
+                except Exception as err:  # noqa: BLE001
+                    row["error"] = _error(err)
+                model.zero_grad(set_to_none=True)
+                _free(device)
+            rows.append(row)
+    model.set_attn_implementation(base_impl)
+    auto = lp.choose_path(model, device.split(":")[0], prompt_tokens + response_tokens)[0]
+    del model
+    _free(device)
+    return {"model": model_id, "params": params, "device": device, "bf16": bf16, "batch": batch,
+            "prompt_tokens": prompt_tokens, "response_tokens": response_tokens, "reps": reps,
+            "attention": base_impl, "default_path_here": auto, "rows": rows}
+
+
+def format_sharing_table(table: dict) -> str:
+    """The table as the issue prints it: one line per (n, path)."""
+    title = (f"prompt sharing on {table['model']} ({table['params'] / 1e9:.2f}B params, {table['device']}, "
+             f"{'bf16 autocast' if table['bf16'] else 'fp32'}), {table['batch']} rankings of a "
+             f"{table['prompt_tokens']}-token prompt + n x {table['response_tokens']}-token responses, median of "
+             f"{table['reps']}; share_prompt=True picks '{table['default_path_here']}' here")
+    header = (f"{'n':>2} {'path':<12} {'median s':>9} {'vs naive':>9} {'peak GiB':>9} {'|dlogp|/tok':>12} "
+              f"{'grad rel':>9}")
+    lines = [title, header]
+    for r in table["rows"]:
+        if "error" in r:
+            lines.append(f"{r['n']:>2} {r['path']:<12} {r['error']}")
+            continue
+        fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+        lines.append(f"{r['n']:>2} {r['path']:<12} {fmt(r.get('median_s'), '9.3f')} "
+                     f"{fmt(r.get('speed_vs_naive'), '8.2f')}x {fmt(r.get('peak_memory_gib'), '9.1f')} "
+                     f"{fmt(r.get('max_abs_logp_diff_per_token'), '12.2e')} {fmt(r.get('grad_rel_l2_diff'), '9.2e')}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- the script
+
+def run(quick: bool = False, out_json: str | None = None, device: str | None = None, tiny: bool = False) -> int:
+    """The rehearsal on ``device`` (default: CUDA, and a clean exit 0 without one). ``tiny``: shrunk models and short
+    sequences (the CPU test of this script's whole path). ``quick``: the smoke cell and the PRO loss check only."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # deterministic cuBLAS (the Trainer asks for it)
     import torch
 
@@ -193,79 +731,87 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
     device = device or "cuda"
     cuda = device.startswith("cuda")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["USE_HUB_KERNELS"] = "NO"            # belt and braces: every loader also passes use_kernels=False
     tmp = Path(tempfile.mkdtemp(prefix="divscale-gpu-check-"))
     os.environ["DIVSCALE_CACHE"] = str(tmp / "cache")
-    from divscale.config import load_recipe
-    from divscale.models import tiny_gpt
-    from divscale.reward import rm as reward
-    from divscale.train import runs as train
-    from divscale.train.pro import RankingCollator
+    import transformers
 
     t0 = time.time()
     name = torch.cuda.get_device_name(0) if cuda else device
-    print(f"gpu-check on {name} (torch {torch.__version__}, CUDA {torch.version.cuda}); work dir {tmp}")
-    recipe = load_recipe("smoke", {"train.bf16": True})
+    print(f"gpu-check on {name} (torch {torch.__version__}, CUDA {torch.version.cuda}, transformers "
+          f"{transformers.__version__}); work dir {tmp}", flush=True)
     texts, pairs, source = _texts_and_pairs()
-    print(f"texts: {len(texts)} dialogues from {source}")
-    model, tokenizer = tiny_gpt.load_policy(recipe.policy, texts)             # tiny-gpt, BPE + warm-up (CPU, seconds)
-    k = min(recipe.data.sizes)
-    rankings = _rankings(pairs, k)
-    rm_train = reward.OpenAssistantRM(_tiny_oa_rm(tokenizer, tmp / "rm-train", 1), device=device)
-    rm_test = reward.OpenAssistantRM(_tiny_oa_rm(tokenizer, tmp / "rm-test", 2), device=device)
-    report: dict = {"device": name, "torch": torch.__version__, "texts": source}
+    print(f"texts: {len(texts)} dialogues from {source}", flush=True)
+    report: dict = {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+                    "cuda": torch.version.cuda, "texts": source, "tiny": tiny, "steps": STEPS}
+    failures = []
 
-    # 1. the smoke cell on CUDA, bf16
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    dev = [p for p, _, _ in pairs[k:k + recipe.data.dev_size]]
-    run_dir = train.train_run(recipe, "pro", 4, k, 42, grid={(4, k): rankings}, policy=(model, tokenizer),
-                              rm_train=rm_train, dev_prompts=dev, runs_dir=tmp / "runs")
-    result = json.loads((run_dir / "result.json").read_text())
-    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    per_ranking = sum(sum(len(ids) for ids, _ in collator.encode([r])) for r in rankings) / len(rankings)
-    tokens = result["steps"] * recipe.train.prompts_per_step * per_ranking
-    from divscale.reward.evaluate import evaluate_checkpoint
+    def stage(key, label, fn):
+        start = time.time()
+        try:
+            report[key] = fn()
+        except Exception as err:  # noqa: BLE001 - recorded; the other stages still run
+            report[key] = {"error": _error(err)}
+            failures.append(f"{label}: {_error(err)}")
+        print(f"[{label}] {time.time() - start:.0f} s", flush=True)
+        _free(device)
+        return report[key]
 
-    test = {"helpful-base": [p for p, _, _ in pairs[-16:]]}
-    ev = evaluate_checkpoint(run_dir / "best", load_recipe("smoke"), test, rm_test, tmp / "eval")
-    cell = {"steps": result["steps"], "best_step": result["best_step"], "final_train_loss": result["final_train_loss"],
-            "train_runtime_s": result["train_runtime_s"], "train_tokens": int(tokens),
-            "tokens_per_s": tokens / max(result["train_runtime_s"], 1e-9),
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 1024 ** 3 if cuda else float("nan"),
-            "test_reward": ev.reward}
-    report["smoke_cell"] = cell
-    print(f"[1] smoke cell pro n=4 k={k} bf16 on {device}: {cell['steps']} steps, loss {cell['final_train_loss']:.4f}, "
-          f"{cell['tokens_per_s']:,.0f} train tokens/s (incl. dev validation), peak {cell['peak_memory_gib']:.2f} GiB; "
-          f"evaluated with RM_test on {sum(map(len, test.values()))} prompts")
+    cell_and_loss = stage("smoke", "smoke cell + PRO loss", lambda: smoke_cell(device, texts, pairs, tmp / "smoke"))
+    if isinstance(cell_and_loss, tuple):
+        report["smoke_cell"], report["pro_loss"] = cell_and_loss
+        del report["smoke"]
+        cmp = report["pro_loss"]
+        print(f"  smoke cell: {report['smoke_cell']['steps']} steps, loss {report['smoke_cell']['final_train_loss']:.4f}; "
+              f"PRO loss cpu fp32 {cmp['cpu_fp32']:.5f} vs {device} bf16 {cmp[device + '_bf16']:.5f} "
+              f"(|diff| {cmp['abs_diff']:.2e} <= {cmp['tolerance']:.2e}: {'ok' if cmp['ok'] else 'FAILED'})")
+        if not cmp["ok"]:
+            failures.append("PRO loss CPU vs device outside bf16 tolerance")
+    if not quick:
+        report["cells"] = {}
+        for recipe_name in PAPER_RECIPES:
+            cell = stage(f"cell:{recipe_name}", f"cell {recipe_name}",
+                         lambda r=recipe_name: paper_cell(r, device, pairs, tmp / r, tiny=tiny))
+            report["cells"][recipe_name] = report.pop(f"cell:{recipe_name}")
+            if "error" not in cell:
+                print(f"  {recipe_name} {cell['setting']} ({cell['depth']} depth, {cell['layers_measured']} layers): "
+                      f"{cell['step_s_median']:.2f} s/step, {cell['tokens_per_s']:,.0f} tokens/s, "
+                      f"{cell['tflops_per_s']:.0f} TFLOP/s, peak {cell['peak_memory_gib'] or 0:.1f} GiB (plan, one "
+                      f"process: {cell['predicted_memory_gib_one_process']:.1f} GiB); greedy generation "
+                      f"{cell['generation']['new_tokens_per_s']:,.0f} tokens/s", flush=True)
+        stage("generator", "ranking generator", lambda: generator_throughput(device, pairs, tiny=tiny))
+        from divscale.config import load_recipe
 
-    # 2. the PRO loss on a fixed batch, CPU fp32 vs CUDA bf16
-    cmp = compare_pro_loss(model, tokenizer, rankings, recipe, device)
-    report["pro_loss"] = cmp
-    print(f"[2] PRO loss, fixed batch {cmp['batch_shape']}: cpu fp32 {cmp['cpu_fp32']:.5f}, {device} bf16 "
-          f"{cmp[device + '_bf16']:.5f}, |diff| {cmp['abs_diff']:.2e} <= {cmp['tolerance']:.2e}: "
-          f"{'ok' if cmp['ok'] else 'FAILED'}")
-
-    # 3. full-size throughput
-    if not quick and cuda:
-        thr = full_size_throughput()
-        torch.cuda.empty_cache()
-        report["full_size"] = thr
-        print(f"[3] OPT-1.3B full size, bf16 autocast + AdamW, micro-batch 8 x 512: {thr['tokens_per_s']:,.0f} "
-              f"tokens/s, {thr['tflops_per_s']:.0f} TFLOP/s (6 P tokens/s), peak {thr['peak_memory_gib']:.1f} GiB")
+        rew = load_recipe(PAPER_RECIPES[0]).reward
+        report["rm"] = {}
+        for role, model_id, dtype in (("RM_test", rew.test_model, rew.test_dtype),
+                                      ("RM_train", rew.train_model, rew.dtype)):
+            report["rm"][role] = stage(f"rm:{role}", role, lambda m=model_id, d=dtype: rm_throughput(
+                m, device, pairs, tiny=tiny, dtype=d))
+            report.pop(f"rm:{role}")
+        shape = TINY["sharing"] if tiny else PAPER_SHAPE
+        table = stage("sharing", "prompt sharing", lambda: prompt_sharing_table(
+            device=device, shrink={} if tiny else None, **shape))
+        if "rows" in table:
+            print(format_sharing_table(table), flush=True)
     report["seconds"] = round(time.time() - t0, 1)
-    print(f"gpu-check: {'passed' if cmp['ok'] else 'FAILED'} in {report['seconds']} s")
+    report["failures"] = failures
+    print(f"gpu-check: {'passed' if not failures else 'FAILED: ' + '; '.join(failures)} in {report['seconds']} s")
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(report, indent=1, default=str))
-    return 0 if cmp["ok"] else 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if not failures else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m divscale.tools.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the full-size OPT-1.3B throughput step")
+    parser.add_argument("--quick", action="store_true", help="the smoke cell and the PRO loss check only")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--device", default=None, help="default: cuda (exit 0 without one); cpu: test this script")
+    parser.add_argument("--tiny", action="store_true", help="shrunk models, short sequences (with --device cpu)")
     args = parser.parse_args(argv)
-    return run(quick=args.quick, out_json=args.json)
+    return run(quick=args.quick, out_json=args.json, device=args.device, tiny=args.tiny)
 
 
 if __name__ == "__main__":

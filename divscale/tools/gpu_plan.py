@@ -22,6 +22,22 @@ The arithmetic (all stated, all approximate, checked against a hand-computed cas
 * **Tokens** per cell: ``max_steps x prompts_per_step x sequences per prompt x block_size`` (an upper bound).
 * **GPU-hours** per cell: ``6 x P x tokens / (peak x utilisation) / 3600`` (forward + backward; validation,
   generation and RM scoring are not counted), at ``PEAK_TFLOPS`` (A100/H100-class bf16 dense) and ``UTILISATION``.
+
+**Measured** (``--measured FILE``, the JSON of ``make gpu-check``, :func:`measured_plan`): the assumed utilisation
+and memory model give way to what the rehearsal measured on one GPU, stage by stage (ranking generation,
+training, validation, evaluation), each as GPU-hours of work and as node-hours on the recipe's W-GPU node (the
+grid runs one cell at a time holding all W GPUs; stages that use one GPU leave the others idle):
+
+* training: the rehearsed setting's measured throughput (6·P·tokens/s of one GPU's share of a step) for every
+  setting, ``6 x P x tokens / measured`` (data-parallel communication not measured: a lower bound);
+* ranking generation: ``max(data.sizes)`` prompts x ``ranking.k`` rows x ``max_new_tokens`` at the generator's
+  measured rate (one prompt per call, as divscale runs it), plus RM_train scoring of every candidate;
+* validation: per cell, ``max_steps / eval_every + 1`` rounds of the dev prompts (policy generation at its
+  measured rate, RM_train scoring), on the main process while the other GPUs wait;
+* evaluation: per cell, the test prompts (``PAPER_TEST_PROMPTS`` when the recipe keeps all of them) answered by
+  the policy and scored by RM_test;
+* memory: the per-GPU estimate scaled by measured / predicted peak of the rehearsed setting (one process, no
+  ZeRO, same model and micro-batch).
 """
 from __future__ import annotations
 
@@ -35,6 +51,7 @@ from divscale import paths
 PEAK_TFLOPS = 312.0        # A100 bf16 dense peak (an H100 SXM is ~989: divide the hours by ~2-3)
 UTILISATION = 0.40         # model FLOPs utilisation assumed for full fine-tuning at 512 tokens
 GIB = 1024 ** 3
+PAPER_TEST_PROMPTS = 8552  # the four HH-RLHF test splits (the paper's test set)
 CONFIG_FIXTURES = paths.ROOT / "tests" / "fixtures" / "configs"
 
 
@@ -160,10 +177,12 @@ def gpu_hours(params: int, tokens: int, peak_tflops: float = PEAK_TFLOPS, utilis
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = UTILISATION) -> dict:
+def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = UTILISATION,
+         measured: dict | None = None) -> dict:
     """The whole plan of a recipe as one JSON-able dict; ``cells`` are its grid cells (objects with
     ``algo`` and ``ranking_len``: ``grid_runner.expand_grid(recipe)``, passed in by the caller so that
-    this lower module never imports the grid runner)."""
+    this lower module never imports the grid runner). ``measured``: a ``make gpu-check`` JSON
+    (:func:`measured_plan`, under the key ``measured``)."""
     from divscale.train.runs import batch_plan, sequences_per_prompt
 
     t = recipe.train
@@ -209,7 +228,7 @@ def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = U
     total_tokens = sum(c["tokens_per_cell"] for c in cells_out)
     total_hours = sum(c["gpu_hours_per_cell"] for c in cells_out)
     peak_key = max(by_setting, key=lambda k: by_setting[k]["memory_gib"]["total"])
-    return {
+    out = {
         "recipe": recipe.name, "models": models, "world": world, "zero_stage": stage,
         "mixed_precision": "bf16" if t.bf16 else "fp32", "block_size": t.block_size,
         "per_gpu_memory_gib": by_setting[peak_key]["memory_gib"]["total"], "peak_setting": peak_key,
@@ -220,6 +239,80 @@ def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = U
                         "ZeRO-2 2P+14P/W, or 16P without DeepSpeed, + 34*s*b*h*L + 6*s*b*V activations + RM_train "
                         "on the main process; validation/generation/RM scoring not counted"),
     }
+    if measured is not None:
+        out["measured"] = measured_plan(recipe, cells, out, measured)
+    return out
+
+
+def _measured_cell(recipe, measured: dict) -> dict:
+    """The rehearsal's cell for ``recipe`` (by recipe name, else by policy model), or a clear error."""
+    cells = measured.get("cells") or {}
+    cell = cells.get(recipe.name) or next((c for c in cells.values() if isinstance(c, dict)
+                                           and c.get("model") == recipe.policy.model), None)
+    if not cell or "error" in cell or not cell.get("tflops_per_s"):
+        why = (cell or {}).get("error", "no cell for it")
+        raise ValueError(f"the measured file has no usable cell for recipe {recipe.name} (policy "
+                         f"{recipe.policy.model}): {why}. Fix: run `make gpu-check` on the GPU (it rehearses "
+                         f"{', '.join(cells) or 'the paper recipes'}) and pass its JSON")
+    return cell
+
+
+def _rate(stage: dict | None, key: str, what: str) -> float:
+    if not stage or "error" in stage or not stage.get(key):
+        raise ValueError(f"the measured file has no {what} ({(stage or {}).get('error', 'missing')}). Fix: rerun "
+                         "`make gpu-check` to completion and pass its JSON")
+    return float(stage[key])
+
+
+def measured_plan(recipe, cells, p: dict, measured: dict) -> dict:
+    """GPU-hours per stage and per-GPU memory from a ``make gpu-check`` JSON (see the module docstring)."""
+    t, world = recipe.train, max(recipe.train.num_processes, 1)
+    cell = _measured_cell(recipe, measured)
+    params = p["models"][recipe.policy.model]["params"]
+    flops = cell["tflops_per_s"] * 1e12                      # one GPU, bf16 mixed precision, the rehearsed setting
+    layers = cell.get("layers_full") or 1
+    depth = (cell.get("layers_measured") or layers) / layers  # a half-depth measurement: per-layer costs scale up
+    gen = cell.get("generation") or {}
+    policy_tok_s = _rate(gen, "new_tokens_per_s", f"policy generation for {recipe.name}") * depth
+    generator = measured.get("generator") or {}
+    gen_tok_s = _rate(generator.get("per_prompt"), "new_tokens_per_s", "ranking generator throughput")
+    rms = measured.get("rm") or {}
+    rm_train = _rate(rms.get("RM_train"), "pairs_per_s", "RM_train scoring throughput")
+    rm_test = _rate(rms.get("RM_test"), "pairs_per_s", "RM_test scoring throughput")
+    train_gpu_s = sum(6 * params * c["tokens_per_cell"] / flops for c in
+                      (p["settings"][f"{x.algo}-n{x.ranking_len}"] for x in cells))
+    grid_prompts = max(recipe.data.sizes)
+    ranking_s = grid_prompts * recipe.ranking.k * recipe.ranking.max_new_tokens / gen_tok_s + \
+        grid_prompts * (2 + recipe.ranking.k) / rm_train
+    rounds = t.max_steps // t.eval_every + 1 + (t.max_steps % t.eval_every > 0) if t.checkpoint == "best-dev" else 0
+    dev = recipe.data.dev_size
+    validation_s = len(cells) * rounds * (dev * t.dev_max_new_tokens / policy_tok_s + dev / rm_train)
+    cap = recipe.eval.test_prompts_per_subset
+    test = cap * len(recipe.data.subsets) if cap else (recipe.data.test_size or PAPER_TEST_PROMPTS)
+    eval_s = len(cells) * test * (recipe.eval.max_new_tokens / policy_tok_s + 1 / rm_test)
+    # wall time on a W-GPU node: training splits over W GPUs, everything else runs on one while the rest wait
+    stages = {"ranking generation": (ranking_s, ranking_s), "training": (train_gpu_s, train_gpu_s / world),
+              "validation": (validation_s, validation_s), "evaluation": (eval_s, eval_s)}
+    hours = {k: {"gpu_hours": busy / 3600, "node_hours": wall / 3600, "gpus_held": world}
+             for k, (busy, wall) in stages.items()}
+    ratio = (cell["peak_memory_gib"] / cell["predicted_memory_gib_one_process"]
+             if cell.get("peak_memory_gib") and cell.get("predicted_memory_gib_one_process") else None)
+    return {"device": measured.get("device"), "cell": {k: cell.get(k) for k in (
+                "setting", "depth", "layers_measured", "layers_full", "step_s_median", "tokens_per_s",
+                "tflops_per_s", "peak_memory_gib", "predicted_memory_gib_one_process", "fits", "note")},
+            "training_tflops_per_s": cell["tflops_per_s"],
+            "utilisation_vs_plan_peak": cell["tflops_per_s"] / p["peak_tflops"],
+            "policy_generation_tokens_per_s": policy_tok_s, "generator_tokens_per_s": gen_tok_s,
+            "rm_train_pairs_per_s": rm_train, "rm_test_pairs_per_s": rm_test, "test_prompts": test,
+            "validation_rounds": rounds, "stages": hours,
+            "gpu_hours": sum(h["gpu_hours"] for h in hours.values()),
+            "node_hours": sum(h["node_hours"] for h in hours.values()),
+            "memory_ratio_measured_vs_model": ratio,
+            "per_gpu_memory_gib": p["per_gpu_memory_gib"] * ratio if ratio else None,
+            "notes": ("training at the rehearsed setting's measured rate for every setting, communication not "
+                      "measured; generation/validation/evaluation at the rates measured on one GPU"
+                      + ("; the policy was measured at half depth: its rates scaled by the layers measured / "
+                         "all layers" if depth < 1 else ""))}
 
 
 def _human(n: float) -> str:
@@ -252,7 +345,26 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-def print_plan(recipe, cells, as_json: bool = False) -> None:
-    p = plan(recipe, cells)
+def format_measured(m: dict) -> str:
+    c = m["cell"]
+    head = (f"measured on {m['device']} (make gpu-check): {c['setting']} at {c['depth']} depth, "
+            f"{c['step_s_median']:.2f} s per step of one GPU's share, {c['tokens_per_s']:,.0f} tokens/s, "
+            f"{m['training_tflops_per_s']:.0f} TFLOP/s ({m['utilisation_vs_plan_peak']:.0%} of the plan's "
+            f"assumed peak); peak memory {c['peak_memory_gib'] or float('nan'):.1f} GiB (model: "
+            f"{c['predicted_memory_gib_one_process']:.1f} GiB, one process, no ZeRO)")
+    lines = [head]
+    if m["per_gpu_memory_gib"]:
+        lines.append(f"  per-GPU memory, the model scaled by measured/predicted "
+                     f"({m['memory_ratio_measured_vs_model']:.2f}): {m['per_gpu_memory_gib']:.1f} GiB")
+    lines.append(f"  {'stage':<20} {'GPU-hours':>10} {'node-hours':>11}")
+    for stage, h in m["stages"].items():
+        lines.append(f"  {stage:<20} {h['gpu_hours']:>10,.1f} {h['node_hours']:>11,.1f}")
+    lines.append(f"  {'total':<20} {m['gpu_hours']:>10,.1f} {m['node_hours']:>11,.1f}   (node = "
+                 f"{next(iter(m['stages'].values()))['gpus_held']} GPUs held; {m['notes']})")
+    return "\n".join(lines)
+
+
+def print_plan(recipe, cells, as_json: bool = False, measured: dict | None = None) -> None:
+    p = plan(recipe, cells, measured=measured)
     print(json.dumps(p, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
-          if as_json else format_plan(p))
+          if as_json else format_plan(p) + ("\n" + format_measured(p["measured"]) if "measured" in p else ""))

@@ -38,6 +38,7 @@ seed on CPU the final weights are bit-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -498,14 +499,117 @@ def _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir
 
 # --------------------------------------------------------------------------- launching a cell
 
+DEFAULT_ACCELERATE_CONFIG = "accelerate/ddp.yaml"     # several processes, no DeepSpeed (recipes/accelerate/)
+
+
+def launches(recipe: Recipe) -> bool:
+    """Whether a cell of ``recipe`` trains under ``accelerate launch`` (several processes, or an accelerate config:
+    the paper recipes) rather than in this process."""
+    return recipe.train.num_processes > 1 or bool(recipe.train.accelerate_config)
+
+
 def launch_command(recipe: Recipe, recipe_arg: str, algo: str, ranking_len: int, n_prompts: int, seed: int,
-                   overrides: Sequence[str] = ()) -> list[str]:
-    """The command that trains a cell: ``accelerate launch`` with the recipe's config (paper recipes), else python."""
+                   overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,
+                   progress: bool = False) -> list[str]:
+    """The command that trains a cell: ``accelerate launch --config_file <recipe's accelerate config> --num_processes
+    <train.num_processes> -m divscale.cli train ...`` for a recipe that :func:`launches` (the config defaults to
+    :data:`DEFAULT_ACCELERATE_CONFIG`), else ``python -m divscale.cli train ...``."""
     args = ["-m", "divscale.cli", "train", "--recipe", recipe_arg, "--algo", algo, "--ranking-len", str(ranking_len),
             "--prompts", str(n_prompts), "--seed", str(seed), *[x for o in overrides for x in ("--set", o)]]
-    if recipe.train.accelerate_config:
-        cfg = Path(recipe.train.accelerate_config)
+    if runs_dir is not None:
+        args += ["--runs-dir", str(runs_dir)]
+    if progress:
+        args.append("--progress")
+    if launches(recipe):
+        cfg = Path(recipe.train.accelerate_config or DEFAULT_ACCELERATE_CONFIG)
         cfg = cfg if cfg.is_absolute() else paths.RECIPES_DIR / cfg
         return ["accelerate", "launch", "--config_file", str(cfg), "--num_processes",
                 str(recipe.train.num_processes), *args]
     return [sys.executable, *args]
+
+
+def launch_cell(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int,
+                runs_dir: str | os.PathLike = paths.RUNS_DIR, progress: bool = False) -> Path:
+    """Train one cell under :func:`launch_command` and return its run directory. The launched processes read the
+    recipe from a file written here (``<runs_dir>/launch/<name>-<hash>.yaml``), so they train exactly ``recipe``,
+    overrides included; the run directory is the one ``divscale train`` prints."""
+    import yaml
+
+    spec = Path(runs_dir) / "launch" / f"{recipe.name}-{recipe.hash()}.yaml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    cmd = launch_command(recipe, str(spec), algo, ranking_len, n_prompts, seed, runs_dir=runs_dir, progress=progress)
+    if cmd[0] == "accelerate":                    # a free rendezvous port: two launches on a node never collide
+        cmd[2:2] = ["--main_process_port", str(_free_port())]
+    lines = run_launched(cmd)
+    done = [Path(x) for x in reversed(lines) if x.strip() and (Path(x.strip()) / "DONE").exists()]
+    if not done:
+        raise RuntimeError(f"{' '.join(cmd)} finished without printing a completed run directory; its last lines: "
+                           f"{lines[-5:]}")
+    return Path(str(done[0]).strip())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# run in the launched child before it becomes the command: SIGTERM it when the process that launched it dies, however
+# that dies (a killed grid or notebook kernel never leaves a training running; Linux's PR_SET_PDEATHSIG survives exec)
+_WITH_PARENT = ("import contextlib, ctypes, os, signal, sys\n"
+                "with contextlib.suppress(OSError, AttributeError):\n"
+                "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+                "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def stop_process_tree(pid: int, grace_s: float = 30.0) -> None:
+    """Stop ``pid`` and everything it started: SIGTERM to it (``accelerate launch`` / torchrun's agent then stops
+    its workers), SIGKILL to whatever of the tree is still alive after ``grace_s`` seconds."""
+    import psutil  # an accelerate dependency
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree[:1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def run_launched(cmd: Sequence[str], grace_s: float = 30.0) -> list[str]:
+    """Run a launched training command from the project root to its end, its output passed through; return its
+    stdout lines. It runs in its own session and dies with this process (``_WITH_PARENT``); an interrupt
+    or an error here stops its whole process tree (:func:`stop_process_tree`) before it propagates. A non-zero exit
+    is a :class:`RuntimeError` naming the command (its own error is in the output above)."""
+    import shlex
+    import subprocess
+
+    cmd = list(cmd)
+    if cmd[0] == "accelerate":                      # the accelerate of this interpreter, PATH or not
+        beside = Path(sys.executable).parent / "accelerate"
+        cmd[0] = str(beside) if beside.exists() else (shutil.which("accelerate") or "accelerate")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", _WITH_PARENT, *cmd], cwd=paths.ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line.rstrip("\n"))
+        code = proc.wait()
+    except BaseException:
+        stop_process_tree(proc.pid, grace_s)
+        raise
+    if code:
+        raise RuntimeError(f"{shlex.join(cmd)} exited with code {code} (its error is in the output above)")
+    return lines
