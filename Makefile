@@ -134,8 +134,12 @@ verify-env:  ## two fresh clones set up from the lock build VERIFY_RECIPE (defau
 	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" LOCAL_DATA="$(abspath $(if $(wildcard data/hh-rlhf),data,$(LOCAL_DATA)))" \
 	  bash requirements/verify-env.sh $(VERIFY_RECIPE)
 
-gpu-check: setup  ## on a GPU machine: smoke cell on CUDA in bf16 (tokens/s, peak memory), PRO loss CPU vs GPU, OPT-1.3B throughput
-	HF_HUB_OFFLINE=1 timeout 480 $(PY) -m divscale.tools.gpu_check --json runs/gpu-check.json
+# gpu-check on a machine without the project's venv (the pinned packages as wheels in PYTHONPATH, no network):
+#   make gpu-check PY=python3 GPU_CHECK_SETUP= GPU_CHECK_JSON=$OUT/gpu-check.json   (reports/gpu_check_run.sh)
+GPU_CHECK_SETUP ?= setup
+GPU_CHECK_JSON ?= runs/gpu-check.json
+gpu-check: $(GPU_CHECK_SETUP)  ## on one GPU, offline: rehearse the paper grid (cells, generator, RMs, prompt sharing); one JSON for `grid --plan --measured`
+	HF_HUB_OFFLINE=1 USE_HUB_KERNELS=NO timeout 480 $(PY) -m divscale.tools.gpu_check --json $(GPU_CHECK_JSON)
 
 bench: setup  ## speed/memory benchmarks (ratios against a baseline in the same run)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

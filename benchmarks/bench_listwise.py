@@ -1,5 +1,12 @@
 """PRO step with the prompt encoded once (divscale.train.logprobs) vs one full sequence per candidate, same process.
 
+Two modes. The default (CPU): the figures below. ``--device cuda --model facebook/opt-1.3b``: the model's real
+config with random weights (fp32 master weights under bf16 autocast on CUDA), ``--batch`` rankings (default 4) of a
+384-token prompt + n 128-token responses, n = 2, 3, 4, every sharing path (naive, cache, packed, and packed with
+FlexAttention where the model supports it): median step, speed against naive, peak memory, and the values and
+gradients against naive (:func:`divscale.tools.gpu_check.prompt_sharing_table`, which ``make gpu-check`` also
+runs); ``--tiny`` shrinks the model and the sequences (the CPU test of that mode).
+
 What is timed: forward + backward of the PRO loss (spec §3.3: length-normalised scores, reward-gap temperatures,
 beta * summed NLL of the top response) on a batch of ``--batch`` rankings at the paper's shape -- every prompt
 left-truncated to 384 tokens, every prompt + response right-truncated to the 512-token block (responses of
@@ -22,7 +29,8 @@ libraries already loaded). Not ``getrusage``'s ``ru_maxrss``: Linux carries it o
 would report at least the parent's RSS. tracemalloc does not see torch's allocations, hence the subprocesses.
 
 Usage: ``python benchmarks/bench_listwise.py [--reps 3] [--batch 2] [--json]``; with ``--json`` the last line is
-a JSON object with ``speedup_n2``, ``speedup_n3``, ``speedup_n4`` and the memory figures.
+a JSON object with ``speedup_n2``, ``speedup_n3``, ``speedup_n4`` (the default path on this device, ``share_prompt=True``:
+the KV cache on CPU), ``speedup_packed_nX`` (the packed path) and the memory figures.
 ``--loss-curves`` instead trains a cpu-recipe-like cell both ways (tiny-gpt shape, 60 steps x 4 prompts,
 lr 5e-4, PRO n = 2, 3, 4 and SFT) and prints the max |loss difference| along the curve and of the final weights.
 """
@@ -77,11 +85,12 @@ def long_rankings(recs: list[dict], batch: int, n: int) -> list[dict]:
     return out
 
 
-def step(model, batch: dict, share: bool) -> float:
-    """One PRO forward + backward, exactly as PROTrainer.compute_loss scores and combines it."""
+def step(model, batch: dict, share) -> float:
+    """One PRO forward + backward, exactly as PROTrainer.compute_loss scores and combines it (``share``: False for the
+    trainer's full-sequence path, True for its default shared path, or a path name of divscale.train.logprobs)."""
     if share:
         logp, count = logprobs_from_ids(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                        batch["completion_mask"], share_prompt=True, pad_token_id=1)
+                                        batch["completion_mask"], share_prompt=share, pad_token_id=1)
     else:
         logp, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     loss = pro_loss_parts(logp / count, batch["rewards"], sft_nll=-logp[:, 0]).total
@@ -152,17 +161,20 @@ def bench(args) -> dict:
             p_len = batch["prompt_mask"].sum(-1)                  # <= 384 (decoded and re-tokenised), the
             assert (p_len <= PROMPT_TOKENS).all()                 # response fills the block to 512 (paper rule)
             assert (p_len[:, None] + batch["completion_mask"].sum(-1) == BLOCK).all()
-            losses = {mode: step(model, batch, mode) for mode in (False, True)}              # warm-up, same loss
-            assert abs(losses[False] - losses[True]) <= 1e-4 * max(1.0, abs(losses[False])), losses
-            times: dict[bool, list[float]] = {False: [], True: []}
+            modes = (False, True, "packed")
+            losses = {mode: step(model, batch, mode) for mode in modes}                      # warm-up, same loss
+            for mode in modes[1:]:
+                assert abs(losses[False] - losses[mode]) <= 1e-4 * max(1.0, abs(losses[False])), losses
+            times: dict = {mode: [] for mode in modes}
             for _ in range(args.reps):
-                for mode in (False, True):
+                for mode in modes:
                     start = time.perf_counter()
                     step(model, batch, mode)
                     times[mode].append(time.perf_counter() - start)
-            naive, shared = statistics.median(times[False]), statistics.median(times[True])
-            row = {"naive_s": naive, "shared_s": shared, "speedup": naive / shared, "prompt_lens": p_len.tolist(),
-                   "loss_diff": abs(losses[False] - losses[True])}
+            naive, shared, packed = (statistics.median(times[m]) for m in modes)
+            row = {"naive_s": naive, "shared_s": shared, "speedup": naive / shared, "packed_s": packed,
+                   "speedup_packed": naive / packed, "prompt_lens": p_len.tolist(),
+                   "loss_diff": max(abs(losses[False] - losses[m]) for m in modes[1:])}
             if not args.no_memory:
                 path = str(Path(tmp) / f"n{n}.pt")
                 torch.save({"vocab": len(tokenizer), "state": model.state_dict(), "batch": batch}, path)
@@ -170,9 +182,10 @@ def bench(args) -> dict:
                 row.update({f"{mode}_{k}": v for mode, m in mem.items() for k, v in m.items()})
                 row["memory_ratio"] = mem["naive"]["step_peak_mb"] / mem["shared"]["step_peak_mb"]
             result[f"speedup_n{n}"] = row["speedup"]
+            result[f"speedup_packed_n{n}"] = row["speedup_packed"]
             result[f"n{n}"] = row
-            line = (f"PRO n={n}: naive {naive:.2f} s, shared prompt {shared:.2f} s -> {row['speedup']:.2f}x "
-                    f"(|loss diff| {row['loss_diff']:.1e})")
+            line = (f"PRO n={n}: naive {naive:.2f} s, shared prompt {shared:.2f} s -> {row['speedup']:.2f}x, packed "
+                    f"{packed:.2f} s -> {row['speedup_packed']:.2f}x (|loss diff| {row['loss_diff']:.1e})")
             if not args.no_memory:
                 line += (f"; step peak RSS naive {row['naive_step_peak_mb']:.0f} MB, shared "
                          f"{row['shared_step_peak_mb']:.0f} MB -> {row['memory_ratio']:.2f}x less "
@@ -225,6 +238,19 @@ def loss_curves(args) -> dict:
     return out
 
 
+def model_table(args) -> dict:
+    """The naive vs shared table on a real model config (random weights): gpu_check.prompt_sharing_table."""
+    from divscale.tools.gpu_check import PAPER_SHAPE, TINY, format_sharing_table, prompt_sharing_table
+
+    shape = dict(TINY["sharing"] if args.tiny else PAPER_SHAPE)
+    shape["batch"] = args.batch_model or shape["batch"]
+    if args.reps_model:
+        shape["reps"] = args.reps_model
+    table = prompt_sharing_table(args.model, device=args.device, shrink={} if args.tiny else None, **shape)
+    print(format_sharing_table(table), flush=True)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -234,13 +260,21 @@ def main() -> None:
     parser.add_argument("--loss-curves", action="store_true", help="compare training curves instead of timing")
     parser.add_argument("--steps", type=int, default=60, help="--loss-curves: training steps")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    parser.add_argument("--batch-model", type=int, default=None, help="with --model: rankings per step (default 4)")
+    parser.add_argument("--reps-model", type=int, default=None, help="with --model: timed steps (default 5)")
+    parser.add_argument("--model", default=None, help="a model id: its real config, random weights (the table mode)")
+    parser.add_argument("--device", default="cpu", help="with --model: cpu or cuda")
+    parser.add_argument("--tiny", action="store_true", help="with --model: shrunk model, short sequences (tests)")
     parser.add_argument("--_probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args._probe:
         memory_probe(args._probe[0], args._probe[1], args.threads)
         return
-    result = loss_curves(args) if args.loss_curves else bench(args)
+    if args.model:
+        result = model_table(args)
+    else:
+        result = loss_curves(args) if args.loss_curves else bench(args)
     if args.json:
         print(json.dumps(result))
 

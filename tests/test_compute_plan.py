@@ -59,3 +59,44 @@ def test_unknown_model_config_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="no config.json for 'nobody/nothing'.*Fix"):
         compute_plan.load_config("nobody/nothing")
+
+
+MEASURED = {"device": "NVIDIA H200",
+            "cells": {"paper-opt-1.3b": {"model": "facebook/opt-1.3b", "setting": "pro-n3", "depth": "full",
+                                         "layers_full": 24, "layers_measured": 24, "step_s_median": 1.0,
+                                         "tokens_per_s": 20000.0, "tflops_per_s": 100.0, "peak_memory_gib": 40.0,
+                                         "predicted_memory_gib_one_process": 32.0, "fits": True,
+                                         "generation": {"new_tokens_per_s": 1000.0}}},
+            "generator": {"per_prompt": {"new_tokens_per_s": 50.0}, "batched": {"new_tokens_per_s": 500.0}},
+            "rm": {"RM_train": {"pairs_per_s": 20.0}, "RM_test": {"pairs_per_s": 10.0}}}
+
+
+def test_measured_plan_replaces_the_assumptions_stage_by_stage(tmp_path, capsys):
+    (tmp_path / "m.json").write_text(json.dumps(MEASURED))
+    assert cli.main(["grid", "--recipe", "paper-opt-1.3b", "--plan", "--json", "--measured",
+                     str(tmp_path / "m.json")]) == 0
+    p = json.loads(capsys.readouterr().out)
+    m, cells = p["measured"], p["cells"]
+    hours = {k: v["gpu_hours"] * 3600 for k, v in m["stages"].items()}            # seconds of GPU work
+    assert hours["training"] == pytest.approx(p["flops"] / 100e12)                  # 6·P·tokens at 100 TFLOP/s
+    assert hours["ranking generation"] == pytest.approx(36000 * 2 * 128 / 50 + 36000 * 4 / 20)
+    assert m["validation_rounds"] == 4000 // 500 + 1                                # step 0 + every 500 (4000 too)
+    assert hours["validation"] == pytest.approx(cells * 9 * (280 * 128 / 1000 + 280 / 20))
+    assert hours["evaluation"] == pytest.approx(cells * 8552 * (128 / 1000 + 1 / 10))
+    assert m["stages"]["training"]["node_hours"] == pytest.approx(m["stages"]["training"]["gpu_hours"] / 7)
+    assert m["stages"]["evaluation"]["node_hours"] == m["stages"]["evaluation"]["gpu_hours"]   # one GPU, 7 held
+    assert m["per_gpu_memory_gib"] == pytest.approx(p["per_gpu_memory_gib"] * 40 / 32)
+    assert m["gpu_hours"] == pytest.approx(sum(hours.values()) / 3600)
+    assert cli.main(["grid", "--recipe", "paper-opt-1.3b", "--plan", "--measured", str(tmp_path / "m.json")]) == 0
+    text = capsys.readouterr().out
+    assert "measured on NVIDIA H200" in text and "validation" in text and "node-hours" in text
+
+
+def test_measured_plan_without_the_recipes_cell_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "m.json").write_text(json.dumps(MEASURED))
+    assert cli.main(["grid", "--recipe", "paper-llama-7b", "--plan", "--measured", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err
+    assert "no usable cell for recipe paper-llama-7b" in err and "make gpu-check" in err
+    (tmp_path / "bad.json").write_text("{")
+    assert cli.main(["grid", "--recipe", "paper-opt-1.3b", "--plan", "--measured", str(tmp_path / "bad.json")]) == 1
+    assert "not a readable JSON file" in capsys.readouterr().err

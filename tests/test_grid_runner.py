@@ -219,3 +219,45 @@ def test_a_table_without_key_columns_is_checked_on_its_eval_folders(tmp_path):
     with pytest.raises(StaleResultsError, match=r"1 of 5 rows.*sft-n2-k80-s42-83a306b8eb33: eval_key=eval-583055e0db"):
         check_keys(df, tmp_path / "runs.csv", "rerun")
     check_keys(df.iloc[:4], tmp_path / "runs.csv", "rerun")
+
+
+def test_json_or_measured_without_plan_is_refused_and_runs_nothing(monkeypatch, capsys):
+    """`divscale grid --recipe paper-opt-1.3b --json` reads as 'print the plan' but used to start the whole grid."""
+    from divscale import cli
+
+    monkeypatch.setattr(grid_runner, "run_grid", lambda *a, **k: pytest.fail("the grid started"))
+    for flag in (["--json"], ["--measured", "m.json"]):
+        assert cli.main(["grid", "--recipe", "paper-opt-1.3b", *flag]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag[0]} goes with --plan" in err and "Fix: add --plan" in err
+
+
+def test_list_builds_nothing_and_reads_the_cell_files(tmp_path, monkeypatch, capsys):
+    """`divscale grid --list` ("runs nothing") keyed every cell by building the splits, RMs, rankings and policy;
+    now it reads the files that exist: todo / unverified (current by the keys it can check without building) /
+    stale (the recipe's sections or the code changed)."""
+    from divscale import cli
+    from divscale.provenance import code_version
+    from divscale.study import pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("built a shared artifact")
+
+    for name in ("table_keys", "reward_models", "splits", "rankings4", "policy_fingerprint"):
+        monkeypatch.setattr(pipeline, name, refuse)
+    monkeypatch.setattr(grid_runner, "cell_keys", refuse)
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    recipe = load_recipe("smoke")
+    cells = grid_runner.all_cells(recipe)
+    folder = grid_runner.recipe_dirs(recipe)["cells"]
+    folder.mkdir(parents=True)
+    keys = {"key_recipe": pipeline.recipe_key(recipe), "key_code_train": code_version("train"),
+            "key_code_eval": code_version("eval"), "created": "2026-12-01"}
+    (folder / f"{cells[0].tag()}-0a1b2c3d.json").write_text(json.dumps(keys))
+    (folder / f"{cells[1].tag()}-0a1b2c3e.json").write_text(json.dumps(keys | {"key_recipe": "old"}))
+    assert cli.main(["grid", "--recipe", "smoke", "--list"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == len(cells)
+    assert lines[0][:2] == ["unverified", f"{cells[0].tag()}-0a1b2c3d"] and "not checked" in lines[0][2]
+    assert lines[1][0] == "stale" and "key_recipe=old" in lines[1][2]
+    assert {line[0] for line in lines[2:]} == {"todo"}

@@ -632,12 +632,16 @@ def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cud
     params = count_params(model)
     base_impl = lp._attention(model)
     usable = [p for p in paths if p != "packed-flex" or getattr(model, "_supports_flex_attn", False)]
+    unrunnable = {"packed-flex": "not run: FlexAttention has no backward on CPU (it trains on CUDA)"} if not cuda else {}
     rows = []
     for n in ns:
         data = _sharing_batch(config.vocab_size, batch, n, prompt_tokens, response_tokens, device)
         checks, ref = {}, None
         for path in usable:                                 # 1. values and gradients against naive (eval mode)
             share = {"naive": False, "packed-flex": "packed"}.get(path, path)
+            if path in unrunnable:
+                checks[path] = {"error": unrunnable[path]}
+                continue
             try:
                 model.set_attn_implementation("flex_attention" if path == "packed-flex" else base_impl)
                 model.eval()
@@ -717,9 +721,11 @@ def format_sharing_table(table: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- the script
 
-def run(quick: bool = False, out_json: str | None = None, device: str | None = None, tiny: bool = False) -> int:
+def run(quick: bool = False, out_json: str | None = None, device: str | None = None, tiny: bool = False,
+        work: str | os.PathLike | None = None) -> int:
     """The rehearsal on ``device`` (default: CUDA, and a clean exit 0 without one). ``tiny``: shrunk models and short
-    sequences (the CPU test of this script's whole path). ``quick``: the smoke cell and the PRO loss check only."""
+    sequences (the CPU test of this script's whole path). ``quick``: the smoke cell and the PRO loss check only.
+    ``work``: the scratch folder (default: a new temporary one, removed at the end)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")     # deterministic cuBLAS (the Trainer asks for it)
     import torch
 
@@ -732,7 +738,8 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
     cuda = device.startswith("cuda")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["USE_HUB_KERNELS"] = "NO"            # belt and braces: every loader also passes use_kernels=False
-    tmp = Path(tempfile.mkdtemp(prefix="divscale-gpu-check-"))
+    tmp = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="divscale-gpu-check-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     os.environ["DIVSCALE_CACHE"] = str(tmp / "cache")
     import transformers
 
@@ -800,7 +807,8 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(report, indent=1, default=str))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if work is None:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if not failures else 1
 
 
