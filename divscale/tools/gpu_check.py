@@ -58,6 +58,8 @@ def shrunk_config(model_id: str, **changes):
     config = load_config(model_id)
     shrink = {**SHRINK, **changes}
     config.update({k: v for k, v in shrink.items() if k in config.to_dict()})
+    if isinstance(getattr(config, "layer_types", None), list):       # one per layer (Qwen2): the first ones
+        config.layer_types = config.layer_types[:config.num_hidden_layers]
     return config
 
 
