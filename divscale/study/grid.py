@@ -18,8 +18,9 @@ runs the same code path in tests). A recipe whose cells train on several process
 time on a node and the notebook launches its training on all the node's GPUs with ``accelerate
 launch --config_file recipes/accelerate/... -m divscale.cli train`` (:func:`divscale.study.pipeline.train_cell`),
 then evaluates in the notebook; under ``--executor slurm`` each such cell is one job holding
-``train.num_processes`` GPUs of a node. Stopping the grid (Ctrl-C, SIGTERM) stops the notebooks and
-the trainings they launched.
+``train.num_processes`` GPUs of a node. Stopping the grid (Ctrl-C, SIGTERM: :mod:`divscale.signals`) stops
+the notebooks and the trainings they launched, and a training dies with the kernel that launched it however
+that dies (:func:`divscale.train.runs.run_launched`).
 
 ``--list`` builds nothing: it reads the cell files that exist and checks what can be checked without
 the shared artifacts (the recipe's sections, the code versions); a cell whose row is not stale by those
@@ -28,13 +29,10 @@ checks them before it runs anything).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
-import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -285,9 +283,8 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
             except Exception as err:  # noqa: BLE001 - reported, others continue
                 summary["failed"].append((cell, str(err).splitlines()[-1] if str(err) else repr(err)))
     else:
-        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-        bar = tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell")
-        try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
+                tqdm(total=len(todo), desc=f"grid {recipe.name}", unit="cell") as bar:
             futures = {pool.submit(execute_cell, recipe_name, overrides, c, notebook, result_paths[c],
                                    outs[c]): c for c in todo}
             for fut in as_completed(futures):
@@ -299,13 +296,6 @@ def run_grid(recipe_name: str, overrides: dict | None = None, jobs: int = 1, exe
                     summary["failed"].append((cell, str(err).strip().splitlines()[-1] if str(err) else repr(err)))
                 bar.update(1)
                 _collect_quietly(recipe, keys, summary)
-        except BaseException:             # Ctrl-C / SIGTERM: the notebooks' kernels and what they launched stop too
-            stop_children()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        finally:
-            bar.close()
-        pool.shutdown(wait=True)
     _collect_quietly(recipe, keys, summary)
     return summary
 
@@ -319,34 +309,6 @@ def slurm_defaults(recipe: Recipe, jobs: int) -> dict:
     if launches(recipe):
         out.update(nodes=1, tasks_per_node=1, gpus_per_node=recipe.train.num_processes)
     return out
-
-
-def stop_children(grace_s: float = 30.0) -> None:
-    """Stop every process this one started (notebook kernels and the trainings they launched) and their trees."""
-    import psutil
-
-    from divscale.train.runs import stop_process_tree
-
-    for child in psutil.Process().children():
-        stop_process_tree(child.pid, grace_s)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt in the main thread for the life of the block, so ``kill`` stops the grid as
-    Ctrl-C does (its cleanup runs); elsewhere (a thread) nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _collect_quietly(recipe: Recipe, keys: dict, summary: dict) -> None:
@@ -523,8 +485,7 @@ def command(args) -> int:
             print(f"{status}\t{cell}\t{detail}")
         return 0
     start = time.time()
-    with sigterm_as_interrupt():
-        summary = run_grid(args.recipe, overrides, jobs=args.jobs, executor=args.executor)
+    summary = run_grid(args.recipe, overrides, jobs=args.jobs, executor=args.executor)
     print(f"grid {recipe.name}: {summary['cells']} cells, {summary['skipped']} already complete, "
           f"{summary['done']} run ({summary['stale']} of them stale), {len(summary['failed'])} failed in {time.time() - start:.0f} s; "
           f"results: {recipe_dirs(recipe)['results'] / 'runs.csv'}")

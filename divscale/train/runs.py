@@ -38,7 +38,6 @@ seed on CPU the final weights are bit-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import itertools
@@ -565,31 +564,13 @@ _WITH_PARENT = ("import contextlib, ctypes, os, signal, sys\n"
                 "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
-def stop_process_tree(pid: int, grace_s: float = 30.0) -> None:
-    """Stop ``pid`` and everything it started: SIGTERM to it (``accelerate launch`` / torchrun's agent then stops
-    its workers), SIGKILL to whatever of the tree is still alive after ``grace_s`` seconds."""
-    import psutil  # an accelerate dependency
-
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree[:1]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
 def run_launched(cmd: Sequence[str], grace_s: float = 30.0) -> list[str]:
     """Run a launched training command from the project root to its end, its output passed through; return its
-    stdout lines. It runs in its own session and dies with this process (``_WITH_PARENT``); an interrupt
-    or an error here stops its whole process tree (:func:`stop_process_tree`) before it propagates. A non-zero exit
-    is a :class:`RuntimeError` naming the command (its own error is in the output above)."""
+    stdout lines. It runs in its own session and dies with this process however this one dies (``_WITH_PARENT``:
+    a SIGKILLed kernel too); an interrupt or an error here stops it and all its ranks
+    (:func:`divscale.signals.terminate_descendants`) before it propagates, as a SIGINT/SIGTERM of a ``divscale``
+    command does. A non-zero exit is a :class:`RuntimeError` naming the command (its own error is in the output
+    above)."""
     import shlex
     import subprocess
 
@@ -608,7 +589,9 @@ def run_launched(cmd: Sequence[str], grace_s: float = 30.0) -> list[str]:
             lines.append(line.rstrip("\n"))
         code = proc.wait()
     except BaseException:
-        stop_process_tree(proc.pid, grace_s)
+        from divscale.signals import terminate_descendants
+
+        terminate_descendants(grace_s)
         raise
     if code:
         raise RuntimeError(f"{shlex.join(cmd)} exited with code {code} (its error is in the output above)")
