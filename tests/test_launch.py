@@ -133,3 +133,29 @@ def test_stopping_the_grid_stops_the_notebook_and_what_it_launched(tmp_path):
     assert driver.returncode == 128 + signal.SIGTERM and "SIGTERM: stopping every process" in err
     assert _gone(workers + tree) == []
     assert not list((tmp_path / "runs").rglob("cells/*.json"))                  # the cell is not marked done
+
+
+def test_launch_cell_hands_the_exact_recipe_to_the_launched_processes(tmp_path, monkeypatch):
+    """The launched `divscale train` reads the recipe from a file: the same recipe (overrides included, same hash,
+    so the same caches and run key), with a free rendezvous port; the run directory is the one it prints."""
+    recipe = load_recipe("paper-opt-1.3b", {"train.max_steps": 7, "data.sizes": "[12]", "train.lr": "3e-5"})
+    seen = {}
+    done = tmp_path / "runs" / "train" / "pro-n4-k12-s42-abc"
+    done.mkdir(parents=True)
+    (done / "DONE").write_text("")
+
+    def fake_run(cmd):
+        seen["cmd"] = cmd
+        return ["some log line", str(done), ""]
+
+    monkeypatch.setattr(train, "run_launched", fake_run)
+    assert train.launch_cell(recipe, "pro", 4, 12, 42, runs_dir=tmp_path / "runs") == done
+    cmd = seen["cmd"]
+    assert cmd[:4] == ["accelerate", "launch", "--main_process_port", cmd[3]] and int(cmd[3]) > 0
+    assert cmd[cmd.index("--config_file") + 1] == str(paths.RECIPES_DIR / "accelerate" / "zero2.yaml")
+    spec = cmd[cmd.index("--recipe") + 1]
+    again = load_recipe(spec)
+    assert again.hash() == recipe.hash() and again.name == "paper-opt-1.3b" and again.train.max_steps == 7
+    monkeypatch.setattr(train, "run_launched", lambda cmd: ["no run directory here"])
+    with pytest.raises(RuntimeError, match="without printing a completed run directory"):
+        train.launch_cell(recipe, "pro", 4, 12, 42, runs_dir=tmp_path / "runs")

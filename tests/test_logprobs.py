@@ -378,7 +378,7 @@ def test_the_path_is_chosen_per_device_and_why_is_logged_once(caplog, monkeypatc
     assert path == "packed" and "gradient checkpointing" in why[0]
     model.gradient_checkpointing_disable()
     # an attention that takes no custom mask (flash-attention; not run here: it is a hub kernel without flash-attn)
-    monkeypatch.setattr(lp_mod, "_attention", lambda m: "flash_attention_2")
+    monkeypatch.setattr(lp_mod, "attention_implementation", lambda m: "flash_attention_2")
     path, why = lp_mod.choose_path(model, "cuda")
     assert path == "naive" and "flash_attention_2" in why[0] and "slower" in why[1]
     real = lp_mod.choose_path

@@ -632,7 +632,7 @@ def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cud
     torch.manual_seed(0)
     model = _random_model(config, device)
     params = count_params(model)
-    base_impl = lp._attention(model)
+    base_impl = lp.attention_implementation(model)
     usable = [p for p in paths if p != "packed-flex" or getattr(model, "_supports_flex_attn", False)]
     unrunnable = {"packed-flex": "not run: FlexAttention has no backward on CPU (it trains on CUDA)"} if not cuda else {}
     rows = []

@@ -281,14 +281,15 @@ def _flex_block_mask(segment: torch.Tensor):
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention")     # implementations that take a custom mask
 
 
-def _attention(model) -> str:
+def attention_implementation(model) -> str:
+    """The model's attention implementation (``config._attn_implementation``: sdpa, eager, flex_attention, ...)."""
     return str(getattr(getattr(_inner(model), "config", None), "_attn_implementation", None) or "eager")
 
 
 def _packed(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id):
     """One packed sequence per ranking (see the module docstring), one forward pass."""
     k = completion_ids.shape[1]
-    impl = _attention(model)
+    impl = attention_implementation(model)
     lay = packed_layout(prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id,
                         multiple=16 if prompt_ids.device.type == "cuda" else 1)
     if impl == "flex_attention":
@@ -333,7 +334,7 @@ def can_pack(model, total_length: int | None = None) -> str | None:
     reason = _common_reason(model, total_length)
     if reason:
         return reason
-    impl = _attention(model)
+    impl = attention_implementation(model)
     if impl not in PACKED_ATTENTION:
         return f"its attention implementation {impl!r} takes no custom mask (packing needs one of {PACKED_ATTENTION})"
     return None
@@ -437,7 +438,7 @@ def _verify(model, path: str, prompt_ids, prompt_mask, completion_ids, completio
     """Once per model class, attention implementation and path: that path and the naive one agree (no grad, eval
     mode) on the first prompt of a batch."""
     inner = _inner(model)
-    key = f"{type(inner).__module__}.{type(inner).__name__}:{_attention(model)}:{path}"
+    key = f"{type(inner).__module__}.{type(inner).__name__}:{attention_implementation(model)}:{path}"
     if key not in _VERIFIED:
         was_training = model.training
         model.eval()
