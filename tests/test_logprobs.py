@@ -309,8 +309,7 @@ def test_packed_builds_the_mask_each_attention_implementation_takes(arch, impl):
     assert max((p_grads[k] - g).abs().max().item() for k, g in n_grads.items()) <= TOL
 
 
-@pytest.mark.parametrize("arch", ["opt", "llama"])
-def test_packed_flex_attention_block_mask_values(arch, monkeypatch):
+def test_packed_flex_attention_block_mask_values(monkeypatch):
     """FlexAttention (the BlockMask path, for GPUs): on CPU it runs forward only and uncompiled (no backward and no
     inductor here), which is enough to check the mask rule end to end through transformers' flex integration."""
     import transformers.integrations.flex_attention as flex
@@ -318,7 +317,7 @@ def test_packed_flex_attention_block_mask_values(arch, monkeypatch):
 
     monkeypatch.setattr(flex, "compile_friendly_flex_attention",
                         lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw))
-    model = tiny_model(arch).eval()
+    model = tiny_model("llama").eval()        # (OPT's flex path gives the same on this check; one arch: 15 s less)
     model.set_attn_implementation("flex_attention")
     seen = []
     real = lp_mod._flex_block_mask

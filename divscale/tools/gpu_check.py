@@ -362,13 +362,16 @@ def paper_cell(recipe_name: str, device: str, pairs, work: Path, tiny: bool = Fa
     out = {"recipe": recipe_name, "model": model_id, "setting": f"{algo}-n{n}", "per_device_prompts": per_device,
            "grad_accum": accum, "world_in_recipe": base.train.num_processes, "steps": steps,
            "layers_full": layers, "plan_per_gpu_memory_gib_zero": plan_["per_gpu_memory_gib"]}
+    oom = None
     try:
         out.update(_train_cell(base, config, algo, n, per_device, accum, device, pairs, work / "full", tiny, steps))
         out.update(fits=True, depth="full", layers_measured=layers)
     except Exception as err:      # an OOM is a finding, anything else a failure
         if not _is_oom(err):
             raise
-        out.update(fits=False, oom=_error(err))
+        oom = _error(err)         # (the traceback, and the model its frames hold, is released after this block)
+    if oom is not None:
+        out.update(fits=False, oom=oom)
         _free(device)
         half = load_config(model_id) if not tiny else shrunk_config(model_id)
         half.num_hidden_layers = max(1, layers // 2)
@@ -614,13 +617,15 @@ def _pro_step(model, data: dict, share, bf16: bool, device: str, backward: bool 
 def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cuda", ns=(2, 3, 4),
                          batch: int = PAPER_SHAPE["batch"], prompt_tokens: int = PAPER_SHAPE["prompt_tokens"],
                          response_tokens: int = PAPER_SHAPE["response_tokens"], reps: int = PAPER_SHAPE["reps"],
-                         shrink: dict | None = None, bf16: bool | None = None, paths=SHARING_PATHS) -> dict:
+                         shrink: dict | None = None, bf16: bool | None = None, paths=SHARING_PATHS,
+                         flex_ns=(4,)) -> dict:
     """Naive vs every prompt-sharing path on ``model_id``'s real config (random weights, fp32 master weights, bf16
     autocast on CUDA), ``batch`` rankings of a ``prompt_tokens`` prompt + n ``response_tokens`` responses: the PRO
     forward + backward's median step over ``reps`` (after a warm-up), its speed against naive, the peak memory of
     the timed steps, and (in eval mode, before timing) the largest |log-prob| difference per token and the relative
     L2 difference of the gradients against naive. ``packed-flex``: the packed path with the model switched to
-    FlexAttention (models that support it). ``shrink``: :func:`shrunk_config` changes (CPU tests)."""
+    FlexAttention (models that support it), at the n of ``flex_ns`` only (each new shape compiles it: about a
+    minute). ``shrink``: :func:`shrunk_config` changes (CPU tests)."""
     import torch
 
     from divscale.tools.gpu_plan import count_params, load_config
@@ -639,7 +644,8 @@ def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cud
     for n in ns:
         data = _sharing_batch(config.vocab_size, batch, n, prompt_tokens, response_tokens, device)
         checks, ref = {}, None
-        for path in usable:                                 # 1. values and gradients against naive (eval mode)
+        here = [p for p in usable if p != "packed-flex" or n in flex_ns]
+        for path in here:                                 # 1. values and gradients against naive (eval mode)
             share = {"naive": False, "packed-flex": "packed"}.get(path, path)
             if path in unrunnable:
                 checks[path] = {"error": unrunnable[path]}
@@ -666,7 +672,7 @@ def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cud
         ref = None
         _free(device)
         naive_s = None
-        for path in usable:                                 # 2. timing (train mode, as in training)
+        for path in here:                                   # 2. timing (train mode, as in training)
             row = {"n": n, "path": path, **checks[path]}
             if "error" not in checks[path]:
                 share = {"naive": False, "packed-flex": "packed"}.get(path, path)
@@ -755,60 +761,70 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
                     "cuda": torch.version.cuda, "texts": source, "tiny": tiny, "steps": STEPS}
     failures = []
 
-    def stage(key, label, fn):
+    def save() -> None:            # after every stage: a run stopped by its time limit keeps what it measured
+        report["seconds"] = round(time.time() - t0, 1)
+        report["failures"] = failures
+        if out_json:
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_json).write_text(json.dumps(report, indent=1, default=str))
+
+    def stage(label, fn):
         start = time.time()
         try:
-            report[key] = fn()
+            out = fn()
         except Exception as err:  # noqa: BLE001 - recorded; the other stages still run
-            report[key] = {"error": _error(err)}
+            out = {"error": _error(err)}
             failures.append(f"{label}: {_error(err)}")
         print(f"[{label}] {time.time() - start:.0f} s", flush=True)
         _free(device)
-        return report[key]
+        return out
 
-    cell_and_loss = stage("smoke", "smoke cell + PRO loss", lambda: smoke_cell(device, texts, pairs, tmp / "smoke"))
-    if isinstance(cell_and_loss, tuple):
-        report["smoke_cell"], report["pro_loss"] = cell_and_loss
-        del report["smoke"]
+    def cell(recipe_name):
+        c = report["cells"][recipe_name] = stage(f"cell {recipe_name}", lambda: paper_cell(
+            recipe_name, device, pairs, tmp / recipe_name, tiny=tiny))
+        if "error" not in c:
+            print(f"  {recipe_name} {c['setting']} ({c['depth']} depth, {c['layers_measured']} layers): "
+                  f"{c['step_s_median']:.2f} s/step, {c['tokens_per_s']:,.0f} tokens/s, {c['tflops_per_s']:.0f} "
+                  f"TFLOP/s, peak {c['peak_memory_gib'] or 0:.1f} GiB (plan, one process: "
+                  f"{c['predicted_memory_gib_one_process']:.1f} GiB); greedy generation "
+                  f"{c['generation']['new_tokens_per_s']:,.0f} tokens/s", flush=True)
+        save()
+
+    smoke = stage("smoke cell + PRO loss", lambda: smoke_cell(device, texts, pairs, tmp / "smoke"))
+    if isinstance(smoke, tuple):
+        report["smoke_cell"], report["pro_loss"] = smoke
         cmp = report["pro_loss"]
         print(f"  smoke cell: {report['smoke_cell']['steps']} steps, loss {report['smoke_cell']['final_train_loss']:.4f}; "
               f"PRO loss cpu fp32 {cmp['cpu_fp32']:.5f} vs {device} bf16 {cmp[device + '_bf16']:.5f} "
               f"(|diff| {cmp['abs_diff']:.2e} <= {cmp['tolerance']:.2e}: {'ok' if cmp['ok'] else 'FAILED'})")
         if not cmp["ok"]:
             failures.append("PRO loss CPU vs device outside bf16 tolerance")
-    if not quick:
+    else:
+        report["smoke_cell"] = smoke
+    save()
+    if not quick:                  # the most telling first (a run cut by its time limit loses the last)
         report["cells"] = {}
-        for recipe_name in PAPER_RECIPES:
-            cell = stage(f"cell:{recipe_name}", f"cell {recipe_name}",
-                         lambda r=recipe_name: paper_cell(r, device, pairs, tmp / r, tiny=tiny))
-            report["cells"][recipe_name] = report.pop(f"cell:{recipe_name}")
-            if "error" not in cell:
-                print(f"  {recipe_name} {cell['setting']} ({cell['depth']} depth, {cell['layers_measured']} layers): "
-                      f"{cell['step_s_median']:.2f} s/step, {cell['tokens_per_s']:,.0f} tokens/s, "
-                      f"{cell['tflops_per_s']:.0f} TFLOP/s, peak {cell['peak_memory_gib'] or 0:.1f} GiB (plan, one "
-                      f"process: {cell['predicted_memory_gib_one_process']:.1f} GiB); greedy generation "
-                      f"{cell['generation']['new_tokens_per_s']:,.0f} tokens/s", flush=True)
-        stage("generator", "ranking generator", lambda: generator_throughput(device, pairs, tiny=tiny))
+        cell(PAPER_RECIPES[0])
+        shape = TINY["sharing"] if tiny else PAPER_SHAPE
+        report["sharing"] = stage("prompt sharing", lambda: prompt_sharing_table(
+            device=device, shrink={} if tiny else None, **shape))
+        if "rows" in report["sharing"]:
+            print(format_sharing_table(report["sharing"]), flush=True)
+        save()
         from divscale.config import load_recipe
 
         rew = load_recipe(PAPER_RECIPES[0]).reward
         report["rm"] = {}
         for role, model_id, dtype in (("RM_test", rew.test_model, rew.test_dtype),
                                       ("RM_train", rew.train_model, rew.dtype)):
-            report["rm"][role] = stage(f"rm:{role}", role, lambda m=model_id, d=dtype: rm_throughput(
-                m, device, pairs, tiny=tiny, dtype=d))
-            report.pop(f"rm:{role}")
-        shape = TINY["sharing"] if tiny else PAPER_SHAPE
-        table = stage("sharing", "prompt sharing", lambda: prompt_sharing_table(
-            device=device, shrink={} if tiny else None, **shape))
-        if "rows" in table:
-            print(format_sharing_table(table), flush=True)
-    report["seconds"] = round(time.time() - t0, 1)
-    report["failures"] = failures
+            report["rm"][role] = stage(role, lambda m=model_id, d=dtype: rm_throughput(m, device, pairs, tiny=tiny,
+                                                                                      dtype=d))
+        report["generator"] = stage("ranking generator", lambda: generator_throughput(device, pairs, tiny=tiny))
+        save()
+        for recipe_name in PAPER_RECIPES[1:]:
+            cell(recipe_name)
+    save()
     print(f"gpu-check: {'passed' if not failures else 'FAILED: ' + '; '.join(failures)} in {report['seconds']} s")
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(report, indent=1, default=str))
     if work is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if not failures else 1
