@@ -611,7 +611,7 @@ def _pro_step(model, data: dict, share, bf16: bool, device: str, backward: bool 
         loss = pro_loss_parts(logp / count, data["rewards"], sft_nll=-logp[:, 0]).total
     if backward:
         loss.backward()
-    return logp.detach().float(), count, float(loss)
+    return logp.detach().float(), count, float(loss.detach())
 
 
 def prompt_sharing_table(model_id: str = "facebook/opt-1.3b", device: str = "cuda", ns=(2, 3, 4),
