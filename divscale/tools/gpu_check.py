@@ -98,29 +98,31 @@ def fixed_batch_pro_loss(model, batch: dict, device: str, bf16: bool) -> float:
 
     import torch
 
-    from divscale.train.pro import pro_loss, sequence_logprobs
+    from divscale.train.logprobs import logprobs_from_ids
+    from divscale.train.losses import pro_loss
 
     model = copy.deepcopy(model).to(device).eval()
     inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-        logp_sum, n_tokens = sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"],
-                                               inputs["response_mask"])
+        logp_sum, n_tokens = logprobs_from_ids(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                               inputs["completion_ids"], inputs["completion_mask"], share_prompt=False)
         scores = logp_sum / n_tokens
-        loss = pro_loss(scores.float(), inputs["rewards"].float(), sft_nll=-logp_sum[:, 0].float(), sft_weight=0.05)
+        loss = pro_loss(scores.float(), inputs["scores"].float(), sft_nll=-logp_sum[:, 0].float(), sft_weight=0.05)
     return float(loss)
 
 
 def compare_pro_loss(model, tokenizer, rankings, recipe, device: str) -> dict:
     """CPU fp32 vs ``device`` bf16 on the first ``per_device_batch`` rankings; ``ok`` within RTOL/ATOL."""
-    from divscale.train.pro import RankingCollator
+    from divscale.train.runs import cell_lengths
+    from divscale.train.trainer import RankingCollator, model_positions, ranked_rows
 
-    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    batch = collator(rankings[:recipe.train.per_device_batch])
+    collator = RankingCollator(tokenizer, *cell_lengths(recipe, model_positions(model)))
+    batch = collator(ranked_rows(rankings[:recipe.train.per_device_train_batch_size], 4))
     cpu = fixed_batch_pro_loss(model, batch, "cpu", bf16=False)
     other = fixed_batch_pro_loss(model, batch, device, bf16=True)
     tol = RTOL * abs(cpu) + ATOL
     return {"cpu_fp32": cpu, f"{device}_bf16": other, "abs_diff": abs(other - cpu), "tolerance": tol,
-            "ok": abs(other - cpu) <= tol, "batch_shape": list(batch["input_ids"].shape)}
+            "ok": abs(other - cpu) <= tol, "batch_shape": list(batch["completion_ids"].shape)}
 
 
 def full_size_throughput(steps: int = 10, batch: int = 8, seq: int = 512) -> dict:
@@ -183,7 +185,7 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
     from divscale.models import tiny_gpt
     from divscale.reward import rm as reward
     from divscale.train import runs as train
-    from divscale.train.pro import RankingCollator
+    from divscale.train.trainer import RankingCollator, model_positions, ranked_rows
 
     t0 = time.time()
     name = torch.cuda.get_device_name(0) if cuda else device
@@ -205,8 +207,8 @@ def run(quick: bool = False, out_json: str | None = None, device: str | None = N
     run_dir = train.train_run(recipe, "pro", 4, k, 42, grid={(4, k): rankings}, policy=(model, tokenizer),
                               rm_train=rm_train, dev_prompts=dev, runs_dir=tmp / "runs")
     result = json.loads((run_dir / "result.json").read_text())
-    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    per_ranking = sum(sum(len(ids) for ids, _ in collator.encode([r])) for r in rankings) / len(rankings)
+    collator = RankingCollator(tokenizer, *train.cell_lengths(recipe, model_positions(model)))
+    per_ranking = sum(len(p) + len(c) for p, cs in collator.encode(ranked_rows(rankings, 4)) for c in cs) / len(rankings)
     tokens = result["steps"] * recipe.train.prompts_per_step * per_ranking
     from divscale.reward.evaluate import evaluate_checkpoint
 
