@@ -44,7 +44,7 @@ class RankingOptions:
     """Settings of :class:`divscale.train.trainer.RankingTrainer` (see the module docstring for the names)."""
 
     # ---------------------------------------------------------------- the loss
-    loss_type: list[LossType] = field(default_factory=lambda: ["plackett_luce"], metadata={
+    loss_type: list[str] = field(default_factory=lambda: ["plackett_luce"], metadata={     # as TRL: list[str], checked
         "help": f"loss(es) on each row's ranked completions, from {list(LOSSES)}; several are summed with "
                 "--loss_weights (as TRL's DPOConfig.loss_type)"})
     loss_weights: list[float] | None = field(default=None, metadata={
@@ -259,7 +259,7 @@ def add_arguments(parser, cls=RankingOptions, skip=()) -> None:
         parser.add_argument(*names, **kwargs)
         if hint is bool and default is True:
             parser.add_argument(f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}", action=Given, nargs=0,
-                                const=False, dest=f.name, default=default, help=argparse.SUPPRESS)
+                                const=False, dest=f.name, default=False, help=argparse.SUPPRESS)
 
 
 def options_from(namespace, cls=RankingOptions, skip=()) -> dict:

@@ -20,6 +20,7 @@ import json
 import random
 import time
 from datetime import datetime, timezone
+
 from divscale.train.options import RankingOptions, deprecated, options_from, translate_deprecated
 
 # divscale 0.1's flags -> the option they set (accepted for one release, with a warning); the parser stores each in
@@ -157,7 +158,8 @@ def command(args) -> int:
     kwargs.update(max_length=max_length, max_prompt_length=max_prompt_length)
     run = train_ranked(train_rows, options.loss_type, policy, policy_id, seed=seed, runs_dir=args.runs_dir,
                        data_name=str(args.data), progress=True, positions=positions, model_name=args.model,
-                       recipe_name=recipe.name if recipe is not None else None, split=args.split, limit=args.limit,
+                       recipe_name=(args.recipe or "cpu") if recipe is not None else None, split=args.split,
+                       limit=args.limit,
                        held_out_ids=held_ids, output_dir=values.get("output_dir"), **kwargs)
     result = json.loads((run / "result.json").read_text())
     finished = datetime.fromisoformat(result["finished"]) if result.get("finished") else None
