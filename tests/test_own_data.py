@@ -3,6 +3,7 @@ the own-data run folder (the contract `divscale evaluate --run` reads), the CLI'
 and its refusals (flags that do not apply, bad step counts, lengths the model cannot hold)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -74,7 +75,7 @@ def test_each_loss_trains(tiny_gpt, tiny_tokenizer, ranked, tmp_path, loss):
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     assert (trainer.ref_model is None) == (loss in ("pro", "sft"))
-    logged = [r for r in trainer.state.log_history if "loss" in r][0]
+    logged = next(r for r in trainer.state.log_history if "loss" in r)
     for name in (loss if isinstance(loss, list) else [loss]):
         assert f"loss_{name}" in logged
 
@@ -271,7 +272,7 @@ def _colon_then_line_break(tokenizer, rows) -> int:
     pairs = 0
     for ids, mask in zip(batch["completion_ids"].flatten(0, 1), batch["completion_mask"].flatten(0, 1)):
         pieces = [tokenizer.decode([t]) for t in ids[mask.bool()].tolist()]
-        pairs += sum(a.endswith(":") and b.startswith("\n") for a, b in zip(pieces, pieces[1:], strict=False))
+        pairs += sum(a.endswith(":") and b.startswith("\n") for a, b in itertools.pairwise(pieces))
     return pairs
 
 

@@ -518,8 +518,8 @@ def check_keys(df: pd.DataFrame, source, fix: str) -> None:
 
 def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
     """PRO's two loss terms per run: the ranking term and the β·SFT term, and each one's share of the
-    gradient norm (``PROTrainer`` measures them every ``loss_balance_steps`` steps into the run's
-    ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
+    gradient norm (``divscale.train.trainer.LossBalanceCallback`` measures them every ``loss_balance_steps``
+    steps into the run's ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
     rows = []
     for row in df[df["algo"] == "pro"].itertuples():
         run = json.loads((project_path(row.run_dir) / "result.json").read_text())
