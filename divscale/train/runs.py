@@ -401,15 +401,15 @@ def _barrier() -> None:
         PartialState().wait_for_everyone()
 
 
-def saved_tokenizer(tokenizer, model):
-    """The tokenizer a run saves beside its weights: a copy whose ``model_max_length`` is the model's positions
-    (a tokenizer trained from scratch says 10^30); its chat template, if any, is kept."""
-    positions = model_positions(model)
-    if positions is None or getattr(tokenizer, "model_max_length", None) == positions:
-        return tokenizer
-    out = copy.deepcopy(tokenizer)
-    out.model_max_length = positions
-    return out
+def set_model_max_length(folder: Path, positions: int | None) -> None:
+    """The saved tokenizer's ``model_max_length`` is the model's positions (a tokenizer trained from scratch says
+    10^30); its chat template, if it had one, is saved beside it by the Trainer."""
+    path = folder / "tokenizer_config.json"
+    if positions is None or not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if config.get("model_max_length") != positions:
+        atomic_write_json(path, {**config, "model_max_length": positions})
 
 
 def execute_run(run_dir: Path, config: dict, build: Callable[[Path, list], Any], start_line: str,
@@ -465,6 +465,7 @@ def _execute(run_dir, config, build, start_line, result, progress) -> Path:
     if main:
         with atomic_path(work / "best") as tmp:
             _copy_weights(work / "trainer" / (f"checkpoint-{best_step}" if best_step else "final"), tmp)
+            set_model_max_length(Path(tmp), model_positions(trainer.model))
         records = log.records()
         losses = [r["loss"] for r in records if "loss" in r]
         atomic_write_json(work / "result.json", {
@@ -488,7 +489,7 @@ def _initial_policy(policy, copy_policy: bool = True):
     model, tokenizer = policy() if callable(policy) else policy
     if copy_policy and not callable(policy):
         model = copy.deepcopy(model)
-    return model, saved_tokenizer(tokenizer, model)
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------- a grid cell
