@@ -65,3 +65,18 @@ def test_train_help_is_fast_and_imports_nothing_heavy():
     assert "HEAVY []" in out, out[-300:]
     assert "--loss_type" in out and "--per_device_train_batch_size" in out and "--max_length" in out
     assert wall < 2.0, f"`divscale train --help` took {wall:.2f} s"
+
+
+def test_a_refused_data_run_fails_before_loading_anything_heavy(tmp_path):
+    """Bad options, flags that do not apply and lengths the model cannot hold fail in a fraction of a second:
+    no torch, no transformers, no datasets."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1]}\n')
+    for extra in (["--max_length", "4096"], ["--algo", "pro"], ["--max_steps", "0"], ["--loss_type", "listnet"]):
+        code = ("import sys; from divscale import cli\n"
+                f"status = cli.main(['train', '--data', {str(data)!r}, '--model', 'tiny-gpt', *{extra!r}])\n"
+                "print('STATUS', status, 'HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') "
+                "if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert "STATUS 1 HEAVY []" in out.stdout, (extra, out.stdout, out.stderr[-500:])
+        assert out.stderr.strip().splitlines()[-1].startswith("divscale train: error: "), extra

@@ -272,12 +272,13 @@ def train_command(args) -> int:
     (:func:`divscale.train.own_data.command`). Under ``accelerate launch`` the main process builds the shared caches
     (splits, RMs, grid) first. A flag that does not apply to the chosen form is an error."""
     from divscale.config import parse_overrides
-    from divscale.train.runs import world_size
 
     if getattr(args, "data", None):                  # your own ranked data, outside the grid
         from divscale.train.own_data import command as own_data_command
 
         return own_data_command(args)
+    from divscale.train.runs import world_size
+
     data_only = sorted((getattr(args, "_given", None) or {}).values())
     if data_only:
         raise ValueError(f"{data_only[0]} applies to --data runs only; for a grid cell set recipe values with "

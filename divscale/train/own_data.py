@@ -21,7 +21,14 @@ import random
 import time
 from datetime import datetime, timezone
 
-from divscale.train.options import RankingOptions, deprecated, options_from, translate_deprecated
+from divscale.train.options import (
+    RankingOptions,
+    deprecated,
+    model_positions,
+    options_from,
+    sequence_lengths,
+    translate_deprecated,
+)
 
 # divscale 0.1's flags -> the option they set (accepted for one release, with a warning); the parser stores each in
 # ``deprecated_<option>``. --max-completion-length becomes max_length = prompt + completion budget.
@@ -109,16 +116,12 @@ def model_positions_of(model: str, recipe) -> int | None:
     from transformers import AutoConfig
 
     from divscale.models.hub import model_folder
-    from divscale.train.trainer import model_positions
 
     return model_positions(AutoConfig.from_pretrained(model_folder(model), trust_remote_code=False))
 
 
 def command(args) -> int:
     from divscale.config import load_recipe
-    from divscale.data.formats import load_ranked
-    from divscale.train.runs import study_policy, train_ranked
-    from divscale.train.trainer import sequence_lengths
 
     started = datetime.now(timezone.utc)
     _refuse_what_does_not_apply(args)
@@ -129,6 +132,8 @@ def command(args) -> int:
     positions = model_positions_of(args.model, recipe)
     max_length, max_prompt_length = sequence_lengths(options.max_length, options.max_prompt_length, positions,
                                                      args.model)
+    from divscale.data.formats import load_ranked  # the heavy imports, once every check passed
+    from divscale.train.runs import study_policy, train_ranked
 
     fail_on_unrankable = args.fail_on_unrankable
     if args.deprecated_keep_unrankable:

@@ -63,9 +63,10 @@ from divscale.train.options import (
     NEEDS_REFERENCE,
     RankingOptions,
     check_options,
-    default_prompt_length,
     deprecated,
     losses_of,
+    model_positions,
+    sequence_lengths,
     translate_deprecated,
 )
 
@@ -90,35 +91,6 @@ def ListwiseConfig(**kwargs) -> RankingConfig:            # the old class name, 
     """Deprecated: :class:`RankingConfig` (old argument names are translated, with a warning)."""
     deprecated("ListwiseConfig", "RankingConfig")
     return RankingConfig(**translate_deprecated(kwargs))
-
-
-def model_positions(model_or_config) -> int | None:
-    """How many positions a model (or its config) has, if it says."""
-    config = getattr(model_or_config, "config", model_or_config)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def sequence_lengths(max_length: int | None, max_prompt_length: int | None, positions: int | None,
-                     model_name: str = "the model") -> tuple[int, int]:
-    """``(max_length, max_prompt_length)`` resolved against the model: unset lengths come from its positions; a
-    length the model cannot hold is a one-line error (before any work)."""
-    if max_length is None:
-        if positions is None:
-            raise ValueError(f"max_length is unset and {model_name} does not say how many positions it has; "
-                             "set max_length")
-        max_length = positions
-    if positions is not None and max_length > positions:
-        raise ValueError(f"max_length={max_length} exceeds the {positions} positions of {model_name} "
-                         f"(max_position_embeddings): set max_length <= {positions}, or leave it unset")
-    prompt = default_prompt_length(max_length) if max_prompt_length is None else max_prompt_length
-    if not 0 < prompt < max_length:
-        raise ValueError(f"max_prompt_length={prompt} must be in [1, max_length={max_length}): the completion "
-                         "needs room after the prompt")
-    return max_length, prompt
 
 
 # --------------------------------------------------------------------------- rows and the collator
