@@ -39,12 +39,12 @@ class DataConfig:
 
 
 @dataclass
-class RankingConfig:
+class RankingExtensionConfig:
+    """The `ranking:` section: human pairs extended to n-rankings by a generator, ordered by RM_train."""
     generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     k: int = 2                           # extra responses per prompt (4-ranking = 2 human + 2 generated)
     max_new_tokens: int = 128
     max_prompt_tokens: int = 384
-    batch_size: int = 8
     temperature: float = 0.7             # sampling for diversity between the k responses
     top_p: float = 0.9
     seed: int = 42
@@ -220,7 +220,7 @@ class Recipe:
     name: str = "custom"
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
-    ranking: RankingConfig = field(default_factory=RankingConfig)
+    ranking: RankingExtensionConfig = field(default_factory=RankingExtensionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

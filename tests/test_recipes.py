@@ -115,8 +115,9 @@ def test_accelerate_zero2_config():
 @pytest.mark.parametrize("name,algo", [("paper-opt-1.3b", "pro"), ("paper-llama-7b", "sft")])
 def test_paper_code_path_with_a_tiny_model(name, algo, tmp_path, tiny_gpt, tiny_tokenizer):
     """The paper recipe as is (per-n batches, grad accumulation for 112 prompts/step, validation, best/),
-    with tiny_gpt swapped in, one step, fp32 on CPU."""
-    recipe = load_recipe(name, {"train.max_steps": 1, "train.bf16": False})
+    with tiny_gpt swapped in (256 positions: the recipe's 512-token block would be refused), one step, fp32 on CPU."""
+    recipe = load_recipe(name, {"train.max_steps": 1, "train.bf16": False, "train.max_length": 256,
+                                "train.max_prompt_length": 192})
     seen = RecordArgs()
     run_dir = train.train_run(recipe, algo, 4, len(RANKINGS), 42, grid={(4, len(RANKINGS)): RANKINGS},
                               policy=(tiny_gpt, tiny_tokenizer), rm_train=LengthRM(),

@@ -479,9 +479,7 @@ class RankingTrainer(FiniteLossMixin, Trainer):
 
     def precompute_reference(self, dataset):
         """The reference model's log-probs of every row's completions, as a ``ref_logps`` column."""
-        values = []
-        size = self.args.precompute_ref_batch_size if hasattr(self.args, "precompute_ref_batch_size") else None
-        size = size or self.args.per_device_train_batch_size
+        values, size = [], self.args.per_device_train_batch_size
         for start in range(0, len(dataset), size):
             rows = dataset.select(range(start, min(start + size, len(dataset))))
             batch = self._prepare_inputs(self.data_collator(list(rows)))
