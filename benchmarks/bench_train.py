@@ -1,9 +1,9 @@
 """Training-step speed, each number against a baseline measured in the same run on the same model and data.
 
-1. PRO step (forward + backward of the PRO loss on b prompts x n candidates): all b*n sequences in ONE
-   forward pass (divscale.train.pro) vs n separate forward passes, one per candidate (the official code).
-   Both pad to the longest of the b*n sequences, as the official collator does, and give the same loss.
-2. SFT throughput: our SFT step (PROTrainer with one candidate) vs TRL's SFTTrainer on the same
+1. PRO step (forward + backward of the PRO loss on b prompts x n candidates): all b*n full sequences in ONE
+   forward pass (divscale.train.logprobs.logprobs_from_ids, share_prompt=False) vs n separate forward passes, one
+   per candidate (the official code; each pass pads to its own longest sequence). Both give the same loss.
+2. SFT throughput: our SFT step (RankingTrainer, loss_type sft, the paper's summed NLL) vs TRL's SFTTrainer on the same
    prompt-completion data (completion-only loss), same model init, batch, max length and optimizer;
    response+prompt tokens processed per second of training.
 
@@ -30,7 +30,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from divscale import paths
 from divscale.data.hh import split_dialogue
-from divscale.train.pro import PROConfig, PROTrainer, RankingCollator, pro_loss, sequence_logprobs
+from divscale.train.logprobs import logprobs_from_ids
+from divscale.train.losses import pro_loss
+from divscale.train.trainer import RankingCollator, RankingConfig, RankingTrainer, ranked_rows
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 
@@ -74,22 +76,23 @@ def tiny_policy(texts: list[str], vocab: int = 2048, block: int = 256):
 
 
 def pro_step(model, batch, separate: bool) -> float:
+    def score(sl):
+        return logprobs_from_ids(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"][:, sl],
+                                 batch["completion_mask"][:, sl], share_prompt=False)
+
     if separate:                                   # the official loop: one forward per candidate
-        n = batch["input_ids"].shape[1]
-        parts = [sequence_logprobs(model, batch["input_ids"][:, i], batch["attention_mask"][:, i],
-                                   batch["response_mask"][:, i]) for i in range(n)]
-        logp = torch.stack([p[0] for p in parts], 1)
-        count = torch.stack([p[1] for p in parts], 1)
+        parts = [score(slice(i, i + 1)) for i in range(batch["completion_ids"].shape[1])]
+        logp, count = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
     else:
-        logp, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    loss = pro_loss(logp / count, batch["rewards"], sft_nll=-logp[:, 0])
+        logp, count = score(slice(None))
+    loss = pro_loss(logp / count, batch["scores"], sft_nll=-logp[:, 0])
     loss.backward()
     model.zero_grad(set_to_none=True)
     return loss.item()
 
 
 def bench_pro(model, tokenizer, recs, n: int, batch_size: int, reps: int, block: int) -> dict:
-    batch = RankingCollator(tokenizer, n, block, block - 64)(recs[:batch_size])
+    batch = RankingCollator(tokenizer, block, block - 64)(ranked_rows(recs[:batch_size], n))
     model.train()
     losses = {mode: pro_step(model, batch, mode) for mode in (False, True)}          # warm-up + same loss
     assert abs(losses[False] - losses[True]) < 1e-3 * max(1.0, abs(losses[False])), losses
@@ -101,7 +104,7 @@ def bench_pro(model, tokenizer, recs, n: int, batch_size: int, reps: int, block:
             times[mode].append(time.perf_counter() - start)
     one, sep = statistics.median(times[False]), statistics.median(times[True])
     return {"n": n, "one_forward_s": one, "n_forwards_s": sep, "speedup": sep / one,
-            "shape": list(batch["input_ids"].shape)}
+            "shape": list(batch["completion_ids"].shape)}
 
 
 def bench_sft(model, tokenizer, recs, steps: int, batch_size: int, block: int) -> dict:
@@ -110,19 +113,23 @@ def bench_sft(model, tokenizer, recs, steps: int, batch_size: int, block: int) -
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from divscale.data.formats import RANKED_FEATURES
+
     data = recs[:steps * batch_size]                                  # one epoch: every example seen once
-    collator = RankingCollator(tokenizer, 1, block, block - 64)
-    prompts = collator.truncate_prompts([r["prompt"] for r in data])
+    collator = RankingCollator(tokenizer, block, block - 64, best_only=True)
+    prompts = collator.prompt_texts([r["prompt"] for r in data])
     common = {"max_steps": steps, "per_device_train_batch_size": batch_size, "learning_rate": 1e-4,
               "lr_scheduler_type": "constant", "weight_decay": 0.01, "optim": "adamw_torch",
               "logging_steps": steps, "save_strategy": "no", "report_to": "none", "use_cpu": True, "bf16": False,
               "disable_tqdm": True, "seed": 0}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = PROTrainer(model=copy.deepcopy(model), args=PROConfig(output_dir=tmp, ranking_len=1, block_size=block,
-                                                                      max_prompt_tokens=block - 64, **common),
-                          train_dataset=Dataset.from_list(data), processing_class=tokenizer)
-        n_tokens = sum(len(ids) for ids, _ in collator.encode(data))
+        args = RankingConfig(output_dir=tmp, loss_type="sft", sft_reduction="sequence_sum", max_length=block,
+                             max_prompt_length=block - 64, disable_dropout=False, **common)
+        rows = ranked_rows(data, 1)
+        ours = RankingTrainer(model=copy.deepcopy(model), args=args, processing_class=tokenizer,
+                              train_dataset=Dataset.from_list(rows, features=RANKED_FEATURES))
+        n_tokens = sum(len(p) + len(c) for p, cs in collator.encode(rows) for c in cs)
         runtime = ours.train().metrics["train_runtime"]
         out["ours_tokens_per_s"], out["ours_tokens"] = n_tokens / runtime, n_tokens
 

@@ -12,8 +12,9 @@ Sub-packages, in the order the data flows (docs/architecture.md has the picture)
     metrics/   diversity (the paper's d and other measures)
     reward/    rm (RM_train / RM_test), rankings (pairs extended to n-rankings ordered by RM_train),
                evaluate (greedy answers scored by a reward model, CIs, win rates, LLM judge; any run folder)
-    train/     losses (PRO, Plackett-Luce, all-pairs DPO, SFT), logprobs (completion log-probs, prompt shared),
-               trainer, pro (the Trainer subclasses), runs (a run folder: train, keep a checkpoint, resume)
+    train/     losses (PRO, Plackett-Luce, all-pairs DPO, LiPO-lambda, SFT), logprobs (completion log-probs, prompt
+               shared), options (TRL-named settings, no torch), trainer (RankingConfig, RankingCollator,
+               RankingTrainer), runs (a run folder: train, keep a checkpoint, resume), own_data (train --data)
     study/     pipeline (recipe -> results: what the notebooks call), grid (every cell via papermill, locally or
                on Slurm), notebook_runner (execute / sync / check the notebooks)
     report/    analysis (regressions, contrasts, power), plots, publish (summary.json, the README block)

@@ -87,39 +87,53 @@ def _reward_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    from divscale import paths
-    from divscale.train.losses import LOSSES
-    from divscale.train.runs import ALGOS
+    import typing
 
-    parser.add_argument("--recipe", default=None, help="recipe name (recipes/<name>.yaml) or path")
-    parser.add_argument("--algo", default=None, choices=ALGOS)
-    parser.add_argument("--ranking-len", type=int, default=None, help="ranking length n (2, 3, 4)")
-    parser.add_argument("--prompts", type=int, default=None, help="number of prompts k (one of data.sizes)")
-    parser.add_argument("--seed", type=int, default=None)
+    from divscale import paths
+    from divscale.config import Algo
+    from divscale.train.options import Given, RankingOptions, add_arguments
+
+    parser.add_argument("--recipe", default=None,
+                        help="recipe name (recipes/<name>.yaml) or path; with --data: whose tiny-gpt policy to train "
+                             "(default cpu)")
+    parser.add_argument("--algo", default=None, choices=typing.get_args(Algo), help="grid cell: the algorithm")
+    parser.add_argument("--ranking-len", type=int, default=None, help="grid cell: ranking length n (2, 3, 4)")
+    parser.add_argument("--prompts", type=int, default=None, help="grid cell: number of prompts k (one of data.sizes)")
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default 42)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set train.max_steps=10")
-    parser.add_argument("--runs-dir", default=None, help=f"where run directories go (default {paths.RUNS_DIR})")
+                        help="grid cell: override a recipe value, e.g. --set train.max_steps=10")
+    parser.add_argument("--runs-dir", default=None, help=f"where run folders go (default {paths.RUNS_DIR})")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    g = parser.add_argument_group("train on your own ranked data (instead of a grid cell)")
+    g = parser.add_argument_group("train on your own ranked data (instead of a grid cell); the flags are "
+                                  "divscale.train.options.RankingOptions' fields, TRL's names")
     g.add_argument("--data", default=None, metavar="FILE_OR_HUB_ID",
-                   help="ranked data: JSONL/JSON file or folder (ranked format, divscale Rankings, HH-RLHF pairs, "
-                        "PRO, UltraFeedback, oasst1 trees) or a datasets hub id")
-    g.add_argument("--loss", default="plackett_luce", choices=LOSSES)
-    g.add_argument("--model", default="tiny-gpt",
-                   help="a local model folder, a cached hub id, or tiny-gpt (the project's small GPT: tokenizer and "
-                        "warm-up on the data's own texts, sized by --recipe's policy section, default cpu; cached)")
-    g.add_argument("--split", default="train", help="split of a hub dataset")
-    g.add_argument("--limit", type=int, default=None, help="use the first N rows")
-    g.add_argument("--steps", type=int, default=100, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=4, help="rows (prompts) per step")
-    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (constant)")
-    g.add_argument("--beta", type=float, default=0.1, help="DPO beta (plackett_luce, all_pairs_dpo)")
-    g.add_argument("--sft-weight", type=float, default=None, help="default: 0.05 for pro, 0 otherwise")
-    g.add_argument("--max-prompt-length", type=int, default=384)
-    g.add_argument("--max-completion-length", type=int, default=128)
-    g.add_argument("--no-share-prompt", action="store_true", help="one full sequence per completion")
-    g.add_argument("--keep-unrankable", action="store_true",
-                   help="fail on a row that cannot be ranked (default: drop it, with a warning)")
+                   help="ranked data: JSONL/JSON file or folder (ranked format, TRL preference data, divscale "
+                        "Rankings, HH-RLHF pairs, PRO, UltraFeedback, oasst1 trees) or a datasets hub id")
+    g.add_argument("--model", default="tiny-gpt", action=Given,
+                   help="tiny-gpt (the study's warmed-up policy of --recipe, cached and shared with the grid), a local "
+                        "model folder or a cached hub id (default tiny-gpt)")
+    g.add_argument("--split", default="train", action=Given, help="split of a hub dataset (default train)")
+    g.add_argument("--limit", type=int, default=None, action=Given, help="use the first N rows")
+    g.add_argument("--held_out", "--held-out", type=float, default=0.1, action=Given,
+                   help="rows kept out of training for `divscale evaluate --run` (seeded): a share < 1 or a count; "
+                        "0: none (default 0.1)")
+    g.add_argument("--fail_on_unrankable", "--fail-on-unrankable", nargs=0, const=True, default=False, action=Given,
+                   help="fail on a row that cannot be ranked (all completions tied, ...) instead of dropping it with "
+                        "a warning")
+    add_arguments(g, RankingOptions, skip=("seed",))
+    old = parser.add_argument_group("deprecated flags (divscale 0.1; removed in the next release)")
+    old.add_argument("--loss", dest="deprecated_loss_type", nargs="+", default=None, action=Given,
+                     help="use --loss_type")
+    old.add_argument("--steps", dest="deprecated_max_steps", type=int, default=None, action=Given,
+                     help="use --max_steps")
+    old.add_argument("--lr", dest="deprecated_learning_rate", type=float, default=None, action=Given,
+                     help="use --learning_rate")
+    old.add_argument("--batch-size", dest="deprecated_per_device_train_batch_size", type=int, default=None,
+                     action=Given, help="use --per_device_train_batch_size")
+    old.add_argument("--max-completion-length", dest="deprecated_max_completion_length", type=int, default=None,
+                     action=Given, help="use --max_length (prompt + completion)")
+    old.add_argument("--keep-unrankable", dest="deprecated_keep_unrankable", nargs=0, const=True, default=False,
+                     action=Given, help="it failed on an unrankable row: use --fail_on_unrankable")
 
 
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:

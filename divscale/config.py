@@ -11,9 +11,10 @@ import functools
 import hashlib
 import json
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -32,17 +33,18 @@ class DataConfig:
     grid_seed: int = 42                  # the official code's random.seed(42)
     sizes: list[int] = field(default_factory=lambda: [1500, 2000, 3000, 6000, 12000, 16000, 24000, 36000])
     ranking_lengths: list[int] = field(default_factory=lambda: [2, 3, 4])
-    split_mode: str = "auto"             # paper: pool = train splits; carve: all from test; auto: paper if train exists
+    split_mode: Literal["auto", "paper", "carve"] = "auto"   # paper: pool = train splits; carve: all from test;
+                                                             # auto: paper if the train splits exist
     drop_ties: bool = False              # drop pairs with identical responses (PRO kept them)
 
 
 @dataclass
-class RankingConfig:
+class RankingExtensionConfig:
+    """The `ranking:` section: human pairs extended to n-rankings by a generator, ordered by RM_train."""
     generator: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     k: int = 2                           # extra responses per prompt (4-ranking = 2 human + 2 generated)
     max_new_tokens: int = 128
     max_prompt_tokens: int = 384
-    batch_size: int = 8
     temperature: float = 0.7             # sampling for diversity between the k responses
     top_p: float = 0.9
     seed: int = 42
@@ -84,40 +86,60 @@ class PolicyConfig:
     warmup_steps: int = 200              # causal-LM warm-up on pool dialogues (tiny-gpt only)
     warmup_batch_size: int = 16
     warmup_lr: float = 1e-3
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"   # the weights as loaded (fp32: master weights)
     seed: int = 0                        # initialisation + warm-up data order (tiny-gpt only)
     hub_kernels: bool = False            # transformers' hub kernels (fetched from the hub on a GPU's first
                                          # step): off, and refused with HF_HUB_OFFLINE=1 (divscale.models.hub)
 
 
+Algo = Literal["sft", "pro", "dpo"]
+DPOPairs = Literal["best-vs-rest", "adjacent", "all"]
+
+
 @dataclass
 class TrainConfig:
-    algos: list[str] = field(default_factory=lambda: ["sft", "pro"])
+    """A grid cell's training (names as TRL's / TrainingArguments' where they have the concept)."""
+    algos: list[Algo] = field(default_factory=lambda: ["sft", "pro"])
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
     max_steps: int = 4000
     prompts_per_step: int = 112          # global batch in prompts (paper: 112)
-    per_device_batch: int = 8
+    per_device_train_batch_size: int = 8
     # per-GPU batch by sequences per prompt in one forward (SFT 1, PRO n, DPO 2); paper OPT: PRO n=4 -> 4
     per_device_batch_by_n: dict[int, int] = field(default_factory=lambda: {4: 4})
     num_processes: int = 7               # training processes (GPUs) to launch; grad accum = prompts_per_step /
                                          # (per-device batch x actual world size), computed at run time
-    lr: float = 2e-5
+    learning_rate: float = 2e-5
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    block_size: int = 512
-    max_prompt_tokens: int = 384         # block_size - 128, left-truncated
-    sft_weight: float = 0.05
+    max_length: int | None = None        # tokens of prompt + response; None: the policy's positions
+    max_prompt_length: int | None = None  # the prompt's last tokens kept; None: max_length - min(128, max_length // 4)
+                                          # (the paper: 384 of 512)
+    sft_weight: float = 0.05             # PRO's SFT term: weight sft_weight * (n-1)^2 (the paper's beta)
     use_temperature: bool = True
-    dpo_beta: float = 0.1
-    dpo_lr: float | None = None          # None: same lr as SFT/PRO
-    dpo_pairs: str = "best-vs-rest"      # ranking -> DPO pairs: best-vs-rest (y1, yi) | adjacent (yi, yi+1) | all
+    beta: float = 0.1                    # DPO's temperature
+    dpo_learning_rate: float | None = None   # None: the same learning_rate as SFT/PRO
+    dpo_pairs: DPOPairs = "best-vs-rest"  # ranking -> DPO pairs: best-vs-rest (y1, yi) | adjacent (yi, yi+1) | all
     eval_every: int = 500                # validate on dev, keep the best checkpoint (also the checkpoint cadence)
-    checkpoint: str = "best-dev"         # best-dev: the paper's rule (best dev reward of RM_train) | last: the
-                                         # last step, no dev validation (the official code without a dev set)
+    checkpoint: Literal["best-dev", "last"] = "best-dev"   # best-dev: the paper's rule (best dev reward of RM_train)
+                                         # | last: the last step, no dev validation
     dev_max_new_tokens: int = 128
     dev_batch_size: int = 28             # the official per_device_eval_batch_size
     bf16: bool = False
     accelerate_config: str | None = None  # paper recipes: accelerate/DeepSpeed ZeRO-2 config
+
+    def __getattr__(self, name: str):    # only reached for names that are not fields: the deprecated ones
+        new = DEPRECATED_KEYS[TrainConfig].get(name)
+        if new is None:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        _deprecated_key(f"train.{name}", f"train.{new}")
+        return getattr(self, new)
+
+    def __setattr__(self, name: str, value) -> None:
+        new = DEPRECATED_KEYS[TrainConfig].get(name)
+        if new is not None:
+            _deprecated_key(f"train.{name}", f"train.{new}")
+            name = new
+        object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -132,7 +154,7 @@ class EvalConfig:
 
 @dataclass
 class GridConfig:
-    executor: str = "local"              # local | slurm (submitit)
+    executor: Literal["local", "slurm", "submitit-local"] = "local"   # slurm: submitit jobs
     jobs: int = 1
     equal_budgets: list[int] = field(default_factory=list)   # annotation budgets B: cells (n, B/n)
     # the cells the verdicts read get more seeds than the rest of the grid: the equal-budget cells and, for
@@ -164,7 +186,7 @@ class AugmentConfig:
     ranking_len: int = 2                 # n of the training rankings in the augmentation experiment
     candidates_per_round: int = 50       # m
     jaccard_tau: float = 0.5
-    backend: str = "exact"               # exact | minhash
+    backend: Literal["exact", "minhash"] = "exact"
     support_sample: int | None = None    # None: the whole seed set
     support_includes_added: bool = True  # added prompts join the Jaccard support set
     seed: int = 42                       # candidate draws (and the random baseline)
@@ -179,7 +201,7 @@ class SelectConfig:
     candidate_pool: int = 6000           # the first pool prompts of the grid's seeded order, which every selector
                                          # chooses from (the grid's own prompts first: already ranked)
     ranking_len: int = 2                 # n of the training rankings of the selected prompts
-    algos: list[str] = field(default_factory=lambda: ["pro"])
+    algos: list[Algo] = field(default_factory=lambda: ["pro"])
     tau: float = 0.9                     # Deita: max cosine *similarity* to kept samples
     scorer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"   # complexity scorer (GPU: hkust-nlp/deita-complexity-scorer)
     quality_scorer: str | None = None    # None: the same model (GPU: hkust-nlp/deita-quality-scorer)
@@ -200,7 +222,7 @@ class Recipe:
     name: str = "custom"
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
-    ranking: RankingConfig = field(default_factory=RankingConfig)
+    ranking: RankingExtensionConfig = field(default_factory=RankingExtensionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -210,12 +232,57 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
 
+    def __post_init__(self):
+        check_recipe(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self, *extra: Any, length: int = 12) -> str:
         """A content hash of this recipe (plus any extra keys) for run directories and caches."""
         return config_hash(self.to_dict(), *extra, length=length)
+
+
+# old key -> current key, per section (accepted for one release, with a FutureWarning)
+DEPRECATED_KEYS: dict[type, dict[str, str]] = {
+    TrainConfig: {"lr": "learning_rate", "per_device_batch": "per_device_train_batch_size", "block_size": "max_length",
+                  "max_prompt_tokens": "max_prompt_length", "dpo_beta": "beta", "dpo_lr": "dpo_learning_rate"},
+}
+
+
+def _deprecated_key(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new}", FutureWarning,
+                  stacklevel=3)
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """The rules between fields, checked when a recipe is built (one-line :class:`RecipeError`)."""
+    t, p = recipe.train, recipe.policy
+    where = f"recipe {recipe.name}:"
+    if p.model == "tiny-gpt":
+        if p.n_embd % p.n_head:
+            raise RecipeError(f"{where} policy.n_embd={p.n_embd} must be divisible by policy.n_head={p.n_head}")
+        if t.max_length is not None and t.max_length > p.block_size:
+            raise RecipeError(f"{where} train.max_length={t.max_length} exceeds policy.block_size={p.block_size} "
+                              f"(the tiny GPT's positions); lower train.max_length or leave it unset")
+    if p.dtype == "float16":
+        raise RecipeError(f"{where} policy.dtype=float16 trains float16 weights under AdamW, which turn NaN at the "
+                          "first update; use policy.dtype: float32 with train.bf16: true (mixed precision)")
+    length = t.max_length if t.max_length is not None else (p.block_size if p.model == "tiny-gpt" else None)
+    if t.max_prompt_length is not None and length is not None and not 0 < t.max_prompt_length < length:
+        raise RecipeError(f"{where} train.max_prompt_length={t.max_prompt_length} must be in [1, max_length={length}): "
+                          "the response needs room after the prompt")
+    for name in ("max_steps", "eval_every", "prompts_per_step", "per_device_train_batch_size", "num_processes",
+                 "dev_batch_size", "dev_max_new_tokens"):
+        if getattr(t, name) < 1:
+            raise RecipeError(f"{where} train.{name}={getattr(t, name)} must be >= 1")
+    if not t.learning_rate > 0 or (t.dpo_learning_rate is not None and not t.dpo_learning_rate > 0):
+        raise RecipeError(f"{where} train.learning_rate / dpo_learning_rate must be > 0")
+    if t.beta <= 0 or t.sft_weight < 0:
+        raise RecipeError(f"{where} train.beta must be > 0 and train.sft_weight >= 0")
+    bad = [n for n in recipe.data.ranking_lengths if n < 2]
+    if bad:
+        raise RecipeError(f"{where} data.ranking_lengths {recipe.data.ranking_lengths}: every n must be >= 2")
 
 
 def config_hash(*objs: Any, length: int = 12) -> str:
@@ -294,12 +361,21 @@ def build_config(cls, values: dict[str, Any], where: str, prefix: str = "", orig
         raise RecipeError(f"{where}: {section} must be a mapping of keys to values, got "
                           f"{type(values).__name__} {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - set(known) - set(DEPRECATED_KEYS.get(cls, {})))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {[prefix + str(k) for k in unknown]}; "
                           f"known in {section}: {sorted(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    values = dict(values)
+    for old, new in DEPRECATED_KEYS.get(cls, {}).items():
+        if old in values:
+            if new in values:
+                raise RecipeError(f"{where}: give {prefix}{new} only ({prefix}{old} is its deprecated name)")
+            _deprecated_key(f"{prefix}{old}", f"{prefix}{new}")
+            values[new] = values.pop(old)
+            if origin and prefix + old in origin:
+                origin = {**origin, prefix + new: origin[prefix + old]}
     for name, value in values.items():
         f = known[name]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None

@@ -62,7 +62,8 @@ from divscale.report import analysis, plots
 from divscale.reward.evaluate import bootstrap_ci
 from divscale.reward.rm import sigmoid
 from divscale.study import pipeline
-from divscale.train.trainer import split_ranked, sub_ranked, train_ranked
+from divscale.train.own_data import split_ranked, sub_ranked
+from divscale.train.runs import train_ranked
 
 started = time.time()
 R = pipeline.load(recipe, overrides)
@@ -70,8 +71,9 @@ plots.set_style()
 T = R.train
 # sizes follow the recipe: two thirds of its step budget (18 runs must fit the notebook's share of `make
 # figures`), its prompts per step, learning rate, seeds and token budgets
-STEPS, BATCH, LR, SEEDS = max(1, 2 * T.max_steps // 3), T.prompts_per_step, T.lr, list(T.seeds)
-MAX_PROMPT, MAX_COMPLETION = T.max_prompt_tokens, T.block_size - T.max_prompt_tokens
+STEPS, BATCH, LR, SEEDS = max(1, 2 * T.max_steps // 3), T.prompts_per_step, T.learning_rate, list(T.seeds)
+MAX_LENGTH = T.max_length or R.policy.block_size                # unset: the policy's positions
+MAX_PROMPT, MAX_COMPLETION = T.max_prompt_length, MAX_LENGTH - T.max_prompt_length
 N_TEST = min(80, 2 * R.eval.test_prompts_per_subset)
 print(f"recipe {R.name}: {STEPS} steps x {BATCH} prompts, lr {LR}, seeds {SEEDS}, prompt <= {MAX_PROMPT} tokens, "
       f"reply <= {MAX_COMPLETION} tokens, {N_TEST} test prompts")
@@ -139,7 +141,7 @@ def evaluate(model, prompts=test_prompts) -> dict:
 def run(data, loss, seed, eval_prompts=test_prompts, **labels) -> dict:
     run_dir = train_ranked(data, loss, (model0, tok), policy_id, seed=seed, data_name=f"oasst1-{labels['set']}",
                            max_steps=STEPS, per_device_train_batch_size=BATCH, learning_rate=LR,
-                           max_prompt_length=MAX_PROMPT, max_completion_length=MAX_COMPLETION,
+                           max_prompt_length=MAX_PROMPT, max_length=MAX_LENGTH, sft_reduction="sequence_sum",
                            weight_decay=T.weight_decay, max_grad_norm=T.max_grad_norm)
     model, _ = load_causal_lm(run_dir / "best")
     return {"loss": loss, "seed": seed, **labels, **evaluate(model, eval_prompts), "run": run_dir.name}

@@ -51,7 +51,8 @@ def test_recipe_loads_and_is_consistent(name):
     assert r.name == name and r.description
     t = r.train
     assert set(t.algos) <= set(train.ALGOS) and t.seeds
-    assert 0 < t.max_prompt_tokens < t.block_size and t.eval_every >= 1 and t.max_steps >= 1
+    length = t.max_length if t.max_length is not None else r.policy.block_size
+    assert 0 < t.max_prompt_length < length and t.eval_every >= 1 and t.max_steps >= 1
     for algo in t.algos:                                       # every cell has a valid batch plan
         for n in r.data.ranking_lengths:
             per_device, accum = train.batch_plan(t, algo, n, world=t.num_processes)
@@ -62,9 +63,9 @@ def test_recipe_loads_and_is_consistent(name):
         for n in r.data.ranking_lengths:
             assert budget % n == 0 and budget // n in r.data.sizes, (budget, n)
     if r.policy.model == "tiny-gpt":                           # everything fits the tiny model's positions
-        assert t.block_size <= r.policy.block_size
+        assert length <= r.policy.block_size
         assert r.eval.max_prompt_tokens + r.eval.max_new_tokens <= r.policy.block_size
-        assert t.max_prompt_tokens + t.dev_max_new_tokens <= r.policy.block_size
+        assert t.max_prompt_length + t.dev_max_new_tokens <= r.policy.block_size
     if t.accelerate_config:
         assert (paths.RECIPES_DIR / t.accelerate_config).exists()
 
@@ -73,11 +74,11 @@ def test_recipe_loads_and_is_consistent(name):
 def test_paper_recipe_values_are_the_spec(name):
     r, spec = load_recipe(name), SPEC[name]
     t = r.train
-    assert r.policy.model == spec["model"] and t.lr == spec["lr"]
+    assert r.policy.model == spec["model"] and t.learning_rate == spec["lr"]
     for (algo, n), want in spec["batch"].items():
         assert train.batch_plan(t, algo, n, world=7) == want, (algo, n)
     assert (t.max_steps, t.prompts_per_step, t.num_processes, t.eval_every) == (4000, 112, 7, 500)
-    assert (t.block_size, t.max_prompt_tokens, t.sft_weight, t.use_temperature) == (512, 384, 0.05, True)
+    assert (t.max_length, t.max_prompt_length, t.sft_weight, t.use_temperature) == (512, 384, 0.05, True)
     assert (t.weight_decay, t.max_grad_norm, t.bf16) == (0.01, 1.0, True)
     assert (t.dev_max_new_tokens, t.dev_batch_size, t.seeds, t.algos) == (128, 28, [42, 43, 44], ["sft", "pro"])
     assert r.reward.train_model == "OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5"
@@ -114,8 +115,9 @@ def test_accelerate_zero2_config():
 @pytest.mark.parametrize("name,algo", [("paper-opt-1.3b", "pro"), ("paper-llama-7b", "sft")])
 def test_paper_code_path_with_a_tiny_model(name, algo, tmp_path, tiny_gpt, tiny_tokenizer):
     """The paper recipe as is (per-n batches, grad accumulation for 112 prompts/step, validation, best/),
-    with tiny_gpt swapped in, one step, fp32 on CPU."""
-    recipe = load_recipe(name, {"train.max_steps": 1, "train.bf16": False})
+    with tiny_gpt swapped in (256 positions: the recipe's 512-token block would be refused), one step, fp32 on CPU."""
+    recipe = load_recipe(name, {"train.max_steps": 1, "train.bf16": False, "train.max_length": 256,
+                                "train.max_prompt_length": 192})
     seen = RecordArgs()
     run_dir = train.train_run(recipe, algo, 4, len(RANKINGS), 42, grid={(4, len(RANKINGS)): RANKINGS},
                               policy=(tiny_gpt, tiny_tokenizer), rm_train=LengthRM(),
@@ -125,7 +127,7 @@ def test_paper_code_path_with_a_tiny_model(name, algo, tmp_path, tiny_gpt, tiny_
     want = SPEC[name]["batch"][(algo, 4 if algo == "pro" else 2)]
     per_device, accum = want[0], want[1] * 7                   # one process here: 7x the accumulation
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["train"]["lr"] == SPEC[name]["lr"] and cfg["policy"]["model"] == SPEC[name]["model"]
+    assert cfg["train"]["learning_rate"] == SPEC[name]["lr"] and cfg["policy"]["model"] == SPEC[name]["model"]
     rerun = train.train_run(recipe, algo, 4, len(RANKINGS), 42, grid={(4, len(RANKINGS)): RANKINGS},
                             policy=(tiny_gpt, tiny_tokenizer), rm_train=LengthRM(),
                             dev_prompts=[r["prompt"] for r in RANKINGS], runs_dir=tmp_path, callbacks=[seen])
@@ -150,13 +152,13 @@ def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, 
     monkeypatch.setattr(divscale.models.tiny_gpt, "load_policy",
                         lambda cfg, texts, progress=False: calls.append(texts) or (tiny_gpt, tiny_tokenizer))
     argv = ["train", "--recipe", "smoke", "--algo", "pro", "--ranking-len", "3", "--prompts", "4", "--seed", "42",
-            "--set", "train.max_steps=2", "--set", "train.lr=5e-4", "--runs-dir", str(tmp_path)]
+            "--set", "train.max_steps=2", "--set", "train.learning_rate=5e-4", "--runs-dir", str(tmp_path)]
     assert cli.main(argv) == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert run_dir.startswith(str(tmp_path / "train" / "pro-n3-k4-s42-"))
     assert json.loads((tmp_path / "train" / run_dir.split("/")[-1] / "result.json").read_text())["steps"] == 2
     cfg = json.loads((tmp_path / "train" / run_dir.split("/")[-1] / "config.json").read_text())
-    assert cfg["train"]["lr"] == 0.0005                              # '5e-4' (YAML: a string) read as a float
+    assert cfg["train"]["learning_rate"] == 0.0005                   # '5e-4' (YAML: a string) read as a float
     assert not list((tmp_path / "train").glob("*.partial"))
     assert calls == [["some text"]]
     assert cli.main(argv) == 0 and calls == [["some text"]]      # completed: the policy is not even loaded

@@ -69,9 +69,9 @@ class MustNotTrain(TrainerCallback):
 
 def tiny_recipe(**train_overrides) -> Recipe:
     recipe = Recipe(name="tiny")
-    settings = {"max_steps": 6, "prompts_per_step": 4, "per_device_batch": 4, "per_device_batch_by_n": {},
-                "lr": 3e-3, "eval_every": 3, "block_size": 128, "max_prompt_tokens": 96, "dev_max_new_tokens": 8,
-                "dev_batch_size": 8}
+    settings = {"max_steps": 6, "prompts_per_step": 4, "per_device_train_batch_size": 4, "per_device_batch_by_n": {},
+                "learning_rate": 3e-3, "eval_every": 3, "max_length": 128, "max_prompt_length": 96,
+                "dev_max_new_tokens": 8, "dev_batch_size": 8}
     settings.update(train_overrides)
     for key, value in settings.items():
         setattr(recipe.train, key, value)
@@ -110,6 +110,7 @@ def test_each_algorithm_trains(algo, tmp_path, tiny_gpt, tiny_tokenizer):
     if algo == "pro":
         rec = next(r for r in train.RunLog(run_dir).records() if "loss" in r)
         assert rec["loss_total"] == pytest.approx(rec["loss_pro"] + 0.05 * 4 * rec["loss_sft"], rel=1e-5)
+        assert rec["sft_scale"] == pytest.approx(0.2)
         assert {"loss_rank_1", "loss_rank_2"} <= set(rec)
 
 
@@ -204,7 +205,7 @@ def test_run_hash_covers_what_matters(tmp_path, tiny_gpt, tiny_tokenizer):
         return train.run_name(cfg)
 
     assert name().startswith("pro-n3-k8-s42-")
-    lr = tiny_recipe(lr=1e-4)
+    lr = tiny_recipe(learning_rate=1e-4)
     seeds = tiny_recipe()
     seeds.train.seeds = [1]                                         # enumerates the grid: not part of a run
     renamed = tiny_recipe()
@@ -246,7 +247,7 @@ def test_bad_inputs_fail_before_training(tmp_path, tiny_gpt, tiny_tokenizer):
 
 
 def test_batch_plan_and_pairs():
-    cfg = tiny_recipe(prompts_per_step=112, per_device_batch=8, per_device_batch_by_n={4: 4}).train
+    cfg = tiny_recipe(prompts_per_step=112, per_device_train_batch_size=8, per_device_batch_by_n={4: 4}).train
     assert train.batch_plan(cfg, "pro", 2, world=7) == (8, 2)
     assert train.batch_plan(cfg, "pro", 4, world=7) == (4, 4)
     assert train.batch_plan(cfg, "sft", 4, world=7) == (8, 2)      # SFT puts one sequence per prompt through
@@ -276,8 +277,9 @@ class LengthRM:
         return np.array([len(r) / 10.0 - 1.0 for r in responses])
 
 recipe = Recipe(name="ddp")
-for key, value in dict(max_steps=4, prompts_per_step=4, per_device_batch=2, per_device_batch_by_n={}, lr=3e-3,
-                       eval_every=2, block_size=128, max_prompt_tokens=96, dev_max_new_tokens=8).items():
+for key, value in dict(max_steps=4, prompts_per_step=4, per_device_train_batch_size=2, per_device_batch_by_n={},
+                       learning_rate=3e-3, eval_every=2, max_length=128, max_prompt_length=96,
+                       dev_max_new_tokens=8).items():
     setattr(recipe.train, key, value)
 run = train.train_run(recipe, "pro", 3, len(rankings), 42, grid=rankings, policy=(model, tok), rm_train=LengthRM(),
                       dev_prompts=[r["prompt"] for r in rankings[:4]], runs_dir=runs)
@@ -309,3 +311,81 @@ def test_two_processes_under_torchrun(tmp_path, tiny_gpt, tiny_tokenizer):
     assert result["steps"] == 4 and result["best_step"] in (2, 4) and set(result["dev_rewards"]) == {"0", "2", "4"}
     assert len([r for r in train.RunLog(run_dir).records() if "dev_reward" in r]) == 3     # written once
     assert [p.name for p in (tmp_path / "runs" / "train").iterdir() if p.suffix != ".lock"] == [run_dir.name]
+
+
+# --------------------------------------------------------------------------- the recipe -> TrainingArguments
+
+def test_training_arguments_come_from_the_recipe(tmp_path):
+    """One function maps a cell's recipe to its TrainingArguments: SFT/PRO (the paper's summed NLL, constant LR,
+    the model's own dropout, lengths from the recipe or the policy's positions) and DPO (TRL's DPOConfig)."""
+    from trl import DPOConfig
+
+    from divscale.train.trainer import RankingConfig
+
+    recipe = tiny_recipe(prompts_per_step=8, per_device_train_batch_size=2, learning_rate=3e-4, beta=0.2,
+                         dpo_learning_rate=1e-5, sft_weight=0.1, max_length=None, max_prompt_length=None, bf16=False)
+    pro = train.training_arguments(recipe, "pro", 3, 7, tmp_path, positions=256, run_name="cell")
+    assert isinstance(pro, RankingConfig)
+    assert (pro.loss_type, pro.sft_weight, pro.use_temperature, pro.sft_reduction) == (["pro"], 0.1, True,
+                                                                                       "sequence_sum")
+    assert (pro.per_device_train_batch_size, pro.gradient_accumulation_steps, pro.learning_rate) == (2, 4, 3e-4)
+    assert (pro.max_length, pro.max_prompt_length) == (256, 192)               # the policy's 256 positions
+    assert (pro.seed, pro.data_seed, pro.max_steps, pro.save_steps, pro.run_name) == (7, 7, 6, 3, "cell")
+    assert pro.disable_dropout is False and pro.lr_scheduler_type.value == "constant" and pro.warmup_steps == 0
+    assert pro.logging_nan_inf_filter is False and pro.weight_decay == 0.01 and pro.max_grad_norm == 1.0
+    sft = train.training_arguments(recipe, "sft", 3, 7, tmp_path, positions=256)
+    assert (sft.loss_type, sft.use_temperature, sft.per_device_train_batch_size) == (["sft"], False, 2)
+    dpo = train.training_arguments(recipe, "dpo", 3, 7, tmp_path, positions=256)
+    assert isinstance(dpo, DPOConfig) and (dpo.beta, dpo.learning_rate, dpo.max_length) == (0.2, 1e-5, 256)
+    with pytest.raises(ValueError, match="max_length=512 exceeds the 256 positions"):
+        train.training_arguments(tiny_recipe(max_length=512), "pro", 3, 7, tmp_path, positions=256)
+
+
+# --------------------------------------------------------------------------- a diverged run stops
+
+def test_a_diverged_cell_stops_and_is_never_complete(tmp_path, tiny_gpt, tiny_tokenizer):
+    from divscale.train.trainer import TrainingDiverged
+
+    class BlowUp(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"run pro-n3-k8-s42-\w+: the loss is nan at step 4"):
+        run(tiny_recipe(max_steps=6, eval_every=6), tmp_path, tiny_gpt, tiny_tokenizer, rm=None, callbacks=[BlowUp()])
+    (folder,) = [p for p in (tmp_path / "runs" / "train").iterdir() if p.suffix != ".lock"]
+    assert folder.name.endswith(".partial")                      # never renamed to a finished run
+    assert not any((folder / name).exists() for name in ("DONE", "result.json", "best"))
+    losses_seen = [r["loss"] for r in train.RunLog(folder).records() if "loss" in r]
+    assert len(losses_seen) == 3 and all(math.isfinite(x) for x in losses_seen)   # no NaN record logged as a loss
+
+
+def test_an_fp16_policy_is_refused_before_the_run_folder(tmp_path, tiny_gpt, tiny_tokenizer):
+    with pytest.raises(ValueError, match="float16.*load the policy in float32"):
+        run(tiny_recipe(max_steps=2), tmp_path, tiny_gpt.half(), tiny_tokenizer, rm=None)
+    assert not any(p.name.endswith(".partial") and (p / "DONE").exists()
+                   for p in (tmp_path / "runs" / "train").iterdir())
+
+
+# --------------------------------------------------------------------------- a run's initial policy
+
+def test_load_initial_policy_of_a_cell(tmp_path, monkeypatch, hh_dir):
+    """A cell's config.json rebuilds its tiny-gpt (same weights hash) without the pipeline."""
+    from divscale.config import load_recipe
+    from divscale.train.runs import load_initial_policy, study_policy, weights_sha256
+
+    monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe("smoke", {"policy.warmup_steps": 2, "data.pool_size": 40, "data.dev_size": 4,
+                                   "data.test_size": 8, "data.sizes": [8], "train.max_steps": 1})
+    (model, tokenizer), policy_id = study_policy(recipe)
+    cell = [dict(r, id=f"c{i}") for i, r in enumerate(RANKINGS)]
+    run_dir = train.train_run(recipe, "sft", 2, 8, 42, grid=cell, policy=(model, tokenizer), policy_id=policy_id,
+                              runs_dir=tmp_path / "runs")
+    again, tok = load_initial_policy(run_dir)
+    assert weights_sha256(again) == weights_sha256(model) and len(tok) == len(tokenizer)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["kind"] == "cell" and config["inputs"]["policy"] == policy_id
+    saved = json.loads((run_dir / "best" / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == recipe.policy.block_size              # not 10^30

@@ -296,9 +296,8 @@ def build_rankings(recipe, out_dir: str | os.PathLike | None = None, progress: b
         return target
     cfg = recipe.ranking
     ranked = extend_rankings(pool, cfg.generator, rm_train, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
-                             max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
-                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, progress=progress,
-                             workers=getattr(cfg, "workers", 1))
+                             max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature,
+                             top_p=cfg.top_p, seed=cfg.seed, progress=progress, workers=getattr(cfg, "workers", 1))
     save_rankings(target, ranked)
     return target
 

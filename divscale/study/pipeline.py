@@ -276,16 +276,22 @@ CHECKPOINT_RULES = ("best-dev", "last")
 
 
 def train_command(args) -> int:
-    """``divscale train`` (and ``python -m divscale.cli train``; parser: :func:`divscale.train.runs.configure_parser`):
-    one cell of a recipe's grid with its real splits, RM_train and policy; prints the run directory.
-    Under ``accelerate launch`` the main process builds the shared caches (splits, RMs, grid) first."""
+    """``divscale train`` (parser: ``divscale.cli._train_parser``): one cell of a recipe's grid with its real splits,
+    RM_train and policy (prints the run directory), or, with ``--data``, anyone's ranked data
+    (:func:`divscale.train.own_data.command`). Under ``accelerate launch`` the main process builds the shared caches
+    (splits, RMs, grid) first. A flag that does not apply to the chosen form is an error."""
     from divscale.config import parse_overrides
-    from divscale.train.runs import world_size
 
     if getattr(args, "data", None):                  # your own ranked data, outside the grid
-        from divscale.train.trainer import command as listwise_command
+        from divscale.train.own_data import command as own_data_command
 
-        return listwise_command(args)
+        return own_data_command(args)
+    from divscale.train.runs import world_size
+
+    data_only = sorted((getattr(args, "_given", None) or {}).values())
+    if data_only:
+        raise ValueError(f"{data_only[0]} applies to --data runs only; for a grid cell set recipe values with "
+                         "--set train.<key>=<value>")
     missing = [f"--{k.replace('_', '-')}" for k in ("recipe", "algo", "ranking_len", "prompts", "seed")
                if getattr(args, k) is None]
     if missing:
@@ -310,13 +316,12 @@ def policy_fingerprint(R: Recipe) -> str:
         if R.policy.model != "tiny-gpt":
             return f"hub:{R.policy.model}"
         from divscale.models.tiny_gpt import load_policy, policy_cache_path
-        from divscale.provenance import file_sha256
+        from divscale.train.runs import tiny_gpt_policy_id
 
         texts = policy_texts(R)
-        weights = policy_cache_path(R.policy, texts) / "model.safetensors"
-        if not weights.exists():
+        if not (policy_cache_path(R.policy, texts) / "model.safetensors").exists():
             load_policy(R.policy, texts)
-        return f"tiny-gpt:{file_sha256(weights, length=16)}"
+        return tiny_gpt_policy_id(R.policy, texts)
 
     return _memo("policy_fingerprint", R, build)
 
@@ -523,8 +528,8 @@ def check_keys(df: pd.DataFrame, source, fix: str) -> None:
 
 def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
     """PRO's two loss terms per run: the ranking term and the β·SFT term, and each one's share of the
-    gradient norm (``PROTrainer`` measures them every ``loss_balance_steps`` steps into the run's
-    ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
+    gradient norm (``divscale.train.trainer.LossBalanceCallback`` measures them every ``loss_balance_steps``
+    steps into the run's ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
     rows = []
     for row in df[df["algo"] == "pro"].itertuples():
         run = json.loads((project_path(row.run_dir) / "result.json").read_text())

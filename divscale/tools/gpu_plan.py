@@ -15,7 +15,7 @@ The arithmetic (all stated, all approximate, checked against a hand-computed cas
   - activations, no checkpointing, SDPA/flash attention (no s x s scores kept):
     ``34 * s * b * h * L`` bytes (Korthikanti et al. 2022, bf16) plus the logits ``s * b * V * 6`` bytes (bf16
     logits and their fp32 log-softmax), for b = the micro-batch in *sequences* (per-GPU prompts x sequences per
-    prompt: SFT 1, PRO n) and s = ``train.block_size`` (every sequence at full length: an upper bound);
+    prompt: SFT 1, PRO n) and s = ``train.max_length`` (every sequence at full length: an upper bound);
   - the main process also holds RM_train for validation (its weights in ``reward.dtype``).
 
   The largest (algo, n) of the grid is ``per_gpu_memory_gib``; every (algo, n) is listed.
@@ -212,13 +212,14 @@ def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = U
     except ValueError:
         models.setdefault(gen, {"role": "generator", "params": None, "note": "config not available offline"})
     by_setting, cells_out = {}, []
+    block = t.max_length if t.max_length is not None else recipe.policy.block_size   # unset: the policy's positions
     for algo in t.algos:
         for n in recipe.data.ranking_lengths:
             per_device, accum = batch_plan(t, algo, n, world=world)
             seqs = sequences_per_prompt(algo, n)
             mem = training_memory(policy.params, world, stage, policy.layers, policy.hidden, policy.vocab,
-                                  t.block_size, per_device * seqs, rm_train_params)
-            tokens = cell_tokens(t.max_steps, t.prompts_per_step, seqs, t.block_size)
+                                  block, per_device * seqs, rm_train_params)
+            tokens = cell_tokens(t.max_steps, t.prompts_per_step, seqs, block)
             by_setting[f"{algo}-n{n}"] = {
                 "per_device_prompts": per_device, "grad_accum": accum, "micro_batch_sequences": per_device * seqs,
                 "memory_gib": {k: v / GIB for k, v in mem.items()}, "tokens_per_cell": tokens,
@@ -230,7 +231,7 @@ def plan(recipe, cells, peak_tflops: float = PEAK_TFLOPS, utilisation: float = U
     peak_key = max(by_setting, key=lambda k: by_setting[k]["memory_gib"]["total"])
     out = {
         "recipe": recipe.name, "models": models, "world": world, "zero_stage": stage,
-        "mixed_precision": "bf16" if t.bf16 else "fp32", "block_size": t.block_size,
+        "mixed_precision": "bf16" if t.bf16 else "fp32", "block_size": block,
         "per_gpu_memory_gib": by_setting[peak_key]["memory_gib"]["total"], "peak_setting": peak_key,
         "settings": by_setting, "cells": len(cells_out), "tokens": total_tokens,
         "flops": 6 * policy.params * total_tokens, "gpu_hours": total_hours,

@@ -1,40 +1,41 @@
-"""Fine-tune one grid cell -- (algorithm, ranking length n, #prompts k, seed) -- into a run directory.
+"""Run folders: one routine trains a grid cell (:func:`train_run`) or anyone's ranked data (:func:`train_ranked`) into
+``runs/train/<name>/`` and reloads a run's initial policy (:func:`load_initial_policy`).
 
-The paper's protocol (spec §3.4), whatever the subset size:
+A grid cell -- (algorithm, ranking length n, #prompts k, seed) -- follows the paper's protocol (spec §3.4), whatever
+the subset size:
 
-- a fixed step budget (4000 steps of 112 prompts): per-device batch x grad accumulation x
-  world size = ``train.prompts_per_step``; the per-device batch may depend on how many
-  sequences one prompt puts through the model (``train.per_device_batch_by_n``: SFT 1, PRO n,
-  DPO 2 -- the paper halves it for PRO n=4);
+- a fixed step budget (4000 steps of 112 prompts): per-device batch x grad accumulation x world size =
+  ``train.prompts_per_step``; the per-device batch may depend on how many sequences one prompt puts through the model
+  (``train.per_device_batch_by_n``: SFT 1, PRO n, DPO 2 -- the paper halves it for PRO n=4);
 - constant LR, AdamW (weight decay 0.01 on every parameter), gradient clipping 1.0, no warmup;
-- every ``eval_every`` steps (and at the last step) greedy-decode the dev prompts, score them
-  with RM_train (reward = mean sigmoid of the logits) and keep the best step; step 0 is
-  evaluated and logged but cannot be chosen. The best weights end up in ``best/`` (safetensors
-  + tokenizer), which is what gets evaluated on the test set.
+- every ``eval_every`` steps (and at the last step) greedy-decode the dev prompts, score them with RM_train (reward =
+  mean sigmoid of the logits) and keep the best step; step 0 is evaluated and logged but cannot be chosen
+  (``train.checkpoint: last`` keeps the last step instead).
 
-Algorithms: ``sft`` (top-1 response of each n-ranking, summed NLL: the paper's SFT baseline),
-``pro`` (:mod:`divscale.train.pro`), and ``dpo`` -- not in the paper, an extra baseline through TRL's
-``DPOTrainer``. TRL has no listwise loss; its maintainers' suggested workaround (trl#1831) is to
-expand a ranking into pairs. ``train.dpo_pairs`` picks which: ``best-vs-rest`` (y1 > yi for
-every i > 1, n-1 pairs, PRO's first softmax term as pairs; default), ``adjacent`` (yi > yi+1)
-or ``all`` (n(n-1)/2 pairs). For DPO, ``prompts_per_step`` counts pairs. TRL appends EOS to
-``chosen``/``rejected``, so unlike SFT/PRO the DPO policy is also trained to emit EOS.
+Algorithms: ``sft`` (top-1 response of each n-ranking, summed NLL: the paper's SFT baseline) and ``pro`` through
+:class:`divscale.train.trainer.RankingTrainer`; ``dpo`` -- not in the paper, an extra baseline through TRL's
+``DPOTrainer``. TRL has no listwise loss; its maintainers' suggested workaround (trl#1831) is to expand a ranking into
+pairs. ``train.dpo_pairs`` picks which: ``best-vs-rest`` (y1 > yi for every i > 1, n-1 pairs; default), ``adjacent``
+(yi > yi+1) or ``all`` (n(n-1)/2 pairs). For DPO, ``prompts_per_step`` counts pairs. TRL appends EOS to
+``chosen``/``rejected``, so unlike SFT/PRO the DPO policy is also trained to emit EOS. The TrainingArguments of a cell
+come from the recipe in one function, :func:`training_arguments`.
 
-Run directory ``runs/train/<algo>-n<n>-k<k>-s<seed>-<hash>/``, keyed by a hash of everything
-that determines the result (recipe sections data/ranking/reward/policy/train, the cell, and
-content hashes of the cell's rankings, the dev prompts and the initial policy)::
+Every run folder (``<algo>-n<n>-k<k>-s<seed>-<hash>`` for a cell, ``<loss>-<data>-s<seed>-<hash>`` for own data; the
+hash covers everything that determines the result, including the code version) holds::
 
-    config.json      the full configuration that was hashed
+    config.json      the full configuration that was hashed ("kind": "cell" or "ranked")
     metrics.jsonl    one record per step (loss, loss parts, lr, grad norm) and per dev evaluation
     train.log        the same, human readable
-    best/            best-on-dev weights (safetensors) + tokenizer
-    result.json      best step / dev reward, final loss, hash of the final weights, timings
+    best/            the kept weights (safetensors) + tokenizer (model_max_length = the model's positions; the base's
+                     chat template where it had one)
+    result.json      steps, kept step, losses, hash of the final weights, timings, when it finished
     DONE             completion marker
 
-It is built as ``<name>.partial/`` and renamed when complete, so a run directory without
-``.partial`` is always whole, and a completed run is skipped on re-run. A killed run resumes
-from its last complete Trainer checkpoint (written every ``eval_every`` steps; with the same
-seed on CPU the final weights are bit-identical to an uninterrupted run).
+It is built as ``<name>.partial/`` and renamed when complete, so a folder without ``.partial`` is always whole and a
+completed run is reused on re-run. A killed run resumes from its last complete Trainer checkpoint (written every
+``eval_every`` steps; with the same seed on CPU the final weights are bit-identical to an uninterrupted run). A run
+whose loss or gradient norm turns non-finite stops at that step (:class:`divscale.train.trainer.TrainingDiverged`)
+and is never marked complete.
 """
 from __future__ import annotations
 
@@ -47,21 +48,31 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from divscale import io, paths
-from divscale.config import Recipe, config_hash
+from divscale.config import Algo, DPOPairs, Recipe, config_hash
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_text
 from divscale.provenance import code_version, deterministic
-from divscale.train.pro import loss_balance_summary, record_field
+from divscale.train.trainer import (
+    RankingCollator,
+    RankingConfig,
+    RankingTrainer,
+    check_trainable_dtype,
+    loss_balance_summary,
+    model_positions,
+    ranked_rows,
+    sequence_lengths,
+)
 
-ALGOS = ("sft", "pro", "dpo")
-DPO_PAIRS = ("best-vs-rest", "adjacent", "all")
+ALGOS = get_args(Algo)
+DPO_PAIRS = get_args(DPOPairs)
 CHECKPOINT_EXTRAS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
                      "latest", "zero_to_fp32.py")
 
@@ -81,11 +92,11 @@ def batch_plan(train_cfg, algo: str, ranking_len: int, world: int | None = None)
     """``(per_device_batch, grad_accum)`` with per_device x grad_accum x world = prompts_per_step."""
     world = world_size() if world is None else world
     by_n = {int(k): int(v) for k, v in (train_cfg.per_device_batch_by_n or {}).items()}
-    per_device = by_n.get(sequences_per_prompt(algo, ranking_len), train_cfg.per_device_batch)
+    per_device = by_n.get(sequences_per_prompt(algo, ranking_len), train_cfg.per_device_train_batch_size)
     if per_device < 1 or train_cfg.prompts_per_step % (per_device * world):
         raise ValueError(f"train.prompts_per_step={train_cfg.prompts_per_step} is not a multiple of the per-device "
                          f"batch {per_device} x {world} process(es) ({algo}, n={ranking_len}); change "
-                         "train.per_device_batch(_by_n) or the number of processes")
+                         "train.per_device_train_batch_size / per_device_batch_by_n or the number of processes")
     return per_device, train_cfg.prompts_per_step // (per_device * world)
 
 
@@ -102,9 +113,12 @@ def ranking_pairs(n: int, how: str = "best-vs-rest") -> list[tuple[int, int]]:
 
 def ranking_record(r: Any) -> dict:
     """A ranking (``divscale.data.hh.Ranking`` or dict) as a plain dict with the fields training uses."""
-    responses = list(record_field(r, "responses"))
-    rewards = record_field(r, "rewards") or [None] * len(responses)
-    return {"id": str(record_field(r, "id", "")), "prompt": record_field(r, "prompt"), "responses": responses,
+    def get(name, default=None):
+        return r.get(name, default) if isinstance(r, dict) else getattr(r, name, default)
+
+    responses = list(get("responses"))
+    rewards = get("rewards") or [None] * len(responses)
+    return {"id": str(get("id", "")), "prompt": get("prompt"), "responses": responses,
             "rewards": [math.nan if x is None else float(x) for x in rewards]}
 
 
@@ -135,6 +149,29 @@ def policy_fingerprint(model, tokenizer, max_params: int = 200_000_000) -> str:
 def policy_texts(pool) -> list[str]:
     """The texts a tiny-gpt policy's tokenizer and warm-up see: each pool dialogue, prompt + " " + chosen."""
     return [p + " " + c for p, c in zip(pool["prompt"], pool["chosen"])]
+
+
+def tiny_gpt_policy_id(policy_cfg, texts: Sequence[str]) -> str:
+    """A cached tiny-gpt policy's identity for run keys: the content hash of its warmed-up weights."""
+    from divscale.models.tiny_gpt import policy_cache_path
+    from divscale.provenance import file_sha256
+
+    return f"tiny-gpt:{file_sha256(policy_cache_path(policy_cfg, texts) / 'model.safetensors', length=16)}"
+
+
+def study_policy(recipe: Recipe, progress: bool = False):
+    """``((model, tokenizer), policy_id)``: a recipe's initial policy -- its tiny-gpt (tokenizer and warm-up on the
+    recipe's pool dialogues, built once and cached) or its hub / local model."""
+    from divscale.data.hh import load_splits
+    from divscale.models.tiny_gpt import load_policy
+
+    if recipe.policy.model != "tiny-gpt":
+        return load_policy(recipe.policy), f"hub:{recipe.policy.model}"
+    pool = load_splits(recipe.data)["pool"]
+    texts = policy_texts(pool.select_columns(["prompt", "chosen"]).to_dict() if hasattr(pool, "select_columns")
+                         else pool)
+    policy = load_policy(recipe.policy, texts, progress=progress)
+    return policy, tiny_gpt_policy_id(recipe.policy, texts)
 
 
 # --------------------------------------------------------------------------- logging and dev validation
@@ -177,7 +214,7 @@ class RunLog:
 
 
 class MetricsCallback(TrainerCallback):
-    """Write every Trainer log (training loss, PRO parts, lr, grad norm) to the run's metrics."""
+    """Write every Trainer log (training loss, loss parts, lr, grad norm) to the run's metrics."""
 
     def __init__(self, log: RunLog):
         self.log = log
@@ -185,6 +222,14 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.log.write({"step": state.global_step, **{k: v for k, v in logs.items() if k != "total_flos"}})
+
+
+class QuietProgress(ProgressCallback):
+    """The training bar shows the latest loss; the per-step records go to metrics.jsonl only."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
 
 
 def dev_reward(model, tokenizer, prompts: Sequence[str], rm, max_new_tokens: int = 128, max_prompt_tokens: int = 384,
@@ -254,81 +299,76 @@ class DevRewardCallback(TrainerCallback):
         control.should_save = True                    # checkpoint every validated step (the final one too)
 
 
-# --------------------------------------------------------------------------- trainers
+# --------------------------------------------------------------------------- a cell's trainer, from the recipe
 
-def _training_kwargs(recipe: Recipe, algo: str, ranking_len: int, seed: int, output_dir: Path,
-                     progress: bool) -> dict:
+def cell_lengths(recipe: Recipe, positions: int | None) -> tuple[int, int]:
+    """A cell's ``(max_length, max_prompt_length)``: the recipe's, unset ones from the policy's positions."""
+    t = recipe.train
+    return sequence_lengths(t.max_length, t.max_prompt_length, positions, f"policy {recipe.policy.model}")
+
+
+def training_arguments(recipe: Recipe, algo: str, ranking_len: int, seed: int, output_dir: str | os.PathLike,
+                       positions: int | None = None, progress: bool = False, run_name: str | None = None):
+    """The TrainingArguments of one cell, all from the recipe: :class:`RankingConfig` for SFT/PRO (the paper's
+    summed NLL, the model's own dropout), TRL's ``DPOConfig`` for DPO. ``positions``: the policy's (for unset
+    lengths)."""
     import torch
 
     t = recipe.train
     per_device, grad_accum = batch_plan(t, algo, ranking_len)
-    lr = t.dpo_lr if (algo == "dpo" and t.dpo_lr is not None) else t.lr
-    return {"output_dir": str(output_dir), "max_steps": t.max_steps, "per_device_train_batch_size": per_device,
-            "gradient_accumulation_steps": grad_accum, "learning_rate": lr, "weight_decay": t.weight_decay,
-            "max_grad_norm": t.max_grad_norm, "lr_scheduler_type": "constant", "warmup_steps": 0,
-            "optim": "adamw_torch", "seed": seed, "data_seed": seed, "logging_steps": 1, "save_strategy": "steps",
-            "save_steps": t.eval_every, "save_total_limit": 1, "bf16": t.bf16,
-            "use_cpu": not torch.cuda.is_available(), "report_to": "none", "disable_tqdm": not progress,
-            "ddp_timeout": 5400, "remove_unused_columns": False}
+    max_length, max_prompt_length = cell_lengths(recipe, positions)
+    lr = t.dpo_learning_rate if (algo == "dpo" and t.dpo_learning_rate is not None) else t.learning_rate
+    common = {"output_dir": str(output_dir), "run_name": run_name, "max_steps": t.max_steps,
+              "per_device_train_batch_size": per_device, "gradient_accumulation_steps": grad_accum,
+              "learning_rate": lr, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+              "lr_scheduler_type": "constant", "warmup_steps": 0, "optim": "adamw_torch", "seed": seed,
+              "data_seed": seed, "logging_steps": 1, "logging_nan_inf_filter": False, "save_strategy": "steps",
+              "save_steps": t.eval_every, "save_total_limit": 1, "bf16": t.bf16,
+              "use_cpu": not torch.cuda.is_available(), "report_to": "none", "disable_tqdm": not progress,
+              "ddp_timeout": 5400}
+    if algo in ("sft", "pro"):
+        return RankingConfig(**common, loss_type=[algo], sft_weight=t.sft_weight,
+                             use_temperature=algo == "pro" and t.use_temperature, sft_reduction="sequence_sum",
+                             max_length=max_length, max_prompt_length=max_prompt_length, share_prompt=True,
+                             disable_dropout=False, remove_unused_columns=False, loss_balance_steps=20)
+    from trl import DPOConfig
+
+    return DPOConfig(**common, beta=t.beta, max_length=max_length, precompute_ref_log_probs=False,
+                     activation_checkpointing=False)
 
 
 def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model, tokenizer, rankings: list[dict],
-                  output_dir: Path, callbacks: Sequence = (), progress: bool = False):
-    """The Trainer for one cell: :class:`divscale.train.pro.PROTrainer` for SFT/PRO, TRL's ``DPOTrainer`` for DPO."""
+                  output_dir: Path, callbacks: Sequence = (), progress: bool = False, run_name: str | None = None):
+    """The Trainer for one cell: :class:`RankingTrainer` for SFT/PRO, TRL's ``DPOTrainer`` for DPO."""
     from datasets import Dataset
 
-    from divscale.train.pro import PROConfig, PROTrainer, RankingCollator
+    from divscale.data.formats import RANKED_FEATURES
 
-    t = recipe.train
-    kwargs = _training_kwargs(recipe, algo, ranking_len, seed, output_dir, progress)
+    args = training_arguments(recipe, algo, ranking_len, seed, output_dir, model_positions(model), progress, run_name)
     if algo in ("sft", "pro"):
-        args = PROConfig(**kwargs, ranking_len=1 if algo == "sft" else ranking_len, sft_weight=t.sft_weight,
-                         use_temperature=t.use_temperature, block_size=t.block_size,
-                         max_prompt_tokens=t.max_prompt_tokens)
-        data = Dataset.from_list(rankings)
-        return PROTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                          callbacks=list(callbacks))
+        data = Dataset.from_list(ranked_rows(rankings, ranking_len), features=RANKED_FEATURES)
+        return RankingTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                              callbacks=list(callbacks))
 
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    class RankingDPOTrainer(DPOTrainer):
+    from divscale.train.trainer import DivergenceGuard, FiniteLossMixin
+
+    class RankingDPOTrainer(FiniteLossMixin, DPOTrainer):
         def get_decay_parameter_names(self, model):     # weight decay on every parameter, as for SFT/PRO
             return [name for name, _ in model.named_parameters()]
 
-    collator = RankingCollator(tokenizer, 1, t.block_size, t.max_prompt_tokens)
+    check_trainable_dtype(model, args)
+    collator = RankingCollator(tokenizer, args.max_length, cell_lengths(recipe, model_positions(model))[1])
     prompts = collator.prompt_texts([r["prompt"] for r in rankings])   # left-truncated as for SFT/PRO
     pairs = [{"prompt": p, "chosen": " " + r["responses"][i], "rejected": " " + r["responses"][j]}
-             for p, r in zip(prompts, rankings) for i, j in ranking_pairs(ranking_len, t.dpo_pairs)]
-    kwargs.pop("remove_unused_columns")
-    args = DPOConfig(**kwargs, beta=t.dpo_beta, max_length=t.block_size, precompute_ref_log_probs=False,
-                     activation_checkpointing=False)
+             for p, r in zip(prompts, rankings) for i, j in ranking_pairs(ranking_len, recipe.train.dpo_pairs)]
     ref_model = copy.deepcopy(model)
     return RankingDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(pairs),
-                             processing_class=tokenizer, callbacks=list(callbacks))
+                             processing_class=tokenizer, callbacks=[*callbacks, DivergenceGuard()])
 
 
-# --------------------------------------------------------------------------- run directories
-
-def run_config(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, rankings: list[dict],
-               dev_prompts: Sequence[str] | None, policy_id: str, rm_id: str) -> dict:
-    """Everything that determines a run's result (and nothing that merely enumerates the grid)."""
-    train = {k: v for k, v in asdict(recipe.train).items() if k not in ("algos", "seeds", "num_processes")}
-    data = {k: v for k, v in asdict(recipe.data).items() if k not in ("sizes", "ranking_lengths")}
-    return {"algo": algo, "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed,
-            "recipe": recipe.name, "data": data, "ranking": asdict(recipe.ranking),
-            "reward": {k: v for k, v in asdict(recipe.reward).items() if k != "test_model"},
-            "policy": asdict(recipe.policy), "train": train,
-            "inputs": {"rankings_sha256": sha256_json(rankings), "n_rankings": len(rankings),
-                       "dev_sha256": sha256_json(list(dev_prompts or [])), "n_dev": len(dev_prompts or []),
-                       "policy": policy_id, "rm_train": rm_id},
-            "code": code_version("train")}      # the source of the training code (divscale.provenance.STEPS)
-
-
-def run_name(config: dict) -> str:
-    hashed = {k: v for k, v in config.items() if k != "recipe"}    # same settings under another recipe name: same run
-    return (f"{config['algo']}-n{config['ranking_len']}-k{config['n_prompts']}-s{config['seed']}-"
-            f"{config_hash(hashed, length=12)}")
-
+# --------------------------------------------------------------------------- one run folder
 
 def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
     """The newest ``checkpoint-N`` that was fully written (the Trainer writes trainer_state.json last);
@@ -359,6 +399,120 @@ def _barrier() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+def set_model_max_length(folder: Path, positions: int | None) -> None:
+    """The saved tokenizer's ``model_max_length`` is the model's positions (a tokenizer trained from scratch says
+    10^30); its chat template, if it had one, is saved beside it by the Trainer."""
+    path = folder / "tokenizer_config.json"
+    if positions is None or not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if config.get("model_max_length") != positions:
+        atomic_write_json(path, {**config, "model_max_length": positions})
+
+
+def execute_run(run_dir: Path, config: dict, build: Callable[[Path, list], Any], start_line: str,
+                result: dict, progress: bool = False) -> Path:
+    """Train into ``run_dir`` (module docstring: the folder, its files, resume, reuse) and return it.
+
+    ``build(trainer_dir, callbacks)`` returns the Trainer (it loads the policy, so a reused run never does);
+    ``result``: run-specific fields of result.json. Two processes asking for the same run (a grid cell and 07's
+    base set under ``make -j``) share a lock: one trains, the other reuses the finished run.
+    """
+    if (run_dir / "DONE").exists():
+        return run_dir
+    if world_size() > 1:
+        return _execute(run_dir, config, build, start_line, result, progress)
+    with io.file_lock(run_dir):
+        if (run_dir / "DONE").exists():
+            return run_dir
+        return _execute(run_dir, config, build, start_line, result, progress)
+
+
+def _execute(run_dir, config, build, start_line, result, progress) -> Path:
+    work = run_dir.with_name(run_dir.name + ".partial")
+    main = int(os.environ.get("RANK", "0")) == 0
+    if (work / "DONE").exists():                       # killed between completion and the final rename
+        if main:
+            os.replace(work, run_dir)
+        _barrier()
+        return run_dir
+    log = RunLog(work, enabled=main)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "config.json", config)
+        checkpoint = last_complete_checkpoint(work / "trainer", clean=True)
+        log.truncate(int(checkpoint.name.split("-")[-1]) if checkpoint else -1)
+        log.text(f"resume from {checkpoint.name}" if checkpoint else f"start {run_dir.name}: {start_line}")
+    _barrier()
+    checkpoint = last_complete_checkpoint(work / "trainer")
+
+    trainer = build(work / "trainer", [MetricsCallback(log)])
+    trainer.remove_callback(PrinterCallback)            # metrics.jsonl / train.log hold every record
+    if progress:                                        # a bar with the loss, not one printed dict per step
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgress())
+    start = time.time()
+    with deterministic(1):       # one thread + deterministic kernels: same weights whatever the core count
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    state = trainer.state
+    best_step = state.best_global_step
+    if not best_step:                                  # no dev validation: the last step, as the official code
+        trainer.save_model(str(work / "trainer" / "final"))      # every process (a collective under ZeRO-3)
+    _barrier()
+
+    if main:
+        with atomic_path(work / "best") as tmp:
+            _copy_weights(work / "trainer" / (f"checkpoint-{best_step}" if best_step else "final"), tmp)
+            set_model_max_length(Path(tmp), model_positions(trainer.model))
+        records = log.records()
+        losses = [r["loss"] for r in records if "loss" in r]
+        atomic_write_json(work / "result.json", {
+            "run": run_dir.name, **result, "steps": state.global_step, "selection": "dev" if best_step else "last",
+            "best_step": best_step or state.global_step, "best_dev_reward": state.best_metric,
+            "dev_rewards": {r["step"]: r["dev_reward"] for r in records if "dev_reward" in r},
+            "first_train_loss": losses[0] if losses else None, "final_train_loss": losses[-1] if losses else None,
+            "train_runtime_s": round(time.time() - start, 2), "resumed_from": checkpoint.name if checkpoint else None,
+            "n_params": sum(p.numel() for p in trainer.model.parameters()),
+            "final_sha256": weights_sha256(trainer.model), "metrics": output.metrics,
+            "loss_balance": loss_balance_summary(records),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
+        shutil.rmtree(work / "trainer", ignore_errors=True)        # optimizer states are no longer needed
+        atomic_write_text(work / "DONE", "")
+        os.replace(work, run_dir)
+    _barrier()
+    return run_dir
+
+
+def _initial_policy(policy, copy_policy: bool = True):
+    model, tokenizer = policy() if callable(policy) else policy
+    if copy_policy and not callable(policy):
+        model = copy.deepcopy(model)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- a grid cell
+
+def run_config(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, rankings: list[dict],
+               dev_prompts: Sequence[str] | None, policy_id: str, rm_id: str) -> dict:
+    """Everything that determines a cell's result (and nothing that merely enumerates the grid)."""
+    train = {k: v for k, v in asdict(recipe.train).items() if k not in ("algos", "seeds", "num_processes")}
+    data = {k: v for k, v in asdict(recipe.data).items() if k not in ("sizes", "ranking_lengths")}
+    return {"kind": "cell", "algo": algo, "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed,
+            "recipe": recipe.name, "data": data, "ranking": asdict(recipe.ranking),
+            "reward": {k: v for k, v in asdict(recipe.reward).items() if k != "test_model"},
+            "policy": asdict(recipe.policy), "train": train,
+            "inputs": {"rankings_sha256": sha256_json(rankings), "n_rankings": len(rankings),
+                       "dev_sha256": sha256_json(list(dev_prompts or [])), "n_dev": len(dev_prompts or []),
+                       "policy": policy_id, "rm_train": rm_id},
+            "code": code_version("train")}      # the source of the training code (divscale.provenance.STEPS)
+
+
+def run_name(config: dict) -> str:
+    hashed = {k: v for k, v in config.items() if k != "recipe"}    # same settings under another recipe name: same run
+    return (f"{config['algo']}-n{config['ranking_len']}-k{config['n_prompts']}-s{config['seed']}-"
+            f"{config_hash(hashed, length=12)}")
 
 
 def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, grid=None, policy=None,
@@ -413,87 +567,127 @@ def train_run(recipe: Recipe, algo: str, ranking_len: int, n_prompts: int, seed:
 
     config = run_config(recipe, algo, ranking_len, n_prompts, seed, rankings, dev_prompts, policy_id, rm_id)
     run_dir = Path(runs_dir) / "train" / run_name(config)
-    if (run_dir / "DONE").exists():
-        return run_dir
-    if world_size() == 1:
-        # two processes asking for the same run (a grid cell and 07's base set, under `make -j`): one trains,
-        # the other waits for it and reuses the finished run
-        with _run_lock(run_dir):
-            if (run_dir / "DONE").exists():
-                return run_dir
-            return _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train,
-                          dev_prompts, copy_policy, callbacks, progress)
-    return _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train,
-                  dev_prompts, copy_policy, callbacks, progress)
+
+    def build(trainer_dir: Path, cbs: list):
+        model, tokenizer = _initial_policy(policy, copy_policy)
+        if rm_train is not None:
+            t = recipe.train
+            cbs.append(DevRewardCallback(tokenizer, dev_prompts, rm_train, t.eval_every, cbs[0].log,
+                                         max_new_tokens=t.dev_max_new_tokens,
+                                         max_prompt_tokens=cell_lengths(recipe, model_positions(model))[1],
+                                         batch_size=t.dev_batch_size))
+        return build_trainer(recipe, algo, ranking_len, seed, model, tokenizer, rankings, trainer_dir,
+                             callbacks=[*cbs, *callbacks], progress=progress, run_name=run_dir.name)
+
+    return execute_run(run_dir, config, build, f"{algo} n={ranking_len} k={n_prompts} seed={seed}",
+                       {"algo": algo, "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed}, progress)
 
 
-def _run_lock(run_dir: Path):
-    """An exclusive ``flock`` on ``<run_dir>.lock`` for the life of the block (released if the process dies)."""
-    return io.file_lock(run_dir)
+# --------------------------------------------------------------------------- anyone's ranked data
+
+def _slug(text: str) -> str:
+    import re
+
+    name = Path(str(text).rstrip("/")).name
+    name = re.sub(r"\.(jsonl|json|gz)$", "", re.sub(r"\.(jsonl|json)\.gz$", "", name))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "data"
 
 
-def _train(recipe, algo, ranking_len, n_prompts, seed, rankings, config, run_dir, policy, rm_train, dev_prompts,
-           copy_policy, callbacks, progress) -> Path:
-    """The body of :func:`train_run` once the run's folder is decided (and, on one process, locked)."""
-    work = run_dir.with_name(run_dir.name + ".partial")
-    main = int(os.environ.get("RANK", "0")) == 0
-    if (work / "DONE").exists():                       # killed between completion and the final rename
-        if main:
-            os.replace(work, run_dir)
-        _barrier()
-        return run_dir
-    log = RunLog(work, enabled=main)
-    if main:
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work / "config.json", config)
-        checkpoint = last_complete_checkpoint(work / "trainer", clean=True)
-        log.truncate(int(checkpoint.name.split("-")[-1]) if checkpoint else -1)
-        log.text(f"resume from {checkpoint.name}" if checkpoint else
-                 f"start {run_dir.name}: {algo} n={ranking_len} k={n_prompts} seed={seed}")
-    _barrier()
-    checkpoint = last_complete_checkpoint(work / "trainer")
+def train_ranked(dataset, loss_type, policy, policy_id: str, seed: int = 42,
+                 runs_dir: str | os.PathLike | None = None, data_name: str = "data", progress: bool = False,
+                 ref_model=None, callbacks: Sequence = (), positions: int | None = None, model_name: str | None = None,
+                 recipe_name: str | None = None, split: str | None = None, limit: int | None = None,
+                 held_out_ids: Sequence[str] = (), output_dir: str | os.PathLike | None = None, **options) -> Path:
+    """Train ``loss_type`` (a loss name or a list, see :class:`divscale.train.options.RankingOptions`) on a canonical
+    ranked ``datasets.Dataset`` into a run folder (module docstring; the contract of ``divscale evaluate --run``)
+    and return it.
 
-    model, tokenizer = policy() if callable(policy) else policy
-    if copy_policy and not callable(policy):
-        model = copy.deepcopy(model)
-    cbs = [MetricsCallback(log)]
-    if rm_train is not None:
-        t = recipe.train
-        cbs.append(DevRewardCallback(tokenizer, dev_prompts, rm_train, t.eval_every, log,
-                                     max_new_tokens=t.dev_max_new_tokens, max_prompt_tokens=t.max_prompt_tokens,
-                                     batch_size=t.dev_batch_size))
-    trainer = build_trainer(recipe, algo, ranking_len, seed, model, tokenizer, rankings, work / "trainer",
-                            callbacks=[*cbs, *callbacks], progress=progress)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)       # the run's own log has every record
-    start = time.time()
-    with deterministic(1):       # one thread + deterministic kernels: same weights whatever the core count
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    state = trainer.state
-    best_step = state.best_global_step
-    if not best_step:                                  # no dev validation: the last step, as the official code
-        trainer.save_model(str(work / "trainer" / "final"))      # every process (a collective under ZeRO-3)
-    _barrier()
+    ``policy``: ``(model, tokenizer)`` (deep-copied) or a zero-argument callable returning one (called only if the
+    run must train; then give ``positions``, the model's positions, for its default lengths); ``policy_id``
+    identifies the initial weights in the run hash; ``model_name`` / ``recipe_name``: how
+    :func:`load_initial_policy` rebuilds them (``tiny-gpt`` + a recipe, a folder or a hub id). ``split``, ``limit``,
+    ``held_out_ids``: recorded in config.json's data section. ``options``: :class:`RankingOptions` /
+    TrainingArguments fields (``max_steps``, ``per_device_train_batch_size``, ``learning_rate``, ``beta``, ...).
+    """
+    from divscale.train.options import RankingOptions, translate_deprecated
 
-    if main:
-        with atomic_path(work / "best") as tmp:
-            _copy_weights(work / "trainer" / (f"checkpoint-{best_step}" if best_step else "final"), tmp)
-        losses = [r["loss"] for r in log.records() if "loss" in r]
-        dev = {r["step"]: r["dev_reward"] for r in log.records() if "dev_reward" in r}
-        atomic_write_json(work / "result.json", {
-            "run": run_dir.name, "algo": algo, "ranking_len": ranking_len, "n_prompts": n_prompts, "seed": seed,
-            "steps": state.global_step, "selection": "dev" if best_step else "last",
-            "best_step": best_step or state.global_step, "best_dev_reward": state.best_metric,
-            "dev_rewards": dev, "final_train_loss": losses[-1] if losses else None,
-            "train_runtime_s": round(time.time() - start, 2), "resumed_from": checkpoint.name if checkpoint else None,
-            "n_params": sum(p.numel() for p in trainer.model.parameters()),
-            "final_sha256": weights_sha256(trainer.model), "metrics": output.metrics,
-            "loss_balance": loss_balance_summary(log.records())})
-        shutil.rmtree(work / "trainer", ignore_errors=True)        # optimizer states are no longer needed
-        atomic_write_text(work / "DONE", "")
-        os.replace(work, run_dir)
-    _barrier()
-    return run_dir
+    options = translate_deprecated({"loss_type": loss_type, **options})
+    if not callable(policy) and positions is None:
+        positions = model_positions(policy[0])
+    settings = asdict(RankingOptions(**{k: v for k, v in options.items() if k in RankingOptions.__dataclass_fields__}))
+    extra = {k: v for k, v in options.items() if k not in RankingOptions.__dataclass_fields__}
+    settings.update(extra)
+    settings["max_length"], settings["max_prompt_length"] = sequence_lengths(
+        settings["max_length"], settings["max_prompt_length"], positions, model_name or policy_id)
+    settings["seed"] = seed
+    settings.pop("output_dir", None)
+    rows = dataset.to_list()
+    config = {"kind": "ranked",
+              "data": {"source": str(data_name), "split": split, "limit": limit, "held_out_ids": list(held_out_ids),
+                       "n_train": len(rows), "rows_sha256": sha256_json(rows)},
+              "model": {"name": model_name or policy_id, "recipe": recipe_name, "policy_id": policy_id},
+              "train": settings, "seed": seed, "code": code_version("train")}
+    losses = "+".join(settings["loss_type"])
+    if output_dir is not None:
+        run_dir = Path(output_dir)
+        if run_dir.exists() and not (run_dir / "DONE").exists():
+            raise FileExistsError(f"{run_dir} exists and is not a finished run; give an empty or new output_dir")
+        if (run_dir / "DONE").exists() and json.loads((run_dir / "config.json").read_text()) != config:
+            raise FileExistsError(f"{run_dir} holds a finished run with other settings; give another output_dir")
+    else:
+        run_dir = Path(runs_dir or paths.RUNS_DIR) / "train" / (
+            f"{losses}-{_slug(data_name)}-s{seed}-{config_hash(config, length=12)}")
+
+    def build(trainer_dir: Path, cbs: list):
+        import torch
+
+        model, tokenizer = _initial_policy(policy)
+        args = RankingConfig(**{**settings, "output_dir": str(trainer_dir), "run_name": run_dir.name,
+                                "data_seed": seed, "save_strategy": "no", "disable_tqdm": not progress,
+                                "use_cpu": not torch.cuda.is_available()})
+        return RankingTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[*cbs, *callbacks])
+
+    return execute_run(run_dir, config, build, f"{losses} on {data_name} ({len(rows)} rows), seed {seed}",
+                       {"loss_type": settings["loss_type"], "data": str(data_name), "n_rows": len(rows), "seed": seed},
+                       progress)
+
+
+# --------------------------------------------------------------------------- a run's initial policy
+
+def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
+    """``(model, tokenizer)``: the policy a run (grid cell or own data) started from, rebuilt from its config.json
+    (a tiny-gpt from its recipe's data and policy settings -- checked against the recorded weights hash -- or the
+    hub id / folder it named)."""
+    from divscale.config import DataConfig, PolicyConfig, build_config, load_recipe
+    from divscale.data.hh import load_splits
+    from divscale.models.hub import load_causal_lm
+    from divscale.models.tiny_gpt import load_policy
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: not a divscale run folder")
+    config = json.loads(path.read_text())
+    if config.get("kind") == "ranked":
+        model = config["model"]
+        if model["name"] != "tiny-gpt":
+            return load_causal_lm(model["name"])
+        recipe = load_recipe(model.get("recipe") or "cpu")
+        policy_cfg, data_cfg, expected = recipe.policy, recipe.data, model.get("policy_id")
+    else:
+        policy_cfg = build_config(PolicyConfig, config["policy"], f"{path}", "policy.")
+        data_cfg = build_config(DataConfig, config["data"], f"{path}", "data.")
+        expected = config.get("inputs", {}).get("policy")
+        if policy_cfg.model != "tiny-gpt":
+            return load_policy(policy_cfg)
+    pool = load_splits(data_cfg)["pool"]
+    texts = policy_texts(pool.select_columns(["prompt", "chosen"]).to_dict())
+    policy = load_policy(policy_cfg, texts, progress=progress)
+    found = tiny_gpt_policy_id(policy_cfg, texts)
+    if expected and expected.startswith("tiny-gpt:") and expected != found:
+        raise DataError(f"{run_dir}: the rebuilt initial policy ({found}) is not the one the run started from "
+                        f"({expected}); its data or the tiny-gpt code changed since")
+    return policy
 
 
 # --------------------------------------------------------------------------- launching a cell

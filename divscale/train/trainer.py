@@ -1,433 +1,552 @@
-"""Listwise preference training on anyone's ranked data: ``ListwiseConfig``, ``ListwiseTrainer`` and
-``divscale train --data``.
+"""The one ranking trainer: ``RankingConfig``, ``RankingCollator``, ``RankingTrainer`` and the callbacks they use.
 
-``ListwiseTrainer`` is a ``transformers.Trainer`` whose ``compute_loss`` scores every completion of a row
-(:func:`divscale.train.logprobs.completion_logprobs`, which encodes the prompt once for its K completions; a
-naive one-sequence-per-completion path when that module is absent) and applies one of the losses of
-:mod:`divscale.train.losses`:
+``RankingTrainer`` (a ``transformers.Trainer``) trains every loss of :mod:`divscale.train.losses` on rows of ranked
+completions -- the study's PRO and SFT on the top-1 (``divscale.train.runs.train_run``) and ``divscale train --data``
+(PRO, Plackett-Luce, all-pairs DPO, LiPO-λ, SFT, or a weighted mix, ``loss_type`` + ``loss_weights``). DPO on pairs
+stays TRL's ``DPOTrainer`` (``runs.build_trainer``).
 
-- ``pro``: the paper's PRO (length-normalised scores; reward temperatures only with ``use_temperature`` and
-  finite scores in every row), plus ``sft_weight * (n-1)^2 * L_SFT``;
-- ``plackett_luce``: listwise DPO against a frozen reference model;
-- ``all_pairs_dpo``: DPO averaged over every ordered pair (the "split into pairs" baseline);
-- ``sft``: summed NLL of the best completion (the paper's SFT baseline).
+**Rows** are the canonical ranked format of :mod:`divscale.data.formats` (``id``, ``prompt``, ``completions`` best
+first, ``ranks`` with ties, ``scores``); the study's rankings become such rows with :func:`ranked_rows` (strict order,
+scores = RM_train rewards). Rows may have different numbers of completions: the batch is padded and the padding
+masked out of every loss.
 
-For the DPO-style losses the reference model's log-probs are computed once per batch under
-``torch.no_grad()`` (``ref_model=None``: a frozen copy of the initial policy, as TRL does).
-``sft_weight`` (default: 0.05 for PRO, 0 otherwise) adds the best completion's summed NLL to the DPO-style
-losses (unscaled) -- an RPO-style anchor.
+**One tokenisation and truncation rule** (:class:`RankingCollator`), the paper's (spec §3.2, ``data_manager.py``)
+extended to chat templates the way TRL does it:
 
-Rows are read by :mod:`divscale.data.formats` (sorted best first, ties share a rank); rows with fewer
-completions than the batch's widest are padded (``ranks`` -1, ``completion_mask`` False) and masked out of the
-loss. Each completion is scored as ``prompt + " " + completion`` (the paper's joiner), no EOS.
+1. the prompt as the model sees it: an HH-text prompt as is for a tokenizer without a chat template (the paper's
+   policies are fine-tuned on exactly that text), else rendered with ``add_generation_prompt=True``
+   (:func:`divscale.models.generation.format_prompt`; chat messages through the template directly);
+2. the prompt keeps its last ``max_prompt_length`` tokens (BOS included), decoded back to text (template special
+   tokens kept);
+3. each completion is appended to that text: with a plain-text prompt after one space (the paper's
+   ``prompt + " " + response``; no space when the prompt already ends, or the completion already starts, with
+   whitespace -- TRL's standard format puts its own space in the completion); after a chat template's generation
+   prompt with no joiner, as the template renders the assistant turn (so the turn's end token is scored too, as in
+   TRL's conversational DPO);
+4. ``BOS + prompt + completion`` (BOS only if the tokenizer adds one; templates carry their own) is tokenised in
+   one call and cut at ``max_length`` keeping its start (``truncation_mode="keep_start"``); no EOS is appended to a
+   plain-text completion (the paper's rule; TRL's DPO appends one);
+5. the prompt is the longest token prefix shared by the prompt alone and every ``prompt + completion`` of the row
+   (TRL's rule when tokens merge across the boundary); only the tokens after it are scored.
 
-``divscale train --data FILE_OR_HUB_ID --loss pro|plackett_luce|all_pairs_dpo|sft --model ID ...`` trains one
-run outside the study's grid, into ``runs/train/<loss>-<data>-s<seed>-<hash>/`` laid out like the grid's
-runs (``config.json``, ``metrics.jsonl``, ``train.log``, ``best/`` safetensors + tokenizer, ``result.json``,
-``DONE``; built as ``.partial`` and renamed when complete; a complete run is not redone). The last step
-is kept (there is no dev reward model for arbitrary data). ``--model tiny-gpt`` builds the project's small
-GPT (tokenizer and warm-up on the data's own prompt + best completion texts, sized by ``--recipe``'s
-policy section); any local folder or cached hub id works too.
+**One scorer**: :func:`divscale.train.logprobs.logprobs_from_ids`, with the prompt encoded once for its completions
+(``share_prompt``, the default) or one full sequence per completion; the same numbers up to float rounding.
+
+Also here: :class:`LossBalanceCallback` (PRO's two terms' gradient norms), :class:`DivergenceGuard` and
+:class:`FiniteLossMixin` (a non-finite loss or gradient norm stops training with :class:`TrainingDiverged`), and
+:func:`check_trainable_dtype` (float16 parameters under AdamW are refused before training).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import os
-import re
-import shutil
-import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import ProgressCallback, Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from divscale.data.formats import RANKED_FEATURES, normalize_ranked
+from divscale.io import DataError
 from divscale.train.losses import (
-    LOSSES,
+    PROLossParts,
     all_pairs_dpo_loss,
+    lipo_lambda_loss,
     plackett_luce_loss,
     pro_ranked_loss,
+    sft_loss,
     sft_nll_of_best,
+)
+from divscale.train.options import (
+    NEEDS_REFERENCE,
+    RankingOptions,
+    check_options,
+    deprecated,
+    losses_of,
+    model_positions,
+    sequence_lengths,
+    translate_deprecated,
 )
 
 log = logging.getLogger(__name__)
-NEEDS_REF = ("plackett_luce", "all_pairs_dpo")
+PREFERENCE_LOSSES = {"plackett_luce": plackett_luce_loss, "all_pairs_dpo": all_pairs_dpo_loss,
+                     "lipo_lambda": lipo_lambda_loss}
 
 
-# --------------------------------------------------------------------------- log-probs
-
-def _tokenize_pairs(tokenizer, prompts: list[str], completions: list[list[str]], max_prompt_length: int | None,
-                    max_completion_length: int | None):
-    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if (tokenizer.bos_token_id is not None and len(with_special) > len(plain)
-                                       and with_special[0] == tokenizer.bos_token_id) else []
-    prompt_ids = []
-    for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]:
-        if max_prompt_length:
-            ids = ids[-max(1, max_prompt_length - len(bos)):]        # keep the end of the conversation
-        prompt_ids.append(bos + ids)
-    flat = [c for cs in completions for c in cs]
-    comp_ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
-    if max_completion_length:
-        comp_ids = [ids[:max_completion_length] for ids in comp_ids]
-    return prompt_ids, comp_ids
-
-
-def naive_completion_logprobs(model, tokenizer, prompts: list[str], completions: list[list[str]],
-                              max_prompt_length: int | None = None, max_completion_length: int | None = None):
-    """(batch, K) summed completion log-probs and token counts, one full prompt+completion sequence per
-    completion (all in one forward pass). Completion lists must all have length K."""
-    from divscale.train.pro import sequence_logprobs
-
-    k = len(completions[0])
-    if any(len(cs) != k for cs in completions):
-        raise ValueError("naive_completion_logprobs needs the same number of completions in every row")
-    prompt_ids, comp_ids = _tokenize_pairs(tokenizer, prompts, completions, max_prompt_length,
-                                           max_completion_length)
-    seqs = [(prompt_ids[j // k], comp_ids[j]) for j in range(len(comp_ids))]
-    if any(not c for _, c in seqs):
-        raise ValueError("a completion has no tokens; drop empty completions")
-    length = max(len(p) + len(c) for p, c in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    resp = torch.zeros_like(ids)
-    for j, (p, c) in enumerate(seqs):
-        ids[j, :len(p) + len(c)] = torch.tensor(p + c)
-        attn[j, :len(p) + len(c)] = 1
-        resp[j, len(p):len(p) + len(c)] = 1
-    device = next(model.parameters()).device
-    logps, counts = sequence_logprobs(model, ids.to(device), attn.to(device), resp.to(device))
-    return logps.view(len(prompts), k), counts.view(len(prompts), k)
-
-
-def completion_logprobs(model, tokenizer, prompts, completions, share_prompt: bool = True,
-                        max_prompt_length: int | None = None, max_completion_length: int | None = None):
-    """``(logps, counts)``, each (batch, K) with K the longest row (shorter rows: 0 where they have no
-    completion): :func:`divscale.train.logprobs.completion_logprobs` (the prompt encoded once per row) when that
-    module is importable, else :func:`naive_completion_logprobs`."""
-    try:
-        from divscale.train.logprobs import completion_logprobs as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        out = shared(model, tokenizer, prompts, completions, share_prompt=share_prompt,
-                     max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
-                     return_counts=True)
-        logps, counts = out if isinstance(out, (tuple, list)) else (out, None)
-        if counts is None:
-            _, comp_ids = _tokenize_pairs(tokenizer, prompts, completions, max_prompt_length, max_completion_length)
-            counts = torch.tensor([len(c) for c in comp_ids], device=logps.device).view(logps.shape)
-        return logps, counts.to(logps.dtype)
-    k = max(len(cs) for cs in completions)
-    padded = [list(cs) + [cs[-1]] * (k - len(cs)) for cs in completions]       # copies, zeroed below
-    logps, counts = naive_completion_logprobs(model, tokenizer, prompts, padded, max_prompt_length,
-                                              max_completion_length)
-    real = torch.tensor([[j < len(cs) for j in range(k)] for cs in completions], device=logps.device)
-    return logps * real, counts * real
-
-
-# --------------------------------------------------------------------------- collator
-
-class ListwiseCollator:
-    """Canonical ranked rows (:mod:`divscale.data.formats`) -> prompts (through the chat template when the
-    tokenizer has one), completions padded to the batch's widest row, ``ranks`` / ``mask`` / ``scores``."""
-
-    def __init__(self, tokenizer, loss: str = "plackett_luce"):
-        self.tokenizer, self.loss = tokenizer, loss
-
-    def __call__(self, rows):
-        from divscale.models.generation import format_prompt
-
-        width = 1 if self.loss == "sft" else max(len(r["completions"]) for r in rows)
-        prompts, completions, ranks, mask, scores = [], [], [], [], []
-        for r in rows:
-            cs, rk = list(r["completions"]), list(r["ranks"])
-            sc = [math.nan if s is None else float(s) for s in (r.get("scores") or [math.nan] * len(cs))]
-            if self.loss == "sft":                   # the best completion only (the first of a tied top group)
-                cs, rk, sc = cs[:1], rk[:1], sc[:1]
-            pad = width - len(cs)
-            prompts.append(format_prompt(r["prompt"], self.tokenizer))
-            completions.append([" " + c for c in cs])             # ragged: K varies across rows
-            ranks.append(rk + [-1] * pad)
-            mask.append([True] * len(cs) + [False] * pad)
-            scores.append(sc + [math.nan] * pad)
-        return {"prompts": prompts, "completions": completions, "ranks": torch.tensor(ranks),
-                "completion_mask": torch.tensor(mask), "scores": torch.tensor(scores, dtype=torch.float32)}
-
-
-# --------------------------------------------------------------------------- config and trainer
+# --------------------------------------------------------------------------- config
 
 @dataclass
-class ListwiseConfig(TrainingArguments):
-    """``TrainingArguments`` plus the listwise settings, with TRL's argument names where TRL has them
-    (``beta``, ``max_prompt_length``, ``max_completion_length``). Optimiser defaults follow the paper
-    (constant LR, AdamW, weight decay 0.01, clipping 1.0)."""
-    loss: str = field(default="plackett_luce", metadata={"help": f"one of {LOSSES}"})
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature of the implicit reward (TRL default 0.1)"})
-    sft_weight: float | None = field(default=None, metadata={
-        "help": "weight of the best completion's NLL: None = 0.05 for pro (times (n-1)^2, the paper), 0 otherwise"})
-    use_temperature: bool = field(default=False, metadata={
-        "help": "pro: reward-gap temperatures from the rows' scores (only when every score is finite)"})
-    share_prompt: bool = field(default=True, metadata={"help": "encode each prompt once for its completions"})
-    max_prompt_length: int | None = field(default=384, metadata={"help": "prompt tokens kept (from the end)"})
-    max_completion_length: int | None = field(default=128, metadata={"help": "completion tokens kept"})
-    disable_dropout: bool = field(default=True, metadata={
-        "help": "as TRL's DPOConfig: no dropout in the policy (and reference), so z = 0 at the start"})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "the collator needs the raw columns"})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "the paper: constant LR"})
-    weight_decay: float = field(default=0.01, metadata={"help": "torch AdamW's default, as the paper"})
-    optim: str = field(default="adamw_torch", metadata={"help": "torch.optim.AdamW"})
-    report_to: str | list[str] = field(default="none", metadata={"help": "no trackers by default"})
+class RankingConfig(RankingOptions, TrainingArguments):
+    """``TrainingArguments`` + :class:`divscale.train.options.RankingOptions` (TRL's names; divscale's defaults:
+    constant LR, AdamW with weight decay 0.01 on every parameter, clipping 1.0, no warm-up, as the paper)."""
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r}: choose one of {LOSSES}")
-        if self.sft_weight is None:
-            self.sft_weight = 0.05 if self.loss == "pro" else 0.0
-        super().__post_init__()
+        check_options(self)
+        TrainingArguments.__post_init__(self)
 
 
-class ListwiseTrainer(Trainer):
-    """``Trainer`` with a listwise loss over each row's K completions (see the module docstring)."""
+def ListwiseConfig(**kwargs) -> RankingConfig:            # the old class name, for one release
+    """Deprecated: :class:`RankingConfig` (old argument names are translated, with a warning)."""
+    deprecated("ListwiseConfig", "RankingConfig")
+    return RankingConfig(**translate_deprecated(kwargs))
+
+
+# --------------------------------------------------------------------------- rows and the collator
+
+def ranked_rows(rankings: Sequence[dict], n: int | None = None) -> list[dict]:
+    """The study's rankings (``prompt``, ``responses`` best first, ``rewards``) as canonical ranked rows: the first
+    ``n`` responses, in their stored (RM_train) order as a strict ranking, rewards as scores (NaN where missing)."""
+    rows = []
+    for r in rankings:
+        responses = list(r["responses"])[:n]
+        rewards = list(r.get("rewards") or [None] * len(responses))[:len(responses)]
+        rows.append({"id": str(r.get("id", "")), "prompt": r["prompt"], "completions": responses,
+                     "ranks": list(range(len(responses))),
+                     "scores": [math.nan if x is None else float(x) for x in rewards], "source": "rankings"})
+    return rows
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """``[bos]`` if the tokenizer adds a BOS token on its own (never EOS), else ``[]``."""
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    adds = (tokenizer.bos_token_id is not None and len(with_special) > len(plain)
+            and with_special[0] == tokenizer.bos_token_id)
+    return [tokenizer.bos_token_id] if adds else []
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class RankingCollator:
+    """Ranked rows -> ``prompt_ids``/``prompt_mask`` ``[batch, P]`` and ``completion_ids``/``completion_mask``
+    ``[batch, K, L]`` (right-padded; the input of ``logprobs_from_ids``), ``ranks`` / ``present`` / ``scores``
+    ``[batch, K]`` (padding: rank -1, not present, NaN), and ``ref_logps`` when the rows carry them. The
+    tokenisation and truncation rule is the module docstring's. ``best_only``: each row's first completion only
+    (the SFT loss)."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, best_only: bool = False):
+        from divscale.models.generation import has_chat_template
+
+        if not 0 < max_prompt_length < max_length:
+            raise ValueError(f"need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length}): "
+                             "the completion needs room after the prompt")
+        self.tokenizer, self.max_length, self.max_prompt_length = tokenizer, max_length, max_prompt_length
+        self.best_only = best_only
+        self.templated = has_chat_template(tokenizer)
+        self.prefix = [] if self.templated else bos_prefix(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _messages(self, prompt: Any) -> list[dict]:
+        from divscale.models.generation import hh_turns
+
+        if isinstance(prompt, str):
+            return [{"role": role, "content": text} for role, text in hh_turns(prompt)]
+        return [dict(m) for m in ([prompt] if isinstance(prompt, dict) else prompt)]
+
+    def render(self, prompt: Any) -> str:
+        """The prompt as the model sees it (step 1 of the rule)."""
+        from divscale.data.formats import messages_to_text
+        from divscale.models.generation import format_prompt
+
+        if isinstance(prompt, str):
+            return format_prompt(prompt, self.tokenizer)
+        if self.templated:
+            return self.tokenizer.apply_chat_template(self._messages(prompt), add_generation_prompt=True,
+                                                      tokenize=False)
+        return messages_to_text(self._messages(prompt))
+
+    def truncate(self, texts: list[str]) -> list[str]:
+        """Keep the last ``max_prompt_length`` tokens (BOS included) of each rendered prompt, as text (step 2)."""
+        budget = self.max_prompt_length - len(self.prefix)
+        out = []
+        for text, ids in zip(texts, self._ids(texts)):
+            if len(ids) > budget:
+                text = self.tokenizer.decode(ids[-budget:], skip_special_tokens=not self.templated,
+                                             clean_up_tokenization_spaces=False)
+            out.append(text)
+        return out
+
+    def prompt_texts(self, prompts: Sequence[Any]) -> list[str]:
+        """Steps 1-2 for a list of prompts (also what the DPO pairs start from)."""
+        return self.truncate([self.render(p) for p in prompts])
+
+    def continuation(self, prompt: Any, prompt_text: str, completion: str) -> str:
+        """What follows the prompt text for one completion (step 3)."""
+        if not self.templated:
+            if prompt_text[-1:].isspace() or completion[:1].isspace():
+                return completion
+            return " " + completion
+        messages = self._messages(prompt)
+        head = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                                  tokenize=False)
+        if full.startswith(head):
+            return full[len(head):]
+        log.warning("the chat template renders the prompt alone differently from prompt + answer; the completion "
+                    "is appended after the generation prompt as it is")
+        return completion
+
+    def encode(self, rows: Sequence[dict]) -> list[tuple[list[int], list[list[int]]]]:
+        """``(prompt ids, [completion ids, ...])`` of each row (steps 1-5)."""
+        from divscale.data.formats import completion_text
+
+        prompts = self.prompt_texts([r["prompt"] for r in rows])
+        texts, where = [], []
+        for i, (row, p_text) in enumerate(zip(rows, prompts)):
+            completions = list(row["completions"])[:1 if self.best_only else None]
+            for j, c in enumerate(completions):
+                c = c if isinstance(c, str) else completion_text(c, f"row {row.get('id', i)!r}, completion {j}")
+                texts.append(p_text + self.continuation(row["prompt"], p_text, c))
+                where.append(i)
+        full = [(self.prefix + ids)[:self.max_length] for ids in self._ids(texts)]
+        prompt_ids = [self.prefix + ids for ids in self._ids(prompts)]
+        out = []
+        for i, (row, p_ids) in enumerate(zip(rows, prompt_ids)):
+            seqs = [f for f, w in zip(full, where) if w == i]
+            if not seqs:
+                raise DataError(f"row {row.get('id', i)!r} has no completions")
+            cut = min(_common_prefix(p_ids, s) for s in seqs)
+            for j, s in enumerate(seqs):
+                if len(s) <= cut:
+                    raise DataError(f"row {row.get('id', i)!r}, completion {j}: no completion tokens after the "
+                                    f"{cut}-token prompt (max_length {self.max_length}); drop empty completions "
+                                    "or raise max_length")
+            if cut < 1:
+                raise DataError(f"row {row.get('id', i)!r}: the prompt has no tokens to predict the completion from")
+            out.append((p_ids[:cut], [s[cut:] for s in seqs]))
+        return out
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(rows), max(1, max(len(r) for r in rows))), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(rows):
+            if r:
+                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+        return ids, mask
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rows = [dict(r) for r in rows]
+        encoded = self.encode(rows)
+        width = max(len(cs) for _, cs in encoded)
+        p_ids, p_mask = self._pad([p for p, _ in encoded])
+        c_ids, c_mask = self._pad([c for _, cs in encoded for c in cs + [[]] * (width - len(cs))])
+        ranks, present, scores, refs = [], [], [], []
+        for row, (_, cs) in zip(rows, encoded):
+            k, pad = len(cs), width - len(cs)
+            rk = [int(x) for x in list(row.get("ranks") or range(k))[:k]]
+            sc = [math.nan if x is None else float(x) for x in list(row.get("scores") or [math.nan] * k)[:k]]
+            ranks.append(rk + [-1] * pad)
+            present.append([True] * k + [False] * pad)
+            scores.append(sc + [math.nan] * pad)
+            if "ref_logps" in row:
+                refs.append(list(row["ref_logps"])[:k] + [0.0] * pad)
+        batch = len(rows)
+        out = {"prompt_ids": p_ids, "prompt_mask": p_mask, "completion_ids": c_ids.view(batch, width, -1),
+               "completion_mask": c_mask.view(batch, width, -1), "ranks": torch.tensor(ranks),
+               "present": torch.tensor(present), "scores": torch.tensor(scores, dtype=torch.float32)}
+        if refs:
+            out["ref_logps"] = torch.tensor(refs, dtype=torch.float32)
+        return out
+
+
+# --------------------------------------------------------------------------- a run that diverges stops
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm: training stopped at that step; the run is never marked complete."""
+
+
+def diverged(args, step: int, what: str, value) -> TrainingDiverged:
+    run = getattr(args, "run_name", None) or getattr(args, "output_dir", None) or "this run"
+    return TrainingDiverged(
+        f"run {run}: the {what} is {value} at step {step}; training stopped and the run is left unfinished. Likely "
+        f"causes: a learning rate too high for this model ({getattr(args, 'learning_rate', float('nan')):g}), "
+        "float16 parameters or fp16 without loss scaling (train fp32 weights with bf16/fp16 mixed precision), "
+        "a bf16 overflow, or a row whose completion has no tokens left after truncation")
+
+
+class FiniteLossMixin:
+    """For ``Trainer`` subclasses: a non-finite micro-batch loss raises :class:`TrainingDiverged` at once."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise diverged(self.args, self.state.global_step + 1, "loss", loss.item())
+        return loss
+
+
+class DivergenceGuard(TrainerCallback):
+    """Before each optimizer step: a non-finite gradient norm (after clipping, which spreads a NaN to every
+    gradient) raises :class:`TrainingDiverged`, so the weights never take a NaN update."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if not grads:                               # e.g. DeepSpeed keeps its own gradients: the loss check remains
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+        if not bool(torch.isfinite(norm)):
+            raise diverged(args, state.global_step + 1, "gradient norm", norm.item())
+
+
+def check_trainable_dtype(model, args) -> None:
+    """Refuse float16 trainable parameters under AdamW before training (they turn NaN at the first update)."""
+    optim = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", "")))
+    if "adam" not in optim.lower():
+        return
+    fp16 = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+    if fp16:
+        raise ValueError(f"{len(fp16)} trainable parameters are float16 (e.g. {fp16[0]}): AdamW's state underflows "
+                         "in float16 (its eps 1e-8 is 0) and the first update turns the weights NaN; load the policy "
+                         "in float32 (policy.dtype: float32, torch_dtype=torch.float32 or model.float()) and train "
+                         "with bf16=True (or fp16=True) mixed precision")
+
+
+# --------------------------------------------------------------------------- PRO's loss balance
+
+LOSS_BALANCE_FIELDS = {
+    "grad_norm_rank": "||grad L_PRO|| (the ranking term) on the trainable parameters, one micro-batch",
+    "grad_norm_sft_weighted": "||grad w(n-1)^2 L_SFT|| (the weighted SFT term), same micro-batch",
+    "grad_norm_sum": "||grad (L_PRO + w(n-1)^2 L_SFT)||, same micro-batch (before clipping)",
+    "grad_share_rank": "||grad L_PRO|| / (||grad L_PRO|| + ||grad w(n-1)^2 L_SFT||), in [0, 1]",
+    "grad_share_sft": "1 - grad_share_rank",
+    "grad_cos_rank_sft": "cosine between the two gradients (> 0: they pull the same way)",
+    "loss_balance_step": "the global step the gradients were measured at",
+}
+# also logged every step by the trainer for pro: loss_pro (L_PRO), loss_sft (L_SFT), loss_sft_weighted
+# (w(n-1)^2 L_SFT), sft_scale (w(n-1)^2), loss_total, loss_rank_k
+
+
+def loss_balance(model, parts: PROLossParts) -> dict[str, float]:
+    """Gradient norms of the ranking term and of the weighted SFT term on the trainable parameters (see
+    :data:`LOSS_BALANCE_FIELDS`). Two ``autograd.grad`` calls that keep the graph: the trainer's own backward
+    afterwards, and hence the update, is unchanged."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or not parts.terms:
+        return {}
+    grads = {}
+    for name, term in (("rank", parts.pro), ("sft_weighted", parts.sft_scale * parts.sft)):
+        if not term.requires_grad:
+            grads[name] = [torch.zeros_like(p) for p in params]
+            continue
+        gs = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+    with torch.no_grad():
+        def sq(gs):
+            return sum(float(g.double().pow(2).sum()) for g in gs)
+
+        dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(grads["rank"], grads["sft_weighted"]))
+        nr, ns = math.sqrt(sq(grads["rank"])), math.sqrt(sq(grads["sft_weighted"]))
+        out = {"grad_norm_rank": nr, "grad_norm_sft_weighted": ns,
+               "grad_norm_sum": math.sqrt(max(nr * nr + ns * ns + 2 * dot, 0.0)),
+               "grad_share_rank": nr / (nr + ns) if nr + ns > 0 else math.nan}
+        out["grad_share_sft"] = 1.0 - out["grad_share_rank"] if nr + ns > 0 else math.nan
+        out["grad_cos_rank_sft"] = dot / (nr * ns) if nr > 0 and ns > 0 else math.nan
+    return out
+
+
+def loss_balance_summary(records: Sequence[dict]) -> dict[str, float] | None:
+    """Run-level means of the logged loss balance (metrics.jsonl records), for result.json; None if none."""
+    rows = [r for r in records if "grad_share_rank" in r]
+    if not rows:
+        return None
+    keys = ("grad_norm_rank", "grad_norm_sft_weighted", "grad_share_rank", "grad_share_sft", "grad_cos_rank_sft")
+    out = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if r.get(k) is not None and math.isfinite(float(r[k]))]
+        out[f"mean_{k}"] = sum(vals) / len(vals) if vals else None
+    losses = [r for r in records if "loss_pro" in r and "loss_sft_weighted" in r]
+    if losses:
+        out["mean_loss_pro"] = sum(r["loss_pro"] for r in losses) / len(losses)
+        out["mean_loss_sft_weighted"] = sum(r["loss_sft_weighted"] for r in losses) / len(losses)
+    out["n_measured_steps"] = len(rows)
+    return out
+
+
+class LossBalanceCallback(TrainerCallback):
+    """Every ``every`` steps (and at the last) measure :func:`loss_balance` on that step's first micro-batch and add
+    it to the step's log. The trainer hands it each training micro-batch's PRO parts (:meth:`observe`)."""
+
+    def __init__(self, every: int):
+        self.every, self.pending, self.measured_step = every, {}, -1
+
+    def observe(self, trainer, model, parts: PROLossParts) -> None:
+        step = trainer.state.global_step
+        if not parts.terms or not parts.total.requires_grad or step == self.measured_step:
+            return
+        if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            return                                  # sharded / all-reduced gradients: not measured here
+        if step % self.every and not (trainer.state.max_steps > 0 and step == trainer.state.max_steps - 1):
+            return
+        self.measured_step = step
+        self.pending = loss_balance(model, parts)
+        if self.pending:
+            self.pending["loss_balance_step"] = step
+
+    def pop(self) -> dict[str, float]:
+        out, self.pending = self.pending, {}
+        return out
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class RankingTrainer(FiniteLossMixin, Trainer):
+    """``Trainer`` with the losses of ``args.loss_type`` over each row's ranked completions (module docstring).
+
+    ``ref_model``: the frozen reference of the DPO-style losses (None: a frozen copy of the initial policy, as TRL);
+    with ``args.precompute_ref_log_probs`` its log-probs are computed once over the training set and it is freed.
+    """
 
     loss_is_scaled_for_ga = False      # compute_loss returns a per-micro-batch mean; Trainer divides by GA
 
-    def __init__(self, model=None, ref_model=None, args: ListwiseConfig | None = None, data_collator=None,
-                 train_dataset=None, processing_class=None, **kwargs):
-        if args is None or not isinstance(args, ListwiseConfig):
-            raise TypeError("ListwiseTrainer needs args=ListwiseConfig(...)")
+    def __init__(self, model=None, args: RankingConfig | None = None, data_collator=None, train_dataset=None,
+                 processing_class=None, ref_model=None, callbacks=None, **kwargs):
+        from divscale.data.formats import RANKED_FEATURES, normalize_ranked
+
+        if args is None or not isinstance(args, RankingConfig):
+            raise TypeError("RankingTrainer needs args=RankingConfig(...)")
         if processing_class is None:
-            raise ValueError("ListwiseTrainer needs processing_class=<the policy's tokenizer>")
-        if data_collator is None:
-            data_collator = ListwiseCollator(processing_class, args.loss)
+            raise ValueError("RankingTrainer needs processing_class=<the policy's tokenizer>")
+        check_trainable_dtype(model, args)
+        self.losses = losses_of(args)
+        self.weights = args.loss_weights or [1.0] * len(self.losses)
+        self.max_length, self.max_prompt_length = sequence_lengths(args.max_length, args.max_prompt_length,
+                                                                   model_positions(model))
         if train_dataset is not None and set(getattr(train_dataset, "column_names", [])) != set(RANKED_FEATURES):
             train_dataset = normalize_ranked(train_dataset)     # any ranked-format rows: sorted, ties ranked
+        if train_dataset is not None and args.use_temperature:
+            missing = [r["id"] for r in train_dataset if not all(math.isfinite(s) for s in r["scores"])]
+            if missing:
+                raise DataError(f"use_temperature needs a finite score for every completion; row {missing[0]!r} "
+                                f"(and {len(missing) - 1} more) has none: drop those rows or set use_temperature "
+                                "false")
         if args.disable_dropout:
             from trl.trainer.utils import disable_dropout_in_model
 
             disable_dropout_in_model(model)
             if ref_model is not None:
                 disable_dropout_in_model(ref_model)
+        if data_collator is None:
+            data_collator = RankingCollator(processing_class, self.max_length, self.max_prompt_length,
+                                            best_only=self.losses == ["sft"])
+        callbacks = list(callbacks or [])
+        if "pro" in self.losses and args.loss_balance_steps:
+            callbacks.append(LossBalanceCallback(args.loss_balance_steps))
+        callbacks.append(DivergenceGuard())
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         processing_class=processing_class, **kwargs)
+                         processing_class=processing_class, callbacks=callbacks, **kwargs)
         self.ref_model = None
-        if args.loss in NEEDS_REF:
+        if any(name in NEEDS_REFERENCE for name in self.losses):
             ref = copy.deepcopy(self.model) if ref_model is None else ref_model
             ref.eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
             self.ref_model = ref.to(self.args.device)
+            if args.precompute_ref_log_probs and self.train_dataset is not None:
+                self.train_dataset = self.precompute_reference(self.train_dataset)
+                self.ref_model = None
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        return [name for name, _ in model.named_parameters()]      # the paper: decay on every parameter
+        # The paper: torch.optim.AdamW(model.parameters(), lr) -- weight decay on every parameter.
+        return [name for name, _ in model.named_parameters()]
 
-    def _logps(self, model, inputs):
-        a = self.args
-        return completion_logprobs(model, self.processing_class, inputs["prompts"], inputs["completions"],
-                                   share_prompt=a.share_prompt, max_prompt_length=a.max_prompt_length,
-                                   max_completion_length=a.max_completion_length)
+    def score(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs and completion token counts, ``[batch, K]`` (0 for padding)."""
+        from divscale.train.logprobs import logprobs_from_ids
+
+        return logprobs_from_ids(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                 inputs["completion_mask"], share_prompt=self.args.share_prompt,
+                                 pad_token_id=int(self.data_collator.pad_id))
+
+    def reference_logps(self, inputs) -> torch.Tensor:
+        if "ref_logps" in inputs:
+            return inputs["ref_logps"]
+        with torch.no_grad():
+            return self.score(self.ref_model, inputs)[0]
+
+    def precompute_reference(self, dataset):
+        """The reference model's log-probs of every row's completions, as a ``ref_logps`` column."""
+        values, size = [], self.args.per_device_train_batch_size
+        for start in range(0, len(dataset), size):
+            rows = dataset.select(range(start, min(start + size, len(dataset))))
+            batch = self._prepare_inputs(self.data_collator(list(rows)))
+            ref = self.reference_logps(batch).cpu()
+            values.extend([ref[i, :int(batch["present"][i].sum())].tolist() for i in range(ref.shape[0])])
+        return dataset.add_column("ref_logps", values)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        a = self.args
-        logps, counts = self._logps(model, inputs)
-        ranks, mask = inputs["ranks"].to(logps.device), inputs["completion_mask"].to(logps.device)
-        parts: dict[str, torch.Tensor] = {}
-        if a.loss == "sft":
-            loss = parts["loss_sft"] = (-logps[:, 0]).mean()
-        elif a.loss == "pro":
-            scores = logps / counts.clamp(min=1)
-            rewards = inputs["scores"].to(logps.device)
-            use_t = a.use_temperature and bool(torch.isfinite(rewards[mask]).all())
-            pro = pro_ranked_loss(scores, ranks, mask, rewards=rewards.masked_fill(~mask, 0.0) if use_t else None,
-                                  sft_nll=sft_nll_of_best(logps, ranks, mask), sft_weight=a.sft_weight)
-            loss, parts["loss_pro"], parts["loss_sft"] = pro.total, pro.pro, pro.sft
-        else:
-            with torch.no_grad():
-                ref_logps, _ = self._logps(self.ref_model, inputs)
-            fn = plackett_luce_loss if a.loss == "plackett_luce" else all_pairs_dpo_loss
-            pref = fn(logps, ref_logps.to(logps.dtype), a.beta, ranks, mask)
-            parts[f"loss_{a.loss}"] = pref
-            loss = pref
-            if a.sft_weight:
-                sft = sft_nll_of_best(logps, ranks, mask).mean()
-                parts["loss_sft"] = sft
-                loss = pref + a.sft_weight * sft
-            with torch.no_grad():                      # TRL's rewards/accuracies: best above every lower one
-                z = a.beta * (logps - ref_logps)
-                below = (ranks[:, None, :] > ranks[:, :, None]) & mask[:, :, None] & mask[:, None, :]
-                parts["rewards/accuracies"] = ((z[:, :, None] > z[:, None, :])[below]).float().mean()
+        logps, counts = self.score(model, inputs)
+        ranks, present = inputs["ranks"].to(logps.device), inputs["present"].to(logps.device)
+        a, parts, total, ref = self.args, {}, None, None
+        for name, weight in zip(self.losses, self.weights):
+            if name == "sft":
+                value = parts["loss_sft"] = sft_loss(logps, counts, ranks, present, a.sft_reduction)
+            elif name == "pro":
+                pro = self._pro_parts(logps, counts, ranks, present, inputs)
+                value = pro.total
+                if model.training:
+                    for cb in self.callback_handler.callbacks:
+                        if isinstance(cb, LossBalanceCallback):
+                            cb.observe(self, model, pro)
+                with torch.no_grad():
+                    parts.update(pro.as_floats())
+            else:
+                if ref is None:
+                    ref = self.reference_logps(inputs).to(logps.device, logps.dtype)
+                value = PREFERENCE_LOSSES[name](logps, ref, a.beta, ranks, present)
+                parts[f"loss_{name}"] = value
+                with torch.no_grad():                  # TRL's rewards/accuracies: each above every lower one
+                    z = a.beta * (logps - ref)
+                    below = (ranks[:, None, :] > ranks[:, :, None]) & present[:, :, None] & present[:, None, :]
+                    parts["rewards/accuracies"] = ((z[:, :, None] > z[:, None, :])[below]).float().mean()
+            value = value if weight == 1.0 else weight * value
+            total = value if total is None else total + value
+        if len(self.losses) > 1:
+            parts["loss_total"] = total
         if model.training:
             for key, value in parts.items():
-                self._loss_parts[key].append(float(value.detach()))
-        return (loss, {"logps": logps.detach()}) if return_outputs else loss
+                self._loss_parts[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+        return (total, {"logps": logps.detach()}) if return_outputs else total
+
+    def _pro_parts(self, logps, counts, ranks, present, inputs) -> PROLossParts:
+        a = self.args
+        scores = logps / counts.clamp(min=1)
+        rewards = None
+        if a.use_temperature:
+            rewards = inputs["scores"].to(logps.device).masked_fill(~present, 0.0)
+        if a.sft_reduction == "sequence_sum":
+            nll = sft_nll_of_best(logps, ranks, present)
+        else:
+            nll = sft_loss(logps, counts, ranks, present, "token_mean")
+        return pro_ranked_loss(scores, ranks, present, rewards=rewards, sft_nll=nll, sft_weight=a.sft_weight)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._loss_parts:
+        if "loss" in logs and self._loss_parts:       # training logs: the loss parts (mean over micro-batches)
             logs.update({k: sum(v) / len(v) for k, v in self._loss_parts.items()})
             self._loss_parts.clear()
+        if "loss" in logs:                            # the loss balance of this logging period's measured step
+            for cb in self.callback_handler.callbacks:
+                if isinstance(cb, LossBalanceCallback):
+                    logs.update(cb.pop())
         super().log(logs, start_time)
 
 
-# --------------------------------------------------------------------------- one run directory
+class ListwiseTrainer(RankingTrainer):
+    """Deprecated name of :class:`RankingTrainer` (one release)."""
 
-def _slug(text: str) -> str:
-    name = Path(str(text).rstrip("/")).name
-    name = re.sub(r"\.(jsonl|json|gz)$", "", re.sub(r"\.(jsonl|json)\.gz$", "", name))
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "data"
-
-
-class _QuietProgress(ProgressCallback):
-    """The training bar shows the latest loss; the per-step records go to metrics.jsonl only."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.training_bar is not None and logs and "loss" in logs:
-            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
-
-
-def train_ranked(dataset, loss: str, policy, policy_id: str, seed: int = 42, runs_dir: str | os.PathLike | None = None,
-                 data_name: str = "data", progress: bool = False, ref_model=None, callbacks: Sequence = (),
-                 **config) -> Path:
-    """Train ``loss`` on a canonical ranked ``datasets.Dataset`` into a run directory and return it.
-
-    ``policy``: ``(model, tokenizer)`` (deep-copied) or a zero-argument callable returning one (called only
-    if the run must train); ``policy_id`` identifies the initial weights in the run hash. ``config``:
-    ``ListwiseConfig`` fields (``max_steps``, ``per_device_train_batch_size``, ``learning_rate``, ``beta``, ...).
-    """
-    from transformers import PrinterCallback
-
-    from divscale import paths
-    from divscale.config import config_hash
-    from divscale.io import atomic_path, atomic_write_json, atomic_write_text
-    from divscale.train.runs import MetricsCallback, RunLog, sha256_json, weights_sha256
-
-    if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r}: choose one of {LOSSES}")
-    settings = {"max_steps": 100, "per_device_train_batch_size": 4, "learning_rate": 5e-5, "max_grad_norm": 1.0,
-                "logging_steps": 1, **config}
-    rows = dataset.to_list()
-    cfg = {"kind": "listwise", "loss": loss, "seed": seed, "data": data_name,
-           "inputs": {"rows_sha256": sha256_json(rows), "n_rows": len(rows), "policy": policy_id},
-           "train": settings}
-    run_dir = Path(runs_dir or paths.RUNS_DIR) / "train" / (
-        f"{loss}-{_slug(data_name)}-s{seed}-{config_hash(cfg, length=12)}")
-    if (run_dir / "DONE").exists():
-        return run_dir
-    work = run_dir.with_name(run_dir.name + ".partial")
-    if (work / "DONE").exists():
-        os.replace(work, run_dir)
-        return run_dir
-    shutil.rmtree(work, ignore_errors=True)             # no resume for these short runs: start clean
-    work.mkdir(parents=True)
-    atomic_write_json(work / "config.json", cfg)
-    runlog = RunLog(work)
-    runlog.text(f"start {run_dir.name}: {loss} on {data_name} ({len(rows)} rows), seed {seed}")
-    model, tokenizer = policy() if callable(policy) else policy
-    if not callable(policy):
-        model = copy.deepcopy(model)
-    args = ListwiseConfig(output_dir=str(work / "trainer"), loss=loss, seed=seed, data_seed=seed,
-                          save_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
-                          **settings)
-    trainer = ListwiseTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[MetricsCallback(runlog), *callbacks])
-    trainer.remove_callback(PrinterCallback)            # metrics.jsonl / train.log hold every record
-    if progress:                                        # a bar with the loss, not one printed dict per step
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_QuietProgress())
-    start = time.time()
-    output = trainer.train()
-    with atomic_path(work / "best") as tmp:
-        trainer.save_model(str(tmp))                    # safetensors + tokenizer
-        (Path(tmp) / "training_args.bin").unlink(missing_ok=True)     # a pickle; config.json holds the settings
-        if not any(Path(tmp).glob("*.safetensors")):
-            raise RuntimeError(f"{tmp}: no safetensors weights were written")
-    losses = [r["loss"] for r in runlog.records() if "loss" in r]
-    atomic_write_json(work / "result.json", {
-        "run": run_dir.name, "loss": loss, "data": data_name, "n_rows": len(rows), "seed": seed,
-        "steps": trainer.state.global_step, "selection": "last", "best_step": trainer.state.global_step,
-        "final_train_loss": losses[-1] if losses else None, "first_train_loss": losses[0] if losses else None,
-        "train_runtime_s": round(time.time() - start, 2), "n_params": sum(p.numel() for p in trainer.model.parameters()),
-        "final_sha256": weights_sha256(trainer.model), "metrics": output.metrics})
-    shutil.rmtree(work / "trainer", ignore_errors=True)
-    atomic_write_text(work / "DONE", "")
-    os.replace(work, run_dir)
-    return run_dir
-
-
-def data_policy(model: str, dataset, recipe: str = "cpu"):
-    """``((model, tokenizer), policy_id)``: ``tiny-gpt`` (built on the data's prompt + best completion texts,
-    sized by the recipe's policy section) or a local folder / cached hub id (``load_causal_lm``)."""
-    from divscale.config import load_recipe
-    from divscale.models.hub import load_causal_lm
-    from divscale.models.tiny_gpt import load_policy, texts_hash
-
-    if model == "tiny-gpt":
-        texts = [p + " " + cs[0] for p, cs in zip(dataset["prompt"], dataset["completions"])]
-        policy_cfg = load_recipe(recipe).policy
-        return load_policy(policy_cfg, texts, progress=True), \
-            f"tiny-gpt:{texts_hash(texts)}:{sorted(asdict(policy_cfg).items())}"
-    return load_causal_lm(model), f"model:{Path(model).resolve() if Path(model).exists() else model}"
-
-
-# --------------------------------------------------------------------------- CLI (divscale train --data ...)
-
-
-def command(args) -> int:
-    from divscale.data.formats import load_ranked
-
-    dataset = load_ranked(args.data, split=args.split, drop_unrankable=not args.keep_unrankable, limit=args.limit)
-    sizes = [len(c) for c in dataset["completions"]]
-    print(f"{args.data}: {len(dataset)} ranked prompts, {min(sizes)}-{max(sizes)} completions each "
-          f"({sum(sizes)} in all)", flush=True)
-    policy, policy_id = data_policy(args.model, dataset, args.recipe or "cpu")
-    run = train_ranked(dataset, args.loss, policy, policy_id, seed=42 if args.seed is None else args.seed,
-                       runs_dir=args.runs_dir, data_name=str(args.data), progress=True,
-                       max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-                       beta=args.beta, sft_weight=args.sft_weight, max_prompt_length=args.max_prompt_length,
-                       max_completion_length=args.max_completion_length, share_prompt=not args.no_share_prompt)
-    import json
-
-    result = json.loads((run / "result.json").read_text())
-    print(f"{args.loss}: {result['steps']} steps, train loss {result['first_train_loss']:.4g} -> "
-          f"{result['final_train_loss']:.4g} in {result['train_runtime_s']:.0f} s")
-    print(run)
-    return 0
-
-
-# --------------------------------------------------------------------------- helpers for experiments (09_listwise)
-
-def split_ranked(dataset, n_test: int, seed: int = 42):
-    """``(train, test)``: a seeded shuffle of the rows, the first ``n_test`` held out."""
-    import random
-
-    order = list(range(len(dataset)))
-    random.Random(seed).shuffle(order)
-    if not 0 < n_test < len(order):
-        raise ValueError(f"n_test={n_test}: need 0 < n_test < {len(order)} rows")
-    return dataset.select(order[n_test:]), dataset.select(order[:n_test])
-
-
-def sub_ranked(dataset, n: int, seed: int = 42):
-    """Each row cut to ``n`` of its completions, picked at random and kept in rank order (the paper's
-    sub-ranking rule, divscale.data.subsets); rows with fewer than ``n`` are an error. Rows whose ``n`` picks are
-    all tied cannot be ranked and raise."""
-    import random
-
-    from divscale.data.formats import normalize_ranked
-
-    rng = random.Random(seed)
-    rows = []
-    for r in dataset:
-        if len(r["completions"]) < n:
-            raise ValueError(f"row {r['id']!r} has {len(r['completions'])} completions; n={n} needs {n}")
-        picked = sorted(rng.sample(range(len(r["completions"])), n))
-        rows.append({"id": r["id"], "prompt": r["prompt"], "completions": [r["completions"][i] for i in picked],
-                     "ranks": [r["ranks"][i] for i in picked], "source": r["source"]})
-    return normalize_ranked(rows, "sub-ranked")
+    def __init__(self, *args, **kwargs):
+        deprecated("ListwiseTrainer", "RankingTrainer")
+        super().__init__(*args, **kwargs)
