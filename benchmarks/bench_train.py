@@ -113,7 +113,7 @@ def bench_sft(model, tokenizer, recs, steps: int, batch_size: int, block: int) -
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from divscale.data.formats import RANKED_FEATURES
+    from divscale.data.ranked import RANKED_FEATURES
 
     data = recs[:steps * batch_size]                                  # one epoch: every example seen once
     collator = RankingCollator(tokenizer, block, block - 64, best_only=True)

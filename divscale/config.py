@@ -419,6 +419,7 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     tree = yaml.safe_load(path.read_text()) or {}
     tree.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
+        key = _current_key(tree, key)
         if isinstance(value, str):
             try:
                 value = yaml.safe_load(value)
@@ -427,7 +428,25 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
                                   f"({getattr(err, 'problem', None) or err}); quote it or fix the brackets") from None
         set_override(tree, key, value)
     shown = path.resolve().relative_to(paths.ROOT) if path.resolve().is_relative_to(paths.ROOT) else path
-    return build_config(Recipe, tree, str(shown), origin={key: "--set" for key in overrides or {}})
+    return build_config(Recipe, tree, str(shown), origin={_current_key({}, key): "--set" for key in overrides or {}})
+
+
+def _current_key(tree: dict, dotted: str) -> str:
+    """An override's key under its current name (a deprecated one warns), with the recipe file's own deprecated
+    spelling of the same field dropped, so ``--set train.lr=...`` on a recipe that says ``learning_rate`` (or the
+    other way round) overrides it instead of giving the field twice."""
+    section, _, name = dotted.partition(".")
+    cls = {f.name: f.default_factory for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING}
+    aliases = DEPRECATED_KEYS.get(cls.get(section), {})
+    if name in aliases:
+        _deprecated_key(dotted, f"{section}.{aliases[name]}")
+        name = aliases[name]
+    node = tree.get(section)
+    if isinstance(node, dict):
+        for old, new in aliases.items():
+            if new == name:
+                node.pop(old, None)
+    return f"{section}.{name}" if name else dotted
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

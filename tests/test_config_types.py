@@ -208,5 +208,15 @@ def test_old_train_keys_still_load_with_a_warning(tmp_path):
     assert {**r.to_dict(), "name": "smoke"} == same.to_dict()
     with pytest.warns(FutureWarning, match="train.block_size is deprecated"):
         assert r.train.block_size == 160                              # read by code not yet moved
+    train["learning_rate"] = 2e-3                                      # one file giving a field twice
+    path.write_text(yaml.safe_dump(tree))
     with pytest.raises(RecipeError, match="give train.learning_rate only"):
-        load_recipe("smoke", {"train.lr": 1e-3})
+        load_recipe(path)
+
+
+def test_a_deprecated_override_overrides_the_current_field():
+    """`--set train.lr=...` on a recipe that says learning_rate (and the other way round) sets that field."""
+    with pytest.warns(FutureWarning, match="train.lr is deprecated"):
+        r = load_recipe("smoke", {"train.lr": "3e-5"})
+    assert r.train.learning_rate == 3e-5
+    assert load_recipe("smoke", {"train.learning_rate": 2e-5}).train.learning_rate == 2e-5

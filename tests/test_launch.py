@@ -138,7 +138,7 @@ def test_stopping_the_grid_stops_the_notebook_and_what_it_launched(tmp_path):
 def test_launch_cell_hands_the_exact_recipe_to_the_launched_processes(tmp_path, monkeypatch):
     """The launched `divscale train` reads the recipe from a file: the same recipe (overrides included, same hash,
     so the same caches and run key), with a free rendezvous port; the run directory is the one it prints."""
-    recipe = load_recipe("paper-opt-1.3b", {"train.max_steps": 7, "data.sizes": "[12]", "train.lr": "3e-5"})
+    recipe = load_recipe("paper-opt-1.3b", {"train.max_steps": 7, "data.sizes": "[12]", "train.learning_rate": "3e-5"})
     seen = {}
     done = tmp_path / "runs" / "train" / "pro-n4-k12-s42-abc"
     done.mkdir(parents=True)

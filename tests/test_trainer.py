@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from divscale.data.formats import RANKED_FEATURES
+from divscale.data.ranked import RANKED_FEATURES
 from divscale.io import DataError
 from divscale.train.logprobs import logprobs_from_ids
 from divscale.train.losses import pro_loss, pro_loss_parts

@@ -342,7 +342,7 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
     """The Trainer for one cell: :class:`RankingTrainer` for SFT/PRO, TRL's ``DPOTrainer`` for DPO."""
     from datasets import Dataset
 
-    from divscale.data.formats import RANKED_FEATURES
+    from divscale.data.ranked import RANKED_FEATURES
 
     args = training_arguments(recipe, algo, ranking_len, seed, output_dir, model_positions(model), progress, run_name)
     if algo in ("sft", "pro"):

@@ -104,7 +104,8 @@ def ranked_rows(rankings: Sequence[dict], n: int | None = None) -> list[dict]:
         rewards = list(r.get("rewards") or [None] * len(responses))[:len(responses)]
         rows.append({"id": str(r.get("id", "")), "prompt": r["prompt"], "completions": responses,
                      "ranks": list(range(len(responses))),
-                     "scores": [math.nan if x is None else float(x) for x in rewards], "source": "rankings"})
+                     "scores": [math.nan if x is None else float(x) for x in rewards], "source": "rankings",
+                     "prompt_chat": []})
     return rows
 
 
@@ -202,7 +203,7 @@ class RankingCollator:
 
     def encode(self, rows: Sequence[dict]) -> list[tuple[list[int], list[list[int]]]]:
         """``(prompt ids, [completion ids, ...])`` of each row (steps 1-5)."""
-        from divscale.data.formats import completion_text
+        from divscale.data.ranked import completion_text
 
         prompts = self.prompt_texts([r["prompt"] for r in rows])
         texts, where = [], []
@@ -413,7 +414,7 @@ class RankingTrainer(FiniteLossMixin, Trainer):
 
     def __init__(self, model=None, args: RankingConfig | None = None, data_collator=None, train_dataset=None,
                  processing_class=None, ref_model=None, callbacks=None, **kwargs):
-        from divscale.data.formats import RANKED_FEATURES, normalize_ranked
+        from divscale.data.ranked import RANKED_FEATURES, normalize_ranked
 
         if args is None or not isinstance(args, RankingConfig):
             raise TypeError("RankingTrainer needs args=RankingConfig(...)")
