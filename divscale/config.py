@@ -69,6 +69,12 @@ class RewardConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     oa_weight: float = 0.0               # > 0: also regress the OpenAssistant 6.9B scores shipped for pool pairs
+    # human-pairs: RM_train / RM_test are peers on disjoint halves of the human labels | oa-distilled: both distil
+    # the 6.9B scores (oa_weight > 0; needs a pool carved from the HH test splits), RM_test on every pair and
+    # RM_train on a train_share of them, as the paper's 1.4B RM_train is to its 6.9B RM_test (reward.design_pairs)
+    design: str = "human-pairs"
+    train_share: float = 0.25            # oa-distilled: RM_train's share of RM_test's pairs
+    query_input: bool = False            # the head also sees the query embedding (reward.BTHead)
     seed: int = 0                        # RM_train uses seed, RM_test seed + 1
     dtype: str = "float32"               # RM_train (OpenAssistant) scoring dtype; bfloat16 allowed (logged warning)
     test_dtype: str = "float32"          # RM_test scoring dtype: float32, as the paper

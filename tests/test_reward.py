@@ -373,3 +373,119 @@ def test_red_team_gate_lets_length_flip_with_the_context(cache):
     assert rm.config["train"]["gate_train_accuracy"] > 0.95
     rc, rr = reward.score_pairs(rm, _context_pairs(60, seed=1))
     assert np.mean(rc > rr) > 0.9
+
+
+# ------------------------------------------------------------------------------------------- the 6.9B-distilled family
+
+
+def _oa_for(pairs, chosen: float = 1.0, rejected: float = -1.0) -> dict:
+    """Stand-in 6.9B scores for planted pairs, keyed as load_oa_rewards keys the PRO files."""
+    return {(p["subset"], p["line"]): {"chosen": chosen, "rejected": rejected, "chosen_text": p["chosen"],
+                                       "rejected_text": p["rejected"]} for p in pairs}
+
+
+def test_oa_distilled_design_rm_test_takes_every_pair_and_rm_train_a_share_of_them(cache, monkeypatch):
+    pairs = _planted_pairs(80)
+    monkeypatch.setattr(reward, "load_oa_rewards", lambda *a: _oa_for(pairs[:60]))
+    seen: dict[str, dict] = {}
+    real_train = reward.train_reward_model
+
+    def spy(cols, **kwargs):
+        seen[kwargs["name"]] = dict(cols=cols, **kwargs)
+        return real_train(cols, **kwargs)
+
+    monkeypatch.setattr(reward, "train_reward_model", spy)
+    recipe = _recipe(design="oa-distilled", oa_weight=1.0, train_share=0.25, query_input=True)
+    rm_train, rm_test = reward.build_reward_models(recipe, pairs)
+    train, test = seen["inproject RM_train"], seen["inproject RM_test"]
+    assert len(test["cols"]["prompt"]) == 80                          # RM_test: every pair
+    assert len(train["cols"]["prompt"]) == 20                         # RM_train: a quarter of them ...
+    assert set(train["cols"]["prompt"]) < set(test["cols"]["prompt"]) # ... of the same pairs (one family)
+    assert train["seed"] != test["seed"] and train["oa_rewards"] is test["oa_rewards"]
+    assert rm_test.config["train"]["n_oa_targets"] == 60 and 0 < rm_train.config["train"]["n_oa_targets"] <= 20
+    assert rm_train.config["query_input"] and rm_test.config["query_input"]
+    assert rm_train.fingerprint != rm_test.fingerprint
+    # the human-pairs design (the old default) is still the disjoint halves
+    halves = reward.design_pairs(RewardConfig(), pairs)
+    assert not set(halves["train"][0]["prompt"]) & set(halves["test"][0]["prompt"])
+
+
+def test_oa_distilled_design_errors_name_the_fix(cache):
+    pairs = _planted_pairs(20)
+    with pytest.raises(ValueError, match="split_mode carve"):        # no pool pair has a 6.9B score
+        reward.design_pairs(RewardConfig(design="oa-distilled", oa_weight=1.0), pairs, oa_rewards={})
+    with pytest.raises(ValueError, match="oa_weight > 0"):
+        reward.design_pairs(RewardConfig(design="oa-distilled"), pairs, _oa_for(pairs))
+    with pytest.raises(ValueError, match="train_share"):
+        reward.design_pairs(RewardConfig(design="oa-distilled", oa_weight=1.0, train_share=1.0), pairs, _oa_for(pairs))
+    with pytest.raises(ValueError, match="reward.design"):
+        reward.build_reward_models(_recipe(design="gold"), pairs)
+
+
+def _query_flip_pairs(n: int, seed: int) -> list[dict]:
+    """Which of two fixed answers is preferred depends only on the kind of question asked (one subset, so the
+    red-team gate cannot tell the kinds apart; the answers are unrelated to either kind)."""
+    rng = np.random.default_rng(seed)
+    cooking = ["How long should I boil an egg?", "What spices go well with lentils?", "How do I bake bread?",
+               "Can you give me a soup recipe?", "How do I caramelise onions?", "What is a good pasta sauce?"]
+    sports = ["Who won the last football world cup?", "How do I improve my tennis serve?",
+              "What are the rules of cricket?", "How far is a marathon?", "How do I train for a triathlon?",
+              "What is offside in soccer?"]
+    a, b = "Here is a short list of points.", "Let me walk you through it in a few paragraphs."
+    out = []
+    for i in range(n):
+        kind = i % 2
+        query = (cooking, sports)[kind][rng.integers(6)]
+        chosen, rejected = (a, b) if kind == 0 else (b, a)
+        out.append({"prompt": f"\n\nHuman: {query}\n\nAssistant:", "chosen": chosen, "rejected": rejected,
+                    "subset": "helpful-base", "line": i + 1})
+    return out
+
+
+def test_query_input_lets_the_preference_depend_on_the_question(cache, tmp_path):
+    train, held_out = _query_flip_pairs(120, seed=0), _query_flip_pairs(60, seed=1)
+    blind = reward.train_reward_model(train, seed=0, epochs=20, max_length=32)
+    seeing = reward.train_reward_model(train, seed=0, epochs=20, max_length=32, query_input=True)
+    acc = {name: np.mean(np.greater(*reward.score_pairs(rm, held_out))) for name, rm in
+           (("blind", blind), ("seeing", seeing))}
+    assert acc["seeing"] >= 0.9 and acc["blind"] <= 0.75
+    loaded = reward.load_reward_model(seeing.save(tmp_path / "rm"))   # the flag survives save/load
+    assert loaded.config["query_input"] and loaded.fingerprint == seeing.fingerprint
+    np.testing.assert_array_equal(reward.score_pairs(loaded, held_out)[0], reward.score_pairs(seeing, held_out)[0])
+
+
+def test_non_finite_loss_is_an_error(cache):
+    pairs = _planted_pairs(40)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        reward.train_reward_model(pairs, seed=0, epochs=2, max_length=32, oa_weight=1.0,
+                                  oa_rewards=_oa_for(pairs, chosen=float("inf")))
+
+
+def test_preference_agreement_counts_ties_half_and_checks_lengths():
+    a = (np.array([1.0, 0.0, 2.0, 1.0]), np.array([0.0, 1.0, 2.0, 0.0]))   # prefers: c, r, tie, c
+    b = (np.array([3.0, 3.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0, 1.0]))   # prefers: c, c, r, r
+    out = reward.preference_agreement(a, b)
+    assert out["value"] == pytest.approx((1 + 0 + 0.5 + 0) / 4) and out["n"] == 4
+    assert out["ci95"][0] <= out["value"] <= out["ci95"][1]
+    assert reward.preference_agreement(a, a)["value"] == 1.0
+    with pytest.raises(ValueError, match="same, non-empty"):
+        reward.preference_agreement(a, (b[0][:3], b[1][:3]))
+
+
+def test_ranking_agreement_against_the_stored_order():
+    from divscale.data import Ranking
+
+    def ranking(i, responses, rewards):
+        return Ranking(id=f"s:{i}", prompt="\n\nHuman: q\n\nAssistant:", responses=responses, rewards=rewards,
+                       sources=["x"] * len(responses), subset="s")
+
+    same = ranking(1, ["a", "b", "c", "d"], [4.0, 3.0, 2.0, 1.0])
+    reversed_ = ranking(2, ["e", "f", "g", "h"], [4.0, 3.0, 2.0, 1.0])
+    swapped = ranking(3, ["i", "j", "k", "l"], [4.0, 3.0, 2.0, 1.0])
+    rm = _FixedRM({"a": 4, "b": 3, "c": 2, "d": 1, "e": 1, "f": 2, "g": 3, "h": 4, "i": 4, "j": 3, "k": 1, "l": 2})
+    out = reward.ranking_agreement([same, reversed_, swapped], rm)
+    assert out["kendall_tau"]["value"] == pytest.approx((1 - 1 + 2 / 3) / 3)
+    assert out["top1"]["value"] == pytest.approx(2 / 3) and out["same_order"]["value"] == pytest.approx(1 / 3)
+    assert out["chance"] == {"top1": 0.25, "same_order": pytest.approx(1 / 24), "kendall_tau": 0.0}
+    with pytest.raises(ValueError, match="no stored"):
+        reward.ranking_agreement([ranking(4, ["a", "b"], [None, None])], rm)
