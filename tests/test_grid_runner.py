@@ -81,7 +81,8 @@ def test_expand_grid_is_the_full_product_in_a_stable_order():
 def test_verdict_cells_get_the_extra_seeds_and_only_they():
     recipe = load_recipe("cpu", {"data.sizes": "[12, 60, 80, 120, 240]", "grid.equal_budgets": "[240]",
                                  "grid.contrast_sizes": "[60]", "train.seeds": "[1, 2]",
-                                 "grid.verdict_seeds": "[2, 3, 4]"})
+                                 "grid.verdict_seeds": "[2, 3, 4]", "data.ranking_lengths": "[2, 3, 4]",
+                                 "train.algos": "[sft, pro]"})
     cells = grid_runner.expand_grid(recipe)
     per_cell = Counter((c.algo, c.ranking_len, c.n_prompts) for c in cells)
     verdict = {(2, 120), (3, 80), (4, 60), (2, 60)}
@@ -96,7 +97,8 @@ def test_verdict_cells_get_the_extra_seeds_and_only_they():
 
 def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():
     recipe = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",
-                                 "train.sft_weight": 0.05})
+                                 "train.sft_weight": 0.05, "data.ranking_lengths": "[2, 3, 4]",
+                                 "data.sizes": "[12, 60, 80, 120, 240]"})
     cells = grid_runner.expand_ablation(recipe)
     assert {c.sft_weight for c in cells} == {0.0, 0.01}                     # the recipe's own β is the grid
     assert {(c.ranking_len, c.n_prompts) for c in cells} == {(2, 120), (3, 80), (4, 60)}
@@ -110,7 +112,8 @@ def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():
     from divscale.study import pipeline
 
     other = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",
-                                "train.sft_weight": cells[0].sft_weight})
+                                "train.sft_weight": cells[0].sft_weight, "data.ranking_lengths": "[2, 3, 4]",
+                                "data.sizes": "[12, 60, 80, 120, 240]"})
     sections = {k: v for k, v in other.to_dict().items() if k in pipeline.RUN_SECTIONS}
     keys = grid_runner.ablation_keys(recipe, cells[0].sft_weight, dict(KEYS))
     assert keys["key_recipe"] == config_hash(sections, length=12)

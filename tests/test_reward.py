@@ -327,6 +327,9 @@ def test_cli_trains_both_rms_for_a_recipe_and_reports(cache, tmp_path, capsys):
         assert overall["n_pairs"] > 0 and "length_baseline" in overall
         lo, hi = overall["accuracy"]["ci95"]
         assert lo <= overall["accuracy"]["value"] <= hi
+    agreement = result["report"]["rm_train_vs_rm_test"]                  # the two RMs on the same held-out pairs
+    assert agreement["n"] == result["report"]["rm_test"]["overall"]["n_pairs"]
+    assert agreement["ci95"][0] <= agreement["value"] <= agreement["ci95"][1]
     assert main(["reward", "--recipe", "smoke", "--set", "reward.pairs=bogus"]) == 1   # a clear one-line error
 
 
