@@ -476,7 +476,7 @@ def test_preference_agreement_counts_ties_half_and_checks_lengths():
 
 
 def test_ranking_agreement_against_the_stored_order():
-    from divscale.data import Ranking
+    from divscale.data.hh import Ranking
 
     def ranking(i, responses, rewards):
         return Ranking(id=f"s:{i}", prompt="\n\nHuman: q\n\nAssistant:", responses=responses, rewards=rewards,
