@@ -36,6 +36,10 @@ class DataConfig:
     split_mode: Literal["auto", "paper", "carve"] = "auto"   # paper: pool = train splits; carve: all from test;
                                                              # auto: paper if the train splits exist
     drop_ties: bool = False              # drop pairs with identical responses (PRO kept them)
+    # each training seed re-draws the grid's subsets and sub-rankings (grid seed = training seed): a replicate
+    # then varies the data draw as well as the data order, so a CI over replicates speaks for n and k rather than
+    # for one draw of prompts (false: every seed trains on the draw of grid_seed, as the paper's single run)
+    redraw_per_seed: bool = False
 
 
 @dataclass

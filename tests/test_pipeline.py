@@ -171,3 +171,31 @@ def test_candidates_start_with_the_grids_own_prompts_and_skip_the_base_set():
     assert more[:k] == added_from and not set(more[k:]) & set(grid_ids)      # beyond the grid: the rest of the pool
     with pytest.raises(ValueError, match="candidate_pool"):
         pipeline.candidate_pool(R, 10**6)
+
+
+def test_each_replicate_redraws_the_data_with_redraw_per_seed(monkeypatch):
+    """data.redraw_per_seed: the cell of training seed s trains on the grid drawn with grid seed s (other prompts at
+    k < max, other sub-rankings); without it every seed trains on grid_seed's draw."""
+    import divscale.models.tiny_gpt
+    import divscale.train.runs
+
+    seen = {}
+    monkeypatch.setattr(divscale.train.runs, "train_run", lambda R, algo, n, k, seed, **kw: seen.setdefault(seed, kw["grid"]))
+    monkeypatch.setattr(divscale.models.tiny_gpt, "load_policy", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["x"])
+    monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "pol")
+    monkeypatch.setattr(pipeline, "reward_models", lambda R: ("rm_train", "rm_test"))
+    four = [Ranking(id=f"r{i}", prompt=f"prompt {i}", responses=[f"a{i}", f"b{i}", f"c{i}", f"d{i}"],
+                    rewards=[3.0, 2.0, 1.0, 0.0], sources=["h"] * 4) for i in range(40)]
+    monkeypatch.setattr(pipeline, "rankings4", lambda R: four)
+    prompts = {}
+    for redraw in (False, True):
+        R = load_recipe("smoke", {"data.redraw_per_seed": redraw, "data.sizes": [10, 40], "train.checkpoint": "last"})
+        seen.clear()
+        for seed in (42, 43):
+            pipeline.train_cell(R, "pro", 2, 10, seed)
+        prompts[redraw] = {seed: [r.prompt for r in grid[(2, 10)]] for seed, grid in seen.items()}
+        assert pipeline.cell_draw(R, 43) == (43 if redraw else R.data.grid_seed)
+    assert prompts[False][42] == prompts[False][43]                   # one draw for every seed
+    assert prompts[True][42] == prompts[False][42]                    # seed 42 is grid_seed's draw
+    assert prompts[True][43] != prompts[True][42]                     # another seed, another draw

@@ -146,7 +146,7 @@ def test_run_cell_and_cli_wire_the_pipeline(tmp_path, tiny_gpt, tiny_tokenizer, 
     calls = []
     monkeypatch.setattr(pipeline, "policy_texts", lambda R: ["some text"])
     monkeypatch.setattr(pipeline, "reward_models", lambda R: (LengthRM(), LengthRM()))
-    monkeypatch.setattr(pipeline, "grid", lambda R: {(3, 4): RANKINGS})
+    monkeypatch.setattr(pipeline, "grid", lambda R, draw=None: {(3, 4): RANKINGS})
     monkeypatch.setattr(pipeline, "dev_prompts", lambda R: [r["prompt"] for r in RANKINGS[:2]])
     monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: "tiny-gpt:stub")   # the stub's weights hash
     monkeypatch.setattr(divscale.models.tiny_gpt, "load_policy",

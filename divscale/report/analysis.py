@@ -48,6 +48,7 @@ RESULT_COLUMNS = [
     "ranking_len",         # n: responses per prompt in the training rankings
     "n_prompts",           # |X|: prompts in the training subset
     "seed",                # training seed
+    "draw",                # the data draw (grid seed) of its subsets and sub-rankings (data.redraw_per_seed)
     "budget",              # annotations = n_prompts × ranking_len (spec §2.4)
     "d",                   # prompt diversity of the subset, d = sqrt(|X|) · r_unique
     "r_unique",            # unique / total token bigrams of the subset's prompts
@@ -64,9 +65,10 @@ RESULT_COLUMNS = [
     "created",             # ISO-8601 UTC timestamp
 ]
 _STR_COLUMNS = ["run_id", "recipe", "algo", "status", "created"]
-_INT_COLUMNS = ["ranking_len", "n_prompts", "seed", "budget", "best_step", "steps"]
+_INT_COLUMNS = ["ranking_len", "n_prompts", "seed", "draw", "budget", "best_step", "steps"]
 _REQUIRED = ["run_id", "recipe", "algo", "ranking_len", "n_prompts", "seed", "budget", "status", "created"]
 _FLOAT_COLUMNS = [c for c in RESULT_COLUMNS if c not in _STR_COLUMNS + _INT_COLUMNS]
+OPTIONAL_COLUMNS = ("draw",)     # absent from tables written before it existed: read as empty
 
 
 def _row(i: int) -> str:
@@ -80,11 +82,14 @@ def validate_results(df: pd.DataFrame, source: str = "results table") -> pd.Data
     ranking_len, n_prompts, seed, budget, status, created) must be filled; metrics may be NaN (failed runs).
     Raises :class:`DataError` naming ``source``, the column and the offending row.
     """
-    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; a results table needs all of "
                         f"divscale.report.analysis.RESULT_COLUMNS (metrics may be empty/NaN)")
     out = df.copy()
+    for col in OPTIONAL_COLUMNS:
+        if col not in out.columns:
+            out[col] = np.nan
     for col in _REQUIRED:
         empty = out[col].isna()
         if empty.any():

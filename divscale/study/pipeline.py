@@ -111,11 +111,20 @@ def rankings4(R: Recipe) -> list:
     return _memo("rankings4", R, build)
 
 
-def grid(R: Recipe) -> dict:
+def grid(R: Recipe, draw: int | None = None) -> dict:
+    """{(n, k): rankings} of one data draw (default ``data.grid_seed``): which prompts form each nested size and
+    which responses each n-ranking keeps."""
     from divscale.data.subsets import build_grid
 
-    return _memo("grid", R, lambda: build_grid(rankings4(R), R.data.sizes, tuple(R.data.ranking_lengths),
-                                               seed=R.data.grid_seed))
+    draw = R.data.grid_seed if draw is None else draw
+    return _memo(("grid", draw), R, lambda: build_grid(rankings4(R), R.data.sizes, tuple(R.data.ranking_lengths),
+                                                       seed=draw))
+
+
+def cell_draw(R: Recipe, seed: int) -> int:
+    """The data draw a grid cell with training seed ``seed`` trains on: the seed itself with
+    ``data.redraw_per_seed`` (each replicate re-draws), else ``data.grid_seed``."""
+    return int(seed) if R.data.redraw_per_seed else R.data.grid_seed
 
 
 def grid_budget_table(cells: dict) -> pd.DataFrame:
@@ -264,7 +273,7 @@ def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
     texts = policy_texts(R)
     policy_id = policy_fingerprint(R)        # a content hash of the initial weights, not of their inputs
     rm_train, _ = reward_models(R)
-    cell = rankings if rankings is not None else grid(R)
+    cell = rankings if rankings is not None else grid(R, cell_draw(R, seed))
     dev = R.train.checkpoint == "best-dev"   # "last": no dev validation, the last step is kept
     return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
                      policy=lambda: load_policy(R.policy, texts, progress=progress), policy_id=policy_id,
@@ -301,7 +310,7 @@ def train_command(args) -> int:
         from accelerate import PartialState
 
         with PartialState().main_process_first():
-            grid(R)
+            grid(R, cell_draw(R, args.seed))
     run = train_cell(R, args.algo, args.ranking_len, args.prompts, args.seed, runs_dir=args.runs_dir,
                      progress=args.progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -455,7 +464,9 @@ def run_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, 
     start = time.time()
     run_dir = train_cell(R, algo, ranking_len, n_prompts, seed, progress=progress)
     evaluation = evaluate_run(R, run_dir, progress=progress)
-    return result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation,
+    draw = cell_draw(R, seed)
+    prompts = None if draw == R.data.grid_seed else [r.prompt for r in grid(R, draw)[(ranking_len, n_prompts)]]
+    return result_row(R, algo, ranking_len, n_prompts, seed, run_dir, evaluation, prompts=prompts, draw=draw,
                       cell_seconds=round(time.time() - start, 1))
 
 
