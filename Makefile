@@ -86,12 +86,17 @@ nb = $(NB_OUT)/$(1).ipynb
 $(NB_OUT)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(DEPS) | setup
 	$(PY) -m divscale.cli notebook run $* --recipe $(RECIPE)
 
-$(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction) | setup
+# The initial policy (tiny-gpt: tokenizer + warm-up, the longest single step) is built beside 01, not after it.
+POLICY := runs/$(RECIPE)/policy.txt
+$(POLICY): $(DEPS) | setup
+	$(PY) -m divscale.cli policy --recipe $(RECIPE) --out $@
+
+$(RESULTS): notebooks/04_finetune.ipynb $(DEPS) $(call nb,01_data_construction) $(POLICY) | setup
 	$(PY) -m divscale.cli grid --recipe $(RECIPE) -j $(JOBS)
 
 $(call nb,05_allocation) $(call nb,06_diversity_regression) $(call nb,10_budget_planner): $(RESULTS)
-$(call nb,02_prompt_diversity) $(call nb,03_reward_models) $(call nb,07_augmentation) \
-  $(call nb,08_selection) $(call nb,09_listwise): $(call nb,01_data_construction)
+$(call nb,02_prompt_diversity) $(call nb,03_reward_models): $(call nb,01_data_construction)
+$(call nb,07_augmentation) $(call nb,08_selection) $(call nb,09_listwise): $(call nb,01_data_construction) $(POLICY)
 
 FIGURE_NOTEBOOKS := 01_data_construction 02_prompt_diversity 03_reward_models 05_allocation \
   06_diversity_regression 07_augmentation 08_selection 09_listwise 10_budget_planner

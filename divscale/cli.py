@@ -168,6 +168,12 @@ def evaluate_command(args) -> int:
     return command(args, initial_policy=loader)
 
 
+def _policy_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    parser.add_argument("--out", default=None, help="also write the fingerprint to this file")
+
+
 def _grid_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe name (recipes/<name>.yaml) or path")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="cells run at once (local executor)")
@@ -295,6 +301,8 @@ SUBCOMMANDS = {
               "fine-tune one grid cell (SFT, PRO or DPO), or train on your own ranked data (--data)"),
     "evaluate": (_evaluate_parser, "divscale.cli:evaluate_command",
                  "evaluate any run: greedy answers scored by a reward model, win rate over the initial policy"),
+    "policy": (_policy_parser, "divscale.study.pipeline:policy_command",
+               "build (or load) a recipe's initial policy (tiny-gpt: tokenizer + warm-up) and print its fingerprint"),
     "grid": (_grid_parser, "divscale.study.grid:command",
              "run every cell of a recipe's grid (papermill)"),
     "notebook": (_notebook_parser, "divscale.study.notebook_runner:command",

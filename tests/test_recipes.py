@@ -172,3 +172,12 @@ def test_python_m_divscale_cli_train_help():
     out = subprocess.run([sys.executable, "-m", "divscale.cli", "train", "--help"], capture_output=True, text=True, check=False,
                          cwd=paths.ROOT, timeout=120)
     assert out.returncode == 0 and "--ranking-len" in out.stdout and "--algo" in out.stdout
+
+
+def test_policy_command_prints_and_writes_the_fingerprint(tmp_path, monkeypatch, capsys):
+    from divscale.study import pipeline
+
+    monkeypatch.setattr(pipeline, "policy_fingerprint", lambda R: f"tiny-gpt:{R.name}")
+    out = tmp_path / "policy.txt"
+    assert cli.main(["policy", "--recipe", "smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == "tiny-gpt:smoke" and out.read_text() == "tiny-gpt:smoke\n"

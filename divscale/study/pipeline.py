@@ -876,3 +876,19 @@ def initial_policy_reward(R: Recipe) -> dict:
         return {"reward_global": res.reward["Global"], "ci": res.ci["Global"]}
 
     return _memo("initial_reward", R, build)
+
+
+def policy_command(args) -> int:
+    """``divscale policy --recipe R``: build (or load) the recipe's initial policy -- for tiny-gpt the BPE tokenizer
+    and the warm-up, the longest single step of a cold run -- and print its fingerprint (``--out``: also write it
+    there). ``make figures`` runs it beside 01_data_construction, so the warm-up does not wait for the rankings."""
+    from divscale.config import parse_overrides
+    from divscale.io import atomic_write_text
+
+    R = load_recipe(args.recipe, parse_overrides(args.set))
+    fingerprint = policy_fingerprint(R)
+    if args.out:
+        atomic_write_text(args.out, fingerprint + "\n")
+    print(fingerprint)
+    return 0
+
