@@ -23,8 +23,7 @@ from divscale import paths
 
 @dataclass
 class DataConfig:
-    subsets: list[str] = field(default_factory=lambda: [
-        "harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"])
+    subsets: list[str] = field(default_factory=lambda: list(paths.HH_SUBSETS))
     data_dir: str | None = None          # None: $DIVSCALE_DATA_DIR, data/hh-rlhf, else the hub
     split_seed: int = 42                 # carving pool/dev/test when only test splits exist
     dev_size: int = 280                  # the paper's dev set size

@@ -39,7 +39,7 @@ from divscale.paths import hub_offline
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+SUBSETS = tuple(paths.HH_SUBSETS)
 HUB_ID = "Anthropic/hh-rlhf"
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"

@@ -39,7 +39,7 @@ from divscale.io import DataError, atomic_path
 # The results table: one row per training run (tidy), written atomically, upserted by run_id
 # ---------------------------------------------------------------------------------------------------------
 
-SUBSETS = ("harmless_base", "helpful_base", "helpful_online", "helpful_rejection")
+SUBSETS = tuple(paths.HH_SUBSETS.values())        # the subsets' spellings in column names
 
 RESULT_COLUMNS = [
     "run_id",              # unique id of the run (e.g. the run directory's config hash)

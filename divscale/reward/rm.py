@@ -77,7 +77,6 @@ from divscale.data.hh import pro_turns
 from divscale.provenance import code_version
 
 OA_MAX_LENGTH = 1024
-HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 PRO_FILES = {"harmless-base": "harmless_base", "helpful-base": "helpful_base", "helpful-online": "helpful_online"}
 
 

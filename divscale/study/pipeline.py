@@ -405,10 +405,6 @@ def _now() -> str:
     return _stamp(time.time())
 
 
-SUBSET_COLUMNS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
-                  "helpful-online": "helpful_online", "helpful-rejection-sampled": "helpful_rejection"}
-
-
 def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, run_dir: Path,
                evaluation: dict, prompts: list[str] | None = None, **extra) -> dict:
     """One tidy row of the results table (divscale.report.analysis.RESULT_COLUMNS) for a finished run."""
@@ -426,7 +422,7 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            "n_prompts": n_prompts, "seed": seed, "budget": n_prompts * ranking_len,
            "d": div["d"], "r_unique": div["r_unique"],
            "reward_global": reward["Global"], "reward_global_lo": ci["Global"][0], "reward_global_hi": ci["Global"][1],
-           **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
+           **{f"reward_{col}": reward.get(name, math.nan) for name, col in paths.HH_SUBSETS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
            "sft_weight": R.train.sft_weight, "checkpoint": run.get("selection", "dev"),
