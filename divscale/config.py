@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from divscale import paths
+from divscale.provenance import config_hash
 
 
 @dataclass
@@ -292,11 +291,6 @@ def check_recipe(recipe: Recipe) -> None:
     bad = [n for n in recipe.data.ranking_lengths if n < 2]
     if bad:
         raise RecipeError(f"{where} data.ranking_lengths {recipe.data.ranking_lengths}: every n must be >= 2")
-
-
-def config_hash(*objs: Any, length: int = 12) -> str:
-    blob = json.dumps(objs, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 class RecipeError(ValueError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -33,9 +32,10 @@ from typing import Any
 import datasets
 
 from divscale import paths
-from divscale.config import DataConfig, config_hash, load_recipe, parse_overrides
+from divscale.config import DataConfig, load_recipe, parse_overrides
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from divscale.paths import hub_offline
+from divscale.provenance import config_hash, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def from_pro_record(rec: dict, sources: Sequence[str] | None = None) -> Ranking:
     rid = meta.pop("id", None)
     if rid is None:
         rid = (f"{subset}:{meta['line_num']}" if subset and "line_num" in meta
-               else "pro:" + hashlib.sha256(prompt.encode()).hexdigest()[:12])
+               else "pro:" + sha256_hex(prompt, 12))
     stored_sources = meta.pop("sources", None)
     sources = list(sources or stored_sources or ["unknown"] * len(suffix))
     rewards = rec.get("reward")

@@ -46,8 +46,8 @@ import zipfile
 from pathlib import Path
 
 from divscale import io, paths
-from divscale.config import config_hash
 from divscale.paths import hub_offline
+from divscale.provenance import config_hash
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from divscale import io, paths
-from divscale.config import PolicyConfig, config_hash
+from divscale.config import PolicyConfig
 from divscale.models.hub import kernel_kwargs, load_causal_lm
+from divscale.provenance import config_hash, texts_hash
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for text in texts:
-        h.update(text.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 def tokenizer_cache_path(texts: Sequence[str], vocab_size: int,

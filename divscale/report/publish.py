@@ -46,7 +46,6 @@ summary.json disagree (what a test does too).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -58,6 +57,7 @@ import pandas as pd
 from divscale import paths
 from divscale.io import DataError, atomic_write_json, atomic_write_text
 from divscale.metrics import stats
+from divscale.provenance import file_sha256
 from divscale.report import analysis
 
 SCHEMA_VERSION = 1
@@ -155,10 +155,6 @@ def _clean(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
@@ -445,14 +441,14 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
             budgets = list(load_recipe(recipe).grid.equal_budgets)
         except (FileNotFoundError, DataError, ValueError):
             budgets = []
-    inputs, missing = {"runs.csv": _sha(runs_path)}, []
+    inputs, missing = {"runs.csv": file_sha256(runs_path, 16)}, []
 
     def optional(name, read):
         path = folder / name
         if not path.exists():
             missing.append(name)
             return None
-        inputs[name] = _sha(path)
+        inputs[name] = file_sha256(path, 16)
         return read(path)
 
     augmentation = optional("augmentation.csv", pd.read_csv)
@@ -476,7 +472,7 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     }
     summary["mde_reached"] = _mde_reached(summary["contrasts"])
     if (folder / "beta_ablation.csv").exists():
-        inputs["beta_ablation.csv"] = _sha(folder / "beta_ablation.csv")
+        inputs["beta_ablation.csv"] = file_sha256(folder / "beta_ablation.csv", 16)
     summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
     summary = _clean(summary)
     summary["verdicts"] = verdicts(summary)

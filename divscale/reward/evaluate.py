@@ -445,9 +445,8 @@ def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = N
     reward (100 x mean sigmoid) of each with bootstrap CIs, their difference (paired by prompt) and the win rate of
     the trained policy over the initial one (paired by prompt, ties half, bootstrap CI). Written atomically to
     ``RUN/eval-<key>/`` (``eval.json``, ``generations.jsonl``); an existing result for the same key is reused."""
-    from divscale.config import config_hash
     from divscale.models.hub import load_causal_lm
-    from divscale.provenance import deterministic, file_sha256
+    from divscale.provenance import config_hash, deterministic, file_sha256
 
     run = Path(run)
     config = read_run_config(run)

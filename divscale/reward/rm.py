@@ -71,10 +71,10 @@ import numpy as np
 import torch
 
 from divscale import io, paths
-from divscale.config import RewardConfig, config_hash
+from divscale.config import RewardConfig
 from divscale.data.hh import pro_turns
 from divscale.metrics.stats import sigmoid, wilson_ci
-from divscale.provenance import code_version
+from divscale.provenance import code_version, config_hash
 
 OA_MAX_LENGTH = 1024
 PRO_FILES = {"harmless-base": "harmless_base", "helpful-base": "helpful_base", "helpful-online": "helpful_online"}

@@ -31,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from divscale import paths
-from divscale.config import Recipe, config_hash, load_recipe
+from divscale.config import Recipe, load_recipe
 from divscale.io import DataError, atomic_write_json
+from divscale.provenance import config_hash
 
 # --------------------------------------------------------------------------------------------- recipe
 
@@ -349,8 +350,8 @@ def table_keys(R: Recipe) -> dict:
     """What every row of a results table must share (divscale.provenance.KEY_COLUMNS): the recipe sections
     a run reads, RM_train / RM_test fingerprints, the initial policy's weights, the grid's rankings, the code
     versions of training and evaluation and the evaluation key."""
-    from divscale.provenance import code_version
-    from divscale.train.runs import ranking_record, sha256_json
+    from divscale.provenance import code_version, sha256_json
+    from divscale.train.runs import ranking_record
 
     def build():
         rm_train, rm_test = reward_models(R)
