@@ -199,10 +199,9 @@ def diversity_sensitivity(R: Recipe, ns=(1, 2, 3, 4), exponents=(1 / 3, 1 / 2, 1
 def measure_sets(R: Recipe, sets: dict[str, list[str]]) -> pd.DataFrame:
     """d and every other diversity measure (embedding ones on the recipe's encoder) per labelled prompt set."""
     from divscale.metrics.diversity import diversity_table
-    from divscale.models.hub import load_encoder
+    from divscale.models.hub import embed_texts
 
-    encoder = load_encoder(R.select.embedder)
-    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
+    embed = functools.partial(embed_texts, encoder=R.select.embedder)
     table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
     if "label" not in table.columns:
         table = table.reset_index().rename(columns={"index": "label"})
@@ -223,7 +222,7 @@ def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None
     import numpy as np
 
     from divscale.metrics.diversity import diversity_table
-    from divscale.models.hub import load_encoder
+    from divscale.models.hub import embed_texts
 
     prompts = subset_prompts(R)[max(R.data.sizes)]
     size = size or min(R.data.sizes)
@@ -232,8 +231,7 @@ def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None
     rng = np.random.default_rng(seed)
     sets = {f"draw {i}": [prompts[j] for j in rng.choice(len(prompts), size=size, replace=False)]
             for i in range(draws)}
-    encoder = load_encoder(R.select.embedder)
-    vectors = dict(zip(prompts, encoder.encode(prompts, normalize_embeddings=True, show_progress_bar=False)))
+    vectors = dict(zip(prompts, embed_texts(prompts, R.select.embedder)))
 
     def embed(texts):                                                    # each prompt embedded once
         return np.stack([vectors[t] for t in texts])

@@ -298,11 +298,12 @@ def deita_context(prompts: Sequence[str], progress: bool = False) -> dict:
     from divscale.config import SelectConfig
     from divscale.io import atomic_path
     from divscale.provenance import closure, config_hash, sha256_hex
-    from divscale.tools.select import LLMScorer, embed_texts
+    from divscale.models.hub import embed_texts
+    from divscale.tools.select import LLMScorer
 
     cfg = SelectConfig()
     texts = sha256_hex(json.dumps(list(prompts), ensure_ascii=False))
-    code = closure("divscale.tools.select:LLMScorer", "divscale.tools.select:embed_texts")
+    code = closure("divscale.tools.select:LLMScorer", "divscale.models.hub:embed_texts")
     cache = paths.cache_dir() / "deita" / f"{config_hash(cfg.scorer, cfg.scorer_max_length, cfg.embedder, texts, code, length=16)}.npz"
     if cache.exists():
         with np.load(cache) as saved:

@@ -34,11 +34,12 @@ from typing import Protocol
 import numpy as np
 
 from divscale.metrics.diversity import jaccard_matrix, unit_rows
+from divscale.models.hub import embed_texts
 
 __all__ = [
     "COMPLEXITY_TEMPLATE", "QUALITY_TEMPLATE", "SELECTORS", "LLMScorer", "RewardScorer", "Scorer",
     "ScorerError", "Selection", "command", "deita_scores", "deita_select",
-    "dialogue_turns", "embed_texts", "evol_score", "identical_arms", "jaccard_profile",
+    "dialogue_turns", "evol_score", "identical_arms", "jaccard_profile",
     "run_selector", "score_digit_ids", "select_d_greedy", "select_deita", "select_minhash_dedup",
     "select_random",
 ]
@@ -236,15 +237,6 @@ def deita_scores(prompts: Sequence[str], responses: Sequence[str], complexity: S
     c, q = complexity.score(users), quality.score(users, replies)
     bounds = np.cumsum([0] + [len(t) for t in per])
     return np.array([evol_score(c[a:b], q[a:b]) for a, b in itertools.pairwise(bounds)])
-
-
-def embed_texts(texts: Sequence[str], encoder: str = "sentence-transformers/all-MiniLM-L6-v2",
-                batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Sentence embeddings (rows) from a sentence-transformers encoder (MiniLM offline by default)."""
-    from divscale.models.hub import load_encoder
-    model = load_encoder(encoder)
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                   show_progress_bar=progress), dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- Deita's filter
