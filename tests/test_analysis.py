@@ -345,6 +345,35 @@ def test_method_contrast_identical_arms_and_welch():
     assert np.isfinite(diff["mde"]) and diff["mde"] > 0
 
 
+def test_one_rule_for_identical_arms_and_the_notebooks_table():
+    """Arms are identical when their identical_to roots coincide, also when neither names the other (both marked
+    with a third arm: the case the old rule of method_contrast missed), or when they trained the same runs; the
+    table of notebooks 07/08 asks the same rule through method_contrast."""
+    rows = [{"algo": algo, "strategy": s, "seed": k, "run_id": f"{algo}-{s}-{k}", "reward_global": r + k,
+             "identical_to": t}
+            for algo in ("pro", "sft")
+            for s, r, t in [("random", 10.0, None), ("minhash-dedup", 10.0, "random"), ("deita", 10.0, "random"),
+                            ("d-greedy", 15.0, None)] for k in range(3)]
+    df = pd.DataFrame(rows)
+    assert analysis.arms_identical(df, "strategy", "minhash-dedup", "deita") == \
+        "'minhash-dedup' and 'deita' selected the same prompt set (identical_to)"
+    assert analysis.arms_identical(df, "strategy", "random", "deita") is not None
+    assert analysis.arms_identical(df, "strategy", "d-greedy", "random") is None
+    same_runs = df.drop(columns="identical_to")
+    same_runs.loc[same_runs["strategy"] == "deita", "run_id"] = same_runs.loc[same_runs["strategy"] == "random",
+                                                                              "run_id"].to_numpy()
+    assert "same run ids" in analysis.arms_identical(same_runs, "strategy", "deita", "random")
+    pro = df[df["algo"] == "pro"]
+    assert analysis.method_contrast(pro, "strategy", baseline="minhash-dedup", compare="deita")["identical"]
+    table = analysis.method_table(df, "strategy", baseline="random", compare=["minhash-dedup", "d-greedy"])
+    assert list(table.columns) == analysis.METHOD_TABLE_COLUMNS and len(table) == 4
+    assert (table[table["comparison"] == "minhash-dedup - random"]["status"] == "identical arms").all()
+    greedy = table[table["comparison"] == "d-greedy - random"]
+    assert greedy["estimate"].tolist() == pytest.approx([5.0, 5.0]) and (greedy["status"] == "holds").all()
+    with pytest.raises(ValueError, match="no runs for 'zzz'"):
+        analysis.method_table(df, "strategy", baseline="random", compare="zzz")
+
+
 def test_paper_effect_range_from_table1():
     # OPT-1.3B Global diagonals: PRO +1.52 (48k) / +2.15 (6k), SFT +2.43 / +1.46 (spec §4.3)
     assert analysis.paper_effect_range() == pytest.approx((1.46, 2.43))

@@ -56,14 +56,6 @@ def test_allocation_verdicts_say_holds_or_inconclusive_honestly():
     assert all(line.startswith(("PRO:", "SFT:")) for line in pipeline.verdict_sentences(strong))
 
 
-def test_method_differences_welch_ci():
-    df = pd.DataFrame({"algo": ["pro"] * 6, "method": ["a"] * 3 + ["b"] * 3,
-                       "reward_global": [50.0, 51.0, 52.0, 55.0, 56.0, 57.0]})
-    out = pipeline.method_differences(df, by="method", baseline="a", compare="b").iloc[0]
-    assert out["diff"] == pytest.approx(5.0) and out["ci_lo"] > 0 and out["status"] == "holds"
-    assert pipeline.method_differences(df, by="method", baseline="a", compare="zzz").empty
-
-
 def test_rm_accuracy_frame_adds_the_length_baseline_once():
     report = pd.DataFrame([
         {"model": m, "subset": s, "metric": metric, "value": v, "ci_lo": v - .05, "ci_hi": v + .05, "n": 100}

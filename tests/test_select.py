@@ -323,17 +323,3 @@ def test_select_cli(tmp_path, hh_prompts, tiny_tokenizer, tiny_gpt, monkeypatch)
         assert [r.id for r in load_rankings(out)] == info["ids"] == [rankings[i].id for i in info["indices"]]
         assert len(info["ids"]) == 10 and "removed" in info and "details" in info
     assert main(argv + ["--budget", "1000"]) == 1
-
-
-def test_identical_arms_are_reported_without_a_difference_ci():
-    import pandas as pd
-
-    from divscale.study import pipeline
-    rows = [{"algo": "pro", "strategy": s, "seed": k, "reward_global": r + k, "identical_to": t}
-            for s, r, t in [("random", 10.0, None), ("minhash-dedup", 10.0, "random"), ("d-greedy", 12.0, None)]
-            for k in range(3)]
-    df = pd.DataFrame(rows)
-    same = pipeline.method_differences(df, by="strategy", baseline="random", compare="minhash-dedup").iloc[0]
-    assert same["status"].startswith("identical") and np.isnan(same["diff"]) and np.isnan(same["ci_lo"])
-    other = pipeline.method_differences(df, by="strategy", baseline="minhash-dedup", compare="d-greedy").iloc[0]
-    assert other["diff"] == pytest.approx(2.0) and not other["status"].startswith("identical")

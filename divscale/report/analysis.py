@@ -573,13 +573,6 @@ def equal_budget_table(df: pd.DataFrame, budgets, y: str = "reward_global", leng
     return pd.DataFrame(rows)
 
 
-def mean_difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidence: float):
-    """(estimate, lo, hi, runs) of mean a − mean b: Welch (independent runs) or paired by seed."""
-    c = paired_contrast(a, b, y, confidence=confidence) if method == "paired" else \
-        welch_contrast(a[y], b[y], confidence)
-    return c["estimate"], c["ci_lo"], c["ci_hi"], min(c["n_a"], c["n_b"])
-
-
 def paper_effect_range(model: str = "OPT-1.3B", split: str = "Global") -> tuple[float, float]:
     """Smallest and largest Δ(n=4 − n=2) of the paper's equal-budget diagonals (Table 1, PRO and SFT at both
     budgets; OPT-1.3B Global: +1.46 to +2.43): the effect size a study must be able to see."""
@@ -678,27 +671,55 @@ def same_prompts_contrast(df: pd.DataFrame, n_prompts: int, n: int = 4, baseline
                                                               "n_prompts": int(n_prompts)}
 
 
+def arms_identical(df: pd.DataFrame, by: str, a: str, b: str) -> str | None:
+    """Why arms ``a`` and ``b`` (values of column ``by``) are one experiment, or None when they are two.
+
+    The package's one rule for "identical arms", asked by every contrast and table of augmentation or selection
+    arms: two arms are identical when they trained the same runs (the same set of ``run_id``), or when their
+    ``identical_to`` roots coincide. :func:`divscale.tools.select.identical_arms` marks an arm whose prompt set
+    equals an earlier arm's with that earlier arm (an unmarked arm is its own root), so two arms that train on
+    one prompt set share a root even when neither names the other. A difference between such arms would compare
+    runs with themselves."""
+    ra, rb = df[df[by] == a], df[df[by] == b]
+    if "run_id" in df.columns and len(ra) and set(ra["run_id"]) == set(rb["run_id"]):
+        return f"{a!r} and {b!r} trained the same {len(ra)} runs (same run ids)"
+    if "identical_to" in df.columns:
+        root = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
+        if root.get(a, a) == root.get(b, b):
+            return f"{a!r} and {b!r} selected the same prompt set (identical_to)"
+    return None
+
+
 def method_contrast(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
                     confidence: float = 0.95) -> dict:
     """``compare`` − ``baseline`` (rows labelled in column ``by``, one algorithm) for augmentation / selection
-    arms. The arms train on different prompt sets, so their runs are independent: Welch's t. Two arms whose
-    runs are the same runs (same run ids: the same selected set, hence the same training) are reported as
-    ``identical`` with no CI: comparing three runs with themselves is not evidence of anything."""
+    arms. The arms train on different prompt sets, so their runs are independent: Welch's t. Identical arms
+    (:func:`arms_identical`) are reported as ``identical`` with no CI: comparing runs with themselves is not
+    evidence of anything."""
     _one_setting(df, "method_contrast")
     a, b = df[df[by] == compare].dropna(subset=[y]), df[df[by] == baseline].dropna(subset=[y])
     if a.empty or b.empty:
         raise ValueError(f"method_contrast: no runs for {compare!r} or {baseline!r} in column {by!r}")
     label = {"comparison": f"{compare} - {baseline}", "by": by}
-    same_runs = "run_id" in df.columns and set(a["run_id"]) == set(b["run_id"])
-    marked = "identical_to" in df.columns and (
-        baseline in set(a["identical_to"].dropna().astype(str)) or compare in set(b["identical_to"].dropna().astype(str)))
-    if same_runs or marked:
-        why = (f"{compare!r} and {baseline!r} trained the same {len(a)} runs (same run ids)" if same_runs else
-               f"{compare!r} selected the same set as {baseline!r} (identical_to)")
+    why = arms_identical(df, by, compare, baseline)
+    if why:
         return {"estimate": 0.0, "ci_lo": None, "ci_hi": None, "mde": None, "test": "none (identical arms)",
                 "n_runs": len(a), "n_a": len(a), "n_b": len(b), "identical": True,
                 "reason": why, "status": "identical arms", "direction": "zero", **label}
     return welch_contrast(a[y], b[y], confidence) | label
+
+
+METHOD_TABLE_COLUMNS = ["algo", "comparison", "estimate", "ci_lo", "ci_hi", "mde", "n_a", "n_b", "test", "status"]
+
+
+def method_table(df: pd.DataFrame, by: str, baseline: str, compare: str | list[str], y: str = "reward_global",
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`method_contrast` of each arm in ``compare`` against ``baseline``, per algorithm: one row each (what
+    the augmentation and selection notebooks show)."""
+    arms = [compare] if isinstance(compare, str) else list(compare)
+    rows = [{"algo": algo} | method_contrast(g, by, baseline, arm, y, confidence)
+            for arm in arms for algo, g in df.groupby("algo", sort=True)]
+    return pd.DataFrame(rows, columns=METHOD_TABLE_COLUMNS)
 
 
 def regression_sentence(algo: str, fits_d: pd.DataFrame, fits_n: pd.DataFrame | None = None) -> str:

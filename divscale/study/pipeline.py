@@ -814,34 +814,6 @@ def selection_experiment(R: Recipe) -> pd.DataFrame:
     return _write_table(R, "selection", rows)
 
 
-def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
-                       confidence: float = 0.95) -> pd.DataFrame:
-    """Per algorithm: mean ``y`` of ``compare`` minus ``baseline`` (rows labelled in column ``by``), with a
-    Welch 95% CI over training seeds and a plain status (holds / does not hold / inconclusive)."""
-    from divscale.report.analysis import ci_status, mean_difference
-
-    rows = []
-    for algo, sub in df.groupby("algo"):
-        a, b = sub[sub[by] == compare], sub[sub[by] == baseline]
-        if a.empty or b.empty:
-            continue
-        if "identical_to" in sub.columns and _same_arm(sub, by, compare, baseline):
-            rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": float("nan"),
-                         "ci_lo": float("nan"), "ci_hi": float("nan"), "runs": len(a) + len(b),
-                         "status": "identical (same prompt set: no difference to test)"})
-            continue
-        mean, lo, hi, k = mean_difference(a, b, y, "welch", confidence)
-        rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
-                     "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
-    return pd.DataFrame(rows)
-
-
-def _same_arm(df: pd.DataFrame, by: str, a: str, b: str) -> bool:
-    """Whether arms ``a`` and ``b`` train on one prompt set (their ``identical_to`` roots coincide)."""
-    link = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
-    return link.get(a, a) == link.get(b, b)
-
-
 def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
     """Human-label accuracy per model and subset, with the length baseline as a model of its own
     (the shape :func:`divscale.report.plots.plot_rm_report` draws)."""
