@@ -297,8 +297,8 @@ def deita_context(prompts: Sequence[str], progress: bool = False) -> dict:
     from divscale import paths
     from divscale.config import SelectConfig
     from divscale.io import atomic_path
-    from divscale.provenance import closure, config_hash, sha256_hex
     from divscale.models.hub import embed_texts
+    from divscale.provenance import closure, config_hash, sha256_hex
     from divscale.tools.select import LLMScorer
 
     cfg = SelectConfig()
