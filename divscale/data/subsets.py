@@ -15,7 +15,6 @@ Rules of the official code (F2-Song/ScalingAlignment ``data_preprocess/split.py`
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -25,10 +24,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from divscale.data.hh import Ranking, load_rankings, save_rankings
-from divscale.io import DataError, atomic_path, atomic_write_json
+from divscale.io import atomic_path, atomic_write_json
 from divscale.provenance import file_sha256
 
-PAPER_SIZES = (1500, 2000, 3000, 6000, 12000, 16000, 24000, 36000)
 PAPER_LENGTHS = (2, 3, 4)
 
 T = TypeVar("T")
@@ -163,23 +161,6 @@ def write_grid(grid: dict[tuple[int, int], list[Ranking]], out_dir: str | os.Pat
                     "seed": seed, "cells": cells, **(meta or {})}
         atomic_write_json(tmp / "manifest.json", manifest)
     return out_dir
-
-
-def load_grid(out_dir: str | os.PathLike) -> dict[tuple[int, int], list[Ranking]]:
-    """Read a folder written by :func:`write_grid`, checking every file against the manifest's hash."""
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(f"{manifest_path}: no such file; write the grid with divscale.data.subsets.write_grid")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    grid = {}
-    for name, info in manifest["cells"].items():
-        path = out_dir / name
-        if not path.exists() or file_sha256(path) != info["sha256"]:
-            raise DataError(f"{path}: missing or changed since the grid was written (sha256 differs from "
-                            f"{manifest_path}); rebuild the grid")
-        grid[(info["n"], info["k"])] = load_rankings(path)
-    return grid
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,11 +196,6 @@ def _build_policy(policy_cfg: PolicyConfig, texts: list[str], folder: Path, prog
         io.atomic_write_json(out / "warmup.json", {
             "policy": dataclasses.asdict(policy_cfg), "n_texts": len(texts), "texts_sha256": texts_hash(texts),
             "n_params": sum(p.numel() for p in model.parameters()), "losses": losses})
-
-
-def warmup_losses(folder: str | os.PathLike) -> list[float]:
-    """The warm-up loss curve saved beside a cached tiny-gpt policy."""
-    return json.loads((Path(folder) / "warmup.json").read_text())["losses"]
 
 
 def n_params(model) -> int:

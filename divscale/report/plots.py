@@ -333,8 +333,7 @@ def plot_allocation(df: pd.DataFrame, budgets, y: str = "reward_global", scale: 
 # The decay exponent
 # ---------------------------------------------------------------------------------------------------------
 
-def plot_exponent_fit(curves, best_exponent: float | None = None, paper_exponent: float = 0.5,
-                      paper_curves: dict | None = None) -> plt.Figure:
+def plot_exponent_fit(curves, paper_exponent: float = 0.5, paper_curves: dict | None = None) -> plt.Figure:
     """Mean MSE of the per-n lines (points², linear axis) against the exponent e = 1/p of d = |X|^e · r_unique
     (:func:`divscale.report.analysis.fit_exponent` ``.curve``), for our runs and, in a second panel, for the
     paper's own published points (``paper_curves``), whose curve the paper's choice p = 2 rests on.
@@ -342,8 +341,7 @@ def plot_exponent_fit(curves, best_exponent: float | None = None, paper_exponent
     ``curves``: one curve, or {label: curve} (e.g. {"PRO": ..., "SFT": ...}). Filled markers: every per-n
     line rises at that e; hollow: some line falls (d shrinks as |X| grows, or reward falls with d). A star
     marks the smallest MSE among the filled markers, when there is one: a "best p" is drawn only where it
-    satisfies that rule. Dashed: the paper's e = 0.5 (p = 2). ``best_exponent`` is accepted for
-    compatibility and ignored (the star is computed from the curve)."""
+    satisfies that rule. Dashed: the paper's e = 0.5 (p = 2)."""
     set_style()
     if isinstance(curves, pd.DataFrame):
         curves = {"ours": curves}

@@ -546,29 +546,6 @@ def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> pd.DataFrame:
-    """The equal-budget comparison (n=4 and n=3 vs n=2) per algorithm and budget, with CIs over seeds."""
-    from divscale.report.analysis import more_responses_beat_more_prompts
-
-    rows = []
-    for algo, sub in df.groupby("algo"):
-        for budget in R.grid.equal_budgets:
-            v = more_responses_beat_more_prompts(sub, budget, method=method)
-            for n in (4, 3):
-                key = f"{n}_vs_2"
-                lo, hi = v[f"ci_{key}"]
-                rows.append({"algo": algo, "budget": budget, "comparison": f"n={n} vs n=2",
-                             "mean_n": v["cells"][n]["mean"], "mean_2": v["cells"][2]["mean"],
-                             "diff": v[f"diff_{key}"], "ci_lo": lo, "ci_hi": hi, "status": v[f"status_{key}"],
-                             "verdict": v["verdict"]})
-    return pd.DataFrame(rows)
-
-
-def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
-    return [f"{algo.upper()}: {text}" for (algo, _), text in
-            verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
-
-
 def exponent_fit(df: pd.DataFrame):
     """:func:`divscale.report.analysis.fit_exponent` on our runs (PRO if present), and a sentence saying what it found.
 
@@ -588,38 +565,6 @@ def exponent_fit(df: pd.DataFrame):
                 f"the smallest mean MSE is at p = {fit.best_p:.2f}, with at least one falling line, so this "
                 "study gives no support for any particular p.")
     return fit, note
-
-
-def regression_sentences(fits: dict) -> list[str]:
-    """Plain statements from the per-n OLS fits: does reward rise with d, and is d a better x than #prompts?"""
-    from divscale.report.analysis import mean_mse
-
-    lines = []
-    for algo in sorted({a for a, _ in fits}):
-        f = fits[(algo, "d")]
-        rising = int((f["slope_lo"] > 0).sum())
-        falling = int((f["slope_hi"] < 0).sum())
-        lines.append(f"{algo.upper()}: reward rises with d (slope 95% CI above 0) for {rising} of {len(f)} "
-                     f"ranking lengths, falls for {falling}, inconclusive for {len(f) - rising - falling}; "
-                     f"mean R² {f['r2'].mean():.2f}.")
-        paper = PAPER_MEAN_MSE.get(algo, {})
-        if (algo, "n_prompts") in fits:
-            g = fits[(algo, "n_prompts")]
-            better = "smaller" if mean_mse(f) < mean_mse(g) else "not smaller"
-            if "d" in paper and "n_prompts" in paper:
-                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs {paper['n_prompts']:.1e})"
-            elif "d" in paper:
-                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs d; it prints no fit on #prompts)"
-            else:
-                cite = ""
-            lines.append(f"{algo.upper()}: mean MSE vs d {mean_mse(f):.2e} is {better} than vs #prompts "
-                         f"{mean_mse(g):.2e}{cite}.")
-    return lines
-
-
-# The mean MSEs the paper prints for Figure 4 (OPT-1.3B, reward on the 0-1 scale): PRO vs d and vs #prompts,
-# SFT vs d only (divscale.report.analysis.refit_paper reproduces them from the published points).
-PAPER_MEAN_MSE = {"pro": {"d": 2.6e-5, "n_prompts": 1.2e-4}, "sft": {"d": 9.3e-6}}
 
 
 def rm_report_table(R: Recipe) -> pd.DataFrame:
@@ -812,16 +757,6 @@ def selection_experiment(R: Recipe) -> pd.DataFrame:
             for name, chosen in chosen_by.items() for algo in R.select.algos
             for seed in (R.select.train_seeds or R.train.seeds)]
     return _write_table(R, "selection", rows)
-
-
-def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
-    """Human-label accuracy per model and subset, with the length baseline as a model of its own
-    (the shape :func:`divscale.report.plots.plot_rm_report` draws)."""
-    acc = report[report["metric"] == "accuracy"]
-    base = report[report["metric"] == "length_baseline"].drop_duplicates("subset").assign(model="length baseline")
-    return (pd.concat([acc, base])
-            .rename(columns={"value": "accuracy", "ci_lo": "accuracy_lo", "ci_hi": "accuracy_hi"})
-            .reset_index(drop=True))
 
 
 def initial_policy_reward(R: Recipe) -> dict:
