@@ -166,7 +166,7 @@ def write_grid(grid: dict[tuple[int, int], list[Ranking]], out_dir: str | os.Pat
 # --------------------------------------------------------------------------------------------- CLI
 
 def data_command(args) -> int:
-    """``divscale data ACTION`` (parser: :func:`divscale.data.hh.configure_parser`): the ``grid`` action writes
+    """``divscale data ACTION`` (parser: :mod:`divscale.cli`): the ``grid`` action writes
     the nested subsets of a 4-ranking file (``len{n}_{k}.jsonl`` + manifest); the other actions are
     :func:`divscale.data.hh.command`'s. The grid is built here, above the data, so data never imports grid."""
     from divscale import paths
