@@ -60,6 +60,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
