@@ -29,12 +29,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from divscale import paths
-from divscale.data.hh import split_dialogue
+from divscale.data.hh import SUBSETS, split_dialogue
 from divscale.train.logprobs import logprobs_from_ids
 from divscale.train.losses import pro_loss
 from divscale.train.trainer import RankingCollator, RankingConfig, RankingTrainer, ranked_rows
-
-SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 
 
 def hh_rankings(per_subset: int) -> tuple[list[dict], list[str]]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -19,12 +17,12 @@ from typing import Any, Literal
 import yaml
 
 from divscale import paths
+from divscale.provenance import config_hash
 
 
 @dataclass
 class DataConfig:
-    subsets: list[str] = field(default_factory=lambda: [
-        "harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"])
+    subsets: list[str] = field(default_factory=lambda: list(paths.HH_SUBSETS))
     data_dir: str | None = None          # None: $DIVSCALE_DATA_DIR, data/hh-rlhf, else the hub
     split_seed: int = 42                 # carving pool/dev/test when only test splits exist
     dev_size: int = 280                  # the paper's dev set size
@@ -293,11 +291,6 @@ def check_recipe(recipe: Recipe) -> None:
     bad = [n for n in recipe.data.ranking_lengths if n < 2]
     if bad:
         raise RecipeError(f"{where} data.ranking_lengths {recipe.data.ranking_lengths}: every n must be >= 2")
-
-
-def config_hash(*objs: Any, length: int = 12) -> str:
-    blob = json.dumps(objs, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 class RecipeError(ValueError):

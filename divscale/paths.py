@@ -14,6 +14,10 @@ from pathlib import Path
 ROOT = Path(os.environ.get("DIVSCALE_ROOT", Path(__file__).resolve().parent.parent))
 DATA_DIR = ROOT / "data"                 # git-ignored; ``make data`` or a link to a local copy
 HH_RLHF_DIR = DATA_DIR / "hh-rlhf"
+# HH-RLHF's four subsets (the folders of HH_RLHF_DIR, in the paper's order), each with its spelling in the results
+# table's columns (``reward_<column>``); every other list of subsets derives from this one.
+HH_SUBSETS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
+              "helpful-online": "helpful_online", "helpful-rejection-sampled": "helpful_rejection"}
 RECIPES_DIR = ROOT / "recipes"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"                 # git-ignored: run directories, executed notebooks

@@ -31,8 +31,9 @@ import json
 import re
 import sys
 import textwrap
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 # Step -> the code it runs, as roots ("module:qualname" of a function or class). A step's code is the closure of
 # its roots: every divscale function and class that their source names (module globals, imports inside functions,
@@ -71,6 +72,10 @@ LIBRARIES = ("torch", "transformers", "sentence_transformers", "tokenizers", "tr
 # values are hashed with every run's configuration), this module, the command line. The closure does not follow
 # into them (a root may still name one of their functions, as "train" names deterministic).
 NOT_FOLLOWED = ("divscale.paths", "divscale.io", "divscale.config", "divscale.provenance", "divscale.cli")
+# ... except the content hashes a step records in what it writes (a run's result.json: its rankings, dev prompts and
+# final weights; a policy's warmup.json: its texts): they are part of the step's output, so part of its code. The
+# hashes that only name a cache (config_hash, file_sha256) are not: changing one moves every cache it names anyway.
+RECORDED_HASHES = ("sha256_json", "texts_hash", "weights_sha256")
 SIMPLE = (bool, int, float, str, bytes, type(None))
 
 
@@ -105,6 +110,8 @@ def _constant(name: str, value) -> bool:
 
 def _ours(obj, package: str) -> bool:
     module = getattr(obj, "__module__", None) or ""
+    if module == __name__ and getattr(obj, "__qualname__", "") in RECORDED_HASHES:
+        return True
     return (module == package or module.startswith(package + ".")) and not module.startswith(NOT_FOLLOWED)
 
 
@@ -289,22 +296,6 @@ def code_version(*steps: str, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
-def file_sha256(path: str | Path, length: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length] if length else h.hexdigest()
-
-
-def files_sha256(paths: Iterable[str | Path], length: int = 16) -> str:
-    """One hash over several files' contents (sorted by name), e.g. a model folder's weights."""
-    h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
-    return h.hexdigest()[:length]
-
-
 @contextlib.contextmanager
 def deterministic(threads: int = 1) -> Iterator[None]:
     """Run a block on ``threads`` torch intra-op threads with ``torch.use_deterministic_algorithms(True)``
@@ -319,6 +310,57 @@ def deterministic(threads: int = 1) -> Iterator[None]:
     finally:
         torch.set_num_threads(saved_threads)
         torch.use_deterministic_algorithms(saved_det)
+
+
+# ------------------------------------------------------------------------------------------- content hashes
+# Every content hash of the package is made by these helpers: cache and run-folder keys (:func:`config_hash`), the
+# hashes a step records in what it writes (a run's rankings / dev prompts / final weights, a policy's texts), file
+# and weight fingerprints. Each was moved here with its output unchanged (tests/test_provenance.py pins the values on
+# fixed inputs), so no cache key and no recorded hash moved.
+
+def sha256_hex(data: bytes | str, length: int | None = None) -> str:
+    """The sha256 of bytes (of a text: its UTF-8 bytes) in hex, cut to ``length`` characters if given."""
+    digest = hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+    return digest[:length] if length else digest
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_hash(*objs: Any, length: int = 12) -> str:
+    """The key of a cache entry or a run folder: :func:`sha256_json` of ``objs`` (keys sorted, anything that JSON
+    cannot write as its ``str``), cut to ``length`` characters."""
+    return sha256_json(objs)[:length]
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def weights_sha256(model) -> str:
+    """Hash of a model's parameters and buffers (name, dtype, shape, bytes), in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path, length: int | None = None) -> str:
+    """The sha256 of a file's bytes (read in 1 MiB blocks), cut to ``length`` characters if given."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length] if length else h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- result tables

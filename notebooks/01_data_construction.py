@@ -21,7 +21,7 @@
 # Song et al. (2024) ask how a fixed **annotation budget** should be spent when fine-tuning a language
 # model on human preferences: on *more prompts* with short rankings, or on *fewer prompts* with longer
 # rankings of responses. This notebook builds the data their experiments run on, following the
-# official code (`F2-Song/ScalingAlignment`, reconstructed in `shared/docs/paper_spec.md` §2):
+# official code (`F2-Song/ScalingAlignment`, reconstructed in `docs/paper_spec.md` §2):
 #
 # 1. **Prompts and responses.** Each HH-RLHF record is a pair of dialogues that share everything but
 #    the final assistant turn. The prompt is their longest common prefix cut back to the last

@@ -49,7 +49,7 @@ overrides = "{}"
 import pandas as pd
 
 from divscale.metrics.diversity import prompt_diversity
-from divscale.report import plots
+from divscale.report import analysis, plots
 from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
@@ -98,4 +98,4 @@ plots.save_figure(fig, "augmentation", pipeline.figures_dir(R))
 # ## Diverse vs random augmentation, with confidence intervals over training seeds
 
 # %%
-pipeline.method_differences(aug, by="method", baseline="base + random", compare="base + diverse")
+analysis.method_table(aug, by="method", baseline="base + random", compare="base + diverse")

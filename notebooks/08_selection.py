@@ -38,10 +38,9 @@ recipe = "cpu"
 overrides = "{}"
 
 # %%
-import pandas as pd
 from IPython.display import display
 
-from divscale.report import plots
+from divscale.report import analysis, plots
 from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
@@ -101,5 +100,5 @@ plots.save_figure(fig, "selection", pipeline.figures_dir(R))
 # ## Each selector against random selection, with confidence intervals over training seeds
 
 # %%
-pd.concat([pipeline.method_differences(sel, by="strategy", baseline="random", compare=name)
-           for name in R.select.selectors if name != "random"])
+analysis.method_table(sel, by="strategy", baseline="random",
+                      compare=[name for name in R.select.selectors if name != "random"])

@@ -54,13 +54,12 @@ import numpy as np
 import pandas as pd
 
 from divscale.data.formats import from_oasst1, one_line_ranked
+from divscale.metrics.stats import bootstrap_ci, bounded_interval, paired_contrast, sigmoid, welch_contrast
 from divscale.models.generation import format_prompt, generate
 from divscale.models.hub import load_causal_lm
 from divscale.models.tiny_gpt import load_policy
 from divscale.paths import DATA_DIR
-from divscale.report import analysis, plots
-from divscale.reward.evaluate import bootstrap_ci
-from divscale.reward.rm import sigmoid
+from divscale.report import plots
 from divscale.study import pipeline
 from divscale.train.own_data import split_ranked, sub_ranked
 from divscale.train.runs import train_ranked
@@ -164,7 +163,7 @@ LOSSES = ["sft", "pro", "plackett_luce", "all_pairs_dpo"]
 losses = pd.DataFrame([run(train, loss, seed, set="all") for loss in LOSSES for seed in SEEDS])
 summary = []
 for loss, g in losses.groupby("loss", sort=False):
-    mean, lo, hi = analysis.bounded_interval(g["reward"])
+    mean, lo, hi = bounded_interval(g["reward"])
     summary.append({"loss": loss, "runs": len(g), "reward": mean, "ci_lo": lo, "ci_hi": hi,
                     "seed sd": g["reward"].std(ddof=1) if len(g) > 1 else np.nan,
                     "empty answers": g["empty"].mean()})
@@ -173,10 +172,10 @@ pd.DataFrame(summary).round(2)
 # %%
 contrasts = []
 for loss in LOSSES[1:]:
-    c = analysis.paired_contrast(losses[losses.loss == loss], losses[losses.loss == "sft"], "reward")
+    c = paired_contrast(losses[losses.loss == loss], losses[losses.loss == "sft"], "reward")
     contrasts.append({"comparison": f"{loss} − sft", "diff": c["estimate"], "ci_lo": c["ci_lo"], "ci_hi": c["ci_hi"],
                       "mde": c["mde"], "status": c["status"], "test": c["test"]})
-c = analysis.paired_contrast(losses[losses.loss == "plackett_luce"], losses[losses.loss == "all_pairs_dpo"], "reward")
+c = paired_contrast(losses[losses.loss == "plackett_luce"], losses[losses.loss == "all_pairs_dpo"], "reward")
 contrasts.append({"comparison": "plackett_luce − all_pairs_dpo", "diff": c["estimate"], "ci_lo": c["ci_lo"],
                   "ci_hi": c["ci_hi"], "mde": c["mde"], "status": c["status"], "test": c["test"]})
 contrasts = pd.DataFrame(contrasts)
@@ -225,7 +224,7 @@ lengths.groupby("n").agg(reward=("reward", "mean"), sd=("reward", "std"), runs=(
                          empty_answers=("empty", "mean")).round(2)
 
 # %%
-v = analysis.welch_contrast(lengths[lengths.n == 3]["reward"], lengths[lengths.n == 2]["reward"])
+v = welch_contrast(lengths[lengths.n == 3]["reward"], lengths[lengths.n == 2]["reward"])
 print(f"PRO, B = {budget} ranked responses: n=3 ({k3} prompts) {v['mean_a']:.2f} vs n=2 ({k2} prompts) "
       f"{v['mean_b']:.2f}: difference {v['estimate']:+.2f} (95% CI {v['ci_lo']:+.2f} to {v['ci_hi']:+.2f}; "
       f"MDE {v['mde']:.2f}) -> {v['status']}, {v['direction']}")
@@ -260,7 +259,7 @@ ax.legend(loc="best", fontsize="small")
 ax = axes[1]
 for j, n in enumerate((2, 3)):
     g = lengths[lengths.n == n]["reward"]
-    mean, lo, hi = analysis.bounded_interval(g)
+    mean, lo, hi = bounded_interval(g)
     ax.scatter(j + jitter(len(g), 0.06), g, s=14, color="0.55", zorder=2)
     if np.isfinite(lo):
         ax.errorbar(j, mean, yerr=bar(mean, lo, hi), fmt="o", color="C1", capsize=4, zorder=3)

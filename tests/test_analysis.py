@@ -11,6 +11,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from divscale.io import DataError
+from divscale.metrics import stats as dstats
 from divscale.report import analysis
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def test_equal_budget_ols_and_welch_intervals():
     c = ols["contrast_4_vs_2"]
     assert c["estimate"] == pytest.approx(a.mean() - b.mean())
     assert (c["ci_lo"], c["ci_hi"]) == pytest.approx((c["estimate"] - half, c["estimate"] + half))
-    assert c["df"] == dfr and c["mde"] == pytest.approx(analysis.mde(se, dfr))
+    assert c["df"] == dfr and c["mde"] == pytest.approx(dstats.mde(se, dfr))
     assert c["test"].startswith("OLS cell means")
     no3 = analysis.more_responses_beat_more_prompts(df[df["ranking_len"] != 3], 240)
     assert no3["status_3_vs_2"] == "missing" and "no runs for (n=3" in no3["verdict"]
@@ -305,37 +306,8 @@ def test_equal_budget_ols_and_welch_intervals():
         analysis.more_responses_beat_more_prompts(df[df["ranking_len"] != 4], 240)
 
 
-def test_mde_hand_worked():
-    # Welch case worked by hand: a = 10, 12, 14 (mean 12, var 4), b = 9, 10, 11 (mean 10, var 1).
-    # SE = sqrt(4/3 + 1/3) = sqrt(5/3) = 1.29099; Welch–Satterthwaite df = (5/3)² / ((4/3)²/2 + (1/3)²/2)
-    # = (25/9) / (17/18) = 50/17 = 2.9412; t_{0.975, 2.9412} = 3.2188, t_{0.80, 2.9412} = 0.9816, so
-    # MDE = (3.2188 + 0.9816) · 1.29099 = 5.4226.
-    c = analysis.welch_contrast([10.0, 12.0, 14.0], [9.0, 10.0, 11.0])
-    assert c["estimate"] == pytest.approx(2.0)
-    assert c["se"] == pytest.approx(math.sqrt(5 / 3)) and c["df"] == pytest.approx(50 / 17)
-    assert c["mde"] == pytest.approx(5.4226, abs=1e-3)
-    # se = 2, df = 10: t_{0.975,10} = 2.2281, t_{0.80,10} = 0.8791 -> MDE = 2 · 3.1072 = 6.2144
-    assert analysis.mde(2.0, 10) == pytest.approx(6.2144, abs=1e-3)
-    # the MDE is what it claims: a true effect of MDE·SE-units has ~80% power (non-central t, df 24)
-    m, crit = analysis.mde(1.0, 24), stats.t.ppf(0.975, 24)
-    assert 1 - stats.nct.cdf(crit, 24, m) + stats.nct.cdf(-crit, 24, m) == pytest.approx(0.80, abs=0.01)
-    assert math.isnan(analysis.mde(math.nan, 3)) and math.isnan(analysis.mde(1.0, 0))
-
-
-def test_bounded_interval_stays_in_bounds():
-    # three rewards near 0: a plain t-interval is 0.867 ± 4.303 · 1.0017 / sqrt(3) = 0.867 ± 2.488, below 0
-    values = [0.1, 0.5, 2.0]
-    _, t_lo, _ = analysis.t_interval(values)
-    assert t_lo < 0
-    mean, lo, hi = analysis.bounded_interval(values)
-    assert mean == pytest.approx(np.mean(values))
-    assert 0 <= lo < hi <= 100 and lo <= mean <= hi
-    mean, lo, hi = analysis.bounded_interval([99.0, 99.9, 97.0])
-    assert 0 <= lo <= mean <= hi <= 100
-    assert analysis.bounded_interval([0.0, 0.0, 0.0])[1] >= 0          # on the bound: still inside
-    with pytest.raises(ValueError, match="outside"):
-        analysis.bounded_interval([-1.0, 5.0])
-    # the equal-budget table uses it: intervals of cell means never leave [0, 100]
+def test_equal_budget_table_intervals_stay_in_bounds():
+    """The table's cell intervals (divscale.metrics.stats.bounded_interval) never leave [0, 100]."""
     df = make_results(algos=("pro",), noise=3.0)
     df["reward_global"] = (df["reward_global"] - 44).clip(lower=0.05)
     table = analysis.equal_budget_table(df, budgets=[240])
@@ -371,6 +343,35 @@ def test_method_contrast_identical_arms_and_welch():
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert not diff["identical"] and (diff["ci_lo"], diff["ci_hi"]) == pytest.approx((ci.low, ci.high))
     assert np.isfinite(diff["mde"]) and diff["mde"] > 0
+
+
+def test_one_rule_for_identical_arms_and_the_notebooks_table():
+    """Arms are identical when their identical_to roots coincide, also when neither names the other (both marked
+    with a third arm: the case the old rule of method_contrast missed), or when they trained the same runs; the
+    table of notebooks 07/08 asks the same rule through method_contrast."""
+    rows = [{"algo": algo, "strategy": s, "seed": k, "run_id": f"{algo}-{s}-{k}", "reward_global": r + k,
+             "identical_to": t}
+            for algo in ("pro", "sft")
+            for s, r, t in [("random", 10.0, None), ("minhash-dedup", 10.0, "random"), ("deita", 10.0, "random"),
+                            ("d-greedy", 15.0, None)] for k in range(3)]
+    df = pd.DataFrame(rows)
+    assert analysis.arms_identical(df, "strategy", "minhash-dedup", "deita") == \
+        "'minhash-dedup' and 'deita' selected the same prompt set (identical_to)"
+    assert analysis.arms_identical(df, "strategy", "random", "deita") is not None
+    assert analysis.arms_identical(df, "strategy", "d-greedy", "random") is None
+    same_runs = df.drop(columns="identical_to")
+    same_runs.loc[same_runs["strategy"] == "deita", "run_id"] = same_runs.loc[same_runs["strategy"] == "random",
+                                                                              "run_id"].to_numpy()
+    assert "same run ids" in analysis.arms_identical(same_runs, "strategy", "deita", "random")
+    pro = df[df["algo"] == "pro"]
+    assert analysis.method_contrast(pro, "strategy", baseline="minhash-dedup", compare="deita")["identical"]
+    table = analysis.method_table(df, "strategy", baseline="random", compare=["minhash-dedup", "d-greedy"])
+    assert list(table.columns) == analysis.METHOD_TABLE_COLUMNS and len(table) == 4
+    assert (table[table["comparison"] == "minhash-dedup - random"]["status"] == "identical arms").all()
+    greedy = table[table["comparison"] == "d-greedy - random"]
+    assert greedy["estimate"].tolist() == pytest.approx([5.0, 5.0]) and (greedy["status"] == "holds").all()
+    with pytest.raises(ValueError, match="no runs for 'zzz'"):
+        analysis.method_table(df, "strategy", baseline="random", compare="zzz")
 
 
 def test_paper_effect_range_from_table1():
@@ -508,7 +509,7 @@ def test_budget_decomposition_adds_up_and_pairs_only_the_paired_part():
     assert dec["total"]["test"].startswith("Welch") and dec["prompts"]["test"].startswith("Welch")
     assert dec["length"]["test"].startswith("paired t by seed")
     # the seed effect (0.5 per seed) is shared by the paired cells: pairing removes it, Welch does not
-    welch_length = analysis.welch_contrast(df[(df.ranking_len == 4) & (df.n_prompts == 60)].reward_global,
+    welch_length = dstats.welch_contrast(df[(df.ranking_len == 4) & (df.n_prompts == 60)].reward_global,
                                            df[(df.ranking_len == 2) & (df.n_prompts == 60)].reward_global)
     assert dec["length"]["mde"] < welch_length["mde"]
     with pytest.raises(ValueError, match=r"no runs in cell \(n=2, k=60\)"):

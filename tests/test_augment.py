@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from divscale.metrics import diversity as dv
 from divscale.metrics.diversity import diversity_from_ids, ngram_codes
 from divscale.tools import augment as ag
 
@@ -38,11 +39,17 @@ def synthetic_sets(seed=0, n_support=150, n_near=300, n_random=200, vocab=400):
 
 # ----------------------------------------------------------------------------- Jaccard
 
-def test_jaccard_on_hand_sets():
-    assert ag.jaccard([1, 2, 3], [2, 3, 4]) == 0.5
-    assert ag.jaccard([1, 2, 3, 3], [3, 2, 1]) == 1.0        # sets, not lists
-    assert ag.jaccard([1, 2], [3, 4]) == 0.0
-    assert ag.jaccard([], []) == 0.0                        # convention: empty sets are never duplicates
+@pytest.mark.parametrize("tau", [0.2, 0.5, 0.8])
+def test_exact_filter_decides_by_the_one_jaccard(tau):
+    """The filter keeps a candidate exactly when its largest Jaccard with the support set, by the package's one
+    Jaccard (divscale.metrics.diversity.jaccard_matrix, empty sets similar to nothing), is below tau."""
+    support, cands = synthetic_sets(seed=3)
+    empty = np.array([], dtype=np.int64)
+    support, cands = support + [empty], cands[:60] + cands[-20:] + [empty]
+    jac = dv.jaccard_matrix(cands + support)[: len(cands), len(cands):]
+    keep = jac.max(axis=1) < tau
+    assert 0 < keep.sum() < len(cands) and keep[-1]
+    assert np.array_equal(ag.ExactJaccard(tau).fit(support).keep_mask(cands), keep)
 
 
 @pytest.mark.parametrize("backend", ["exact", "minhash"])

@@ -367,6 +367,7 @@ def test_few_prompts_and_negative_slopes_are_warned():
 def test_deita_selector_shows_progress_and_caches(monkeypatch, capsys, tmp_path):
     """--selector deita on a bare pool: the scorer and the encoder run with progress bars, and the planner says
     what it is doing (it used to print nothing for many minutes); a second plan on the same pool reuses both."""
+    from divscale.models import hub
     from divscale.tools import select
 
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path))
@@ -387,7 +388,7 @@ def test_deita_selector_shows_progress_and_caches(monkeypatch, capsys, tmp_path)
         return np.eye(len(texts))
 
     monkeypatch.setattr(select, "LLMScorer", FakeScorer)
-    monkeypatch.setattr(select, "embed_texts", fake_embed)
+    monkeypatch.setattr(hub, "embed_texts", fake_embed)
     out = bp.plan(make_pool(60), 40, synthetic_fit(), word_tokenizer, selector="deita", progress=True)
     assert seen["scorer"]["progress"] is True and seen["embed_progress"] is True
     err = capsys.readouterr().err

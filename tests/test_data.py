@@ -22,18 +22,15 @@ from divscale.data.hh import (
     Ranking,
     from_pro_record,
     load_hh_rlhf,
-    load_pro_rankings,
     load_rankings,
     make_splits,
     pro_prompt_text,
-    rankings_from_dataset,
     rankings_from_pairs,
-    rankings_to_dataset,
     save_rankings,
     split_dialogue,
     to_pro_record,
 )
-from divscale.io import DataError
+from divscale.io import DataError, read_jsonl
 
 RAW_COUNTS = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137, "helpful-rejection-sampled": 2749}
 PRO_FILES = {"harmless-base": "harmless_base", "helpful-base": "helpful_base", "helpful-online": "helpful_online"}
@@ -267,13 +264,6 @@ def test_save_load_rankings(tmp_path):
         load_rankings(tmp_path / "e.jsonl")
 
 
-def test_rankings_dataset_round_trip():
-    rankings = [_ranking(0), _ranking(1, rewards=[None, None], meta={}), _ranking(2, rewards=[0.25, -3.0])]
-    ds = rankings_to_dataset(rankings)
-    assert len(ds) == 3 and ds[2]["rewards"] == [0.25, -3.0]
-    assert rankings_from_dataset(ds) == rankings
-
-
 def test_rankings_from_pairs(hh):
     pairs = rankings_from_pairs(hh.select(range(3)))
     row = hh[0]
@@ -312,7 +302,8 @@ def test_to_pro_record_matches_pro_files_record_by_record(hh, pro_records):
 
 def test_to_pro_record_matches_pro_dev_file(hh, pro_hh_dir):
     by_key = {(s, line): i for i, (s, line) in enumerate(zip(hh["subset"][:], hh["line"][:]))}
-    dev = load_pro_rankings(pro_hh_dir / "hh_dev" / "sampled_dev.json", sources=["human-chosen", "human-rejected"])
+    dev = [from_pro_record(rec, ["human-chosen", "human-rejected"])
+           for _, rec in read_jsonl(pro_hh_dir / "hh_dev" / "sampled_dev.json")]
     assert len(dev) == 280 and Counter(r.subset for r in dev) == {
         "helpful-rejection-sampled": 99, "helpful-base": 72, "harmless-base": 64, "helpful-online": 45}
     for r in dev:
@@ -372,9 +363,6 @@ def test_pro_format_errors(tmp_path):
         from_pro_record({**rec, "prefix": [["<|prompter|>a", "<|assistant|>"], ["<|prompter|>b", "<|assistant|>"]]})
     with pytest.raises(ValueError, match="bare tag"):
         from_pro_record({**rec, "prefix": [["<|prompter|>a"]] * 2})
-    (tmp_path / "p.json").write_text(json.dumps(rec) + "\n" + json.dumps({"suffix": ["x"]}) + "\n")
-    with pytest.raises(DataError, match=r"p.json:2: missing field\(s\) \['prefix'\]"):
-        load_pro_rankings(tmp_path / "p.json")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,8 +454,9 @@ def test_prepare_command_writes_splits(tmp_path, hh_dir, monkeypatch):
     out = tmp_path / "splits"
     with pytest.warns(UserWarning):
         assert cli.main(["data", "prepare", "--recipe", str(recipe), "--out", str(out)]) == 0
-    parts = data.read_splits(out)
-    assert [len(set(parts[k]["prompt"][:])) for k in ("pool", "dev", "test")] == [100, 20, 50]
+    parts = {k: [rec for _, rec in read_jsonl(out / f"{k}.jsonl", required=("prompt", "subset"))]
+             for k in ("pool", "dev", "test")}
+    assert [len({r["prompt"] for r in parts[k]}) for k in ("pool", "dev", "test")] == [100, 20, 50]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["split_mode"] == "carve" and manifest["counts"]["dev"]["prompts"] == 20
     first = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -291,11 +291,25 @@ def test_compression_ratio():
     assert dv.compression_ratio(varied) == dv.compression_ratio(varied)
 
 
+def test_jaccard_is_one_function_with_one_convention_for_empty_sets():
+    assert dv.jaccard([1, 2, 3], [2, 3, 4]) == 0.5
+    assert dv.jaccard([1, 2, 3, 3], [3, 2, 1]) == 1.0                   # sets, not lists
+    assert dv.jaccard(np.array([1, 2]), [3, 4]) == 0.0 and dv.jaccard({"a", "b"}, ["b"]) == 0.5
+    assert dv.jaccard([], []) == 0.0 and dv.jaccard([], [1]) == 0.0     # the convention: empty is similar to nothing
+    sets = [np.array([1, 2, 3, 4]), [1, 2, 3, 5], set(), (9, 10), []]
+    jac = dv.jaccard_matrix(sets)
+    assert jac.shape == (5, 5) and np.allclose(jac, jac.T)
+    assert jac[0, 1] == pytest.approx(3 / 5) and jac[0, 3] == 0 and jac[2, 4] == 0
+    assert np.diag(jac).tolist() == [1, 1, 0, 1, 0]
+    assert all(jac[i, j] == dv.jaccard(sets[i], sets[j]) for i in range(5) for j in range(5))
+    assert dv.jaccard_matrix([]).shape == (0, 0)
+
+
 def test_mean_pairwise_jaccard():
     # pairs: {1,2}-{2,3} = 1/3, {1,2}-{1,2} = 1, {2,3}-{1,2} = 1/3
     assert dv.mean_pairwise_jaccard([{1, 2}, {2, 3}, [1, 2]]) == pytest.approx(5 / 9)
     assert dv.mean_pairwise_jaccard([{"a"}, {"b"}]) == 0.0
-    assert dv.mean_pairwise_jaccard([set(), set()]) == 1.0
+    assert dv.mean_pairwise_jaccard([set(), set()]) == 0.0                # two empty sets are not identical
     many = [{i, i + 1} for i in range(50)]
     a = dv.mean_pairwise_jaccard(many, sample=10, seed=3)
     assert a == dv.mean_pairwise_jaccard(many, sample=10, seed=3)            # seeded

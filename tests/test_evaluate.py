@@ -1,4 +1,4 @@
-"""Evaluation: bootstrap CIs, Global weighting, paired win rates, the LLM judge (fake local
+"""Evaluation: Global weighting and its stratified CI, paired win rates, the LLM judge (fake local
 server) and atomic result files."""
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 
 from divscale.config import Recipe
-from divscale.reward.evaluate import (
-    bootstrap_ci,
-    evaluate_checkpoint,
-    evaluate_policy,
-    llm_judge,
-    paired_win_rate,
-    parse_verdict,
-    summarize,
-)
+from divscale.metrics.stats import bootstrap_ci, paired_win_rate
+from divscale.reward.evaluate import evaluate_checkpoint, evaluate_policy, llm_judge, parse_verdict, summarize
 
 
 class LengthRM:
@@ -51,39 +44,6 @@ EVAL_KW = {"max_new_tokens": 16, "batch_size": 4, "max_prompt_tokens": 64, "n_bo
 
 
 # ---------------------------------------------------------------------------- statistics
-
-def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (50, 500, 5000):
-        x = rng.normal(0.5, 0.2, size=n)
-        lo, hi = bootstrap_ci(x, n_boot=1000, seed=1)
-        assert lo < x.mean() < hi
-        # the percentile CI of a mean is close to the normal-theory one
-        half = 1.96 * x.std(ddof=1) / np.sqrt(n)
-        assert (hi - lo) == pytest.approx(2 * half, rel=0.15)
-        widths.append(hi - lo)
-    assert widths[0] > widths[1] > widths[2]
-    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
-    lo, hi = bootstrap_ci([1.0, 2.0, 100.0, 3.0, 2.5], stat=np.median, seed=0)
-    assert 1.0 <= lo <= 2.5 <= hi <= 100.0
-    assert bootstrap_ci([4.2]) == (4.2, 4.2)
-    with pytest.raises(ValueError):
-        bootstrap_ci([])
-
-
-def test_paired_win_rate_known_inputs():
-    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 5.0, 1.0]
-    res = paired_win_rate(a, b, n_boot=500, seed=0)
-    assert (res["win"], res["tie"], res["lose"]) == (0.5, 0.25, 0.25)
-    assert res["win_rate"] == pytest.approx(0.625)
-    assert res["ci"][0] <= 0.625 <= res["ci"][1]
-    swapped = paired_win_rate(b, a, n_boot=500, seed=0)
-    assert swapped["win"] == res["lose"] and swapped["win_rate"] == pytest.approx(0.375)
-    assert paired_win_rate([1, 2], [1.05, 1.0], tie_tol=0.1)["tie"] == 0.5
-    with pytest.raises(ValueError, match="same prompts"):
-        paired_win_rate([1, 2], [1])
-
 
 def test_global_is_sample_weighted():
     # 3 / 1 / 2 prompts scored, but Global weights each file by its size in the full HH test split
@@ -352,7 +312,7 @@ def test_evaluate_an_own_data_run(tmp_path, tiny_gpt, tiny_tokenizer, fake_initi
     assert any(g["response"] != g["initial_response"] for g in gens)          # two different policies
     want = paired_win_rate([g["logit"] for g in gens], [g["initial_logit"] for g in gens], n_boot=200)
     assert {k: v for k, v in res["win_rate"]["Global"].items() if k != "ci_wilson"} == json.loads(json.dumps(want))
-    from divscale.reward.rm import wilson_ci
+    from divscale.metrics.stats import wilson_ci
 
     assert res["win_rate"]["Global"]["ci_wilson"] == pytest.approx(wilson_ci(2 * want["win_rate"], 2))
     scores = [100 * g["score"] for g in gens]

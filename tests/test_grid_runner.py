@@ -108,7 +108,7 @@ def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():
     base = grid_runner.GridCell("pro", cells[0].ranking_len, cells[0].n_prompts, 7)
     assert base.cell_id(recipe, KEYS) != cells[0].cell_id(recipe, KEYS)
     # the key a β cell's row must carry is the recipe key of its own (overridden) recipe
-    from divscale.config import config_hash
+    from divscale.provenance import config_hash
     from divscale.study import pipeline
 
     other = load_recipe("cpu", {"grid.beta_ablation": "[0.0, 0.01, 0.05]", "grid.beta_seeds": "[7]",

@@ -14,7 +14,8 @@ import torch
 
 from divscale import cli
 from divscale.data.formats import normalize_ranked
-from divscale.train.runs import load_initial_policy, train_ranked, weights_sha256
+from divscale.provenance import weights_sha256
+from divscale.train.runs import load_initial_policy, train_ranked
 from divscale.train.trainer import ListwiseConfig, RankingCollator, RankingConfig, RankingTrainer
 
 ROWS = [{"id": "a", "prompt": "\n\nHuman: What is a cat?\n\nAssistant:",

@@ -246,12 +246,6 @@ class _FixedRM(reward.RewardModel):
         return np.array([self.table[r] for r in responses], dtype=float)
 
 
-def test_wilson_interval():
-    lo, hi = reward.wilson_ci(60, 100)
-    assert lo < 0.6 < hi and lo == pytest.approx(0.502, abs=1e-3) and hi == pytest.approx(0.691, abs=1e-3)
-    assert reward.wilson_ci(0, 10)[0] == 0.0 and reward.wilson_ci(10, 10)[1] == pytest.approx(1.0)
-
-
 def test_report_accuracy_length_baseline_and_oa_agreement():
     pairs = [  # chosen longer, RM right, OA right
         {"prompt": "\n\nHuman: a\n\nAssistant:", "chosen": "long answer", "rejected": "no", "subset": "s1", "line": 1},

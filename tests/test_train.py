@@ -374,7 +374,8 @@ def test_an_fp16_policy_is_refused_before_the_run_folder(tmp_path, tiny_gpt, tin
 def test_load_initial_policy_of_a_cell(tmp_path, monkeypatch, hh_dir):
     """A cell's config.json rebuilds its tiny-gpt (same weights hash) without the pipeline."""
     from divscale.config import load_recipe
-    from divscale.train.runs import load_initial_policy, study_policy, weights_sha256
+    from divscale.provenance import weights_sha256
+    from divscale.train.runs import load_initial_policy, study_policy
 
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe("smoke", {"policy.warmup_steps": 2, "data.pool_size": 40, "data.dev_size": 4,

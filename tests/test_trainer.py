@@ -280,7 +280,7 @@ def test_loss_balance_matches_separate_backwards(tiny_gpt, tiny_tokenizer):
 
 
 def _train(model, tokenizer, tmp_path, name, **kw):
-    from divscale.train.runs import weights_sha256
+    from divscale.provenance import weights_sha256
 
     args = config(tmp_path / name, max_length=64, max_prompt_length=40, max_steps=3, per_device_train_batch_size=3,
                   learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,

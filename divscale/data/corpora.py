@@ -14,7 +14,6 @@ Each reader takes the whole list of records and their locations and returns raw 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import defaultdict
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 
 from divscale.data.ranked import WHERE, UnrankableRow
 from divscale.io import DataError
+from divscale.provenance import sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,6 @@ def ultrafeedback_score(completion: dict, score: str) -> float:
     return sum(ratings) / len(ratings) if ratings else math.nan
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def ultrafeedback_rows(records: Sequence[dict], where: Sequence[str], score: str = "fine-grained_score") -> list[dict]:
     """``openbmb/UltraFeedback`` rows: ``instruction``, ``completions`` (dicts with ``response``,
     ``annotations``, ``fine-grained_score``, ``overall_score``, ``model``). Scores: ``score`` (see
@@ -94,7 +90,7 @@ def ultrafeedback_rows(records: Sequence[dict], where: Sequence[str], score: str
                 not all(isinstance(c, dict) and "response" in c for c in comps):
             raise DataError(f"{where[i]}: not in UltraFeedback's layout (instruction + completions with "
                             f"'response'); fields present: {sorted(rec)}")
-        rows.append({"id": rec.get("id") or rec.get("source", "uf") + ":" + digest(rec["instruction"]),
+        rows.append({"id": rec.get("id") or rec.get("source", "uf") + ":" + sha256_hex(rec["instruction"], 12),
                      "prompt": [{"role": "user", "content": rec["instruction"]}],
                      "completions": [c["response"] for c in comps],
                      "scores": [ultrafeedback_score(c, score) for c in comps], "source": "ultrafeedback",

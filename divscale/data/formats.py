@@ -331,25 +331,10 @@ def _read_as(data, name: str, reader: Callable, drop: bool, **kw) -> datasets.Da
     return normalize_ranked(_unique_ids(reader(recs.records, recs.where, **kw)), name, drop)
 
 
-def from_rankings(data, drop_unrankable: bool = False) -> datasets.Dataset:
-    """divscale Rankings (a JSONL path, ``Ranking`` objects or their dicts), best first."""
-    from divscale.data.hh import Ranking, load_rankings
-
-    rankings = load_rankings(data) if isinstance(data, (str, os.PathLike)) else \
-        [r if isinstance(r, Ranking) else Ranking.from_dict(dict(r)) for r in data]
-    rows = corpora.rankings_rows(rankings, [f"ranking {i}" for i in range(len(rankings))])
-    return normalize_ranked(rows, "rankings", drop_unrankable)
-
-
 def from_hh_pairs(data, drop_unrankable: bool = False) -> datasets.Dataset:
     """HH-RLHF pairs (full dialogues, or rows of ``divscale.data.hh.load_hh_rlhf``) and TRL preference pairs."""
     return _read_as(data, "hh", preference.preference_rows, drop_unrankable, drop_unrankable=drop_unrankable,
                     source="hh")
-
-
-def from_pro(path: str | os.PathLike, drop_unrankable: bool = False) -> datasets.Dataset:
-    """The PRO / ScalingAlignment JSONL (``prefix``, ``suffix`` best first, ``reward``)."""
-    return _read_as(path, "pro", corpora.pro_rows, drop_unrankable)
 
 
 def from_ultrafeedback(data, score: str = "fine-grained_score", drop_unrankable: bool = False) -> datasets.Dataset:

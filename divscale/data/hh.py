@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import random
@@ -33,13 +31,14 @@ from typing import Any
 import datasets
 
 from divscale import paths
-from divscale.config import DataConfig, config_hash, load_recipe, parse_overrides
+from divscale.config import DataConfig, load_recipe, parse_overrides
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from divscale.paths import hub_offline
+from divscale.provenance import config_hash, sha256_hex
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+SUBSETS = tuple(paths.HH_SUBSETS)
 HUB_ID = "Anthropic/hh-rlhf"
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -258,30 +257,6 @@ def load_rankings(path: str | os.PathLike) -> list[Ranking]:
     return out
 
 
-RANKING_FEATURES = datasets.Features({
-    "id": datasets.Value("string"), "prompt": datasets.Value("string"),
-    "responses": datasets.List(datasets.Value("string")), "rewards": datasets.List(datasets.Value("float64")),
-    "sources": datasets.List(datasets.Value("string")), "subset": datasets.Value("string"),
-    "meta": datasets.Value("string")})   # JSON text: meta dicts differ between rankings
-
-
-def rankings_to_dataset(rankings: Iterable[Ranking]) -> datasets.Dataset:
-    rows = [r.to_dict() for r in rankings]
-    for row in rows:
-        row["meta"] = json.dumps(row["meta"], ensure_ascii=False, sort_keys=True)
-    return datasets.Dataset.from_list(rows, features=RANKING_FEATURES)
-
-
-def rankings_from_dataset(dataset: datasets.Dataset) -> list[Ranking]:
-    out = []
-    for row in dataset:
-        row = dict(row)
-        meta = row.get("meta") or "{}"
-        row["meta"] = json.loads(meta) if isinstance(meta, str) else dict(meta)
-        out.append(Ranking.from_dict(row))
-    return out
-
-
 def rankings_from_pairs(dataset) -> list[Ranking]:
     """Human pairs (rows of :func:`load_hh_rlhf`) as 2-rankings: human-chosen first, rewards unknown."""
     return [Ranking(id=f"{row['subset']}:{row['line']}", prompt=row["prompt"],
@@ -385,30 +360,13 @@ def from_pro_record(rec: dict, sources: Sequence[str] | None = None) -> Ranking:
     rid = meta.pop("id", None)
     if rid is None:
         rid = (f"{subset}:{meta['line_num']}" if subset and "line_num" in meta
-               else "pro:" + hashlib.sha256(prompt.encode()).hexdigest()[:12])
+               else "pro:" + sha256_hex(prompt, 12))
     stored_sources = meta.pop("sources", None)
     sources = list(sources or stored_sources or ["unknown"] * len(suffix))
     rewards = rec.get("reward")
     rewards = list(rewards) if rewards is not None else [None] * len(suffix)
     return Ranking(id=rid, prompt=prompt, responses=list(suffix), rewards=rewards, sources=sources,
                    subset=subset, meta=meta)
-
-
-def save_pro_rankings(path: str | os.PathLike, rankings: Iterable[Ranking], keep_paragraphs: bool = False) -> Path:
-    """Write rankings in the official format (e.g. ``hh_train_len4/train.json``), atomically."""
-    atomic_write_jsonl(path, (to_pro_record(r, keep_paragraphs) for r in rankings))
-    return Path(path)
-
-
-def load_pro_rankings(path: str | os.PathLike, sources: Sequence[str] | None = None) -> list[Ranking]:
-    """Read an official JSONL file (e.g. ``data/pro-hh/hh_test/harmless_base.json``) as rankings."""
-    out = []
-    for line, rec in read_jsonl(path, required=("prefix", "suffix")):
-        try:
-            out.append(from_pro_record(rec, sources))
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{path}:{line}: {err}") from None
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,16 +522,6 @@ def prepare_splits(data_cfg: DataConfig, out_dir: str | os.PathLike | None = Non
                          "by_subset": {s: splits[name]["subset"][:].count(s) for s in data_cfg.subsets}}
                   for name in SPLIT_NAMES}
         atomic_write_json(tmp / "manifest.json", {"split_mode": mode, "data": inputs, "counts": counts})
-    return out
-
-
-def read_splits(folder: str | os.PathLike) -> dict[str, datasets.Dataset]:
-    """Read the splits written by :func:`prepare_splits`."""
-    out = {}
-    for name in SPLIT_NAMES:
-        path = Path(folder) / f"{name}.jsonl"
-        rows = [rec for _, rec in read_jsonl(path, required=tuple(HH_FEATURES))]
-        out[name] = datasets.Dataset.from_list(rows, features=HH_FEATURES)
     return out
 
 

@@ -15,8 +15,6 @@ Rules of the official code (F2-Song/ScalingAlignment ``data_preprocess/split.py`
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import random
@@ -26,9 +24,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from divscale.data.hh import Ranking, load_rankings, save_rankings
-from divscale.io import DataError, atomic_path, atomic_write_json
+from divscale.io import atomic_path, atomic_write_json
+from divscale.provenance import file_sha256
 
-PAPER_SIZES = (1500, 2000, 3000, 6000, 12000, 16000, 24000, 36000)
 PAPER_LENGTHS = (2, 3, 4)
 
 T = TypeVar("T")
@@ -148,10 +146,6 @@ def cell_file(n: int, k: int) -> str:
     return f"len{n}_{k}.jsonl"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_grid(grid: dict[tuple[int, int], list[Ranking]], out_dir: str | os.PathLike,
                seed: int | None = None, meta: dict | None = None) -> Path:
     """Write one rankings JSONL per cell (``len{n}_{k}.jsonl``) plus ``manifest.json`` (sizes, lengths,
@@ -162,45 +156,29 @@ def write_grid(grid: dict[tuple[int, int], list[Ranking]], out_dir: str | os.Pat
         tmp.mkdir()
         for (n, k), rankings in sorted(grid.items()):
             path = save_rankings(tmp / cell_file(n, k), rankings)
-            cells[cell_file(n, k)] = {"n": n, "k": k, "count": len(rankings), "sha256": _sha256(path)}
+            cells[cell_file(n, k)] = {"n": n, "k": k, "count": len(rankings), "sha256": file_sha256(path)}
         manifest = {"sizes": sorted({k for _, k in grid}), "lengths": sorted({n for n, _ in grid}),
                     "seed": seed, "cells": cells, **(meta or {})}
         atomic_write_json(tmp / "manifest.json", manifest)
     return out_dir
 
 
-def load_grid(out_dir: str | os.PathLike) -> dict[tuple[int, int], list[Ranking]]:
-    """Read a folder written by :func:`write_grid`, checking every file against the manifest's hash."""
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(f"{manifest_path}: no such file; write the grid with divscale.data.subsets.write_grid")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    grid = {}
-    for name, info in manifest["cells"].items():
-        path = out_dir / name
-        if not path.exists() or _sha256(path) != info["sha256"]:
-            raise DataError(f"{path}: missing or changed since the grid was written (sha256 differs from "
-                            f"{manifest_path}); rebuild the grid")
-        grid[(info["n"], info["k"])] = load_rankings(path)
-    return grid
-
-
 # --------------------------------------------------------------------------------------------- CLI
 
 def data_command(args) -> int:
-    """``divscale data ACTION`` (parser: :func:`divscale.data.hh.configure_parser`): the ``grid`` action writes
+    """``divscale data ACTION`` (parser: :mod:`divscale.cli`): the ``grid`` action writes
     the nested subsets of a 4-ranking file (``len{n}_{k}.jsonl`` + manifest); the other actions are
     :func:`divscale.data.hh.command`'s. The grid is built here, above the data, so data never imports grid."""
     from divscale import paths
-    from divscale.config import config_hash, load_recipe, parse_overrides
+    from divscale.config import load_recipe, parse_overrides
     from divscale.data import hh as data
+    from divscale.provenance import config_hash
 
     if args.data_command != "grid":
         return data.command(args)
     cfg = load_recipe(args.recipe, parse_overrides(args.set)).data
     out = Path(args.out) if args.out else paths.RUNS_DIR / "data" / ("grid-" + config_hash(
-        cfg.sizes, cfg.ranking_lengths, cfg.grid_seed, hashlib.sha256(Path(args.rankings).read_bytes()).hexdigest()))
+        cfg.sizes, cfg.ranking_lengths, cfg.grid_seed, file_sha256(args.rankings)))
     grid = build_grid(load_rankings(args.rankings), cfg.sizes, cfg.ranking_lengths, cfg.grid_seed)
     print(write_grid(grid, out, seed=cfg.grid_seed, meta={"rankings": str(args.rankings)}))
     return 0

@@ -509,41 +509,60 @@ def compression_ratio(texts: Sequence[str]) -> float:
     return len(raw) / len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 
+def jaccard_matrix(sets: Sequence[Iterable]) -> np.ndarray:
+    """The Jaccard similarity |A∩B| / |A∪B| of every pair of sets (N-gram codes, or any hashable items): an
+    (n, n) symmetric matrix from one sparse product, its diagonal J(A, A). The package's one Jaccard: the
+    pairwise measure (:func:`mean_pairwise_jaccard`), the selection pool's near-duplicate profile
+    (:func:`divscale.tools.select.jaccard_profile`) and the pair form (:func:`jaccard`) all compute it here.
+
+    Convention: **J = 0 when both sets are empty** (and J(∅, ∅) on the diagonal is 0). An empty N-gram set -- a
+    prompt shorter than N tokens -- shares no N-gram with anything, so it is similar to nothing: never a
+    near-duplicate (the augmentation filters of :mod:`divscale.tools.augment` follow the same rule) and never
+    counted as identical to another empty set."""
+    import scipy.sparse as sp
+
+    items = [set(np.asarray(s).ravel().tolist()) if isinstance(s, np.ndarray) else set(s) for s in sets]
+    vocab: dict = {}
+    cols = [vocab.setdefault(x, len(vocab)) for s in items for x in s]
+    sizes = np.array([len(s) for s in items], dtype=np.float64)
+    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    m = sp.csr_matrix((np.ones(len(cols)), np.array(cols, dtype=np.int64), indptr),
+                      shape=(len(items), max(len(vocab), 1)))
+    inter = np.asarray((m @ m.T).todense())
+    union = sizes[:, None] + sizes[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def jaccard(a: Iterable, b: Iterable) -> float:
+    """The Jaccard similarity of two sets (:func:`jaccard_matrix`; 0 when both are empty)."""
+    return float(jaccard_matrix([a, b])[0, 1])
+
+
 def mean_pairwise_jaccard(sets: Sequence[Iterable], sample: int | None = 1000, seed: int = 0) -> float:
     """Mean Jaccard similarity |A∩B| / |A∪B| over all pairs of sets (higher = less diverse).
 
     A light stand-in for self-BLEU (Zhu et al. 2018, Texygen), which is O(n²·L) and usually run on
     a sample: with more than ``sample`` sets, a seeded random subset of ``sample`` sets is used.
-    Two empty sets count as identical (J = 1). Computed with one sparse product.
+    Two empty sets have J = 0 (:func:`jaccard_matrix`'s convention).
     """
-    import scipy.sparse as sp
-
-    sets = [set(s) for s in sets]
+    sets = list(sets)
     if len(sets) < 2:
         raise ValueError("mean_pairwise_jaccard needs at least two sets")
     if sample is not None and len(sets) > sample:
         pick = np.sort(np.random.default_rng(seed).choice(len(sets), size=sample, replace=False))
         sets = [sets[i] for i in pick]
-    vocab: dict = {}
-    cols = [vocab.setdefault(x, len(vocab)) for s in sets for x in s]
-    sizes = np.array([len(s) for s in sets], dtype=np.float64)
-    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    m = sp.csr_matrix((np.ones(len(cols)), np.array(cols, dtype=np.int64), indptr),
-                      shape=(len(sets), max(len(vocab), 1)))
-    inter = np.asarray((m @ m.T).todense())
-    union = sizes[:, None] + sizes[None, :] - inter
-    jac = np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
-    iu = np.triu_indices(len(sets), k=1)
-    return float(jac[iu].mean())
+    return float(jaccard_matrix(sets)[np.triu_indices(len(sets), k=1)].mean())
 
 
-def _unit_rows(X) -> np.ndarray:
+def unit_rows(X) -> np.ndarray:
+    """The rows of a 2-D embedding matrix scaled to length 1 (float64), for cosine similarities; a matrix that is
+    not 2-D, not finite or has a zero row is an error (its cosine is undefined)."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] < 1:
-        raise ValueError(f"embeddings must be a non-empty 2-D array, got shape {X.shape}")
+    if X.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array, got shape {X.shape}")
     norms = np.linalg.norm(X, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("embeddings contain a zero vector (cosine similarity undefined)")
+    if not np.all(np.isfinite(X)) or (norms == 0).any():
+        raise ValueError("embeddings must be finite and non-zero (a zero vector has no cosine similarity)")
     return X / norms
 
 
@@ -557,8 +576,10 @@ def vendi_score_embeddings(X, q: float = 1) -> float:
     """
     import scipy.linalg
 
-    X = _unit_rows(X)
+    X = unit_rows(X)
     n, dim = X.shape
+    if n == 0:
+        raise ValueError("vendi_score_embeddings needs at least one embedding")
     gram = X.T @ X if dim < n else X @ X.T
     w = scipy.linalg.eigvalsh(gram / n)
     w = w[w > 0]
@@ -578,7 +599,7 @@ def remote_clique(X) -> float:
     zero self-distances, i.e. its value is ours times (n-1)/n). Exact in O(n·d):
     sum_{i != j} cos_ij = |sum_i x_i|² - n for unit rows.
     """
-    X = _unit_rows(X)
+    X = unit_rows(X)
     n = X.shape[0]
     if n < 2:
         raise ValueError("remote_clique needs at least two embeddings")
@@ -590,7 +611,7 @@ def remote_clique(X) -> float:
 def chamfer_distance(X, block: int = 2048) -> float:
     """Chamfer distance (Shaib et al. 2024's ``chamfer_dist``): mean over items of the cosine
     distance to the nearest *other* item. Computed in row blocks, so memory is O(block·n)."""
-    X = _unit_rows(X)
+    X = unit_rows(X)
     n = X.shape[0]
     if n < 2:
         raise ValueError("chamfer_distance needs at least two embeddings")

@@ -43,11 +43,14 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from divscale import io, paths
-from divscale.config import config_hash
 from divscale.paths import hub_offline
+from divscale.provenance import config_hash
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -375,6 +378,19 @@ def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | No
     folder = model_folder(name_or_path, revision)
     # sentence-transformers leaves ``use_kernels`` unset unless asked, which transformers reads as on
     return SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, model_kwargs=kernel_kwargs())
+
+
+def embed_texts(texts: Sequence[str], encoder: str = MINILM_ID, batch_size: int = 64,
+                progress: bool = False) -> np.ndarray:
+    """Sentence embeddings (float64 rows) of ``texts`` with a sentence-transformers encoder (MiniLM offline by
+    default), in batches: the one way the package embeds texts for selection (Deita's similarity filter,
+    :mod:`divscale.tools.select`, the annotation planner) and for the embedding diversity measures
+    (:func:`divscale.study.pipeline.measure_sets`). The in-project reward models embed through
+    :class:`divscale.reward.rm.EmbeddingCache` instead: same encoder, but one text per forward pass at the RM's
+    ``max_length``, cached, so a text's vector never depends on which other texts were embedded with it."""
+    model = load_encoder(encoder)
+    return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                   show_progress_bar=progress), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from divscale import io, paths
-from divscale.config import PolicyConfig, config_hash
+from divscale.config import PolicyConfig
 from divscale.models.hub import kernel_kwargs, load_causal_lm
+from divscale.provenance import config_hash, texts_hash
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for text in texts:
-        h.update(text.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 def tokenizer_cache_path(texts: Sequence[str], vocab_size: int,
@@ -206,11 +196,6 @@ def _build_policy(policy_cfg: PolicyConfig, texts: list[str], folder: Path, prog
         io.atomic_write_json(out / "warmup.json", {
             "policy": dataclasses.asdict(policy_cfg), "n_texts": len(texts), "texts_sha256": texts_hash(texts),
             "n_params": sum(p.numel() for p in model.parameters()), "losses": losses})
-
-
-def warmup_losses(folder: str | os.PathLike) -> list[float]:
-    """The warm-up loss curve saved beside a cached tiny-gpt policy."""
-    return json.loads((Path(folder) / "warmup.json").read_text())["losses"]
 
 
 def n_params(model) -> int:

@@ -9,7 +9,7 @@ The paper's two findings, and the statistics that test them here:
 2. **At an equal annotation budget, more responses beat more prompts** (Table 1). Budget = #prompts × n
    (spec §2.4), so the equal-budget cells are (n, budget / n). :func:`more_responses_beat_more_prompts`
    compares them in one OLS model over all runs of an algorithm (the cells have different prompts, so
-   nothing is paired: see the comment above :func:`mde`), reports the minimum detectable effect beside
+   nothing is paired: see the comment above :func:`variance_sources`), reports the minimum detectable effect beside
    every CI, and says in which direction each estimate points and whether an effect of the paper's size
    could have been seen.
 
@@ -34,12 +34,13 @@ from scipy import stats
 
 from divscale import paths
 from divscale.io import DataError, atomic_path
+from divscale.metrics.stats import bounded_interval, paired_contrast, t_contrast, welch_contrast
 
 # ---------------------------------------------------------------------------------------------------------
 # The results table: one row per training run (tidy), written atomically, upserted by run_id
 # ---------------------------------------------------------------------------------------------------------
 
-SUBSETS = ("harmless_base", "helpful_base", "helpful_online", "helpful_rejection")
+SUBSETS = tuple(paths.HH_SUBSETS.values())        # the subsets' spellings in column names
 
 RESULT_COLUMNS = [
     "run_id",              # unique id of the run (e.g. the run directory's config hash)
@@ -200,23 +201,6 @@ def append_result(path: str | os.PathLike, row: dict) -> pd.DataFrame:
             table = new
         write_results(path, table)
     return validate_results(table, source=str(path))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Confidence intervals over seeds
-# ---------------------------------------------------------------------------------------------------------
-
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): Student-t interval for the mean of a few values (seeds). NaNs are dropped;
-    a single value gives NaN bounds (no spread to estimate)."""
-    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
-    if len(x) == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return (mean, math.nan, math.nan)
-    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return (mean, mean - half, mean + half)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -415,129 +399,10 @@ def fit_exponent(table: pd.DataFrame, exponents=EXPONENTS, y: str = "reward_glob
 #   algorithm (statsmodels, reward ~ C(cell) with one mean per (n, k) cell): the contrast of two cell means
 #   with the residual variance pooled over all cells (df = runs − cells, 24 for 12 cells × 3 seeds instead
 #   of ~2–4 for a Welch test on two cells of 3 runs). It assumes the seed-to-seed variance is the same in
-#   every cell; :func:`welch_contrast` (no such assumption) is reported beside it.
+#   every cell; :func:`divscale.metrics.stats.welch_contrast` (no such assumption) is reported beside it.
 #
-# Every contrast carries its minimum detectable effect (MDE): the true difference that a two-sided test at
-# α = 0.05 detects with 80% power given the observed standard error, MDE = (t_{1−α/2, df} + t_{power, df})·SE.
-# Rewards are 100 × mean sigmoid(logit) ∈ [0, 100]; a *difference* of two such means lies in [−100, 100],
-# far from where its t-interval ends, so difference CIs stay on the reward scale, while intervals of a cell
-# mean use :func:`bounded_interval`.
-
-ALPHA = 0.05
-POWER = 0.8
-
-
-def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Minimum detectable effect of a t-test: (t_{1−α/2, df} + t_{power, df}) · SE.
-
-    The smallest true difference that a two-sided level-α test with standard error ``se`` and ``df``
-    degrees of freedom detects with probability ``power`` (normal approximation of the non-central t)."""
-    if not (np.isfinite(se) and np.isfinite(df) and df > 0):
-        return math.nan
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
-
-
-def bounded_interval(values, lower: float = 0.0, upper: float = 100.0,
-                     confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi) for the mean of a few values of a score bounded in [lower, upper] (seeds' rewards ×100).
-
-    The interval is a Student-t interval on the logit scale, logit((x − lower) / (upper − lower)),
-    back-transformed, so it never leaves [lower, upper] (a plain t-interval of three rewards near 0 reaches
-    below 0). It is an interval for the back-transformed logit mean; the point returned is the arithmetic
-    mean of the values, which for very skewed seeds can lie outside it (figures draw both as they are).
-    Values on a bound are moved 0.1% of the range inside it. NaNs are dropped; fewer than two values give NaN bounds."""
-    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
-    if len(x) == 0:
-        return (math.nan, math.nan, math.nan)
-    if (x < lower).any() or (x > upper).any():
-        raise ValueError(f"bounded_interval: values outside [{lower}, {upper}]: {x[(x < lower) | (x > upper)]}")
-    mean = float(x.mean())
-    if len(x) < 2:
-        return (mean, math.nan, math.nan)
-    width = upper - lower
-    u = np.clip((x - lower) / width, 1e-3, 1 - 1e-3)
-    z = np.log(u / (1 - u))
-    half = stats.t.ppf(0.5 + confidence / 2, len(z) - 1) * z.std(ddof=1) / math.sqrt(len(z))
-    back = lambda v: lower + width / (1 + math.exp(-v))
-    return (mean, back(z.mean() - half), back(z.mean() + half))
-
-
-def ci_status(lo: float, hi: float) -> str:
-    if math.isnan(lo) or math.isnan(hi):
-        return "inconclusive (one run per cell: no CI)"
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "does not hold"
-    return "inconclusive (CI spans 0)"
-
-
-def direction(estimate: float, expected_sign: int = 1) -> str:
-    """Whether an estimate points the way the paper predicts (``expected_sign``: +1 "higher is the claim")."""
-    if not np.isfinite(estimate):
-        return "unknown"
-    if estimate == 0:
-        return "zero"
-    return "as the paper" if np.sign(estimate) == expected_sign else "against the paper"
-
-
-def _contrast(estimate, se, df, test, n_a, n_b, confidence, mean_a=math.nan, mean_b=math.nan,
-              ci=None, **extra) -> dict:
-    if ci is None:
-        half = stats.t.ppf(0.5 + confidence / 2, df) * se if np.isfinite(se) and df > 0 else math.nan
-        ci = (estimate - half, estimate + half)
-    lo, hi = (float(ci[0]), float(ci[1])) if np.isfinite(ci[0]) else (math.nan, math.nan)
-    return {"estimate": float(estimate), "ci_lo": lo, "ci_hi": hi, "se": float(se), "df": float(df),
-            "mde": mde(se, df), "confidence": confidence, "alpha": ALPHA, "power": POWER, "test": test,
-            "n_runs": int(n_a + n_b), "n_a": int(n_a), "n_b": int(n_b), "mean_a": float(mean_a),
-            "mean_b": float(mean_b), "status": ci_status(lo, hi), "direction": direction(estimate),
-            "identical": False, **extra}
-
-
-def welch_contrast(a, b, confidence: float = 0.95) -> dict:
-    """mean(a) − mean(b) for independent runs: Welch's t (unequal variances, Welch–Satterthwaite df)."""
-    xa = np.asarray(pd.Series(a).dropna(), dtype=float)
-    xb = np.asarray(pd.Series(b).dropna(), dtype=float)
-    if len(xa) == 0 or len(xb) == 0:
-        raise ValueError("welch_contrast needs at least one run on each side")
-    est = float(xa.mean() - xb.mean())
-    if len(xa) < 2 or len(xb) < 2:
-        return _contrast(est, math.nan, math.nan, "Welch t (one run on a side: no CI)", len(xa), len(xb),
-                         confidence, xa.mean(), xb.mean())
-    res = stats.ttest_ind(xa, xb, equal_var=False)
-    ci = res.confidence_interval(confidence)
-    se = math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
-    return _contrast(est, se, float(res.df), "Welch t (independent runs)", len(xa), len(xb), confidence,
-                     xa.mean(), xb.mean(), ci=(ci.low, ci.high))
-
-
-def paired_contrast(a: pd.DataFrame, b: pd.DataFrame, y: str, on: str = "seed", confidence: float = 0.95) -> dict:
-    """mean(a − b) over runs matched by ``on`` (seed): a paired t-test. Valid only where the two runs of a
-    pair share something per seed (same prompts in the same order: a same-k contrast)."""
-    m = a[[on, y]].merge(b[[on, y]], on=on, suffixes=("_a", "_b")).dropna()
-    diff = (m[f"{y}_a"] - m[f"{y}_b"]).to_numpy(float)
-    if len(diff) == 0:
-        raise ValueError(f"paired_contrast: no {on} in common")
-    if len(diff) < 2:
-        return _contrast(float(diff.mean()), math.nan, math.nan, f"paired t by {on} (one pair: no CI)",
-                         len(diff), len(diff), confidence, m[f"{y}_a"].mean(), m[f"{y}_b"].mean())
-    se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
-    return _contrast(float(diff.mean()), se, len(diff) - 1, f"paired t by {on} ({len(diff)} pairs)",
-                     len(diff), len(diff), confidence, m[f"{y}_a"].mean(), m[f"{y}_b"].mean())
-
-
-def versus_reference(values, reference: float, confidence: float = 0.95) -> dict:
-    """mean(values) − ``reference`` with a one-sample t interval over the runs: e.g. fine-tuned runs against
-    the policy before fine-tuning, evaluated on the same test prompts. The test set is held fixed (as in
-    every seed CI here), so the interval is over training runs; the reference's own bootstrap CI over
-    prompts is reported beside it, not folded in."""
-    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float) - float(reference)
-    if len(x) < 2:
-        return _contrast(float(x.mean()) if len(x) else math.nan, math.nan, math.nan,
-                         "one-sample t over runs (fewer than 2 runs: no CI)", len(x), 0, confidence)
-    se = float(x.std(ddof=1) / math.sqrt(len(x)))
-    return _contrast(float(x.mean()), se, len(x) - 1, f"one-sample t over {len(x)} runs vs a fixed reference",
-                     len(x), 0, confidence, float(x.mean() + reference), float(reference))
+# The tests themselves (Welch, paired, one-sample, the MDE beside every CI, bounded intervals of a cell mean) are
+# in :mod:`divscale.metrics.stats`; the contrasts below choose among them.
 
 
 def variance_sources(df: pd.DataFrame, y: str = "reward_global") -> dict:
@@ -603,9 +468,9 @@ def model_contrast(df: pd.DataFrame, a: tuple[int, int], b: tuple[int, int], y: 
     n_a = int(((data["ranking_len"] == a[0]) & (data["n_prompts"] == a[1])).sum())
     n_b = int(((data["ranking_len"] == b[0]) & (data["n_prompts"] == b[1])).sum())
     if dfr <= 0:
-        return _contrast(est, math.nan, math.nan, "OLS cell means (no residual df: no CI)", n_a, n_b, confidence,
+        return t_contrast(est, math.nan, math.nan, "OLS cell means (no residual df: no CI)", n_a, n_b, confidence,
                          res.params.iloc[cells.index(la)], res.params.iloc[cells.index(lb)])
-    return _contrast(est, se, dfr, f"OLS cell means, df {int(dfr)}", n_a, n_b, confidence,
+    return t_contrast(est, se, dfr, f"OLS cell means, df {int(dfr)}", n_a, n_b, confidence,
                      res.params.iloc[cells.index(la)], res.params.iloc[cells.index(lb)],
                      pooled_sd=float(math.sqrt(res.scale)),
                      test_detail=f"statsmodels OLS reward ~ C(cell) over {int(res.nobs)} runs in {len(cells)} "
@@ -647,9 +512,9 @@ def seed_blocked_contrast(df: pd.DataFrame, a: tuple[int, int], b: tuple[int, in
     est, se, dfr = float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(res.df_resid)
     n_a, n_b = int((data["cell"] == la).sum()), int((data["cell"] == lb).sum())
     if dfr <= 0:
-        return _contrast(est, math.nan, math.nan, "OLS cell means + seed blocks (no residual df: no CI)", n_a, n_b,
+        return t_contrast(est, math.nan, math.nan, "OLS cell means + seed blocks (no residual df: no CI)", n_a, n_b,
                          confidence)
-    return _contrast(est, se, dfr, f"OLS cell means + seed blocks, df {int(dfr)}", n_a, n_b, confidence,
+    return t_contrast(est, se, dfr, f"OLS cell means + seed blocks, df {int(dfr)}", n_a, n_b, confidence,
                      pooled_sd=float(math.sqrt(res.scale)), seed_block_p=p_block)
 
 
@@ -708,13 +573,6 @@ def equal_budget_table(df: pd.DataFrame, budgets, y: str = "reward_global", leng
     return pd.DataFrame(rows)
 
 
-def mean_difference(a: pd.DataFrame, b: pd.DataFrame, y: str, method: str, confidence: float):
-    """(estimate, lo, hi, runs) of mean a − mean b: Welch (independent runs) or paired by seed."""
-    c = paired_contrast(a, b, y, confidence=confidence) if method == "paired" else \
-        welch_contrast(a[y], b[y], confidence)
-    return c["estimate"], c["ci_lo"], c["ci_hi"], min(c["n_a"], c["n_b"])
-
-
 def paper_effect_range(model: str = "OPT-1.3B", split: str = "Global") -> tuple[float, float]:
     """Smallest and largest Δ(n=4 − n=2) of the paper's equal-budget diagonals (Table 1, PRO and SFT at both
     budgets; OPT-1.3B Global: +1.46 to +2.43): the effect size a study must be able to see."""
@@ -755,7 +613,7 @@ def more_responses_beat_more_prompts(df: pd.DataFrame, budget: int, y: str = "re
     paired. ``method="ols"`` (default) tests the difference of cell means in :func:`cell_model`, one OLS
     model over all runs of the algorithm with the seed variance pooled over every cell; ``method="welch"``
     uses only the two cells' runs (Welch's t). Pairing by seed is refused: runs with the same seed but
-    different k share neither prompts nor data order (see the comment above :func:`mde`).
+    different k share neither prompts nor data order (see the comment above :func:`variance_sources`).
     A comparison "holds" when its CI lies above 0, "does not hold" when below, and is "inconclusive" when
     the CI spans 0 or a cell has a single run. Returns the cells' means, both contrasts (dicts with estimate,
     CI, MDE, test, direction: ``contrast_4_vs_2``), the legacy keys diff_/ci_/status_/mde_, and a
@@ -813,27 +671,55 @@ def same_prompts_contrast(df: pd.DataFrame, n_prompts: int, n: int = 4, baseline
                                                               "n_prompts": int(n_prompts)}
 
 
+def arms_identical(df: pd.DataFrame, by: str, a: str, b: str) -> str | None:
+    """Why arms ``a`` and ``b`` (values of column ``by``) are one experiment, or None when they are two.
+
+    The package's one rule for "identical arms", asked by every contrast and table of augmentation or selection
+    arms: two arms are identical when they trained the same runs (the same set of ``run_id``), or when their
+    ``identical_to`` roots coincide. :func:`divscale.tools.select.identical_arms` marks an arm whose prompt set
+    equals an earlier arm's with that earlier arm (an unmarked arm is its own root), so two arms that train on
+    one prompt set share a root even when neither names the other. A difference between such arms would compare
+    runs with themselves."""
+    ra, rb = df[df[by] == a], df[df[by] == b]
+    if "run_id" in df.columns and len(ra) and set(ra["run_id"]) == set(rb["run_id"]):
+        return f"{a!r} and {b!r} trained the same {len(ra)} runs (same run ids)"
+    if "identical_to" in df.columns:
+        root = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
+        if root.get(a, a) == root.get(b, b):
+            return f"{a!r} and {b!r} selected the same prompt set (identical_to)"
+    return None
+
+
 def method_contrast(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
                     confidence: float = 0.95) -> dict:
     """``compare`` − ``baseline`` (rows labelled in column ``by``, one algorithm) for augmentation / selection
-    arms. The arms train on different prompt sets, so their runs are independent: Welch's t. Two arms whose
-    runs are the same runs (same run ids: the same selected set, hence the same training) are reported as
-    ``identical`` with no CI: comparing three runs with themselves is not evidence of anything."""
+    arms. The arms train on different prompt sets, so their runs are independent: Welch's t. Identical arms
+    (:func:`arms_identical`) are reported as ``identical`` with no CI: comparing runs with themselves is not
+    evidence of anything."""
     _one_setting(df, "method_contrast")
     a, b = df[df[by] == compare].dropna(subset=[y]), df[df[by] == baseline].dropna(subset=[y])
     if a.empty or b.empty:
         raise ValueError(f"method_contrast: no runs for {compare!r} or {baseline!r} in column {by!r}")
     label = {"comparison": f"{compare} - {baseline}", "by": by}
-    same_runs = "run_id" in df.columns and set(a["run_id"]) == set(b["run_id"])
-    marked = "identical_to" in df.columns and (
-        baseline in set(a["identical_to"].dropna().astype(str)) or compare in set(b["identical_to"].dropna().astype(str)))
-    if same_runs or marked:
-        why = (f"{compare!r} and {baseline!r} trained the same {len(a)} runs (same run ids)" if same_runs else
-               f"{compare!r} selected the same set as {baseline!r} (identical_to)")
+    why = arms_identical(df, by, compare, baseline)
+    if why:
         return {"estimate": 0.0, "ci_lo": None, "ci_hi": None, "mde": None, "test": "none (identical arms)",
                 "n_runs": len(a), "n_a": len(a), "n_b": len(b), "identical": True,
                 "reason": why, "status": "identical arms", "direction": "zero", **label}
     return welch_contrast(a[y], b[y], confidence) | label
+
+
+METHOD_TABLE_COLUMNS = ["algo", "comparison", "estimate", "ci_lo", "ci_hi", "mde", "n_a", "n_b", "test", "status"]
+
+
+def method_table(df: pd.DataFrame, by: str, baseline: str, compare: str | list[str], y: str = "reward_global",
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`method_contrast` of each arm in ``compare`` against ``baseline``, per algorithm: one row each (what
+    the augmentation and selection notebooks show)."""
+    arms = [compare] if isinstance(compare, str) else list(compare)
+    rows = [{"algo": algo} | method_contrast(g, by, baseline, arm, y, confidence)
+            for arm in arms for algo, g in df.groupby("algo", sort=True)]
+    return pd.DataFrame(rows, columns=METHOD_TABLE_COLUMNS)
 
 
 def regression_sentence(algo: str, fits_d: pd.DataFrame, fits_n: pd.DataFrame | None = None) -> str:

@@ -13,7 +13,7 @@
 
 One reward scale everywhere (README, tables, figures): reward ×100 = 100 · mean sigmoid(RM_test logit), the
 paper's Table 1 scale (``scale=1``; :data:`REWARD_LABEL`). Intervals of cell means over seeds are bounded
-(:func:`divscale.report.analysis.bounded_interval`: a t-interval on the logit scale, inside [0, 100]); each figure's
+(:func:`divscale.metrics.stats.bounded_interval`: a t-interval on the logit scale, inside [0, 100]); each figure's
 caption says what its dots and bars are.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from matplotlib.patches import Patch
 
 from divscale import paths
 from divscale.io import atomic_path
+from divscale.metrics import stats
 from divscale.report import analysis
 
 LENGTH_COLORS = {2: "#0173B2", 3: "#DE8F05", 4: "#029E73"}     # seaborn "colorblind", fixed per n
@@ -188,11 +189,11 @@ def _caption(fig: plt.Figure, text: str) -> None:
 
 
 def _seed_summary(df: pd.DataFrame, keys: list[str], y: str, scale: float = 1.0) -> pd.DataFrame:
-    """Mean and bounded interval (:func:`divscale.report.analysis.bounded_interval`) of ``y``·scale per group."""
+    """Mean and bounded interval (:func:`divscale.metrics.stats.bounded_interval`) of ``y``·scale per group."""
     rows = []
     upper = 100.0 * scale
     for key, g in df.dropna(subset=[y]).groupby(keys, sort=True):
-        mean, lo, hi = analysis.bounded_interval(g[y] * scale, 0.0, upper)
+        mean, lo, hi = stats.bounded_interval(g[y] * scale, 0.0, upper)
         rows.append(dict(zip(keys, key if isinstance(key, tuple) else (key,)))
                     | {"mean": mean, "lo": lo, "hi": hi, "runs": len(g)})
     return pd.DataFrame(rows, columns=keys + ["mean", "lo", "hi", "runs"])
@@ -288,7 +289,7 @@ def plot_allocation(df: pd.DataFrame, budgets, y: str = "reward_global", scale: 
                     algo: str | None = None) -> plt.Figure:
     """Reward vs #prompts for each ranking length, one panel per budget (and one row per algo), the
     equal-budget cells (n, budget/n) ringed in red as in the paper's Table 1. Small dots: the runs (seeds);
-    large dots and bars: the mean and a bounded 95% interval over seeds (:func:`divscale.report.analysis.bounded_interval`,
+    large dots and bars: the mean and a bounded 95% interval over seeds (:func:`divscale.metrics.stats.bounded_interval`,
     never below 0). ``budgets`` are in annotations (responses = prompts × n). Reward ×100 (``scale=1``)."""
     set_style()
     data = _filter_algo(df, algo)
@@ -332,8 +333,7 @@ def plot_allocation(df: pd.DataFrame, budgets, y: str = "reward_global", scale: 
 # The decay exponent
 # ---------------------------------------------------------------------------------------------------------
 
-def plot_exponent_fit(curves, best_exponent: float | None = None, paper_exponent: float = 0.5,
-                      paper_curves: dict | None = None) -> plt.Figure:
+def plot_exponent_fit(curves, paper_exponent: float = 0.5, paper_curves: dict | None = None) -> plt.Figure:
     """Mean MSE of the per-n lines (points², linear axis) against the exponent e = 1/p of d = |X|^e · r_unique
     (:func:`divscale.report.analysis.fit_exponent` ``.curve``), for our runs and, in a second panel, for the
     paper's own published points (``paper_curves``), whose curve the paper's choice p = 2 rests on.
@@ -341,8 +341,7 @@ def plot_exponent_fit(curves, best_exponent: float | None = None, paper_exponent
     ``curves``: one curve, or {label: curve} (e.g. {"PRO": ..., "SFT": ...}). Filled markers: every per-n
     line rises at that e; hollow: some line falls (d shrinks as |X| grows, or reward falls with d). A star
     marks the smallest MSE among the filled markers, when there is one: a "best p" is drawn only where it
-    satisfies that rule. Dashed: the paper's e = 0.5 (p = 2). ``best_exponent`` is accepted for
-    compatibility and ignored (the star is computed from the curve)."""
+    satisfies that rule. Dashed: the paper's e = 0.5 (p = 2)."""
     set_style()
     if isinstance(curves, pd.DataFrame):
         curves = {"ours": curves}

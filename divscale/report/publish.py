@@ -46,7 +46,6 @@ summary.json disagree (what a test does too).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -57,6 +56,8 @@ import pandas as pd
 
 from divscale import paths
 from divscale.io import DataError, atomic_write_json, atomic_write_text
+from divscale.metrics import stats
+from divscale.provenance import file_sha256
 from divscale.report import analysis
 
 SCHEMA_VERSION = 1
@@ -154,10 +155,6 @@ def _clean(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
@@ -341,7 +338,7 @@ def fine_tuned_vs_initial(runs: pd.DataFrame, initial: dict | None) -> dict | No
         return None
     out = {}
     for algo, g in runs.groupby("algo"):
-        c = analysis.versus_reference(g["reward_global"], initial["reward_global"])
+        c = stats.versus_reference(g["reward_global"], initial["reward_global"])
         out[algo] = c | {"direction": "above the initial policy" if c["estimate"] > 0 else "below the initial policy"}
     return out
 
@@ -401,21 +398,21 @@ def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | N
                 continue
             arms = {}
             for w, g in cell.groupby("sft_weight"):
-                mean, lo, hi = analysis.bounded_interval(g["reward_global"])      # inside [0, 100]
+                mean, lo, hi = stats.bounded_interval(g["reward_global"])      # inside [0, 100]
                 share = g["grad_share_rank"].mean() if "grad_share_rank" in g else math.nan
                 arms[f"{float(w):g}"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(g),
                                          "grad_share_rank": share, "beta": float(w) * (n - 1) ** 2}
             if not sft.empty:
-                mean, lo, hi = analysis.bounded_interval(sft["reward_global"])
+                mean, lo, hi = stats.bounded_interval(sft["reward_global"])
                 arms["sft"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(sft)}
             entry = {"n": n, "n_prompts": k, "budget": budget, "arms": arms, "contrasts": {}}
             paper_runs = cell[cell["sft_weight"] == paper_w]
             for w, g in cell.groupby("sft_weight"):
                 if float(w) != paper_w and not paper_runs.empty:
-                    c = analysis.paired_contrast(paper_runs, g, "reward_global")
+                    c = stats.paired_contrast(paper_runs, g, "reward_global")
                     entry["contrasts"][f"{paper_w:g} - {float(w):g}"] = c | {"direction": _above(c, "the paper's β")}
             if not sft.empty and not paper_runs.empty:
-                c = analysis.paired_contrast(paper_runs, sft, "reward_global")
+                c = stats.paired_contrast(paper_runs, sft, "reward_global")
                 entry["contrasts"][f"{paper_w:g} - sft"] = c | {"direction": _above(c, "PRO with the paper's β")}
             out["cells"][f"{budget}/n{n}"] = entry
     return out
@@ -444,14 +441,14 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
             budgets = list(load_recipe(recipe).grid.equal_budgets)
         except (FileNotFoundError, DataError, ValueError):
             budgets = []
-    inputs, missing = {"runs.csv": _sha(runs_path)}, []
+    inputs, missing = {"runs.csv": file_sha256(runs_path, 16)}, []
 
     def optional(name, read):
         path = folder / name
         if not path.exists():
             missing.append(name)
             return None
-        inputs[name] = _sha(path)
+        inputs[name] = file_sha256(path, 16)
         return read(path)
 
     augmentation = optional("augmentation.csv", pd.read_csv)
@@ -475,7 +472,7 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     }
     summary["mde_reached"] = _mde_reached(summary["contrasts"])
     if (folder / "beta_ablation.csv").exists():
-        inputs["beta_ablation.csv"] = _sha(folder / "beta_ablation.csv")
+        inputs["beta_ablation.csv"] = file_sha256(folder / "beta_ablation.csv", 16)
     summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
     summary = _clean(summary)
     summary["verdicts"] = verdicts(summary)

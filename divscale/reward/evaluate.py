@@ -34,37 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl
+from divscale.metrics.stats import bootstrap_ci, paired_win_rate, sigmoid, stratified_bootstrap_ci
 from divscale.models.generation import STOP_STRINGS, format_prompt, generate
-from divscale.reward.rm import sigmoid
-
-# --------------------------------------------------------------------------------------------------
-# statistics
-
-
-def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-                 stat: Callable = np.mean) -> tuple[float, float]:
-    """Percentile-bootstrap CI of ``stat(values)``: resample with replacement ``n_boot`` times.
-
-    Vectorised: ``stat`` is called with ``axis=1`` on a (chunk, n) matrix of resamples
-    (numpy reductions such as ``np.mean``/``np.median`` accept it).
-    """
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    rng = np.random.default_rng(seed)
-    n = values.size
-    chunk = max(1, min(n_boot, 4_000_000 // n))          # bound memory to ~32 MB of resamples
-    stats = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        stats.append(np.asarray(stat(values[idx], axis=1), dtype=np.float64))
-    stats = np.concatenate(stats)
-    alpha = (1.0 - ci) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
 
 # Prompts per file of the full HH-RLHF test split (spec §4.2): the weights of "Global" and "Helpful".
 HH_TEST_SIZES = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137,
@@ -86,58 +57,6 @@ def subset_weights(subsets, sizes: dict[str, int] | None = None) -> dict[str, fl
                          "(pass sizes={subset: prompts in the full test file})")
     total = float(sum(sizes[s] for s in subsets))
     return {s: sizes[s] / total for s in subsets}
-
-
-def stratified_bootstrap_ci(groups: dict[str, Sequence[float]], weights: dict[str, float], n_boot: int = 1000,
-                            ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the weighted mean ``sum_s weights[s] * mean(groups[s])``.
-
-    Each replicate resamples every group with replacement *within* the group (its own size), keeping
-    the weights fixed: the strata (test files) are part of the design, not random. The interval of a
-    weighted mean of values in [a, b] stays in [a, b]."""
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    if not groups:
-        raise ValueError("stratified_bootstrap_ci needs at least one group")
-    rng = np.random.default_rng(seed)
-    total = np.zeros(n_boot)
-    for name in sorted(groups):                     # fixed order: the same draws whatever the dict order
-        values = np.asarray(groups[name], dtype=np.float64).reshape(-1)
-        if values.size == 0:
-            raise ValueError(f"group {name!r} is empty")
-        n = values.size
-        chunk = max(1, min(n_boot, 4_000_000 // n))
-        means = [values[rng.integers(0, n, size=(min(chunk, n_boot - start), n))].mean(axis=1)
-                 for start in range(0, n_boot, chunk)]
-        total += weights[name] * np.concatenate(means)
-    alpha = (1.0 - ci) / 2
-    lo, hi = np.quantile(total, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
-def paired_win_rate(scores_a, scores_b, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
-                    tie_tol: float = 0.0) -> dict:
-    """Compare two policies prompt by prompt (same prompts, same order).
-
-    A prompt is a win for A if ``a - b > tie_tol``, a loss if ``b - a > tie_tol``, else a tie.
-    Returns the win/tie/lose fractions and ``win_rate`` = win + tie/2 with a bootstrap CI.
-    """
-    a = np.asarray(scores_a, dtype=np.float64).reshape(-1)
-    b = np.asarray(scores_b, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"paired comparison needs the same prompts: {a.size} vs {b.size} scores")
-    if a.size == 0:
-        raise ValueError("paired_win_rate needs at least one prompt")
-    diff = a - b
-    outcome = np.where(diff > tie_tol, 1.0, np.where(diff < -tie_tol, 0.0, 0.5))
-    return _outcome_summary(outcome, n_boot, seed, ci)
-
-
-def _outcome_summary(outcome: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
-    lo, hi = bootstrap_ci(outcome, n_boot=n_boot, ci=ci, seed=seed)
-    return {"n": int(outcome.size), "win": float(np.mean(outcome == 1.0)),
-            "tie": float(np.mean(outcome == 0.5)), "lose": float(np.mean(outcome == 0.0)),
-            "win_rate": float(outcome.mean()), "ci": [lo, hi]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -512,7 +431,7 @@ def answer_and_score(model, tokenizer, prompts: Sequence[str], rm, cfg, progress
 def win_rate(trained, initial, n_boot: int) -> dict:
     """:func:`paired_win_rate` plus the Wilson score interval of the win rate (ties counted half), which unlike a
     percentile bootstrap does not shrink to a point when every prompt goes one way (16 of 16 lost: [0, 0.19])."""
-    from divscale.reward.rm import wilson_ci
+    from divscale.metrics.stats import wilson_ci
 
     out = paired_win_rate(trained, initial, n_boot=n_boot)
     return out | {"ci_wilson": list(wilson_ci(out["win_rate"] * out["n"], out["n"]))}
@@ -526,9 +445,8 @@ def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = N
     reward (100 x mean sigmoid) of each with bootstrap CIs, their difference (paired by prompt) and the win rate of
     the trained policy over the initial one (paired by prompt, ties half, bootstrap CI). Written atomically to
     ``RUN/eval-<key>/`` (``eval.json``, ``generations.jsonl``); an existing result for the same key is reused."""
-    from divscale.config import config_hash
     from divscale.models.hub import load_causal_lm
-    from divscale.provenance import deterministic, file_sha256
+    from divscale.provenance import config_hash, deterministic, file_sha256
 
     run = Path(run)
     config = read_run_config(run)

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from divscale import paths
-from divscale.config import config_hash, load_recipe, parse_overrides
+from divscale.config import load_recipe, parse_overrides
 from divscale.io import DataError
 from divscale.models.generation import format_prompt, generate
-from divscale.provenance import code_version
+from divscale.provenance import code_version, config_hash
 
 REGENERATE_SEED_OFFSET = 1_000_003
 

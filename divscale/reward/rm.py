@@ -72,12 +72,12 @@ import numpy as np
 import torch
 
 from divscale import io, paths
-from divscale.config import RewardConfig, config_hash
+from divscale.config import RewardConfig
 from divscale.data.hh import pro_turns
-from divscale.provenance import code_version
+from divscale.metrics.stats import sigmoid, wilson_ci
+from divscale.provenance import code_version, config_hash
 
 OA_MAX_LENGTH = 1024
-HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 PRO_FILES = {"harmless-base": "harmless_base", "helpful-base": "helpful_base", "helpful-online": "helpful_online"}
 
 
@@ -98,11 +98,6 @@ class RewardModel:
     def _check(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
         if len(prompts) != len(responses):
             raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(responses)} responses")
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def reward_percent(logits: Sequence[float] | np.ndarray) -> float:
@@ -912,17 +907,6 @@ def build_reward_models(recipe, pool, progress: bool = False) -> tuple[RewardMod
 
 # --------------------------------------------------------------------------------------------------
 # held-out evaluation: human labels, a length baseline and the OpenAssistant 6.9B RM
-
-def wilson_ci(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a proportion (95% by default). Half-counted ties give a fractional count."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
 
 def pairwise_wins(first: Sequence[float], second: Sequence[float]) -> np.ndarray:
     """Per pair: 1 if first > second, 0.5 on a tie, 0 otherwise."""

@@ -29,7 +29,6 @@ checks them before it runs anything).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sys
@@ -39,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from divscale import paths
-from divscale.config import Recipe, config_hash, load_recipe, parse_overrides
+from divscale.config import Recipe, load_recipe, parse_overrides
+from divscale.provenance import config_hash
 
 FINETUNE_NOTEBOOK = "04_finetune.ipynb"
 CELL_SECTIONS = ("data", "ranking", "reward", "policy", "train", "eval", "diversity")   # = pipeline.RUN_SECTIONS
@@ -340,9 +340,9 @@ def artifact_fingerprints(recipe: Recipe) -> dict:
 
     import torch
 
-    from divscale.provenance import STEPS, code_version, library_versions
+    from divscale.provenance import STEPS, code_version, library_versions, sha256_hex, sha256_json
     from divscale.study import pipeline
-    from divscale.train.runs import ranking_record, sha256_json
+    from divscale.train.runs import ranking_record
 
     rm_train, rm_test = pipeline.reward_models(recipe)
     ranked = pipeline.rankings4(recipe)
@@ -353,7 +353,7 @@ def artifact_fingerprints(recipe: Recipe) -> dict:
     cache = getattr(rm_train, "cache", None)
     if cache is not None:
         texts = sorted({x for r in ranked for x in r.responses})
-        out["embeddings"] = hashlib.sha256(cache.encode(texts).tobytes()).hexdigest()[:16]
+        out["embeddings"] = sha256_hex(cache.encode(texts).tobytes(), 16)
     out["rm_train"] = getattr(rm_train, "fingerprint", None)
     out["rm_test"] = getattr(rm_test, "fingerprint", None)
     generated = [[r.id, sorted(x for x, src in zip(r.responses, r.sources) if not src.startswith("human"))]

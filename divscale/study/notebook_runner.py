@@ -133,17 +133,6 @@ def clean_notebook(nb):
     return nb
 
 
-def clean_file(path: str | os.PathLike) -> Path:
-    """:func:`clean_notebook` on an ``.ipynb`` file, rewritten atomically."""
-    import nbformat
-
-    path = Path(path)
-    nb = clean_notebook(nbformat.read(path, as_version=4))
-    with atomic_path(path, suffix=".ipynb") as tmp:
-        nbformat.write(nb, tmp)
-    return path
-
-
 def run_notebook(name: str, recipe: str, overrides: dict | None = None, out: str | os.PathLike | None = None,
                  extra_parameters: dict | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with ``recipe`` (and overrides) into ``out`` atomically, with

@@ -31,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from divscale import paths
-from divscale.config import Recipe, config_hash, load_recipe
+from divscale.config import Recipe, load_recipe
 from divscale.io import DataError, atomic_write_json
+from divscale.provenance import config_hash
 
 # --------------------------------------------------------------------------------------------- recipe
 
@@ -198,10 +199,9 @@ def diversity_sensitivity(R: Recipe, ns=(1, 2, 3, 4), exponents=(1 / 3, 1 / 2, 1
 def measure_sets(R: Recipe, sets: dict[str, list[str]]) -> pd.DataFrame:
     """d and every other diversity measure (embedding ones on the recipe's encoder) per labelled prompt set."""
     from divscale.metrics.diversity import diversity_table
-    from divscale.models.hub import load_encoder
+    from divscale.models.hub import embed_texts
 
-    encoder = load_encoder(R.select.embedder)
-    embed = functools.partial(encoder.encode, normalize_embeddings=True, show_progress_bar=False)
+    embed = functools.partial(embed_texts, encoder=R.select.embedder)
     table = diversity_table(sets, diversity_tokenizer(R), embed=embed)
     if "label" not in table.columns:
         table = table.reset_index().rename(columns={"index": "label"})
@@ -222,7 +222,7 @@ def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None
     import numpy as np
 
     from divscale.metrics.diversity import diversity_table
-    from divscale.models.hub import load_encoder
+    from divscale.models.hub import embed_texts
 
     prompts = subset_prompts(R)[max(R.data.sizes)]
     size = size or min(R.data.sizes)
@@ -231,8 +231,7 @@ def measures_across_random_subsets(R: Recipe, draws: int = 100, size: int | None
     rng = np.random.default_rng(seed)
     sets = {f"draw {i}": [prompts[j] for j in rng.choice(len(prompts), size=size, replace=False)]
             for i in range(draws)}
-    encoder = load_encoder(R.select.embedder)
-    vectors = dict(zip(prompts, encoder.encode(prompts, normalize_embeddings=True, show_progress_bar=False)))
+    vectors = dict(zip(prompts, embed_texts(prompts, R.select.embedder)))
 
     def embed(texts):                                                    # each prompt embedded once
         return np.stack([vectors[t] for t in texts])
@@ -349,8 +348,8 @@ def table_keys(R: Recipe) -> dict:
     """What every row of a results table must share (divscale.provenance.KEY_COLUMNS): the recipe sections
     a run reads, RM_train / RM_test fingerprints, the initial policy's weights, the grid's rankings, the code
     versions of training and evaluation and the evaluation key."""
-    from divscale.provenance import code_version
-    from divscale.train.runs import ranking_record, sha256_json
+    from divscale.provenance import code_version, sha256_json
+    from divscale.train.runs import ranking_record
 
     def build():
         rm_train, rm_test = reward_models(R)
@@ -405,10 +404,6 @@ def _now() -> str:
     return _stamp(time.time())
 
 
-SUBSET_COLUMNS = {"harmless-base": "harmless_base", "helpful-base": "helpful_base",
-                  "helpful-online": "helpful_online", "helpful-rejection-sampled": "helpful_rejection"}
-
-
 def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int, run_dir: Path,
                evaluation: dict, prompts: list[str] | None = None, **extra) -> dict:
     """One tidy row of the results table (divscale.report.analysis.RESULT_COLUMNS) for a finished run."""
@@ -426,7 +421,7 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            "n_prompts": n_prompts, "seed": seed, "budget": n_prompts * ranking_len,
            "d": div["d"], "r_unique": div["r_unique"],
            "reward_global": reward["Global"], "reward_global_lo": ci["Global"][0], "reward_global_hi": ci["Global"][1],
-           **{f"reward_{col}": reward.get(name, math.nan) for name, col in SUBSET_COLUMNS.items()},
+           **{f"reward_{col}": reward.get(name, math.nan) for name, col in paths.HH_SUBSETS.items()},
            "dev_reward_best": run.get("best_dev_reward", math.nan), "best_step": run.get("best_step", math.nan),
            "steps": run.get("steps", R.train.max_steps), "train_seconds": run.get("train_runtime_s", math.nan),
            "sft_weight": R.train.sft_weight, "checkpoint": run.get("selection", "dev"),
@@ -551,29 +546,6 @@ def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def allocation_verdicts(R: Recipe, df: pd.DataFrame, method: str = "welch") -> pd.DataFrame:
-    """The equal-budget comparison (n=4 and n=3 vs n=2) per algorithm and budget, with CIs over seeds."""
-    from divscale.report.analysis import more_responses_beat_more_prompts
-
-    rows = []
-    for algo, sub in df.groupby("algo"):
-        for budget in R.grid.equal_budgets:
-            v = more_responses_beat_more_prompts(sub, budget, method=method)
-            for n in (4, 3):
-                key = f"{n}_vs_2"
-                lo, hi = v[f"ci_{key}"]
-                rows.append({"algo": algo, "budget": budget, "comparison": f"n={n} vs n=2",
-                             "mean_n": v["cells"][n]["mean"], "mean_2": v["cells"][2]["mean"],
-                             "diff": v[f"diff_{key}"], "ci_lo": lo, "ci_hi": hi, "status": v[f"status_{key}"],
-                             "verdict": v["verdict"]})
-    return pd.DataFrame(rows)
-
-
-def verdict_sentences(verdicts: pd.DataFrame) -> list[str]:
-    return [f"{algo.upper()}: {text}" for (algo, _), text in
-            verdicts.groupby(["algo", "budget"])["verdict"].first().items()]
-
-
 def exponent_fit(df: pd.DataFrame):
     """:func:`divscale.report.analysis.fit_exponent` on our runs (PRO if present), and a sentence saying what it found.
 
@@ -593,38 +565,6 @@ def exponent_fit(df: pd.DataFrame):
                 f"the smallest mean MSE is at p = {fit.best_p:.2f}, with at least one falling line, so this "
                 "study gives no support for any particular p.")
     return fit, note
-
-
-def regression_sentences(fits: dict) -> list[str]:
-    """Plain statements from the per-n OLS fits: does reward rise with d, and is d a better x than #prompts?"""
-    from divscale.report.analysis import mean_mse
-
-    lines = []
-    for algo in sorted({a for a, _ in fits}):
-        f = fits[(algo, "d")]
-        rising = int((f["slope_lo"] > 0).sum())
-        falling = int((f["slope_hi"] < 0).sum())
-        lines.append(f"{algo.upper()}: reward rises with d (slope 95% CI above 0) for {rising} of {len(f)} "
-                     f"ranking lengths, falls for {falling}, inconclusive for {len(f) - rising - falling}; "
-                     f"mean R² {f['r2'].mean():.2f}.")
-        paper = PAPER_MEAN_MSE.get(algo, {})
-        if (algo, "n_prompts") in fits:
-            g = fits[(algo, "n_prompts")]
-            better = "smaller" if mean_mse(f) < mean_mse(g) else "not smaller"
-            if "d" in paper and "n_prompts" in paper:
-                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs {paper['n_prompts']:.1e})"
-            elif "d" in paper:
-                cite = f" (the paper, {algo.upper()}: {paper['d']:.1e} vs d; it prints no fit on #prompts)"
-            else:
-                cite = ""
-            lines.append(f"{algo.upper()}: mean MSE vs d {mean_mse(f):.2e} is {better} than vs #prompts "
-                         f"{mean_mse(g):.2e}{cite}.")
-    return lines
-
-
-# The mean MSEs the paper prints for Figure 4 (OPT-1.3B, reward on the 0-1 scale): PRO vs d and vs #prompts,
-# SFT vs d only (divscale.report.analysis.refit_paper reproduces them from the published points).
-PAPER_MEAN_MSE = {"pro": {"d": 2.6e-5, "n_prompts": 1.2e-4}, "sft": {"d": 9.3e-6}}
 
 
 def rm_report_table(R: Recipe) -> pd.DataFrame:
@@ -817,44 +757,6 @@ def selection_experiment(R: Recipe) -> pd.DataFrame:
             for name, chosen in chosen_by.items() for algo in R.select.algos
             for seed in (R.select.train_seeds or R.train.seeds)]
     return _write_table(R, "selection", rows)
-
-
-def method_differences(df: pd.DataFrame, by: str, baseline: str, compare: str, y: str = "reward_global",
-                       confidence: float = 0.95) -> pd.DataFrame:
-    """Per algorithm: mean ``y`` of ``compare`` minus ``baseline`` (rows labelled in column ``by``), with a
-    Welch 95% CI over training seeds and a plain status (holds / does not hold / inconclusive)."""
-    from divscale.report.analysis import ci_status, mean_difference
-
-    rows = []
-    for algo, sub in df.groupby("algo"):
-        a, b = sub[sub[by] == compare], sub[sub[by] == baseline]
-        if a.empty or b.empty:
-            continue
-        if "identical_to" in sub.columns and _same_arm(sub, by, compare, baseline):
-            rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": float("nan"),
-                         "ci_lo": float("nan"), "ci_hi": float("nan"), "runs": len(a) + len(b),
-                         "status": "identical (same prompt set: no difference to test)"})
-            continue
-        mean, lo, hi, k = mean_difference(a, b, y, "welch", confidence)
-        rows.append({"algo": algo, "comparison": f"{compare} vs {baseline}", "diff": mean, "ci_lo": lo,
-                     "ci_hi": hi, "runs": k, "status": ci_status(lo, hi)})
-    return pd.DataFrame(rows)
-
-
-def _same_arm(df: pd.DataFrame, by: str, a: str, b: str) -> bool:
-    """Whether arms ``a`` and ``b`` train on one prompt set (their ``identical_to`` roots coincide)."""
-    link = {arm: t for arm, t in zip(df[by], df["identical_to"]) if isinstance(t, str) and t}
-    return link.get(a, a) == link.get(b, b)
-
-
-def rm_accuracy_frame(report: pd.DataFrame) -> pd.DataFrame:
-    """Human-label accuracy per model and subset, with the length baseline as a model of its own
-    (the shape :func:`divscale.report.plots.plot_rm_report` draws)."""
-    acc = report[report["metric"] == "accuracy"]
-    base = report[report["metric"] == "length_baseline"].drop_duplicates("subset").assign(model="length baseline")
-    return (pd.concat([acc, base])
-            .rename(columns={"value": "accuracy", "ci_lo": "accuracy_lo", "ci_hi": "accuracy_hi"})
-            .reset_index(drop=True))
 
 
 def initial_policy_reward(R: Recipe) -> dict:

@@ -291,19 +291,19 @@ def deita_context(prompts: Sequence[str], progress: bool = False) -> dict:
     are kept in the cache (``cache_dir()/deita/``, keyed by the prompts, the models and their code), so planning the
     same pool again at another budget, n or seed costs nothing. ``progress`` shows a bar for each and says what is
     running."""
-    import hashlib
     import sys
     import time
 
     from divscale import paths
-    from divscale.config import SelectConfig, config_hash
+    from divscale.config import SelectConfig
     from divscale.io import atomic_path
-    from divscale.provenance import closure
-    from divscale.tools.select import LLMScorer, embed_texts
+    from divscale.models.hub import embed_texts
+    from divscale.provenance import closure, config_hash, sha256_hex
+    from divscale.tools.select import LLMScorer
 
     cfg = SelectConfig()
-    texts = hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
-    code = closure("divscale.tools.select:LLMScorer", "divscale.tools.select:embed_texts")
+    texts = sha256_hex(json.dumps(list(prompts), ensure_ascii=False))
+    code = closure("divscale.tools.select:LLMScorer", "divscale.models.hub:embed_texts")
     cache = paths.cache_dir() / "deita" / f"{config_hash(cfg.scorer, cfg.scorer_max_length, cfg.embedder, texts, code, length=16)}.npz"
     if cache.exists():
         with np.load(cache) as saved:

@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = [
     "BACKENDS", "AugmentResult", "ExactJaccard", "JaccardFilter", "MinHashJaccard", "augment_rankings",
-    "command", "diverse_augment", "jaccard", "make_filter", "ngram_sets",
+    "command", "diverse_augment", "make_filter", "ngram_sets",
     "random_augment",
 ]
 
@@ -61,21 +61,14 @@ def ngram_sets(token_ids: Sequence[np.ndarray], n: int = 2) -> list[np.ndarray]:
     return [as_ngram_set(ngram_codes(np.asarray(ids), n)) for ids in token_ids]
 
 
-def jaccard(a, b) -> float:
-    """Exact Jaccard similarity of two N-gram sets; 0.0 when both are empty (by convention)."""
-    a, b = as_ngram_set(a), as_ngram_set(b)
-    inter = len(np.intersect1d(a, b, assume_unique=True))
-    union = len(a) + len(b) - inter
-    return inter / union if union else 0.0
-
-
 # ----------------------------------------------------------------------------- the filter protocol
 
 class JaccardFilter(Protocol):
     """A support set of N-gram sets that answers "is this candidate a near-duplicate of any of them?".
 
     ``keep_mask(candidates)[i]`` is False exactly when ``max_x J(candidates[i], x) >= tau`` over the
-    support set (approximately, for MinHash). Empty sets are never near-duplicates (J = 0).
+    support set (approximately, for MinHash). Empty sets are never near-duplicates (J = 0: the convention of
+    :func:`divscale.metrics.diversity.jaccard_matrix`, the package's one Jaccard).
     """
     tau: float
 

@@ -33,10 +33,13 @@ from typing import Protocol
 
 import numpy as np
 
+from divscale.metrics.diversity import jaccard_matrix, unit_rows
+from divscale.models.hub import embed_texts
+
 __all__ = [
     "COMPLEXITY_TEMPLATE", "QUALITY_TEMPLATE", "SELECTORS", "LLMScorer", "RewardScorer", "Scorer",
     "ScorerError", "Selection", "command", "deita_scores", "deita_select",
-    "dialogue_turns", "embed_texts", "evol_score", "identical_arms", "jaccard_profile", "pairwise_jaccard",
+    "dialogue_turns", "evol_score", "identical_arms", "jaccard_profile",
     "run_selector", "score_digit_ids", "select_d_greedy", "select_deita", "select_minhash_dedup",
     "select_random",
 ]
@@ -236,26 +239,7 @@ def deita_scores(prompts: Sequence[str], responses: Sequence[str], complexity: S
     return np.array([evol_score(c[a:b], q[a:b]) for a, b in itertools.pairwise(bounds)])
 
 
-def embed_texts(texts: Sequence[str], encoder: str = "sentence-transformers/all-MiniLM-L6-v2",
-                batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Sentence embeddings (rows) from a sentence-transformers encoder (MiniLM offline by default)."""
-    from divscale.models.hub import load_encoder
-    model = load_encoder(encoder)
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                   show_progress_bar=progress), dtype=np.float64)
-
-
 # ----------------------------------------------------------------------------- Deita's filter
-
-def _unit_rows(embeddings) -> np.ndarray:
-    X = np.asarray(embeddings, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-d matrix, got shape {X.shape}")
-    norms = np.linalg.norm(X, axis=1)
-    if not np.all(np.isfinite(X)) or np.any(norms == 0):
-        raise ValueError("embeddings must be finite and non-zero (cosine similarity is undefined otherwise)")
-    return X / norms[:, None]
-
 
 def deita_select(scores, embeddings, budget: int, tau: float = 0.9, chunk_size: int = 1024) -> list[int]:
     """Deita's score-first, diversity-aware selection; returns indices in selection order.
@@ -271,7 +255,7 @@ def deita_select(scores, embeddings, budget: int, tau: float = 0.9, chunk_size: 
     within-chunk order. Computed in float64 so that a similarity equal to tau compares as equal.
     """
     s = np.asarray(scores, dtype=np.float64)
-    X = _unit_rows(embeddings)
+    X = unit_rows(embeddings)
     if s.ndim != 1 or len(s) != len(X):
         raise ValueError(f"need one score per embedding row, got {s.shape} scores and {len(X)} rows")
     if not np.all(np.isfinite(s)):
@@ -345,36 +329,16 @@ def identical_arms(sets: dict[str, Sequence]) -> dict[str, str | None]:
     return out
 
 
-def pairwise_jaccard(sets: Sequence) -> np.ndarray:
-    """The exact Jaccard similarity of every pair of N-gram sets: an (n, n) matrix, 0 on the diagonal
-    (one sparse product; two empty sets count as J = 0 here, like the filters)."""
-    import scipy.sparse as sp
-
-    from divscale.tools.augment import as_ngram_set
-    arrays = [as_ngram_set(x) for x in sets]
-    if not arrays:
-        return np.zeros((0, 0))
-    flat = np.concatenate(arrays)
-    _, cols = np.unique(flat, return_inverse=True)
-    sizes = np.array([len(x) for x in arrays], dtype=np.float64)
-    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    m = sp.csr_matrix((np.ones(len(flat)), cols.ravel().astype(np.int64), indptr),
-                      shape=(len(arrays), max(int(cols.max(initial=-1)) + 1, 1)))
-    inter = np.asarray((m @ m.T).todense())
-    union = sizes[:, None] + sizes[None, :] - inter
-    jac = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    np.fill_diagonal(jac, 0.0)
-    return jac
-
-
 def jaccard_profile(sets: Sequence, thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
     """How many near-duplicates a pool has: per threshold t, the pairs with J >= t and the prompts that
     have a neighbour with J >= t; plus the quantiles of all pairwise J and of each prompt's nearest
     neighbour. Returns ``(thresholds DataFrame, quantiles DataFrame)``; used to choose the dedup threshold."""
     import pandas as pd
-    jac = pairwise_jaccard(sets)
+
+    jac = jaccard_matrix(sets)
     if len(jac) < 2:
         raise ValueError("jaccard_profile needs at least two sets")
+    np.fill_diagonal(jac, 0.0)                                   # pairs of two different prompts only
     pairs = jac[np.triu_indices(len(jac), k=1)]
     nearest = jac.max(axis=1)
     by_t = pd.DataFrame([{"threshold": t, "pairs": int((pairs >= t).sum()),

@@ -40,7 +40,6 @@ and is never marked complete.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -57,9 +56,9 @@ from typing import Any, get_args
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from divscale import io, paths
-from divscale.config import Algo, DPOPairs, Recipe, config_hash
+from divscale.config import Algo, DPOPairs, Recipe
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_text
-from divscale.provenance import code_version, deterministic
+from divscale.provenance import code_version, config_hash, deterministic, sha256_json, weights_sha256
 from divscale.train.trainer import (
     RankingCollator,
     RankingConfig,
@@ -120,22 +119,6 @@ def ranking_record(r: Any) -> dict:
     rewards = get("rewards") or [None] * len(responses)
     return {"id": str(get("id", "")), "prompt": get("prompt"), "responses": responses,
             "rewards": [math.nan if x is None else float(x) for x in rewards]}
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def weights_sha256(model) -> str:
-    """Hash of a model's parameters and buffers (name, dtype, shape, bytes), in name order."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def policy_fingerprint(model, tokenizer, max_params: int = 200_000_000) -> str:
