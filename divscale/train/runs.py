@@ -352,9 +352,9 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
 
     from trl import DPOTrainer
 
-    from divscale.train.trainer import DivergenceGuard, FiniteLossMixin
+    from divscale.train.trainer import DivergenceGuard
 
-    class RankingDPOTrainer(FiniteLossMixin, DPOTrainer):
+    class RankingDPOTrainer(DivergenceGuard, DPOTrainer):
         def get_decay_parameter_names(self, model):     # weight decay on every parameter, as for SFT/PRO
             return [name for name, _ in model.named_parameters()]
 
@@ -365,7 +365,7 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
              for p, r in zip(prompts, rankings) for i, j in ranking_pairs(ranking_len, recipe.train.dpo_pairs)]
     ref_model = copy.deepcopy(model)
     return RankingDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(pairs),
-                             processing_class=tokenizer, callbacks=[*callbacks, DivergenceGuard()])
+                             processing_class=tokenizer, callbacks=list(callbacks))
 
 
 # --------------------------------------------------------------------------- one run folder
