@@ -527,8 +527,8 @@ def rm_throughput(model_id: str, device: str, pairs, tiny: bool = False, dtype: 
     # the scoring code of OpenAssistantRM on this model (its constructor loads from a folder: here the weights are
     # random and a 6.9B fp32 folder would be 28 GB to write and read back)
     scorer = object.__new__(reward.OpenAssistantRM)
-    scorer.__dict__.update(name=model_id, max_length=reward.OA_MAX_LENGTH, device=device, tokenizer=tokenizer,
-                           model=model)
+    scorer.__dict__.update(name=model_id, max_length=reward.OA_MAX_LENGTH, device=device, tokenizer=tokenizer)
+    scorer.model = model
     batch = batch_size or reward.OpenAssistantRM.default_batch_size
     count = n_pairs or (TINY["rm_pairs"] if tiny else 4 * batch)
     prompts = [pairs[i % len(pairs)][0] for i in range(count)]

@@ -260,7 +260,9 @@ class DevRewardCallback(TrainerCallback):
 
     ``state.best_global_step`` / ``state.best_metric`` are saved with every checkpoint (so a
     resumed run remembers them), and the Trainer's checkpoint rotation never deletes the best
-    checkpoint. Step 0 is logged with ``selectable: false``.
+    checkpoint. Step 0 is logged with ``selectable: false``. Under several processes only the main one answers and
+    scores (the others wait for its verdict), so only it loads RM_train's weights (an OpenAssistant RM loads them at
+    its first score).
     """
 
     def __init__(self, tokenizer, prompts: Sequence[str], rm, every: int, log: RunLog, max_new_tokens: int = 128,
@@ -655,10 +657,10 @@ def train_ranked(dataset, loss_type, policy, policy_id: str, seed: int = 42,
 
 # --------------------------------------------------------------------------- a run's initial policy
 
-def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
+def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False, device: str | None = "auto"):
     """``(model, tokenizer)``: the policy a run (grid cell or own data) started from, rebuilt from its config.json
     (a tiny-gpt from its recipe's data and policy settings -- checked against the recorded weights hash -- or the
-    hub id / folder it named)."""
+    hub id / folder it named), on ``device`` (:func:`divscale.models.hub.resolve_device`)."""
     from divscale.config import DataConfig, PolicyConfig, build_config, load_recipe
     from divscale.data.hh import load_splits
     from divscale.models.hub import load_causal_lm
@@ -671,7 +673,7 @@ def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
     if config.get("kind") == "ranked":
         model = config["model"]
         if model["name"] != "tiny-gpt":
-            return load_causal_lm(model["name"])
+            return load_causal_lm(model["name"], device=device)
         recipe = load_recipe(model.get("recipe") or "cpu")
         policy_cfg, data_cfg, expected = recipe.policy, recipe.data, model.get("policy_id")
     else:
@@ -679,10 +681,10 @@ def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
         data_cfg = build_config(DataConfig, config["data"], f"{path}", "data.")
         expected = config.get("inputs", {}).get("policy")
         if policy_cfg.model != "tiny-gpt":
-            return load_policy(policy_cfg)
+            return load_policy(policy_cfg, device=device)
     pool = load_splits(data_cfg)["pool"]
     texts = policy_texts(pool.select_columns(["prompt", "chosen"]).to_dict())
-    policy = load_policy(policy_cfg, texts, progress=progress)
+    policy = load_policy(policy_cfg, texts, progress=progress, device=device)
     found = tiny_gpt_policy_id(policy_cfg, texts)
     if expected and expected.startswith("tiny-gpt:") and expected != found:
         raise DataError(f"{run_dir}: the rebuilt initial policy ({found}) is not the one the run started from "
