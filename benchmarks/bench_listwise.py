@@ -205,7 +205,7 @@ def loss_curves(args) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from divscale.data.formats import RANKED_FEATURES
+    from divscale.data.ranked import RANKED_FEATURES
     from divscale.train.trainer import RankingConfig, RankingTrainer
 
     recs, texts = hh_rankings(per_subset=60)                     # 240 4-rankings
