@@ -11,11 +11,11 @@ What is timed: forward + backward of the PRO loss (spec §3.3: length-normalised
 beta * summed NLL of the top response) on a batch of ``--batch`` rankings at the paper's shape -- every prompt
 left-truncated to 384 tokens, every prompt + response right-truncated to the 512-token block (responses of
 128+ tokens; a prompt decoded and re-tokenised may come back a few tokens shorter), tokenised by
-:class:`divscale.train.pro.RankingCollator` -- scored either with ``share_prompt=False`` (the baseline: n full
-``prompt + response`` sequences per ranking in one forward pass, what PROTrainer did before) or with
-``share_prompt=True`` (the prompt once into a KV cache, repeated n times, then the n responses). Both modes run
-alternately on the same model and batch in this process; the figures are medians over ``--reps`` steps after
-one warm-up step each, and the two losses are checked to agree first.
+:class:`divscale.train.trainer.RankingCollator` -- scored either with ``share_prompt=False`` (the baseline: n full
+``prompt + response`` sequences per ranking in one forward pass) or with ``share_prompt=True`` (the device's path:
+on CPU the prompt once into a KV cache, repeated n times, then the n responses) or ``"packed"`` (one block-masked
+sequence per ranking). The modes run alternately on the same model and batch in this process; the figures are
+medians over ``--reps`` steps after one warm-up step each, and the losses are checked to agree first.
 
 Model: a randomly initialised GPT-2 of about 20M parameters (6 layers, 512 dims, 8 heads, 512 positions, BPE
 vocab 2048 trained on HH text), dropout 0, fp32, ``torch.set_num_threads(--threads)`` (default 1).
@@ -55,10 +55,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import build_tokenizer  # noqa: E402  (the benchmarks folder is on sys.path above)
+from bench_train import build_tokenizer  # the benchmarks folder is on sys.path above
 
 from divscale.train.logprobs import logprobs_from_ids
-from divscale.train.pro import RankingCollator, pro_loss_parts, sequence_logprobs
+from divscale.train.losses import pro_loss_parts
+from divscale.train.trainer import RankingCollator, ranked_rows
 
 PROMPT_TOKENS, RESPONSE_TOKENS = 384, 128
 BLOCK = PROMPT_TOKENS + RESPONSE_TOKENS
@@ -86,14 +87,11 @@ def long_rankings(recs: list[dict], batch: int, n: int) -> list[dict]:
 
 
 def step(model, batch: dict, share) -> float:
-    """One PRO forward + backward, exactly as PROTrainer.compute_loss scores and combines it (``share``: False for the
-    trainer's full-sequence path, True for its default shared path, or a path name of divscale.train.logprobs)."""
-    if share:
-        logp, count = logprobs_from_ids(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                        batch["completion_mask"], share_prompt=share, pad_token_id=1)
-    else:
-        logp, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    loss = pro_loss_parts(logp / count, batch["rewards"], sft_nll=-logp[:, 0]).total
+    """One PRO forward + backward, scored and combined as RankingTrainer does for the study (``share``: False for one
+    full sequence per response, True for the device's shared path, or a path name of divscale.train.logprobs)."""
+    logp, count = logprobs_from_ids(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                    batch["completion_mask"], share_prompt=share, pad_token_id=1)
+    loss = pro_loss_parts(logp / count, batch["scores"], sft_nll=-logp[:, 0]).total
     loss.backward()
     model.zero_grad(set_to_none=True)
     return loss.item()
@@ -157,7 +155,7 @@ def bench(args) -> dict:
                                      "one step; step_peak = peak - RSS before the step"}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (2, 3, 4):
-            batch = RankingCollator(tokenizer, n, BLOCK, PROMPT_TOKENS)(long_rankings(recs, args.batch, n))
+            batch = RankingCollator(tokenizer, BLOCK, PROMPT_TOKENS)(ranked_rows(long_rankings(recs, args.batch, n)))
             p_len = batch["prompt_mask"].sum(-1)                  # <= 384 (decoded and re-tokenised), the
             assert (p_len <= PROMPT_TOKENS).all()                 # response fills the block to 512 (paper rule)
             assert (p_len[:, None] + batch["completion_mask"].sum(-1) == BLOCK).all()
@@ -207,7 +205,8 @@ def loss_curves(args) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from divscale.train.pro import PROConfig, PROTrainer
+    from divscale.data.ranked import RANKED_FEATURES
+    from divscale.train.trainer import RankingConfig, RankingTrainer
 
     recs, texts = hh_rankings(per_subset=60)                     # 240 4-rankings
     tokenizer = build_tokenizer(texts)
@@ -218,12 +217,15 @@ def loss_curves(args) -> dict:
             curves, weights = {}, {}
             for share in (False, True):
                 model = copy.deepcopy(base)
-                cfg = PROConfig(output_dir=f"{tmp}/{n}{share}", use_cpu=True, ranking_len=n, block_size=192,
-                                max_prompt_tokens=128, max_steps=args.steps, per_device_train_batch_size=4,
-                                learning_rate=5e-4, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-                                seed=42, data_seed=42, disable_tqdm=True, share_prompt=share, loss_balance_steps=0)
-                trainer = PROTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(recs[:240]),
-                                     processing_class=tokenizer)
+                cfg = RankingConfig(output_dir=f"{tmp}/{n}{share}", use_cpu=True,
+                                    loss_type=["sft" if n == 1 else "pro"], use_temperature=n > 1,
+                                    sft_reduction="sequence_sum", max_length=192, max_prompt_length=128,
+                                    max_steps=args.steps, per_device_train_batch_size=4, learning_rate=5e-4,
+                                    max_grad_norm=1.0, logging_steps=1, save_strategy="no", seed=42, data_seed=42,
+                                    disable_tqdm=True, share_prompt=share, loss_balance_steps=0,
+                                    disable_dropout=False)
+                data = Dataset.from_list(ranked_rows(recs[:240], n), features=RANKED_FEATURES)
+                trainer = RankingTrainer(model=model, args=cfg, train_dataset=data, processing_class=tokenizer)
                 trainer.remove_callback(PrinterCallback)
                 trainer.train()
                 curves[share] = [r["loss"] for r in trainer.state.log_history if "loss" in r]

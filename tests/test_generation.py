@@ -12,8 +12,8 @@ from divscale.models.generation import cut_at_stop, format_prompt, generate, hh_
 PROMPTS = [
     "\n\nHuman: How do I bake bread?\n\nAssistant:",
     "\n\nHuman: hi\n\nAssistant:",
-    "\n\nHuman: What is the capital of France? I need it for a quiz tomorrow.\n\nAssistant: Paris."
-    "\n\nHuman: And of Germany?\n\nAssistant:",
+    ("\n\nHuman: What is the capital of France? I need it for a quiz tomorrow.\n\nAssistant: Paris."
+     "\n\nHuman: And of Germany?\n\nAssistant:"),
     "\n\nHuman: Tell me a joke about cats\n\nAssistant:",
     "\n\nHuman: ok\n\nAssistant:",
 ]
@@ -56,7 +56,7 @@ def test_format_prompt_uses_chat_template(tiny_tokenizer):
 
 
 def test_batched_equals_unbatched_and_order_restored(tiny_gpt, tiny_tokenizer):
-    kw = dict(max_new_tokens=12, max_prompt_tokens=64, stop_strings=())
+    kw = {"max_new_tokens": 12, "max_prompt_tokens": 64, "stop_strings": ()}
     batched = generate(tiny_gpt, tiny_tokenizer, PROMPTS, batch_size=3, **kw)
     single = [generate(tiny_gpt, tiny_tokenizer, [p], batch_size=1, **kw)[0] for p in PROMPTS]
     assert batched == single
@@ -79,7 +79,7 @@ def test_left_truncation_keeps_the_end(tiny_gpt, tiny_tokenizer):
     n = 10
     ids_a, ids_b = tiny_tokenizer(a)["input_ids"], tiny_tokenizer(b)["input_ids"]
     assert ids_a[-n:] == ids_b[-n:] and ids_a[:n] != ids_b[:n]
-    kw = dict(max_new_tokens=10, max_prompt_tokens=n, stop_strings=())
+    kw = {"max_new_tokens": 10, "max_prompt_tokens": n, "stop_strings": ()}
     assert generate(tiny_gpt, tiny_tokenizer, [a], **kw) == generate(tiny_gpt, tiny_tokenizer, [b], **kw)
     # untruncated the prefixes matter (checks that truncation, not luck, made them equal)
     full = dict(kw, max_prompt_tokens=200)
@@ -106,7 +106,7 @@ def test_stop_strings_and_eos_cut(overfit_gpt, tiny_tokenizer):
 
 
 def test_greedy_and_sampling_deterministic(tiny_gpt, tiny_tokenizer):
-    kw = dict(max_new_tokens=10, max_prompt_tokens=64, stop_strings=(), batch_size=2)
+    kw = {"max_new_tokens": 10, "max_prompt_tokens": 64, "stop_strings": (), "batch_size": 2}
     greedy = generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw)
     assert generate(tiny_gpt, tiny_tokenizer, PROMPTS, **kw) == greedy
     skw = dict(kw, do_sample=True, temperature=1.0, top_p=1.0, seed=7)
@@ -130,8 +130,8 @@ def test_empty_prompt_rejected(tiny_gpt, tiny_tokenizer):
 
 def test_sampling_independent_of_batching(tiny_gpt, tiny_tokenizer):
     """Each row has its own RNG: a prompt's samples don't depend on batch size or batch mates."""
-    kw = dict(max_new_tokens=8, max_prompt_tokens=64, stop_strings=(), do_sample=True, temperature=0.7,
-              top_p=0.9, seed=3)
+    kw = {"max_new_tokens": 8, "max_prompt_tokens": 64, "stop_strings": (), "do_sample": True, "temperature": 0.7,
+          "top_p": 0.9, "seed": 3}
     prompts = [p for p in PROMPTS for _ in range(2)]
     together = generate(tiny_gpt, tiny_tokenizer, prompts, batch_size=4, **kw)
     alone = generate(tiny_gpt, tiny_tokenizer, prompts[4:6], batch_size=1, **kw)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from divscale.train import logprobs as lp_mod
-from divscale.train.logprobs import completion_logprobs, encode_completions, logprobs_from_ids
+from divscale.train.logprobs import logprobs_from_ids
 
 V = 64
 TOL = 1e-5          # fp32, the issue's bound, absolute
@@ -225,45 +225,35 @@ COMPLETIONS = [[" Mix flour, water and yeast.", " Buy some.", " No."],
                [" Paris.", " It is Paris, for historical reasons.", " Lyon."]]
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_completion_logprobs_strings(tiny_tokenizer, side):
+def test_text_is_tokenised_by_the_trainers_collator_and_scored_as_prompt_plus_completion(tiny_tokenizer):
+    """Text reaches the scorer through one tokenisation rule, the trainer's (RankingCollator: the prompt's last
+    ``max_prompt_length`` tokens, then the completion as tokenised after it); its tensors score as the full
+    ``prompt + completion`` sequence does, shared or not."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from divscale.train.trainer import RankingCollator
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
-    tiny_tokenizer.padding_side = side
-    try:
-        with torch.no_grad():
-            shared, counts = completion_logprobs(model, tiny_tokenizer, PROMPTS, COMPLETIONS, return_counts=True)
-            naive = completion_logprobs(model, tiny_tokenizer, PROMPTS, COMPLETIONS, share_prompt=False)
-            cut = completion_logprobs(model, tiny_tokenizer, PROMPTS, COMPLETIONS, max_prompt_length=6,
-                                      max_completion_length=3)
-    finally:
-        tiny_tokenizer.padding_side = "right"
-    assert shared.shape == (3, 3) and (shared - naive).abs().max().item() <= TOL
+    rows = [{"id": str(i), "prompt": p, "completions": cs, "ranks": [0, 1, 2]}
+            for i, (p, cs) in enumerate(zip(PROMPTS, COMPLETIONS))]
     tok = lambda s: tiny_tokenizer(s, add_special_tokens=False)["input_ids"]
-    for i, p in enumerate(PROMPTS):
-        for j, c in enumerate(COMPLETIONS[i]):
-            assert counts[i, j].item() == len(tok(c))
-            assert shared[i, j].item() == pytest.approx(manual_logprob(model, tok(p), tok(c)), abs=1e-4)
-            # left-truncated prompt (its last 6 tokens), right-truncated completion (its first 3)
-            assert cut[i, j].item() == pytest.approx(manual_logprob(model, tok(p)[-6:], tok(c)[:3]), abs=1e-4)
-
-
-def test_encode_completions_ragged_and_max_length(tiny_tokenizer):
-    comps = [COMPLETIONS[0], COMPLETIONS[1][:2]]
-    full = encode_completions(tiny_tokenizer, PROMPTS[:2], comps, max_prompt_length=None, max_completion_length=None)
-    limit = int(full["prompt_mask"].sum(-1).max()) + 3
-    enc = encode_completions(tiny_tokenizer, PROMPTS[:2], comps, max_prompt_length=None, max_completion_length=None,
-                             max_length=limit)
-    assert enc["completion_ids"].shape[:2] == (2, 3)
-    assert enc["completion_mask"][1, 2].sum() == 0 and full["completion_mask"][1, 2].sum() == 0   # missing: empty
-    total = enc["prompt_mask"].sum(-1, keepdim=True) + enc["completion_mask"].sum(-1)
-    assert (total <= limit).all()
-    want = torch.minimum(full["completion_mask"].sum(-1), limit - full["prompt_mask"].sum(-1, keepdim=True))
-    assert torch.equal(enc["completion_mask"].sum(-1), want)          # cut to fit, never more
-    assert (want < full["completion_mask"].sum(-1)).any()
+    for max_prompt_length in (64, 6):                    # whole prompts; prompts cut to their last 6 tokens
+        collator = RankingCollator(tiny_tokenizer, max_length=96, max_prompt_length=max_prompt_length)
+        batch = collator(rows)
+        args = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+        with torch.no_grad():
+            shared, counts = logprobs_from_ids(model, *args, share_prompt=True, pad_token_id=collator.pad_id)
+            naive, _ = logprobs_from_ids(model, *args, share_prompt=False, pad_token_id=collator.pad_id)
+        assert shared.shape == (3, 3) and (shared - naive).abs().max().item() <= TOL
+        for i, (prompt_ids, completions) in enumerate(collator.encode(rows)):
+            assert len(prompt_ids) <= max_prompt_length
+            if max_prompt_length == 64:
+                assert prompt_ids == tok(PROMPTS[i])[:len(prompt_ids)]
+            for j, c in enumerate(completions):
+                assert counts[i, j].item() == len(c)
+                assert shared[i, j].item() == pytest.approx(manual_logprob(model, prompt_ids, c), abs=1e-4)
 
 
 def test_a_ddp_style_wrapper_still_shares(caplog):

@@ -371,3 +371,91 @@ def test_hub_kernels_are_an_explicit_choice_refused_offline_and_recorded(tmp_pat
     recipe = load_recipe("smoke", {"policy.hub_kernels": "true"})
     assert run_config(recipe, "pro", 2, 4, 1, [], None, "p", "r")["policy"]["hub_kernels"] is True
     assert load_recipe("paper-opt-1.3b").policy.hub_kernels is False
+
+
+def test_flash_attention_that_only_the_hub_has_is_refused_before_anything_loads(tmp_path, tiny_tokenizer, tiny_gpt,
+                                                                                monkeypatch, hub_kernel_calls):
+    """Without the flash-attn package, transformers answers attn_implementation="flash_attention_2" by fetching
+    kernels-community/flash-attn2 from the hub; divscale refuses it in one line (asked for by the caller or by the
+    model's config.json), and never asks ``kernels``."""
+    from transformers import AutoModelForCausalLM
+
+    from divscale.reward import rm as reward
+    from divscale.tools.gpu_check import _tiny_oa_rm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_gpt.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    with pytest.raises(Exception):                     # noqa: B017 - transformers left to itself: a hub lookup
+        AutoModelForCausalLM.from_pretrained(tmp_path / "lm", attn_implementation="flash_attention_2")
+    assert hub_kernel_calls
+    hub_kernel_calls.clear()
+    with pytest.raises(ValueError, match=r"attn_implementation='flash_attention_2' would make transformers fetch "
+                                         r"kernels-community/flash-attn2 from the hub \(HF_HUB_OFFLINE=1\).*Fix: pip "
+                                         r"install flash-attn.*'sdpa'") as err:
+        models.load_causal_lm(tmp_path / "lm", attn_implementation="flash_attention_2")
+    assert "\n" not in str(err.value)
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    (tmp_path / "lm" / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    with pytest.raises(ValueError, match=r"flash_attention_2' \(.*lm/config.json\) would make transformers fetch"):
+        models.load_causal_lm(tmp_path / "lm")
+    rm_folder = _tiny_oa_rm(tiny_tokenizer, tmp_path / "rm", 1)
+    config = json.loads((rm_folder / "config.json").read_text())
+    (rm_folder / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    with pytest.raises(ValueError, match="would make transformers fetch kernels-community/flash-attn2"):
+        reward.OpenAssistantRM(rm_folder)
+    with pytest.raises(ValueError, match="would make transformers fetch some-org/some-kernel"):
+        models.attention_kwargs("some-org/some-kernel")
+    assert hub_kernel_calls == []
+    model, _ = models.load_causal_lm(tmp_path / "lm", attn_implementation="eager")    # local ones load as asked
+    assert model.config._attn_implementation == "eager"
+    assert models.attention_kwargs(None) == {} and models.attention_kwargs("sdpa") == {"attn_implementation": "sdpa"}
+    assert models.attention_kwargs("flash_attention_2", hub_kernels=True) == {"attn_implementation": "flash_attention_2"}
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+def test_inference_models_go_to_this_processs_accelerator(cache, tmp_path, tiny_tokenizer, tiny_gpt, texts,
+                                                          monkeypatch):
+    """``device="auto"`` (every loader's default) is this process's CUDA device when there is one -- cuda:<LOCAL_RANK>
+    under accelerate launch -- else the CPU, where the model is left as loaded; the generator (rankings), the
+    evaluated checkpoint, the policies and the RMs all take it."""
+    from divscale.config import load_recipe
+    from divscale.models import tiny_gpt as policies
+    from divscale.reward import evaluate, rankings
+    from divscale.reward import rm as reward
+    from divscale.tools.gpu_check import _tiny_oa_rm
+
+    tiny_gpt.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    plain = models.load_causal_lm(tmp_path / "lm")[0]                    # no CUDA: on the CPU, as loaded
+    assert models.resolve_device() == "cpu" and next(plain.parameters()).device.type == "cpu"
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), tiny_gpt.state_dict().values()))
+    meta = models.load_causal_lm(tmp_path / "lm", device="meta")[0]      # an explicit device is where it goes
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
+        models.resolve_device("gpu0")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)        # a GPU node, rank 1 of accelerate launch
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert models.resolve_device("auto") == "cuda:1" and models.resolve_device("cpu") == "cpu"
+    placed = []
+
+    def record(model, device):
+        placed.append(device)
+        return model
+
+    monkeypatch.setattr(models, "place", record)
+    monkeypatch.setattr(policies, "place", record)
+    rankings._load_generator(str(tmp_path / "lm"))                                      # the ranking generator
+    policies.load_policy(TINY, texts)                                                   # the tiny-gpt policy
+    policies.load_policy(dataclasses.replace(TINY, model=str(tmp_path / "lm")))         # a hub / local policy
+    recipe = load_recipe("smoke", {"eval.bootstrap": 10})
+    evaluate.evaluate_checkpoint(tmp_path / "lm", recipe, {"helpful-base": ["\n\nHuman: hi\n\nAssistant:"]},
+                                 reward.OpenAssistantRM(_tiny_oa_rm(tiny_tokenizer, tmp_path / "rm", 1), device="cpu"),
+                                 tmp_path / "eval")                                     # the test evaluation
+    assert placed == ["cuda:1"] * 4
+    rm = reward.OpenAssistantRM(tmp_path / "rm")
+    assert rm.device == "cuda:1" and not rm.loaded                       # RM_train / RM_test: there, at first score
+

@@ -30,7 +30,7 @@ from divscale.reward import rm as reward
 from divscale.tools import gpu_check
 from divscale.tools import gpu_plan as compute_plan
 from divscale.train import runs as train
-from divscale.train.pro import RankingCollator
+from divscale.train.trainer import RankingCollator, ranked_rows
 
 RM_TRAIN, RM_TEST = ("OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5", "OpenAssistant/oasst-rm-2-pythia-6.9b-epoch-1")
 SPEC_PER_GPU = {"paper-opt-1.3b": (4, 4), "paper-llama-7b": (1, 16)}       # PRO n=4: prompts x grad accumulation
@@ -131,14 +131,14 @@ def test_paper_recipe_cell_on_the_real_architectures(name, tmp_path, hh_dir, hh_
     model_id, make_tokenizer, model_type, vocab = CASES[name]
     recipe = load_recipe(name)
     t = recipe.train
-    assert (t.block_size, t.max_prompt_tokens, recipe.eval.max_prompt_tokens, recipe.eval.max_new_tokens,
+    assert (t.max_length, t.max_prompt_length, recipe.eval.max_prompt_tokens, recipe.eval.max_new_tokens,
             t.dev_max_new_tokens) == (512, 384, 384, 128, 128)
     per_gpu = train.batch_plan(t, "pro", 4, world=t.num_processes)
     assert per_gpu == SPEC_PER_GPU[name]
     # one GPU's share of the 112-prompt step: the per-GPU batch and accumulation stay the recipe's
     k = per_gpu[0] * per_gpu[1]
     recipe = load_recipe(name, {"train.max_steps": STEPS, "train.prompts_per_step": k, "train.bf16": False})
-    assert recipe.train.block_size == 512 and recipe.train.eval_every == 500 and recipe.policy.dtype == "float32"
+    assert recipe.train.max_length == 512 and recipe.train.eval_every == 500 and recipe.policy.dtype == "float32"
 
     # the policy: the real config, shrunk in depth and width only, loaded back by the real loader
     config = shrunk_config(model_id)
@@ -162,17 +162,16 @@ def test_paper_recipe_cell_on_the_real_architectures(name, tmp_path, hh_dir, hh_
 
     rankings = hh_rankings(hh_dir, k + 1)         # [0] is the long one; the cell trains on the k others
     # special tokens, right padding, left truncation of the prompt to 384, block 512 (the collator the Trainer uses)
-    collator = RankingCollator(tok, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    batch = collator(rankings[:4])
-    ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-    assert ids.shape[:2] == (4, 4) and ids.shape[2] == 512         # the long ranking fills the block
-    assert (ids[..., 0] == tok.bos_token_id).all()                           # BOS first, never EOS appended
-    prompt_tokens = int((attn[0, 0].bool() & ~resp[0, 0].bool()).sum())
-    assert 380 <= prompt_tokens <= 384 + 1                                    # left-truncated to 384 (+/- a merge)
+    collator = RankingCollator(tok, recipe.train.max_length, recipe.train.max_prompt_length)
+    batch = collator(ranked_rows(rankings[:4], 4))
+    p_len, c_len = batch["prompt_mask"].sum(-1), batch["completion_mask"].sum(-1)
+    assert batch["completion_ids"].shape[:2] == (4, 4)
+    assert int((p_len[:, None] + c_len).max()) == 512                        # the long ranking fills the block
+    assert (batch["prompt_ids"][:, 0] == tok.bos_token_id).all()            # BOS first, never EOS appended
+    assert 380 <= int(p_len[0]) <= 384 + 1                                   # left-truncated to 384 (+/- a merge)
     kept = collator.prompt_texts([rankings[0]["prompt"]])[0]
     assert rankings[0]["prompt"].endswith(kept[-200:]) and len(kept) < len(rankings[0]["prompt"])   # the END survives
-    short = attn[1:].sum(-1)
-    assert (short < 512).all() and (attn[1:, :, -1] == 0).all()              # right-padded
+    assert ((p_len[1:, None] + c_len[1:]) < 512).all()                       # the short ones are padded
 
     # RM_train / RM_test as the hub ships them: .bin only (single; sharded + index), legacy buffers, converted once
     oa_tok = gpu_check.pythia_oa_tokenizer(hh_sample_texts)

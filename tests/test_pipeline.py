@@ -99,6 +99,75 @@ def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):
     assert load_recipe("cpu").train.checkpoint == "last" and load_recipe("paper-opt-1.3b").train.checkpoint == "best-dev"
 
 
+class _DeviceRM:
+    """An RM whose weights are in memory or not (as OpenAssistantRM's)."""
+
+    def __init__(self):
+        self.loaded = True
+
+    def release(self):
+        self.loaded = False
+
+
+def test_each_stage_keeps_only_its_reward_model_on_the_device(monkeypatch, tmp_path):
+    """Ranking holds RM_train (then nothing), a launched cell nothing in this process (its processes need the GPUs),
+    an in-process cell RM_train only, an evaluation RM_test only (kept for the next one); RMs not built stay
+    unbuilt."""
+    import divscale.data.hh
+    import divscale.models.hub
+    import divscale.reward.evaluate
+    import divscale.reward.rankings
+    import divscale.train.runs
+
+    monkeypatch.setattr(pipeline, "_MEMO", {})
+    R = load_recipe("smoke", {"train.num_processes": 2})                  # its cells train under accelerate launch
+    pipeline.keep_on_device(R)                                           # nothing built: nothing built now
+    assert pipeline._MEMO == {}
+    rm_train, rm_test = _DeviceRM(), _DeviceRM()
+    pipeline._MEMO[("reward_models", R.hash())] = (rm_train, rm_test)
+    freed, seen = [], {}
+    monkeypatch.setattr(divscale.models.hub, "free_device_memory", lambda: freed.append(1))
+
+    def loaded(stage):
+        seen[stage] = (rm_train.loaded, rm_test.loaded)
+
+    monkeypatch.setattr(pipeline, "grid_pool", lambda R: [])
+    monkeypatch.setattr(divscale.reward.rankings, "build_rankings", lambda *a, **k: loaded("ranking") or "r.jsonl")
+    monkeypatch.setattr(divscale.data.hh, "load_rankings", lambda path: [])
+    pipeline.rankings4(R)
+    assert seen["ranking"] == (True, False) and (rm_train.loaded, rm_test.loaded) == (False, False)
+
+    rm_train.loaded = rm_test.loaded = True
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(divscale.train.runs, "launch_cell", lambda *a, **k: loaded("launched") or tmp_path)
+    pipeline.train_cell(R, "pro", 4, 24, 42, runs_dir=tmp_path)
+    assert seen["launched"] == (False, False)
+
+    rm_train.loaded = rm_test.loaded = True
+    monkeypatch.setenv("LOCAL_RANK", "0")                                # inside a launched process: trains here
+    for name, value in (("policy_texts", ["x"]), ("policy_fingerprint", "pol"), ("dev_prompts", ["d"])):
+        monkeypatch.setattr(pipeline, name, lambda R, value=value: value)
+    monkeypatch.setattr(divscale.train.runs, "train_run", lambda *a, **k: loaded("training") or tmp_path)
+    pipeline.train_cell(R, "pro", 4, 1, 42, rankings=[_r(0)])
+    assert seen["training"] == (True, False)
+
+    rm_train.loaded = rm_test.loaded = True
+    monkeypatch.setattr(pipeline, "eval_key", lambda R: "eval-test")
+    monkeypatch.setattr(pipeline, "test_prompts", lambda R: {"helpful-base": ["p"]})
+
+    def fake_evaluation(checkpoint, R, prompts, rm, out, progress=False):
+        loaded("evaluation")
+        assert rm is rm_test
+        out.mkdir(parents=True)
+        (out / "eval.json").write_text("{}")
+
+    monkeypatch.setattr(divscale.reward.evaluate, "evaluate_checkpoint", fake_evaluation)
+    pipeline.evaluate_run(R, tmp_path / "run")
+    assert seen["evaluation"] == (False, True) and rm_test.loaded and len(freed) == 6
+    with pytest.raises(ValueError, match="unknown role"):
+        pipeline.keep_on_device(R, "rm_dev")
+
+
 def test_candidates_start_with_the_grids_own_prompts_and_skip_the_base_set():
     """07 and 08 choose from the grid's seeded pool order: on the cpu recipe every candidate is a grid prompt,
     already ranked in 01 (no SmolLM2 generation in 07/08), and 07's candidates never include its base set."""

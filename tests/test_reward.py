@@ -214,6 +214,22 @@ def test_rm_test_scores_in_fp32_and_bf16_rm_train_is_logged(tiny_neox_rm, caplog
     assert np.isfinite(a).all() and abs(a[0] - b[0]) < 0.5          # same model, bf16 rounding only
 
 
+def test_an_openassistant_rm_loads_its_weights_at_first_score_and_releases_them(tiny_neox_rm, hh_dir):
+    """Building an RM (for its fingerprint, or in a process that never scores: the other ranks of a launched
+    training) loads no weights; the first score does, on the RM's device; release drops them and a later score
+    reloads the same weights (same scores)."""
+    rm = reward.OpenAssistantRM(tiny_neox_rm)
+    assert not rm.loaded and rm.fingerprint and rm.device == "cpu"      # no CUDA here: "auto" is the CPU
+    rows = _rows(hh_dir, "helpful-base", 3)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    first = rm.score(prompts, responses)
+    assert rm.loaded and next(rm.model.parameters()).device.type == "cpu"
+    rm.release()
+    assert not rm.loaded
+    np.testing.assert_array_equal(rm.score(prompts, responses), first)
+    assert reward.OpenAssistantRM(tiny_neox_rm).fingerprint == rm.fingerprint        # the run keys do not move
+
+
 def test_openassistant_reward_model_architecture_loads(tmp_path, tiny_tokenizer):
     """OpenAssistant's ``gpt_neox_reward_model`` checkpoints load through our registered class (no remote code)."""
     reward.register_gpt_neox_reward_model()

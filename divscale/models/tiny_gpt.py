@@ -13,7 +13,7 @@ from pathlib import Path
 
 from divscale import io, paths
 from divscale.config import PolicyConfig
-from divscale.models.hub import kernel_kwargs, load_causal_lm
+from divscale.models.hub import kernel_kwargs, load_causal_lm, place, resolve_device
 from divscale.provenance import config_hash, texts_hash
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")   # eos (= bos, as GPT-2/OPT) and pad
@@ -158,17 +158,21 @@ def policy_cache_path(policy_cfg: PolicyConfig, texts: Sequence[str]) -> Path:
                                                         code_version("policy"), length=16)
 
 
-def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: bool = False):
-    """``(model, tokenizer)``: the recipe's policy before fine-tuning.
+def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: bool = False,
+                device: str | None = "auto"):
+    """``(model, tokenizer)``: the recipe's policy before fine-tuning, in eval mode on ``device``
+    (:func:`divscale.models.hub.resolve_device`: this process's GPU when there is one, else the CPU).
 
-    ``model: tiny-gpt`` trains a BPE tokenizer on ``texts`` (pool dialogues), builds the GPT and warms it up,
-    all cached by a hash of the texts and the config; anything else is loaded with ``load_causal_lm``.
+    ``model: tiny-gpt`` trains a BPE tokenizer on ``texts`` (pool dialogues), builds the GPT and warms it up (on the
+    CPU), all cached by a hash of the texts and the config; anything else is loaded with ``load_causal_lm``.
     """
     import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     if policy_cfg.model != "tiny-gpt":
-        return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype, hub_kernels=policy_cfg.hub_kernels)
+        return load_causal_lm(policy_cfg.model, dtype=policy_cfg.dtype, hub_kernels=policy_cfg.hub_kernels,
+                              device=device)
+    device = resolve_device(device)
     texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("load_policy: the tiny-gpt policy needs texts (pool dialogues) to train its tokenizer")
@@ -181,7 +185,7 @@ def load_policy(policy_cfg: PolicyConfig, texts: Sequence[str] = (), progress: b
     model = GPT2LMHeadModel.from_pretrained(folder, use_safetensors=True, dtype=getattr(torch, policy_cfg.dtype),
                                             **kernel_kwargs(policy_cfg.hub_kernels))
     model.eval()
-    return model, tokenizer
+    return place(model, device), tokenizer
 
 
 def _build_policy(policy_cfg: PolicyConfig, texts: list[str], folder: Path, progress: bool) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl
 from divscale.metrics.stats import bootstrap_ci, paired_win_rate, sigmoid, stratified_bootstrap_ci
 from divscale.models.generation import STOP_STRINGS, format_prompt, generate
+from divscale.models.hub import model_positions
 
 # Prompts per file of the full HH-RLHF test split (spec §4.2): the weights of "Global" and "Helpful".
 HH_TEST_SIZES = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137,
@@ -144,12 +145,13 @@ def evaluate_policy(model, tokenizer, test_prompts_by_subset: dict[str, Sequence
 
 def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, recipe,
                         test_prompts_by_subset: dict[str, Sequence[str]], rm_test, out_dir: str | os.PathLike,
-                        progress: bool = False) -> EvalResult:
-    """Load a saved policy (safetensors + tokenizer), evaluate it with the recipe's eval settings and
-    write ``eval.json`` (summary + settings) and ``generations.jsonl`` into ``out_dir``."""
+                        progress: bool = False, device: str | None = "auto") -> EvalResult:
+    """Load a saved policy (safetensors + tokenizer) on ``device`` (:func:`divscale.models.hub.resolve_device`: this
+    process's GPU when there is one), evaluate it with the recipe's eval settings and write ``eval.json`` (summary +
+    settings) and ``generations.jsonl`` into ``out_dir``."""
     from divscale.models.hub import load_causal_lm
 
-    model, tokenizer = load_causal_lm(str(checkpoint_dir), dtype=recipe.policy.dtype)
+    model, tokenizer = load_causal_lm(str(checkpoint_dir), dtype=recipe.policy.dtype, device=device)
     cfg = recipe.eval
     out_dir = Path(out_dir)
     result = evaluate_policy(model, tokenizer, test_prompts_by_subset, rm_test,
@@ -405,15 +407,10 @@ def reward_model_for(spec: str | None, recipe):
     return load_reward_model(spec), str(spec)
 
 
-def _positions(model) -> int | None:
-    cfg = model.config
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-
 def answer_and_score(model, tokenizer, prompts: Sequence[str], rm, cfg, progress: bool = False):
     """Greedy answers (``cfg``: a recipe's eval settings; the prompt is cut from the left to fit the model's
     positions) and their reward-model logits."""
-    room = _positions(model)
+    room = model_positions(model)
     max_prompt = cfg.max_prompt_tokens if room is None else min(cfg.max_prompt_tokens, room - cfg.max_new_tokens)
     if max_prompt < 1:
         raise ValueError(f"eval.max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's "
@@ -439,13 +436,16 @@ def win_rate(trained, initial, n_boot: int) -> dict:
 
 def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = None, prompts: str | None = None,
                  recipe: str | None = None, overrides: dict | None = None, checkpoint: str = "best",
-                 split: str = "train", limit: int | None = None, progress: bool = False) -> dict:
+                 split: str = "train", limit: int | None = None, progress: bool = False,
+                 device: str | None = "auto") -> dict:
     """Evaluate any run folder (see :func:`run_prompts`, :func:`reward_model_for`): the trained checkpoint's greedy
     answers and, with ``initial_policy(run) -> (model, tokenizer)``, the initial policy's on the same prompts; the
     reward (100 x mean sigmoid) of each with bootstrap CIs, their difference (paired by prompt) and the win rate of
     the trained policy over the initial one (paired by prompt, ties half, bootstrap CI). Written atomically to
-    ``RUN/eval-<key>/`` (``eval.json``, ``generations.jsonl``); an existing result for the same key is reused."""
-    from divscale.models.hub import load_causal_lm
+    ``RUN/eval-<key>/`` (``eval.json``, ``generations.jsonl``); an existing result for the same key is reused.
+    ``device``: where the trained checkpoint answers (:func:`divscale.models.hub.resolve_device`; the initial policy
+    goes where ``initial_policy`` puts it); one policy at a time is on it."""
+    from divscale.models.hub import free_device_memory, load_causal_lm
     from divscale.provenance import config_hash, deterministic, file_sha256
 
     run = Path(run)
@@ -469,8 +469,10 @@ def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = N
     texts = [p for _, _, p in items]
     start = time.time()
     with deterministic(1):
-        model, tokenizer = load_causal_lm(str(ckpt), dtype=R.policy.dtype)
+        model, tokenizer = load_causal_lm(str(ckpt), dtype=R.policy.dtype, device=device)
         answers, logits = answer_and_score(model, tokenizer, texts, rm_model, R.eval, progress)
+        del model
+        free_device_memory()
         base = None
         if initial_policy is not None:
             model0, tokenizer0 = initial_policy(run)

@@ -197,15 +197,21 @@ def register_gpt_neox_reward_model():
 
 
 class OpenAssistantRM(RewardModel):
-    """A sequence-classification RM (hub id or local folder) fed OpenAssistant-format dialogues."""
+    """A sequence-classification RM (hub id or local folder) fed OpenAssistant-format dialogues.
+
+    Its weights load at the first :meth:`score` (or :attr:`model`), on ``device``
+    (:func:`divscale.models.hub.resolve_device`: this process's GPU when there is one), and :meth:`release` drops
+    them again: a process that never scores -- the other ranks of a launched training, where only the main one
+    validates on dev; a grid process between its stages -- never holds them (RM_test is 27.6 GB in fp32). Building
+    one reads the tokenizer and names the weights (its ``fingerprint``), nothing more."""
 
     default_batch_size = 8
 
     def __init__(self, name_or_path: str | os.PathLike, max_length: int = OA_MAX_LENGTH, dtype: str = "float32",
-                 device: str | None = None, revision: str | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+                 device: str | None = "auto", revision: str | None = None):
+        from transformers import AutoTokenizer
 
-        from divscale.models.hub import kernel_kwargs, model_folder
+        from divscale.models.hub import attention_kwargs, model_folder, resolve_device
 
         register_gpt_neox_reward_model()
         folder = model_folder(name_or_path, revision)   # a .bin-only checkpoint: its safetensors copy (once)
@@ -220,17 +226,45 @@ class OpenAssistantRM(RewardModel):
         self.max_length = max_length
         self.fingerprint = config_hash("openassistant", str(name_or_path), str(folder), revision, max_length, dtype,
                                        length=16)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
+        self.folder, self.dtype, self._model = folder, dtype, None
+        attention_kwargs(folder=folder)                 # an attention only the hub provides: refused now, not later
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False,
-            **kernel_kwargs()).to(self.device)          # no hub kernels: offline GPU nodes (models.hub)
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.eval()
+
+    @property
+    def model(self):
+        """The weights, in eval mode on ``self.device``: loaded at first use."""
+        if getattr(self, "_model", None) is None:
+            from transformers import AutoModelForSequenceClassification
+
+            from divscale.models.hub import attention_kwargs, kernel_kwargs
+
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.folder, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=False,
+                **kernel_kwargs(), **attention_kwargs(folder=self.folder)).to(self.device)   # no hub kernels
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = self.tokenizer.pad_token_id
+            self._model = model.eval()
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        self._model = model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return getattr(self, "_model", None) is not None
+
+    def release(self) -> None:
+        """Drop the weights and hand their memory back to the accelerator; the next :meth:`score` reloads them."""
+        from divscale.models.hub import free_device_memory
+
+        self._model = None
+        free_device_memory()
 
     def format(self, prompt: str, response: str) -> str:
         return oa_format(prompt, response, self.tokenizer.eos_token)

@@ -15,6 +15,12 @@ life of the process so a notebook can call them freely::
 Only the grid's prompts are extended with the generator (the official code extends the whole pool
 and then shuffles; shuffling first and extending the prefix that the largest subset uses gives the
 same subsets at a fraction of the generation cost).
+
+On a GPU machine each step holds on the accelerator only the models it uses (:func:`keep_on_device`): the
+generator and RM_train while ranking, RM_train while a cell trains in this process (nothing while it trains under
+``accelerate launch``: the launched processes need the GPUs), RM_test while evaluating. The OpenAssistant RMs load
+their weights at their first score (:class:`divscale.reward.rm.OpenAssistantRM`), so building them for their
+fingerprints loads nothing.
 """
 from __future__ import annotations
 
@@ -88,6 +94,26 @@ def reward_models(R: Recipe):
     return _memo("reward_models", R, lambda: build_reward_models(R, splits(R)["pool"]))
 
 
+REWARD_ROLES = ("rm_train", "rm_test")
+
+
+def keep_on_device(R: Recipe, *roles: str) -> None:
+    """A stage boundary: of the recipe's reward models only ``roles`` (``"rm_train"``, ``"rm_test"``) keep their
+    weights (an OpenAssistant RM drops the others' and reloads them at its next score; the in-project RMs live on the
+    CPU), and the memory of every model dropped since (a generator, a trained policy) goes back to the accelerator.
+    Builds nothing: RMs not built yet stay unbuilt."""
+    from divscale.models.hub import free_device_memory
+
+    unknown = set(roles) - set(REWARD_ROLES)
+    if unknown:
+        raise ValueError(f"keep_on_device: unknown role(s) {sorted(unknown)}; choose from {REWARD_ROLES}")
+    built = _MEMO.get(("reward_models", R.hash()))
+    for role, rm in zip(REWARD_ROLES, built or ()):
+        if role not in roles and hasattr(rm, "release"):
+            rm.release()
+    free_device_memory()
+
+
 def grid_pool(R: Recipe) -> list:
     """The pool pairs the grid draws on: the first max(sizes) prompts of the seeded shuffle."""
     from divscale.data.subsets import nested_subsets
@@ -107,7 +133,11 @@ def rankings4(R: Recipe) -> list:
 
     def build():
         rm_train, _ = reward_models(R)
-        return load_rankings(build_rankings(R, pool=grid_pool(R), rm_train=rm_train, progress=True))
+        keep_on_device(R, "rm_train")
+        try:
+            return load_rankings(build_rankings(R, pool=grid_pool(R), rm_train=rm_train, progress=True))
+        finally:
+            keep_on_device(R)                  # the generator and RM_train are done
 
     return _memo("rankings4", R, build)
 
@@ -267,6 +297,7 @@ def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
         raise ValueError(f"recipe {R.name}: train.checkpoint={R.train.checkpoint!r}; choose one of "
                          f"{CHECKPOINT_RULES} (best-dev: the paper's best-on-dev rule; last: the last step)")
     if launches(R) and rankings is None and "LOCAL_RANK" not in os.environ:
+        keep_on_device(R)                    # the launched processes need every GPU: this one holds nothing
         return launch_cell(R, algo, ranking_len, n_prompts, seed, runs_dir=runs_dir or paths.RUNS_DIR,
                            progress=progress)
     texts = policy_texts(R)
@@ -274,6 +305,7 @@ def train_cell(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
     rm_train, _ = reward_models(R)
     cell = rankings if rankings is not None else grid(R, cell_draw(R, seed))
     dev = R.train.checkpoint == "best-dev"   # "last": no dev validation, the last step is kept
+    keep_on_device(R, "rm_train")            # loaded at the first dev validation, by the main process only
     return train_run(R, algo, ranking_len, n_prompts, seed, grid=cell,
                      policy=lambda: load_policy(R.policy, texts, progress=progress), policy_id=policy_id,
                      rm_train=rm_train if dev else None, dev_prompts=dev_prompts(R) if dev else None,
@@ -383,9 +415,11 @@ def evaluate_run(R: Recipe, run_dir: Path, progress: bool = False) -> dict:
     _, rm_test = reward_models(R)
     out = Path(run_dir) / eval_key(R)
     if not (out / "eval.json").exists():
+        keep_on_device(R, "rm_test")         # kept for the next evaluation; dropped when a training starts
         start = time.time()
         with deterministic(1):
             evaluate_checkpoint(Path(run_dir) / "best", R, test_prompts(R), rm_test, out, progress=progress)
+        keep_on_device(R, "rm_test")         # the evaluated policy's memory back
         write_json(out / "timing.json", {"seconds": round(time.time() - start, 2),
                                          "finished": _now()})
     timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
@@ -602,7 +636,11 @@ def extend(R: Recipe, pairs: list) -> list:
     from divscale.reward.rankings import build_rankings
 
     rm_train, _ = reward_models(R)
-    return load_rankings(build_rankings(R, pool=pairs, rm_train=rm_train, progress=True))
+    keep_on_device(R, "rm_train")
+    try:
+        return load_rankings(build_rankings(R, pool=pairs, rm_train=rm_train, progress=True))
+    finally:
+        keep_on_device(R)
 
 
 def n_rankings(R: Recipe, rankings4_: list, n: int) -> list:
@@ -767,6 +805,7 @@ def initial_policy_reward(R: Recipe) -> dict:
 
     def build():
         _, rm_test = reward_models(R)
+        keep_on_device(R, "rm_test")
         model, tokenizer = load_policy(R.policy, policy_texts(R))
         from divscale.provenance import deterministic
 

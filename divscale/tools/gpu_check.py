@@ -15,8 +15,8 @@ built-in synthetic set), tokenizers built here with the real special-token layou
    width, half the layers), labelled. Then the policy's greedy generation at the dev/eval settings (validation and
    evaluation answer with it).
 2. **The ranking generator** (Qwen2.5-7B-Instruct): sampled generation of ``ranking.k`` answers per prompt with
-   128 new tokens, as ``divscale.reward.rankings`` runs it (one prompt per call) and batched (``ranking.batch_size``
-   rows per call).
+   128 new tokens, as ``divscale.reward.rankings`` runs it (one prompt per call, float32: ``load_causal_lm``'s
+   default) and batched (``eval.batch_size`` rows per call: what batching prompts would give).
 3. **RM_test and RM_train scoring** (GPT-NeoX 6.9B / 1.4B Open-Assistant RMs, fp32): pairs/s in the OA format.
 4. **The smoke cell on the device in bf16** and the **PRO loss on a fixed batch, CPU fp32 vs device bf16** (must
    agree within bf16 tolerance: ``|gpu - cpu| <= RTOL * |cpu| + ATOL``).
@@ -133,38 +133,39 @@ def fixed_batch_pro_loss(model, batch: dict, device: str, bf16: bool) -> float:
 
     import torch
 
-    from divscale.train.pro import pro_loss, sequence_logprobs
+    from divscale.train.logprobs import logprobs_from_ids
+    from divscale.train.losses import pro_loss
 
     model = copy.deepcopy(model).to(device).eval()
     inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-        logp_sum, n_tokens = sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"],
-                                               inputs["response_mask"])
+        logp_sum, n_tokens = logprobs_from_ids(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                               inputs["completion_ids"], inputs["completion_mask"], share_prompt=False)
         scores = logp_sum / n_tokens
-        loss = pro_loss(scores.float(), inputs["rewards"].float(), sft_nll=-logp_sum[:, 0].float(), sft_weight=0.05)
+        loss = pro_loss(scores.float(), inputs["scores"].float(), sft_nll=-logp_sum[:, 0].float(), sft_weight=0.05)
     return float(loss)
 
 
 def compare_pro_loss(model, tokenizer, rankings, recipe, device: str) -> dict:
-    """CPU fp32 vs ``device`` bf16 on the first ``per_device_batch`` rankings; ``ok`` within RTOL/ATOL."""
-    from divscale.train.pro import RankingCollator
+    """CPU fp32 vs ``device`` bf16 on the first ``per_device_train_batch_size`` rankings (tokenised by the trainer's
+    collator); ``ok`` within RTOL/ATOL."""
+    from divscale.train.runs import cell_lengths
+    from divscale.train.trainer import RankingCollator, model_positions, ranked_rows
 
-    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    batch = collator(rankings[:recipe.train.per_device_batch])
+    collator = RankingCollator(tokenizer, *cell_lengths(recipe, model_positions(model)))
+    batch = collator(ranked_rows(rankings[:recipe.train.per_device_train_batch_size], 4))
     cpu = fixed_batch_pro_loss(model, batch, "cpu", bf16=False)
     other = fixed_batch_pro_loss(model, batch, device, bf16=True)
     tol = RTOL * abs(cpu) + ATOL
     return {"cpu_fp32": cpu, f"{device}_bf16": other, "abs_diff": abs(other - cpu), "tolerance": tol,
-            "ok": abs(other - cpu) <= tol, "batch_shape": list(batch["input_ids"].shape)}
-
-
+            "ok": abs(other - cpu) <= tol, "batch_shape": list(batch["completion_ids"].shape)}
 
 
 # ------------------------------------------------------------------------------------------- shapes
 
 PAPER_RECIPES = ("paper-opt-1.3b", "paper-llama-7b")
 STEPS = 5                     # optimizer steps of each rehearsed cell
-TINY = {"block_size": 64, "max_prompt_tokens": 40, "new_tokens": 8, "gen_batch": 4, "gen_batches": 1,
+TINY = {"max_length": 64, "max_prompt_length": 40, "new_tokens": 8, "gen_batch": 4, "gen_batches": 1,
         "rm_pairs": 4, "sharing": {"prompt_tokens": 24, "response_tokens": 8, "batch": 2, "reps": 1}}
 PAPER_SHAPE = {"prompt_tokens": 384, "response_tokens": 128, "batch": 4, "reps": 5}
 GIB = 1024 ** 3
@@ -389,22 +390,24 @@ def _train_cell(base, config, algo, n, per_device, accum, device, pairs, work, t
 
     from divscale.config import load_recipe
     from divscale.tools.gpu_plan import count_params, training_memory
-    from divscale.train.pro import RankingCollator
-    from divscale.train.runs import build_trainer, train_run
+    from divscale.train.runs import build_trainer, cell_lengths, train_run
+    from divscale.train.trainer import RankingCollator, model_positions, ranked_rows
 
     cuda = device.startswith("cuda")
     share = per_device * accum
     overrides = {"train.max_steps": steps, "train.prompts_per_step": share, "train.num_processes": 1,
                  "train.accelerate_config": None, "train.eval_every": 10 ** 6, "train.bf16": cuda}
     if tiny:
-        overrides.update({"train.block_size": TINY["block_size"], "train.max_prompt_tokens": TINY["max_prompt_tokens"]})
+        overrides.update({"train.max_length": TINY["max_length"], "train.max_prompt_length": TINY["max_prompt_length"]})
     recipe = load_recipe(base.name, overrides)
     t = recipe.train
     texts = [p + c for p, c, _ in pairs[:200]]
     tokenizer = TOKENIZERS[config.model_type](texts)
     rankings = long_rankings(pairs, share, n)
-    collator = RankingCollator(tokenizer, 1 if algo == "sft" else n, t.block_size, t.max_prompt_tokens)
-    tokens = sum(len(ids) for ids, _ in collator.encode(rankings))              # n sequences per ranking
+    max_length, max_prompt_length = cell_lengths(recipe, model_positions(config))
+    collator = RankingCollator(tokenizer, max_length, max_prompt_length, best_only=algo == "sft")
+    tokens = sum(len(p) + len(c) for p, cs in collator.encode(ranked_rows(rankings, n)) for c in cs)   # naive: n
+                                                                                # prompt + response sequences
     _reset_peak(device)
     torch.manual_seed(0)
     model = _random_model(config, device, recipe.policy.dtype)
@@ -432,20 +435,20 @@ def _train_cell(base, config, algo, n, per_device, accum, device, pairs, work, t
     timing = timer.summary()
     step = timing["step_s_median"]
     mem = training_memory(params, 1, 0, config.num_hidden_layers, config.hidden_size, config.vocab_size,
-                          t.block_size, per_device * (1 if algo == "sft" else n))
+                          max_length, per_device * (1 if algo == "sft" else n))
     from divscale.tools.gpu_plan import PEAK_TFLOPS, UTILISATION
 
-    plan_tokens = share * (1 if algo == "sft" else n) * t.block_size
+    plan_tokens = share * (1 if algo == "sft" else n) * max_length
     out = {"params": params, "through": through, "train_wall_s": round(wall, 2), "final_train_loss": final_loss,
            **timing, "tokens_per_step": tokens, "tokens_per_s": tokens / step,
            "tflops_per_s": 6 * params * tokens / step / 1e12,
            "peak_memory_gib": peak, "predicted_memory_gib_one_process": mem["total"] / GIB,
            "predicted_step_s_plan": 6 * params * plan_tokens / (PEAK_TFLOPS * 1e12 * UTILISATION),
-           "block_size": t.block_size, "bf16": t.bf16}
+           "max_length": max_length, "bf16": t.bf16}
     out["generation"] = generation_throughput(model, tokenizer, [p for p, _, _ in pairs[:64]], device,
                                               batch_size=TINY["gen_batch"] if tiny else recipe.eval.batch_size,
                                               max_new_tokens=TINY["new_tokens"] if tiny else recipe.eval.max_new_tokens,
-                                              max_prompt_tokens=t.max_prompt_tokens,
+                                              max_prompt_tokens=max_prompt_length,
                                               batches=TINY["gen_batches"] if tiny else 1)
     del model
     _free(device)
@@ -481,13 +484,15 @@ def generation_throughput(model, tokenizer, prompts, device: str, batch_size: in
 
 def generator_throughput(device: str, pairs, tiny: bool = False, recipe_name: str = PAPER_RECIPES[0]) -> dict:
     """The ranking generator's sampled generation at its recipe configuration: ``ranking.k`` rows of one prompt per
-    call (as :mod:`divscale.reward.rankings` runs it) and ``ranking.batch_size`` rows per call (batched)."""
+    call (as :mod:`divscale.reward.rankings` runs it, in float32: it loads the generator with ``load_causal_lm``'s
+    default dtype) and ``eval.batch_size`` rows per call (batched: what batching prompts would give)."""
     from divscale.config import load_recipe
     from divscale.tools.gpu_plan import load_config
 
-    r = load_recipe(recipe_name).ranking
+    recipe = load_recipe(recipe_name)
+    r = recipe.ranking
     config = shrunk_config(r.generator) if tiny else load_config(r.generator)
-    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = "float32"
     tokenizer = TOKENIZERS[config.model_type]([p + c for p, c, _ in pairs[:200]])
     model = _random_model(config, device, dtype).eval()
     prompts = [p for p, _, _ in pairs[:64]]
@@ -497,7 +502,7 @@ def generator_throughput(device: str, pairs, tiny: bool = False, recipe_name: st
     per_prompt = generation_throughput(model, tokenizer, prompts, device, batch_size=r.k, rows_per_call=r.k,
                                        batches=2 if tiny else 3, **kw)
     batched = generation_throughput(model, tokenizer, prompts, device, batch_size=TINY["gen_batch"] if tiny
-                                    else r.batch_size, batches=1, **kw)
+                                    else recipe.eval.batch_size, batches=1, **kw)
     out = {"model": r.generator, "params": sum(p.numel() for p in model.parameters()), "dtype": dtype,
            "k": r.k, "per_prompt": per_prompt, "batched": batched}
     del model
@@ -522,8 +527,8 @@ def rm_throughput(model_id: str, device: str, pairs, tiny: bool = False, dtype: 
     # the scoring code of OpenAssistantRM on this model (its constructor loads from a folder: here the weights are
     # random and a 6.9B fp32 folder would be 28 GB to write and read back)
     scorer = object.__new__(reward.OpenAssistantRM)
-    scorer.__dict__.update(name=model_id, max_length=reward.OA_MAX_LENGTH, device=device, tokenizer=tokenizer,
-                           model=model)
+    scorer.__dict__.update(name=model_id, max_length=reward.OA_MAX_LENGTH, device=device, tokenizer=tokenizer)
+    scorer.model = model
     batch = batch_size or reward.OpenAssistantRM.default_batch_size
     count = n_pairs or (TINY["rm_pairs"] if tiny else 4 * batch)
     prompts = [pairs[i % len(pairs)][0] for i in range(count)]
@@ -554,7 +559,7 @@ def smoke_cell(device: str, texts, pairs, tmp: Path) -> tuple[dict, dict]:
     from divscale.reward import rm as reward
     from divscale.reward.evaluate import evaluate_checkpoint
     from divscale.train import runs as train
-    from divscale.train.pro import RankingCollator
+    from divscale.train.trainer import RankingCollator, model_positions, ranked_rows
 
     cuda = device.startswith("cuda")
     recipe = load_recipe("smoke", {"train.bf16": True})
@@ -568,8 +573,8 @@ def smoke_cell(device: str, texts, pairs, tmp: Path) -> tuple[dict, dict]:
     run_dir = train.train_run(recipe, "pro", 4, k, 42, grid={(4, k): rankings}, policy=(model, tokenizer),
                               rm_train=rm_train, dev_prompts=dev, runs_dir=tmp / "runs")
     result = json.loads((run_dir / "result.json").read_text())
-    collator = RankingCollator(tokenizer, 4, recipe.train.block_size, recipe.train.max_prompt_tokens)
-    per_ranking = sum(sum(len(ids) for ids, _ in collator.encode([r])) for r in rankings) / len(rankings)
+    collator = RankingCollator(tokenizer, *train.cell_lengths(recipe, model_positions(model)))
+    per_ranking = sum(len(p) + len(c) for p, cs in collator.encode(ranked_rows(rankings, 4)) for c in cs) / len(rankings)
     tokens = result["steps"] * recipe.train.prompts_per_step * per_ranking
     test = {"helpful-base": [p for p, _, _ in pairs[-16:]]}
     ev = evaluate_checkpoint(run_dir / "best", load_recipe("smoke"), test, rm_test, tmp / "eval")
@@ -595,20 +600,21 @@ def _sharing_batch(vocab: int, batch: int, n: int, prompt_tokens: int, response_
             "prompt_mask": torch.ones(batch, prompt_tokens, dtype=torch.long, device=device),
             "completion_ids": ids(batch, n, response_tokens),
             "completion_mask": torch.ones(batch, n, response_tokens, dtype=torch.long, device=device),
-            "rewards": torch.arange(n, 0, -1, dtype=torch.float32, device=device).repeat(batch, 1)}
+            "scores": torch.arange(n, 0, -1, dtype=torch.float32, device=device).repeat(batch, 1)}
 
 
 def _pro_step(model, data: dict, share, bf16: bool, device: str, backward: bool = True):
-    """The PRO loss of one batch (as PROTrainer computes it) by one scoring path, then its backward."""
+    """The PRO loss of one batch (as RankingTrainer computes it for the study) by one scoring path, then its
+    backward."""
     import torch
 
     from divscale.train.logprobs import logprobs_from_ids
-    from divscale.train.pro import pro_loss_parts
+    from divscale.train.losses import pro_loss_parts
 
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
         logp, count = logprobs_from_ids(model, data["prompt_ids"], data["prompt_mask"], data["completion_ids"],
                                         data["completion_mask"], share_prompt=share, pad_token_id=1)
-        loss = pro_loss_parts(logp / count, data["rewards"], sft_nll=-logp[:, 0]).total
+        loss = pro_loss_parts(logp / count, data["scores"], sft_nll=-logp[:, 0]).total
     if backward:
         loss.backward()
     return logp.detach().float(), count, float(loss.detach())

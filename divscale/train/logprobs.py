@@ -42,14 +42,13 @@ training --, for ``packed`` an attention implementation without custom masks, or
 disagrees with the naive one on a first, no-grad check) the naive path is used and a line is logged once
 per reason.
 
-Entry points: :func:`completion_logprobs` (strings in, tokenised here) and
-:func:`logprobs_from_ids` (token tensors in, e.g. from :class:`divscale.train.pro.RankingCollator`).
+Entry point: :func:`logprobs_from_ids` (token tensors in). Text is tokenised in one place, by the trainer's rule
+(:class:`divscale.train.trainer.RankingCollator`, whose output this takes as it is).
 """
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -458,102 +457,3 @@ def _verify(model, path: str, prompt_ids, prompt_mask, completion_ids, completio
         finally:
             model.train(was_training)
     return None if _VERIFIED[key] else "its shared-prompt result differs from the full sequences"
-
-
-# --------------------------------------------------------------------------- strings
-
-def _as_text(x: Any, tokenizer, prompt: bool) -> tuple[str, bool]:
-    """A string as is; chat messages rendered (the prompt through the chat template). Returns (text, templated)."""
-    if isinstance(x, str):
-        return x, False
-    if isinstance(x, dict):
-        x = [x]
-    if prompt:
-        return tokenizer.apply_chat_template(list(x), tokenize=False, add_generation_prompt=True), True
-    return "".join(m["content"] for m in x), False
-
-
-def _bos_prefix(tokenizer) -> list[int]:
-    """``[bos]`` if the tokenizer adds a BOS token on its own (never EOS), else ``[]``."""
-    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    adds = (tokenizer.bos_token_id is not None and len(with_special) > len(plain)
-            and with_special[0] == tokenizer.bos_token_id)
-    return [tokenizer.bos_token_id] if adds else []
-
-
-def encode_completions(tokenizer, prompts: Sequence[Any], completions: Sequence[Sequence[Any]],
-                       max_prompt_length: int | None = 384, max_completion_length: int | None = 128,
-                       max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Tokenise prompts and their completions into the tensors :func:`logprobs_from_ids` takes.
-
-    Prompt: BOS if the tokenizer adds one, then its tokens, left-truncated to ``max_prompt_length``
-    (BOS included, kept). Completion: its tokens as given (no BOS, no EOS: append one to the
-    string if it should be scored), right-truncated to ``max_completion_length`` and, with
-    ``max_length``, to ``max_length - prompt length``. Rows may have different numbers of
-    completions; missing ones are empty (score 0, count 0). Padding is the tokenizer's
-    ``padding_side`` (the scores do not depend on it).
-    """
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
-    bos = _bos_prefix(tokenizer)
-    p_rows = []
-    for p in prompts:
-        text, templated = _as_text(p, tokenizer, prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        prefix = [] if templated else bos
-        if max_prompt_length is not None:
-            budget = max(max_prompt_length - len(prefix), 0)
-            ids = ids[len(ids) - budget:] if len(ids) > budget else ids
-        p_rows.append(prefix + ids)
-    if any(not r for r in p_rows):
-        raise ValueError("a prompt encodes to no tokens; give it at least one (or a tokenizer that adds BOS)")
-    k = max((len(c) for c in completions), default=0)
-    if k < 1:
-        raise ValueError("need at least one completion per batch")
-    c_rows = []
-    for p, cs in zip(p_rows, completions):
-        row = []
-        for c in list(cs) + [""] * (k - len(cs)):
-            ids = tokenizer(_as_text(c, tokenizer, prompt=False)[0], add_special_tokens=False)["input_ids"] if c else []
-            limit = max_completion_length
-            if max_length is not None:
-                limit = max_length - len(p) if limit is None else min(limit, max_length - len(p))
-            row.append(ids[:max(limit, 0)] if limit is not None else ids)
-        c_rows.append(row)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-
-    def pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(max((len(r) for r in rows), default=0), 1)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left else slice(0, len(r))
-            if r:
-                ids[i, sl], mask[i, sl] = torch.tensor(r), 1
-        return ids, mask
-
-    prompt_ids, prompt_mask = pad(p_rows)
-    flat_ids, flat_mask = pad([r for row in c_rows for r in row])
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-            "completion_ids": flat_ids.view(len(p_rows), k, -1), "completion_mask": flat_mask.view(len(p_rows), k, -1),
-            "pad_token_id": pad_id}
-
-
-def completion_logprobs(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Sequence[Any]],
-                        share_prompt: bool | str = True, max_prompt_length: int | None = 384,
-                        max_completion_length: int | None = 128, max_length: int | None = None,
-                        return_counts: bool = False):
-    """``(batch, K)`` summed log-probabilities of each prompt's K completions (see :func:`encode_completions`
-    for the tokenisation and truncation). ``share_prompt``: the prompt runs once (:func:`logprobs_from_ids`:
-    ``True`` picks the device's path); values and gradients equal ``share_prompt=False`` up to float
-    rounding. ``return_counts``: also return the ``(batch, K)`` completion token counts."""
-    enc = encode_completions(tokenizer, prompts, completions, max_prompt_length, max_completion_length, max_length)
-    device = next(model.parameters()).device
-    logps, counts = logprobs_from_ids(model, enc["prompt_ids"].to(device), enc["prompt_mask"].to(device),
-                                      enc["completion_ids"].to(device), enc["completion_mask"].to(device),
-                                      share_prompt=share_prompt, pad_token_id=enc["pad_token_id"])
-    return (logps, counts) if return_counts else logps

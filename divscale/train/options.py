@@ -28,6 +28,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
+from divscale.models.hub import model_positions  # noqa: F401  (re-exported: the trainer's modules read it here)
+
 LossType = Literal["pro", "plackett_luce", "all_pairs_dpo", "lipo_lambda", "sft"]
 LOSSES: tuple[str, ...] = typing.get_args(LossType)
 NEEDS_REFERENCE = ("plackett_luce", "all_pairs_dpo", "lipo_lambda")     # losses on DPO's implicit reward
@@ -37,16 +39,6 @@ def default_prompt_length(max_length: int) -> int:
     """The prompt budget when ``max_prompt_length`` is unset: the paper's 384 of 512 (``max_length - 128``), and at
     most three quarters of a shorter block (144 of tiny-gpt's 192 positions)."""
     return max_length - min(128, max_length // 4)
-
-
-def model_positions(model_or_config) -> int | None:
-    """How many positions a model (or its config) has, if it says."""
-    config = getattr(model_or_config, "config", model_or_config)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def sequence_lengths(max_length: int | None, max_prompt_length: int | None, positions: int | None,

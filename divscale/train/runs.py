@@ -243,7 +243,9 @@ class DevRewardCallback(TrainerCallback):
 
     ``state.best_global_step`` / ``state.best_metric`` are saved with every checkpoint (so a
     resumed run remembers them), and the Trainer's checkpoint rotation never deletes the best
-    checkpoint. Step 0 is logged with ``selectable: false``.
+    checkpoint. Step 0 is logged with ``selectable: false``. Under several processes only the main one answers and
+    scores (the others wait for its verdict), so only it loads RM_train's weights (an OpenAssistant RM loads them at
+    its first score).
     """
 
     def __init__(self, tokenizer, prompts: Sequence[str], rm, every: int, log: RunLog, max_new_tokens: int = 128,
@@ -335,9 +337,9 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
 
     from trl import DPOTrainer
 
-    from divscale.train.trainer import DivergenceGuard, FiniteLossMixin
+    from divscale.train.trainer import DivergenceGuard
 
-    class RankingDPOTrainer(FiniteLossMixin, DPOTrainer):
+    class RankingDPOTrainer(DivergenceGuard, DPOTrainer):
         def get_decay_parameter_names(self, model):     # weight decay on every parameter, as for SFT/PRO
             return [name for name, _ in model.named_parameters()]
 
@@ -348,7 +350,7 @@ def build_trainer(recipe: Recipe, algo: str, ranking_len: int, seed: int, model,
              for p, r in zip(prompts, rankings) for i, j in ranking_pairs(ranking_len, recipe.train.dpo_pairs)]
     ref_model = copy.deepcopy(model)
     return RankingDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(pairs),
-                             processing_class=tokenizer, callbacks=[*callbacks, DivergenceGuard()])
+                             processing_class=tokenizer, callbacks=list(callbacks))
 
 
 # --------------------------------------------------------------------------- one run folder
@@ -638,10 +640,10 @@ def train_ranked(dataset, loss_type, policy, policy_id: str, seed: int = 42,
 
 # --------------------------------------------------------------------------- a run's initial policy
 
-def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
+def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False, device: str | None = "auto"):
     """``(model, tokenizer)``: the policy a run (grid cell or own data) started from, rebuilt from its config.json
     (a tiny-gpt from its recipe's data and policy settings -- checked against the recorded weights hash -- or the
-    hub id / folder it named)."""
+    hub id / folder it named), on ``device`` (:func:`divscale.models.hub.resolve_device`)."""
     from divscale.config import DataConfig, PolicyConfig, build_config, load_recipe
     from divscale.data.hh import load_splits
     from divscale.models.hub import load_causal_lm
@@ -654,7 +656,7 @@ def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
     if config.get("kind") == "ranked":
         model = config["model"]
         if model["name"] != "tiny-gpt":
-            return load_causal_lm(model["name"])
+            return load_causal_lm(model["name"], device=device)
         recipe = load_recipe(model.get("recipe") or "cpu")
         policy_cfg, data_cfg, expected = recipe.policy, recipe.data, model.get("policy_id")
     else:
@@ -662,10 +664,10 @@ def load_initial_policy(run_dir: str | os.PathLike, progress: bool = False):
         data_cfg = build_config(DataConfig, config["data"], f"{path}", "data.")
         expected = config.get("inputs", {}).get("policy")
         if policy_cfg.model != "tiny-gpt":
-            return load_policy(policy_cfg)
+            return load_policy(policy_cfg, device=device)
     pool = load_splits(data_cfg)["pool"]
     texts = policy_texts(pool.select_columns(["prompt", "chosen"]).to_dict())
-    policy = load_policy(policy_cfg, texts, progress=progress)
+    policy = load_policy(policy_cfg, texts, progress=progress, device=device)
     found = tiny_gpt_policy_id(policy_cfg, texts)
     if expected and expected.startswith("tiny-gpt:") and expected != found:
         raise DataError(f"{run_dir}: the rebuilt initial policy ({found}) is not the one the run started from "

@@ -32,8 +32,8 @@ extended to chat templates the way TRL does it:
 **One scorer**: :func:`divscale.train.logprobs.logprobs_from_ids`, with the prompt encoded once for its completions
 (``share_prompt``, the default) or one full sequence per completion; the same numbers up to float rounding.
 
-Also here: :class:`LossBalanceCallback` (PRO's two terms' gradient norms), :class:`DivergenceGuard` and
-:class:`FiniteLossMixin` (a non-finite loss or gradient norm stops training with :class:`TrainingDiverged`), and
+Also here: :class:`LossBalanceCallback` (PRO's two terms' gradient norms), :class:`DivergenceGuard` (a non-finite
+loss or gradient norm stops training with :class:`TrainingDiverged`, checked once per optimizer step), and
 :func:`check_trainable_dtype` (float16 parameters under AdamW are refused before training).
 """
 from __future__ import annotations
@@ -279,27 +279,48 @@ def diverged(args, step: int, what: str, value) -> TrainingDiverged:
         "a bf16 overflow, or a row whose completion has no tokens left after truncation")
 
 
-class FiniteLossMixin:
-    """For ``Trainer`` subclasses: a non-finite micro-batch loss raises :class:`TrainingDiverged` at once."""
+class DivergenceGuard:
+    """For ``Trainer`` subclasses (listed before the Trainer): a non-finite micro-batch loss or gradient norm raises
+    :class:`TrainingDiverged` at its optimizer step, before the optimizer applies it, so the weights never take a
+    NaN update and the run is never marked complete.
+
+    Cheap on an accelerator: each micro-batch's loss stays on the device (no host sync per micro-batch), and once per
+    optimizer step the step's losses and the gradient norm the Trainer computed for clipping are read in one
+    transfer. The norm is the Trainer's own (the total norm before clipping that ``Trainer._get_grad_norm`` returns
+    right before every optimizer step, clipping or not; a non-finite gradient anywhere makes it non-finite), not a
+    second pass over the gradients; where the Trainer has none (DeepSpeed before its own step) the loss check
+    remains."""
+
+    def train(self, *args, **kwargs):
+        self._step_losses = []
+        return super().train(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not bool(torch.isfinite(loss).all()):
-            raise diverged(self.args, self.state.global_step + 1, "loss", loss.item())
+        self.__dict__.setdefault("_step_losses", []).append(loss.detach())
         return loss
 
+    def _get_grad_norm(self, model, grad_norm=None):          # the Trainer's hook before each optimizer step
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self.check_step(grad_norm)
+        return grad_norm
 
-class DivergenceGuard(TrainerCallback):
-    """Before each optimizer step: a non-finite gradient norm (after clipping, which spreads a NaN to every
-    gradient) raises :class:`TrainingDiverged`, so the weights never take a NaN update."""
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
-        if not grads:                               # e.g. DeepSpeed keeps its own gradients: the loss check remains
-            return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
-        if not bool(torch.isfinite(norm)):
-            raise diverged(args, state.global_step + 1, "gradient norm", norm.item())
+    def check_step(self, grad_norm=None) -> None:
+        """Raise :class:`TrainingDiverged` if a loss of this optimizer step or its gradient norm is not finite; the
+        values cross to the host once."""
+        losses, self._step_losses = self.__dict__.get("_step_losses", []), []
+        values = [x.float().reshape(-1).sum() for x in losses]
+        if torch.is_tensor(grad_norm):
+            values.append(grad_norm.detach().float().reshape(-1).sum().to(values[0].device if values
+                                                                          else grad_norm.device))
+        host = torch.stack(values).tolist() if values else []
+        norm = host.pop() if torch.is_tensor(grad_norm) else grad_norm
+        step = self.state.global_step + 1
+        bad = next((x for x in host if not math.isfinite(x)), None)
+        if bad is not None:
+            raise diverged(self.args, step, "loss", bad)
+        if norm is not None and not math.isfinite(float(norm)):
+            raise diverged(self.args, step, "gradient norm", float(norm))
 
 
 def check_trainable_dtype(model, args) -> None:
@@ -403,7 +424,7 @@ class LossBalanceCallback(TrainerCallback):
 
 # --------------------------------------------------------------------------- the trainer
 
-class RankingTrainer(FiniteLossMixin, Trainer):
+class RankingTrainer(DivergenceGuard, Trainer):
     """``Trainer`` with the losses of ``args.loss_type`` over each row's ranked completions (module docstring).
 
     ``ref_model``: the frozen reference of the DPO-style losses (None: a frozen copy of the initial policy, as TRL);
@@ -445,7 +466,6 @@ class RankingTrainer(FiniteLossMixin, Trainer):
         callbacks = list(callbacks or [])
         if "pro" in self.losses and args.loss_balance_steps:
             callbacks.append(LossBalanceCallback(args.loss_balance_steps))
-        callbacks.append(DivergenceGuard())
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         self.ref_model = None
