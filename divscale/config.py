@@ -50,7 +50,9 @@ class RankingExtensionConfig:
     temperature: float = 0.7             # sampling for diversity between the k responses
     top_p: float = 0.9
     seed: int = 42
-    workers: int = 1                     # processes sampling the k responses (per-prompt seeds: same output)
+    workers: int = 1                     # processes sampling the k responses (per-prompt seeds: same output);
+                                         # CPU only: on a GPU each worker would hold a copy of the generator
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"   # generator weights (paper: a 7B in bf16)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def test_extensions_with_two_workers_equal_serial(hh_pool, tmp_path, monkeypatch
     serial = rk.extend_rankings(hh_pool, models.SMOLLM2_ID, LengthRM(), cache_dir=tmp_path / "serial",
                                 workers=1, **kw)
 
-    def no_load(name):   # the pool path loads the generator in the workers only
+    def no_load(name, dtype="float32"):   # the pool path loads the generator in the workers only
         raise AssertionError("the main process loaded the generator")
 
     monkeypatch.setattr(rk, "_load_generator", no_load)
@@ -54,7 +54,7 @@ def test_few_missing_prompts_or_a_model_object_stay_serial(tiny_gpt, tiny_tokeni
     monkeypatch.setattr(rk, "_sample_in_pool", no_pool)
     kw = {"k": 2, "max_new_tokens": 4, "max_prompt_tokens": 64, "progress": False, "generator_name": "tiny"}
     rk.extend_rankings(hh_pool, (tiny_gpt, tiny_tokenizer), LengthRM(), cache_dir=tmp_path / "a", workers=2, **kw)
-    monkeypatch.setattr(rk, "_load_generator", lambda name: (tiny_gpt, tiny_tokenizer))
+    monkeypatch.setattr(rk, "_load_generator", lambda name, dtype="float32": (tiny_gpt, tiny_tokenizer))
     rk.extend_rankings(hh_pool[:3], "some/model", LengthRM(), cache_dir=tmp_path / "b", workers=2, **kw)
 
 

@@ -147,7 +147,7 @@ def test_build_rankings_writes_file_once(tiny_gpt, tiny_tokenizer, pool, tmp_pat
 
     recipe = Recipe()
     recipe.ranking.max_new_tokens, recipe.ranking.max_prompt_tokens, recipe.ranking.batch_size = 8, 64, 4
-    monkeypatch.setattr(rk, "_load_generator", lambda name: (tiny_gpt, tiny_tokenizer))
+    monkeypatch.setattr(rk, "_load_generator", lambda name, dtype="float32": (tiny_gpt, tiny_tokenizer))
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
     path = build_rankings(recipe, out_dir=tmp_path / "out", progress=False, pool=pool, rm_train=LengthRM())
     assert path == tmp_path / "out" / "rankings4.jsonl"
@@ -172,7 +172,7 @@ def test_rankings_cli(tiny_gpt, tiny_tokenizer, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "load_splits", lambda cfg: {"pool": pool, "dev": pool, "test": pool})
     monkeypatch.setattr(reward, "build_reward_models", lambda recipe, pool: (LengthRM(), LengthRM()),
                         raising=False)
-    monkeypatch.setattr(rk, "_load_generator", lambda name: (tiny_gpt, tiny_tokenizer))
+    monkeypatch.setattr(rk, "_load_generator", lambda name, dtype="float32": (tiny_gpt, tiny_tokenizer))
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
     recipe_file = tmp_path / "mini.yaml"
     recipe_file.write_text("ranking:\n  max_new_tokens: 8\n  max_prompt_tokens: 64\n")

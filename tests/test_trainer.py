@@ -127,6 +127,20 @@ def test_chat_template_no_joiner_and_the_turn_end_is_scored(tiny_tokenizer):
     assert short.endswith("<|pad|>assistant\n") and len(tok(short)["input_ids"]) <= 12
 
 
+def test_a_chat_template_renders_the_rows_own_messages(tiny_tokenizer):
+    """A canonical row keeps its chat messages (``prompt_chat``); a template renders them, not the lossy HH text
+    (where a system message becomes the first turn's preface); without a template the HH text is used as before."""
+    from divscale.data.ranked import normalize_ranked
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    (row,) = normalize_ranked([{"prompt": chat, "completions": ["Hello!", "Go away."], "ranks": [0, 1]}]).to_list()
+    tok = templated(tiny_tokenizer)
+    p, _ = sequences(RankingCollator(tok, 128, 96)([row]), 0, 0)
+    assert tok.decode(p) == tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    plain = RankingCollator(tiny_tokenizer, 128, 96)
+    assert plain.encode([row]) == plain.encode([{**row, "prompt_chat": []}])
+
+
 def test_a_merge_across_the_boundary_starts_the_completion_where_they_diverge(tiny_tokenizer):
     """TRL's rule: the prompt is the token prefix shared by the prompt alone and prompt + completion."""
     col = RankingCollator(tiny_tokenizer, 64, 32)

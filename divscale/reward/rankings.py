@@ -106,14 +106,16 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
                     max_prompt_tokens: int = 384, batch_size: int = 8, temperature: float = 0.7,
                     top_p: float = 0.9, seed: int = 42, progress: bool = True,
                     generator_name: str | None = None, rm_batch_size: int | None = None,
-                    workers: int = 1) -> list:
+                    workers: int = 1, dtype: str = "float32") -> list:
     """Add ``k`` generated responses to each ranking of ``pool`` (human pairs) and re-rank all by RM_train.
 
     ``generator``: a model id / local path (loaded with ``divscale.models.hub.load_causal_lm`` only
     if some prompt is not cached) or a ``(model, tokenizer)`` tuple. ``rm_train``: anything with
     ``score(prompts, responses) -> logits``. Returns one ``Ranking`` per pool entry (same order,
     same ids) with ``n + k`` responses (4 for a pair and k=2) sorted by RM_train logit, descending (ties keep
-    human-first order), ``rewards`` = the logits, ``sources`` = provenance of each response.
+    human-first order), ``rewards`` = the logits, ``sources`` = provenance of each response. ``dtype``: the
+    generator's weights when loaded by name (a 7B generator in bfloat16 on a GPU; samples differ from float32's, so
+    a non-default dtype is part of the cache key).
 
     ``workers > 1`` samples the missing prompts in that many spawned processes (each loads the generator once;
     chunks of up to :data:`CHUNK_PROMPTS` prompts), with the same per-prompt code, seeds and one thread each, so
@@ -128,6 +130,8 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
     name = _generator_name(generator, generator_name)
     gen_config = dict(k=k, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
                       temperature=temperature, top_p=top_p, seed=seed)
+    if dtype != "float32":                      # float32 samples keep the keys they always had
+        gen_config["dtype"] = dtype
     cache_root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "generations"
     cache_root.mkdir(parents=True, exist_ok=True)
     # the file is keyed by the generation code's version too: samples drawn by older code are not reused
@@ -142,7 +146,6 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
         # different prompts pads them to one width, and padding changes the logits' last bits, so a sample
         # would depend on which other prompts happened to be missing from the cache; unpadded it does not,
         # and on a CPU it is no slower (measured: 44 s vs 51 s for 8 prompts x 2 samples x 48 tokens).
-        # ``batch_size`` (ranking.batch_size) is kept in the cache key for compatibility only.
         gen = {"max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens, "batch_size": k,
                "do_sample": True, "temperature": temperature, "top_p": top_p}
         bar = _progress(len(missing), progress, f"generate ({name})")
@@ -156,10 +159,10 @@ def extend_rankings(pool: Sequence, generator, rm_train, k: int = 2,
         parallel = (workers > 1 and not isinstance(generator, tuple)
                     and len(missing) >= MIN_PROMPTS_PER_WORKER * workers)
         if parallel:
-            _sample_in_pool(str(generator), missing, k, seed, gen, workers, store)
+            _sample_in_pool(str(generator), missing, k, seed, gen, workers, store, dtype)
         else:
             model, tokenizer = (generator if isinstance(generator, tuple)
-                                else _load_generator(str(generator)))
+                                else _load_generator(str(generator), dtype))
             from divscale.provenance import deterministic
 
             with deterministic(1):
@@ -211,11 +214,11 @@ CHUNK_PROMPTS = 8              # at most this many prompts per task (the cache f
 _WORKER_GENERATOR: dict = {}
 
 
-def _init_generation_worker(generator: str) -> None:
+def _init_generation_worker(generator: str, dtype: str = "float32") -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER_GENERATOR["model"], _WORKER_GENERATOR["tokenizer"] = _load_generator(generator)
+    _WORKER_GENERATOR["model"], _WORKER_GENERATOR["tokenizer"] = _load_generator(generator, dtype)
 
 
 def _generate_chunk(prompts: list[str], k: int, seed: int, gen: dict) -> list[list[str]]:
@@ -226,7 +229,8 @@ def _generate_chunk(prompts: list[str], k: int, seed: int, gen: dict) -> list[li
         return [_sample_prompt(model, tokenizer, format_prompt(p, tokenizer), k, seed, gen) for p in prompts]
 
 
-def _sample_in_pool(generator: str, missing: list[str], k: int, seed: int, gen: dict, workers: int, store) -> None:
+def _sample_in_pool(generator: str, missing: list[str], k: int, seed: int, gen: dict, workers: int, store,
+                    dtype: str = "float32") -> None:
     """Sample ``missing`` in ``workers`` spawned processes; ``store(chunk, outputs)`` runs in this process as each
     chunk finishes (contiguous chunks, about four per worker, at most ``CHUNK_PROMPTS`` prompts)."""
     import multiprocessing
@@ -235,7 +239,7 @@ def _sample_in_pool(generator: str, missing: list[str], k: int, seed: int, gen: 
     size = max(1, min(CHUNK_PROMPTS, len(missing) // (4 * workers)))
     chunks = [missing[i:i + size] for i in range(0, len(missing), size)]
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_generation_worker, initargs=(generator,))
+                               initializer=_init_generation_worker, initargs=(generator, dtype))
     try:
         pending = {pool.submit(_generate_chunk, chunk, k, seed, gen): chunk for chunk in chunks}
         while pending:
@@ -246,10 +250,10 @@ def _sample_in_pool(generator: str, missing: list[str], k: int, seed: int, gen: 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load_generator(name: str):
+def _load_generator(name: str, dtype: str = "float32"):
     from divscale.models.hub import load_causal_lm
 
-    return load_causal_lm(name)
+    return load_causal_lm(name, dtype=dtype)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -297,7 +301,7 @@ def build_rankings(recipe, out_dir: str | os.PathLike | None = None, progress: b
     cfg = recipe.ranking
     ranked = extend_rankings(pool, cfg.generator, rm_train, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                              max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature,
-                             top_p=cfg.top_p, seed=cfg.seed, progress=progress, workers=getattr(cfg, "workers", 1))
+                             top_p=cfg.top_p, seed=cfg.seed, progress=progress, workers=cfg.workers, dtype=cfg.dtype)
     save_rankings(target, ranked)
     return target
 

@@ -484,15 +484,15 @@ def generation_throughput(model, tokenizer, prompts, device: str, batch_size: in
 
 def generator_throughput(device: str, pairs, tiny: bool = False, recipe_name: str = PAPER_RECIPES[0]) -> dict:
     """The ranking generator's sampled generation at its recipe configuration: ``ranking.k`` rows of one prompt per
-    call (as :mod:`divscale.reward.rankings` runs it, in float32: it loads the generator with ``load_causal_lm``'s
-    default dtype) and ``eval.batch_size`` rows per call (batched: what batching prompts would give)."""
+    call (as :mod:`divscale.reward.rankings` runs it, in the recipe's ``ranking.dtype``) and ``eval.batch_size`` rows
+    per call (batched: what batching prompts would give)."""
     from divscale.config import load_recipe
     from divscale.tools.gpu_plan import load_config
 
     recipe = load_recipe(recipe_name)
     r = recipe.ranking
     config = shrunk_config(r.generator) if tiny else load_config(r.generator)
-    dtype = "float32"
+    dtype = r.dtype
     tokenizer = TOKENIZERS[config.model_type]([p + c for p, c, _ in pairs[:200]])
     model = _random_model(config, device, dtype).eval()
     prompts = [p for p, _, _ in pairs[:64]]

@@ -62,10 +62,11 @@ class PROLossParts:
     terms: list[torch.Tensor]      # mean_batch(L_k), k = 1 .. n-1
     sft_scale: float               # weight of L_SFT: sft_weight * (n-1)^2, or 1 for the SFT baseline (n = 1)
 
-    def as_floats(self) -> dict[str, float]:
-        out = {"loss_total": self.total.item(), "loss_pro": self.pro.item(), "loss_sft": self.sft.item(),
-               "loss_sft_weighted": self.sft_scale * self.sft.item(), "sft_scale": self.sft_scale}
-        out.update({f"loss_rank_{k + 1}": t.item() for k, t in enumerate(self.terms)})
+    def as_tensors(self) -> dict[str, torch.Tensor | float]:
+        """The parts as detached tensors (no host sync: a trainer reads them when it logs) and ``sft_scale``."""
+        out = {"loss_total": self.total.detach(), "loss_pro": self.pro.detach(), "loss_sft": self.sft.detach(),
+               "loss_sft_weighted": self.sft.detach().double() * self.sft_scale, "sft_scale": self.sft_scale}
+        out.update({f"loss_rank_{k + 1}": t.detach() for k, t in enumerate(self.terms)})
         return out
 
 

@@ -205,13 +205,16 @@ class RankingCollator:
         """``(prompt ids, [completion ids, ...])`` of each row (steps 1-5)."""
         from divscale.data.ranked import completion_text
 
-        prompts = self.prompt_texts([r["prompt"] for r in rows])
+        # a chat template renders the prompt's own messages (``prompt_chat``, kept by the readers) when there are
+        # some: the HH text is a lossy rendering of them (a system message becomes the first turn's preface)
+        sources = [r.get("prompt_chat") or r["prompt"] if self.templated else r["prompt"] for r in rows]
+        prompts = self.prompt_texts(sources)
         texts, where = [], []
-        for i, (row, p_text) in enumerate(zip(rows, prompts)):
+        for i, (row, source, p_text) in enumerate(zip(rows, sources, prompts)):
             completions = list(row["completions"])[:1 if self.best_only else None]
             for j, c in enumerate(completions):
                 c = c if isinstance(c, str) else completion_text(c, f"row {row.get('id', i)!r}, completion {j}")
-                texts.append(p_text + self.continuation(row["prompt"], p_text, c))
+                texts.append(p_text + self.continuation(source, p_text, c))
                 where.append(i)
         full = [(self.prefix + ids)[:self.max_length] for ids in self._ids(texts)]
         prompt_ids = [self.prefix + ids for ids in self._ids(prompts)]
@@ -522,8 +525,7 @@ class RankingTrainer(DivergenceGuard, Trainer):
                     for cb in self.callback_handler.callbacks:
                         if isinstance(cb, LossBalanceCallback):
                             cb.observe(self, model, pro)
-                with torch.no_grad():
-                    parts.update(pro.as_floats())
+                parts.update(pro.as_tensors())
             else:
                 if ref is None:
                     ref = self.reference_logps(inputs).to(logps.device, logps.dtype)
@@ -537,9 +539,9 @@ class RankingTrainer(DivergenceGuard, Trainer):
             total = value if total is None else total + value
         if len(self.losses) > 1:
             parts["loss_total"] = total
-        if model.training:
+        if model.training:                             # kept on the device until the log step reads them
             for key, value in parts.items():
-                self._loss_parts[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+                self._loss_parts[key].append(value.detach() if torch.is_tensor(value) else value)
         return (total, {"logps": logps.detach()}) if return_outputs else total
 
     def _pro_parts(self, logps, counts, ranks, present, inputs) -> PROLossParts:
@@ -556,7 +558,7 @@ class RankingTrainer(DivergenceGuard, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._loss_parts:       # training logs: the loss parts (mean over micro-batches)
-            logs.update({k: sum(v) / len(v) for k, v in self._loss_parts.items()})
+            logs.update({k: sum(float(x) for x in v) / len(v) for k, v in self._loss_parts.items()})
             self._loss_parts.clear()
         if "loss" in logs:                            # the loss balance of this logging period's measured step
             for cb in self.callback_handler.callbacks:
