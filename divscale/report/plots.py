@@ -751,3 +751,53 @@ def plot_budget_decomposition(ours: dict, paper: pd.DataFrame, budget_label: str
                   "±); an effect inside the dashed band cannot be told from 0.")
     fig.tight_layout()
     return fig
+
+
+TRAINER_COLORS = {"divscale": "#029E73", "trl": "#CC78BC"}      # colorblind palette: listwise arms, TRL's pairs
+
+
+def plot_listwise(df: pd.DataFrame, summary: dict) -> plt.Figure:
+    """Notebook 09's head-to-head (``listwise.csv`` and :func:`divscale.report.publish.listwise_summary`): per arm the
+    test reward (every seed a dot; mean and bounded 95% interval over seeds; the initial policy dashed), the win rate
+    over the initial policy (same marks; 50% dashed) and the measured wall time per optimizer step with the sequences
+    a step encodes (policy + reference)."""
+    set_style()
+    arms = summary["arms"]
+    order = list(arms)
+    runs = df[(df["arm"] != "initial") & (df["status"].astype(str) == "ok")]
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), gridspec_kw={"width_ratios": [3, 3, 2]})
+    panels = ((axes[0], "reward", 1.0, summary["initial"]["reward"]), (axes[1], "win_rate", 100.0, 50.0))
+    for ax, column, scale, reference in panels:
+        for i, arm in enumerate(order):
+            a, color = arms[arm], TRAINER_COLORS[arms[arm]["trainer"]]
+            ys = runs[runs["arm"] == arm][column] * scale
+            ax.scatter(i - 0.15 + np.linspace(-0.05, 0.05, len(ys)), ys, s=12, color=color, alpha=0.55, lw=0, zorder=3)
+            _intervals(ax, [i + 0.05], [a[column] * scale], [a[f"{column}_lo"] * scale], [a[f"{column}_hi"] * scale],
+                       color)
+        ax.axhline(reference, ls="--", lw=1, color="0.4")
+        ax.set_xticks(range(len(order)), [arms[a]["label"].replace(", ", ",\n").replace(" (", "\n(") for a in order],
+                      fontsize="x-small")
+    axes[0].set_ylabel(REWARD_LABEL)
+    axes[0].set_title("Test reward (dashed: initial policy)")
+    axes[1].set_ylabel("win rate over the initial policy (%)")
+    axes[1].set_title("Win rate, ties half (dashed: 50%)")
+    ax = axes[2]
+    steps = [arms[a]["seconds_per_step"] for a in order]
+    ax.barh(range(len(order)), steps, color=[TRAINER_COLORS[arms[a]["trainer"]] for a in order], alpha=0.85)
+    for i, a in enumerate(order):
+        seqs = arms[a]["policy_sequences_per_step"] + arms[a]["reference_sequences_per_step"]
+        ax.text(steps[i], i, f" {seqs:g} seq.", va="center", fontsize="x-small")
+    ax.set_yticks(range(len(order)), [arms[a]["label"] for a in order], fontsize="x-small")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per optimizer step")
+    ax.set_xlim(0, max(steps) * 1.35)
+    ax.set_title("Cost (sequences a step: policy + reference)")
+    handles = [Patch(color=c, label=t) for t, c in (("divscale, on the rankings", TRAINER_COLORS["divscale"]),
+                                                     ("TRL DPOTrainer, on pairs", TRAINER_COLORS["trl"]))]
+    axes[0].legend(handles=handles, fontsize="x-small", loc="best")
+    d = summary["design"]
+    _caption(fig, f"oasst1 human rankings, K = {d['ranking_len']}: {d['steps']} steps × {d['rows_per_step']} rankings "
+                  f"({d['n_train']} training rankings, {d['n_test']} test prompts), {len(d['seeds'])} seeds. Dots: "
+                  f"seeds; bar: mean and {BOUNDED_NOTE}. Time: mean over seeds, one core.")
+    fig.tight_layout()
+    return fig

@@ -418,6 +418,66 @@ def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | N
     return out
 
 
+def listwise_summary(df: pd.DataFrame | None) -> dict | None:
+    """Notebook 09's head-to-head (``results/<recipe>/listwise.csv``, :mod:`divscale.study.listwise`): per arm the
+    test reward (mean over seeds, bounded 95% t-interval), its gain over the initial policy (one-sample t over
+    seeds), the win rate over the initial policy (mean over seeds, bounded interval), the share of empty answers,
+    the wall time and sequences per step; every divscale arm against every TRL arm, paired by seed (same initial
+    weights, same rankings in the same steps), with CI and MDE. None without a table. A table whose rows disagree on
+    a key column is refused (:func:`divscale.provenance.check_table_keys`)."""
+    from divscale.provenance import KEY_COLUMNS, check_table_keys
+
+    if df is None or df.empty:
+        return None
+    rows = df.to_dict("records")
+    check_table_keys(rows, "listwise.csv", columns=[c for c in KEY_COLUMNS if c in df.columns],
+                     fix="rerun notebook 09: it rebuilds the table from the current inputs")
+    ok = _ok(df)
+    initial = ok[ok["arm"] == "initial"]
+    runs = ok[ok["arm"] != "initial"]
+    if initial.empty or runs.empty:
+        raise DataError("listwise.csv needs the initial policy's row and at least one run; rerun notebook 09")
+    init = initial.iloc[0]
+    base = "trl_dpo_all_pairs"
+    base_step = runs[runs["arm"] == base]["seconds_per_step"].mean() if base in set(runs["arm"]) else math.nan
+    arms = {}
+    for arm, g in runs.groupby("arm", sort=False):
+        mean, lo, hi = analysis.bounded_interval(g["reward"])
+        win, win_lo, win_hi = analysis.bounded_interval(100 * g["win_rate"])
+        step = float(g["seconds_per_step"].mean())
+        first = g.iloc[0]
+        arms[arm] = {"label": first["label"], "trainer": first["trainer"], "loss": first["loss"],
+                     "pairs": first["pairs"] if isinstance(first["pairs"], str) and first["pairs"] else None,
+                     "runs": len(g), "seeds": sorted(int(s) for s in g["seed"]),
+                     "reward": mean, "reward_lo": lo, "reward_hi": hi,
+                     "seed_sd": float(g["reward"].std(ddof=1)) if len(g) > 1 else math.nan,
+                     "vs_initial": analysis.versus_reference(g["reward"], float(init["reward"])),
+                     "win_rate": win / 100, "win_rate_lo": win_lo / 100, "win_rate_hi": win_hi / 100,
+                     "empty_share": float(g["empty_share"].mean()), "answer_chars": float(g["answer_chars_mean"].mean()),
+                     "seconds_per_step": step, "speed_vs_trl_all_pairs": base_step / step,
+                     "policy_sequences_per_step": float(first["policy_sequences_per_step"]),
+                     "reference_sequences_per_step": float(first["reference_sequences_per_step"]),
+                     "pairs_per_step": None if pd.isna(first["pairs_per_step"]) else float(first["pairs_per_step"])}
+    ours = [a for a, v in arms.items() if v["trainer"] == "divscale"]
+    theirs = [a for a, v in arms.items() if v["trainer"] == "trl"]
+    contrasts = {}
+    for a in ours:
+        for b in theirs:
+            c = analysis.paired_contrast(runs[runs["arm"] == a], runs[runs["arm"] == b], "reward")
+            contrasts[f"{a} - {b}"] = c | {"family": "listwise_vs_pairs", "direction": _above(c, arms[a]["label"])}
+    first = runs.iloc[0]
+    design = {"steps": int(first["steps"]), "rows_per_step": int(first["rows_per_step"]),
+              "ranking_len": int(first["ranking_len"]), "n_train": int(first["n_train"]),
+              "n_test": int(first["n_test"]), "seeds": sorted(int(s) for s in runs["seed"].unique()),
+              "equal": "initial weights, training rankings, optimizer, steps, rankings per step (a pairs arm: their "
+                       "pairs), lengths; beta 0.1",
+              "paired": "by seed: the same rankings in the same steps from the same weights"}
+    return {"design": design, "initial": {"reward": float(init["reward"]), "ci_lo": float(init["reward_lo"]),
+                                          "ci_hi": float(init["reward_hi"]),
+                                          "empty_share": float(init["empty_share"])},
+            "arms": arms, "contrasts": contrasts, "baseline": base}
+
+
 def _above(c: dict, what: str) -> str:
     """A direction for contrasts the paper makes no claim about."""
     return f"{what} {'above' if c['estimate'] > 0 else 'below' if c['estimate'] < 0 else 'level'}"
@@ -474,6 +534,9 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     if (folder / "beta_ablation.csv").exists():
         inputs["beta_ablation.csv"] = file_sha256(folder / "beta_ablation.csv", 16)
     summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
+    if (folder / "listwise.csv").exists():
+        inputs["listwise.csv"] = _sha(folder / "listwise.csv")
+    summary["listwise"] = listwise_summary(pd.read_csv(folder / "listwise.csv")) if "listwise.csv" in inputs else None
     summary = _clean(summary)
     summary["verdicts"] = verdicts(summary)
     return summary
