@@ -177,6 +177,21 @@ def test_summary_refuses_a_stale_row_and_a_table_without_its_initial_row():
     assert listwise_summary(None) is None
 
 
+def test_summary_json_holds_the_block_when_the_table_exists(tmp_path):
+    from test_analysis import make_results
+
+    from divscale.report import analysis, publish
+
+    out = tmp_path / "toy"
+    out.mkdir()
+    analysis.write_results(out / "runs.csv", make_results(sizes=(60, 120)))
+    assert "listwise" not in publish.build_summary("toy", out, budgets=[240])
+    table().to_csv(out / listwise.TABLE, index=False)
+    s = publish.build_summary("toy", out, budgets=[240])
+    assert "listwise.csv" in s["inputs"] and set(s["listwise"]["arms"]) == {a.name for a in listwise.ARMS}
+    assert s["listwise"]["contrasts"]["pro - trl_dpo_all_pairs"]["status"] == "holds"
+
+
 def test_write_table_refuses_rows_made_from_other_inputs(tmp_path, monkeypatch):
     from divscale import paths
 

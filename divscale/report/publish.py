@@ -442,8 +442,8 @@ def listwise_summary(df: pd.DataFrame | None) -> dict | None:
     base_step = runs[runs["arm"] == base]["seconds_per_step"].mean() if base in set(runs["arm"]) else math.nan
     arms = {}
     for arm, g in runs.groupby("arm", sort=False):
-        mean, lo, hi = analysis.bounded_interval(g["reward"])
-        win, win_lo, win_hi = analysis.bounded_interval(100 * g["win_rate"])
+        mean, lo, hi = stats.bounded_interval(g["reward"])
+        win, win_lo, win_hi = stats.bounded_interval(100 * g["win_rate"])
         step = float(g["seconds_per_step"].mean())
         first = g.iloc[0]
         arms[arm] = {"label": first["label"], "trainer": first["trainer"], "loss": first["loss"],
@@ -451,7 +451,7 @@ def listwise_summary(df: pd.DataFrame | None) -> dict | None:
                      "runs": len(g), "seeds": sorted(int(s) for s in g["seed"]),
                      "reward": mean, "reward_lo": lo, "reward_hi": hi,
                      "seed_sd": float(g["reward"].std(ddof=1)) if len(g) > 1 else math.nan,
-                     "vs_initial": analysis.versus_reference(g["reward"], float(init["reward"])),
+                     "vs_initial": stats.versus_reference(g["reward"], float(init["reward"])),
                      "win_rate": win / 100, "win_rate_lo": win_lo / 100, "win_rate_hi": win_hi / 100,
                      "empty_share": float(g["empty_share"].mean()), "answer_chars": float(g["answer_chars_mean"].mean()),
                      "seconds_per_step": step, "speed_vs_trl_all_pairs": base_step / step,
@@ -463,7 +463,7 @@ def listwise_summary(df: pd.DataFrame | None) -> dict | None:
     contrasts = {}
     for a in ours:
         for b in theirs:
-            c = analysis.paired_contrast(runs[runs["arm"] == a], runs[runs["arm"] == b], "reward")
+            c = stats.paired_contrast(runs[runs["arm"] == a], runs[runs["arm"] == b], "reward")
             contrasts[f"{a} - {b}"] = c | {"family": "listwise_vs_pairs", "direction": _above(c, arms[a]["label"])}
     first = runs.iloc[0]
     design = {"steps": int(first["steps"]), "rows_per_step": int(first["rows_per_step"]),
@@ -534,9 +534,9 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
     if (folder / "beta_ablation.csv").exists():
         inputs["beta_ablation.csv"] = file_sha256(folder / "beta_ablation.csv", 16)
     summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
-    if (folder / "listwise.csv").exists():
-        inputs["listwise.csv"] = _sha(folder / "listwise.csv")
-    summary["listwise"] = listwise_summary(pd.read_csv(folder / "listwise.csv")) if "listwise.csv" in inputs else None
+    if (folder / "listwise.csv").exists():              # notebook 09's head-to-head (absent: no key)
+        inputs["listwise.csv"] = file_sha256(folder / "listwise.csv", 16)
+        summary["listwise"] = listwise_summary(pd.read_csv(folder / "listwise.csv"))
     summary = _clean(summary)
     summary["verdicts"] = verdicts(summary)
     return summary

@@ -54,8 +54,9 @@ from pathlib import Path
 import pandas as pd
 
 from divscale import paths
-from divscale.config import Recipe, config_hash
+from divscale.config import Recipe
 from divscale.io import DataError
+from divscale.provenance import config_hash, sha256_json
 
 RANKING_LEN = 3          # K of every training ranking (module docstring)
 BETA = 0.1               # DPO's temperature (TRL's default), for every loss on DPO's implicit reward
@@ -182,7 +183,6 @@ def oasst1_data(R: Recipe, d: Design) -> Data:
     from divscale.data.ranked import one_line_ranked
     from divscale.io import atomic_write_jsonl
     from divscale.train.own_data import split_ranked, sub_ranked
-    from divscale.train.runs import sha256_json
 
     key = ("data", d.n_test, d.ranking_len, d.data_seed, str(paths.RUNS_DIR))
     if key in _MEMO:
@@ -286,7 +286,7 @@ def train_pairs(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, pol
     import trl
     from datasets import Dataset
 
-    from divscale.train.runs import execute_run, sha256_json
+    from divscale.train.runs import execute_run
     from divscale.train.trainer import DivergenceGuard
 
     model, tokenizer = policy
