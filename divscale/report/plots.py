@@ -660,6 +660,8 @@ def plot_budget_crossover(table: pd.DataFrame, crossovers: list[dict] | None = N
     if not crossovers:
         ax.text(0.99, 0.02, "recommended n does not change over this range", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize="small", color="0.3")
+    span = table["budget"].max() - table["budget"].min()
+    ax.set_xlim(table["budget"].min() - 0.02 * span, table["budget"].max() + 0.02 * span)   # the whole range asked
     ax.xaxis.set_major_formatter(mticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_xlabel("annotation budget B (ranked responses; ⌊B/n⌋ prompts)")
     ax.set_ylabel("predicted test reward (×100)")
