@@ -163,6 +163,63 @@ class EvalConfig:
 
 
 @dataclass
+class PrimaryContrast:
+    """The study's one primary contrast, declared in the recipe before the runs (issue 19): ``algo`` at an equal
+    budget of ``budget`` responses, the cell (n_hi, budget/n_hi) minus (n_lo, budget/n_lo), reported with its
+    two parts, the prompt-count part (n_lo, budget/n_hi) - (n_lo, budget/n_lo) and the ranking-length part
+    (n_hi, budget/n_hi) - (n_lo, budget/n_hi) (:func:`divscale.report.analysis.budget_decomposition`). Everything
+    else the study reports is secondary. ``budget: null``: nothing declared (the three cells are not checked)."""
+    algo: Algo = "pro"
+    budget: int | None = None
+    n_hi: int = 4
+    n_lo: int = 2
+
+    @property
+    def declared(self) -> bool:
+        return self.budget is not None
+
+    def cells(self) -> dict[str, tuple[int, int]]:
+        """(n, k) of the three cells: ``hi`` (n_hi, B/n_hi), ``lo`` (n_lo, B/n_lo), ``mid`` (n_lo, B/n_hi)."""
+        k_hi, k_lo = self.budget // self.n_hi, self.budget // self.n_lo
+        return {"hi": (self.n_hi, k_hi), "lo": (self.n_lo, k_lo), "mid": (self.n_lo, k_hi)}
+
+    def problems(self, recipe: Recipe) -> list[str]:
+        """Why the declaration does not fit the recipe's grid (empty: it does). The three cells must be trained:
+        the algorithm in train.algos, the budget in grid.equal_budgets, both n in data.ranking_lengths, both k in
+        data.sizes; with grid.verdict_seeds, all three must get them (a part on one run has no CI)."""
+        if not self.declared:
+            return []
+        g, d = recipe.grid, recipe.data
+        out = []
+        if self.algo not in recipe.train.algos:
+            out.append(f"grid.primary.algo={self.algo} is not in train.algos {recipe.train.algos}")
+        if not self.n_hi > self.n_lo >= 2:
+            out.append(f"grid.primary needs n_hi > n_lo >= 2, got n_hi={self.n_hi}, n_lo={self.n_lo}")
+        missing = [n for n in (self.n_hi, self.n_lo) if n not in d.ranking_lengths]
+        if missing:
+            out.append(f"grid.primary's n {missing} not in data.ranking_lengths {d.ranking_lengths}")
+        if self.budget not in g.equal_budgets:
+            out.append(f"grid.primary.budget={self.budget} is not in grid.equal_budgets {g.equal_budgets}")
+        if self.n_hi < 2 or self.n_lo < 2 or self.budget % self.n_hi or self.budget % self.n_lo:
+            out.append(f"grid.primary.budget={self.budget} must be divisible by n_hi={self.n_hi} and n_lo={self.n_lo}")
+        if out:
+            return out
+        cells = self.cells()
+        absent = sorted({k for _, k in cells.values()} - set(d.sizes))
+        if absent:
+            out.append(f"grid.primary's cells need sizes {absent}, not in data.sizes {d.sizes}")
+        elif g.verdict_seeds:
+            lengths = sorted(d.ranking_lengths)
+            verdict = {(n, b // n) for b in g.equal_budgets for n in lengths if b % n == 0}
+            verdict |= {(n, k) for k in g.contrast_sizes for n in (lengths[0], lengths[-1])}
+            thin = [c for c in cells.values() if c not in verdict]
+            if thin:
+                out.append(f"grid.primary's cell(s) {thin} get no grid.verdict_seeds (one run: no CI); add "
+                           f"{sorted({k for _, k in thin})} to grid.contrast_sizes")
+        return out
+
+
+@dataclass
 class GridConfig:
     executor: Literal["local", "slurm", "submitit-local"] = "local"   # slurm: submitit jobs
     jobs: int = 1
@@ -175,6 +232,8 @@ class GridConfig:
     # table (beta_ablation.csv), with beta_seeds (default: train.seeds)
     beta_ablation: list[float] = field(default_factory=list)
     beta_seeds: list[int] = field(default_factory=list)
+    # the one primary contrast, declared before the runs (PrimaryContrast); everything else is secondary
+    primary: PrimaryContrast = field(default_factory=PrimaryContrast)
 
 
 @dataclass
@@ -293,6 +352,8 @@ def check_recipe(recipe: Recipe) -> None:
     bad = [n for n in recipe.data.ranking_lengths if n < 2]
     if bad:
         raise RecipeError(f"{where} data.ranking_lengths {recipe.data.ranking_lengths}: every n must be >= 2")
+    for problem in recipe.grid.primary.problems(recipe)[:1]:
+        raise RecipeError(f"{where} {problem}")
 
 
 class RecipeError(ValueError):

@@ -39,8 +39,10 @@
 #    random 2-of-3 subsets of those (`split.py`, seed 42). So a 2-ranking may contain generated
 #    responses; it is not the original human pair.
 # 5. **Nested subsets.** One seeded shuffle of the pool; subset *k* is its first *k* prompts. Subsets are
-#    nested and a size has the *same prompts* for every ranking length, so prompt diversity depends on
-#    the size alone.
+#    nested and a size has the *same prompts* for every ranking length, so within one data draw prompt
+#    diversity depends on the size alone. With `data.redraw_per_seed` every replicate of a cell trains on its
+#    own draw (its own shuffle and sub-rankings of the same ranked prompts), so a cell's spread covers the draw
+#    as well as the training seed, and d of a size varies a little between replicates.
 #
 # Annotation cost = #prompts × n (one ranked response = one annotation), so the equal-budget cells of
 # a budget B are (n = 2, B/2), (n = 3, B/3) and (n = 4, B/4).
@@ -72,6 +74,8 @@ else:
 
 # %%
 splits = pipeline.splits(R)
+for note in pipeline.data_notes(R):          # said once here; the later notebooks read the same files silently
+    print("reading the HH files:", note)
 pd.DataFrame({name: pd.Series(ds["subset"][:]).value_counts() for name, ds in splits.items()}).fillna(0).astype(int)
 
 # %%

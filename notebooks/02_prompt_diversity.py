@@ -28,8 +28,8 @@
 # quantity with diminishing returns. The paper uses **N = 2** (LLaMA-tokenizer bigrams, BOS kept, first
 # 512 tokens) and **p = 2**. `r_unique` falls as the set grows, because N-grams repeat; `√|X|` grows.
 #
-# A worked example: prompts `[A B C D]`, `[A B C E]`, `[F G]` have 7 bigrams, 5 distinct: d = √3·5/7 = 1.237.
-# Dropping the near-duplicate second prompt *raises* d to √2 = 1.414. Near-duplicates lower d.
+# A worked example (computed below): the prompts `[A B C D]`, `[A B C E]` and `[F G]` share two of their bigrams;
+# dropping the near-duplicate second prompt *raises* d, although the set is smaller. Near-duplicates lower d.
 #
 # Offline there is no LLaMA tokenizer, so d is computed with SmolLM2's tokenizer, a byte-level BPE (GPT-2
 # style). LLaMA's is a SentencePiece BPE with byte fallback: another vocabulary and another segmentation,
@@ -56,8 +56,9 @@ tokenizer = pipeline.diversity_tokenizer(R)
 # ## The worked example, computed
 
 # %%
-toy = [np.array(x) for x in ([1, 2, 3, 4], [1, 2, 3, 5], [6, 7])]
-print(diversity.diversity_from_ids(toy), diversity.diversity_from_ids([toy[0], toy[2]]), sep="\n")
+toy = [np.array(x) for x in ([1, 2, 3, 4], [1, 2, 3, 5], [6, 7])]       # A B C D / A B C E / F G
+for label, prompts in (("all three prompts", toy), ("without the near-duplicate", [toy[0], toy[2]])):
+    print(f"{label}:", diversity.diversity_from_ids(prompts).to_dict())
 
 # %% [markdown]
 # ## d for every subset size of the grid (Figure 4(b) analogue)
@@ -68,7 +69,7 @@ div
 
 # %%
 fig = plots.plot_diversity_by_size(div, paper=paper_diversity())
-plots.save_figure(fig, "diversity_by_size", pipeline.figures_dir(R))
+_ = plots.save_figure(fig, "diversity_by_size", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Sensitivity to N and p
@@ -93,7 +94,7 @@ measures = pipeline.diversity_measures(R)
 measures
 
 # %% [markdown]
-# Across the four nested sizes every measure that moves monotonically with |X| has a rank correlation of ±1
+# Across the nested sizes every measure that moves monotonically with |X| has a rank correlation of ±1
 # with d, which says nothing. The informative comparison holds the size fixed: many random subsets of the
 # smallest size, drawn from the largest subset's prompts, differ only in *which* prompts they hold. A measure
 # that agrees with d on what "diverse" means correlates positively with it there; compression ratio and

@@ -31,9 +31,9 @@
 #
 # Which checkpoint answers the test prompts is `train.checkpoint`. The paper's rule (`best-dev`): every
 # `eval_every` steps the policy answers the dev prompts greedily, RM_train scores the answers, and the best
-# checkpoint is kept (the paper validates every 500 of its 4000 steps). The cpu profile keeps the last step
-# (`last`): with 32 dev prompts the choice followed noise (see 05). That checkpoint then answers the test
-# prompts and RM_test scores them.
+# checkpoint is kept (the paper validates periodically over its training steps). The cpu profile keeps the last
+# step (`last`): with the cpu recipe's few dev prompts the choice followed noise (`recipes/cpu.yaml`). That
+# checkpoint then answers the test prompts and RM_test scores them.
 
 # %% tags=["parameters"]
 recipe = "cpu"

@@ -16,7 +16,10 @@
 # ---
 
 # %% [markdown]
-# # 06 · Is reward linear in prompt diversity?
+# # 06 · Is reward linear in prompt diversity? (secondary / exploratory)
+#
+# Not the study's primary question (05 holds the one declared contrast): every slope here is a secondary test,
+# reported with its CI, counted at the end, and not corrected for multiplicity.
 #
 # The paper's Figure 4 (OPT-1.3B, 8 subset sizes × 3 ranking lengths) fits one OLS line per ranking
 # length of test reward against d, and against the raw number of prompts. It prints only the mean MSE of
@@ -30,8 +33,10 @@
 #
 # One scale throughout: reward ×100 (100 · mean sigmoid of the RM_test logit), so slopes are in reward
 # points per unit of d and MSEs in points²; the paper's printed MSEs (0–1 scale) are multiplied by 10⁴.
-# Our lines are fitted on every run (every size × its seeds: the verdict cells carry more seeds than the
-# others), not on the per-size seed means.
+# Our lines are fitted on every run (every size × its replicates: the primary cells carry many more replicates than
+# the other sizes, so the points per line differ; the table prints them), not on the per-size means. A line
+# through a few well-replicated sizes and single runs at the others can rest on those single runs: the reading
+# below also says what the slopes become without the smallest size's runs.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -65,7 +70,7 @@ pd.concat(paper_fits, names=["fit"])[["slope", "intercept", "r2", "mse"]]
 paper_pts = analysis.paper_fig4_points()
 for algo in ("pro", "sft"):
     fig = plots.plot_reward_vs_diversity(paper_pts, paper_fits[f"{algo}_vs_d"], algo=algo, published=True)
-    plots.save_figure(fig, f"paper_refit_{algo}", pipeline.figures_dir(R))
+    _ = plots.save_figure(fig, f"paper_refit_{algo}", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Our runs: reward ~ d and reward ~ #prompts, one line per ranking length
@@ -86,7 +91,7 @@ pd.DataFrame({key: {"mean MSE (points²)": analysis.mean_mse(f), "mean R²": f["
 # %%
 for algo, df in results.groupby("algo"):
     fig = plots.plot_reward_vs_diversity(df, fits[(algo, "d")], algo=algo)
-    plots.save_figure(fig, f"reward_vs_diversity_{algo}", pipeline.figures_dir(R))
+    _ = plots.save_figure(fig, f"reward_vs_diversity_{algo}", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Which decay exponent makes the lines straightest?
@@ -107,14 +112,19 @@ best = pd.DataFrame({f"{who} {a.upper()}": summary.exponent_summary(g)
                      for who, tab in (("paper", paper_pts), ("ours", results)) for a, g in tab.groupby("algo")}).T
 print(best)
 fig = plots.plot_exponent_fit(ours, paper_curves=theirs)
-plots.save_figure(fig, "exponent_fit", pipeline.figures_dir(R))
+_ = plots.save_figure(fig, "exponent_fit", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Reading
 #
-# Printed from the fits above: the direction of every slope, whether its CI excludes 0, and whether d
-# explains reward better than the prompt count.
+# Printed from the fits above: the direction of every slope, how many CIs lie above and below 0 (with and without
+# the smallest size's runs), and whether d explains reward better than the prompt count.
 
 # %%
+reg = summary.regression_block(results)
 for algo in sorted(results.algo.unique()):
     print(analysis.regression_sentence(algo, fits[(algo, "d")], fits[(algo, "n_prompts")]))
+    print("  " + summary.slope_phrase(reg[algo]["d"]) + ".")
+n_tests = sum(1 for r in reg.values() for line in r["d"]["lines"].values() if pd.notna(line["slope_lo"]))
+print(f"secondary / exploratory tests in this notebook: {n_tests} (one slope of reward on d per ranking length and "
+      "algorithm); no correction for multiplicity")

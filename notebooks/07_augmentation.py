@@ -16,7 +16,11 @@
 # ---
 
 # %% [markdown]
-# # 07 · Diversity-guided data augmentation
+# # 07 · Diversity-guided data augmentation (secondary / exploratory)
+#
+# Not the study's primary question (05): the contrasts here are secondary tests, each with its CI and MDE, counted
+# at the end, not corrected for multiplicity. With few training seeds per arm their MDEs are large: read them as
+# demonstrations of the method, not as evidence for or against it.
 #
 # If test reward is linear in prompt diversity d, then *adding* prompts that raise d should help more than
 # adding the same number of random prompts. The paper uses its metric this way (spec §5; its augmentation
@@ -39,7 +43,7 @@
 #
 # A prompt's 2-ranking is drawn once (the grid's for a grid prompt, a stream of its own for a candidate), so
 # the base set trains on the same 2-rankings in all three arms. Each set is trained with PRO and SFT
-# (several training seeds) and scored with RM_test.
+# (the recipe's `augment.train_seeds`) and scored with RM_test.
 
 # %% tags=["parameters"]
 recipe = "cpu"
@@ -50,6 +54,7 @@ import pandas as pd
 
 from divscale.metrics.diversity import prompt_diversity
 from divscale.report import analysis, plots
+from divscale.report import publish as summary
 from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
@@ -92,10 +97,23 @@ aug.groupby(["algo", "method"])[["n_prompts", "d", "reward_global"]].agg(["mean"
 
 # %%
 fig = plots.plot_augmentation(aug, by="method")
-plots.save_figure(fig, "augmentation", pipeline.figures_dir(R))
+_ = plots.save_figure(fig, "augmentation", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Diverse vs random augmentation, with confidence intervals over training seeds
 
 # %%
 analysis.method_table(aug, by="method", baseline="base + random", compare="base + diverse")
+
+# %% [markdown]
+# The same contrasts as `divscale summarize` reports them (Welch's t, with the MDE and each arm's median prompt
+# length in the diversity metric's tokens: d's unique-bigram ratio favours short prompts, so an arm that raises d
+# may do it with shorter prompts):
+
+# %%
+contrasts = summary.secondary_contrasts(None, augmentation=aug)
+display_cols = ["estimate", "ci_lo", "ci_hi", "mde", "test", "n_a", "n_b", "status", "prompt_tokens_median"]
+print(pd.DataFrame(contrasts).T.reindex(columns=display_cols).to_string())
+print(f"secondary / exploratory tests in this notebook: {summary.count_tests(contrasts)}; no correction for "
+      "multiplicity")
+

@@ -16,12 +16,15 @@
 # ---
 
 # %% [markdown]
-# # 08 · Selecting prompts at an equal budget: d-greedy, Deita and baselines
+# # 08 · Selecting prompts at an equal budget: d-greedy, Deita and baselines (secondary / exploratory)
+#
+# Not the study's primary question (05): the contrasts here are secondary tests, each with its CI and MDE, counted
+# at the end, not corrected for multiplicity. With few training seeds per arm their MDEs are large.
 #
 # A competing way to use a diversity signal is to *select* a budgeted subset from a larger pool.
 # **Deita** (Liu et al. 2024, "What Makes Good Data for Alignment?") is *score-first, diversity-aware*:
-# every sample gets complexity × quality scores (from LLM scorers that rate 1–6; the score is the
-# expectation over the six digit tokens' probabilities, summed over turns), samples are sorted by score,
+# every sample gets complexity × quality scores (from LLM scorers that rate on a small integer scale; the score
+# is the expectation over the scale's digit tokens' probabilities, summed over turns), samples are sorted by score,
 # and a sample is kept only if its cosine **similarity** to every kept sample is ≤ τ (Deita's code
 # compares similarity, although its paper says distance), until the budget is reached.
 #
@@ -38,9 +41,11 @@ recipe = "cpu"
 overrides = "{}"
 
 # %%
+import pandas as pd
 from IPython.display import display
 
 from divscale.report import analysis, plots
+from divscale.report import publish as summary
 from divscale.study import pipeline
 
 R = pipeline.load(recipe, overrides)
@@ -94,7 +99,7 @@ sel.groupby(["algo", "strategy"])[["d", "reward_global"]].agg(["mean", "std", "c
 # %%
 table = sel.merge(div.drop(columns=["d", "r_unique", "identical_to", "removed"]), on="strategy", how="left")
 fig = plots.plot_selection(table, by="strategy")
-plots.save_figure(fig, "selection", pipeline.figures_dir(R))
+_ = plots.save_figure(fig, "selection", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Each selector against random selection, with confidence intervals over training seeds
@@ -102,3 +107,16 @@ plots.save_figure(fig, "selection", pipeline.figures_dir(R))
 # %%
 analysis.method_table(sel, by="strategy", baseline="random",
                       compare=[name for name in R.select.selectors if name != "random"])
+
+# %% [markdown]
+# The same contrasts as `divscale summarize` reports them (Welch's t, with the MDE and each arm's median prompt
+# length: a selector that raises d by picking short prompts changes two things at once, and the reward difference
+# cannot say which one it follows):
+
+# %%
+contrasts = summary.secondary_contrasts(None, selection=sel)
+display_cols = ["estimate", "ci_lo", "ci_hi", "mde", "test", "n_a", "n_b", "status", "prompt_tokens_median"]
+print(pd.DataFrame(contrasts).T.reindex(columns=display_cols).to_string())
+print(f"secondary / exploratory tests in this notebook: {summary.count_tests(contrasts)}; no correction for "
+      "multiplicity")
+

@@ -82,33 +82,37 @@ print(bp.format_plan(paper_plan))
 
 # %% [markdown]
 # ## Over a range of budgets: where does the recommendation change?
-#
-# One seeded random draw, nested (the prompts at a smaller budget are among those at a larger one), from 12
-# prompts at the longest n up to the whole pool at n = 2. Hollow points: the subset's d lies outside the range
-# the fit saw (an extrapolation). A dashed line marks each budget where the recommended n changes.
+# One seeded random draw, nested (the prompts at a smaller budget are among those at a larger one), from the
+# smallest subset the longest n allows up to the whole pool at the shortest n. A line fitted on one range of d
+# says nothing outside it, so the chart draws only the budgets whose subset's d lies inside the range the fit saw;
+# the legend counts the others, and the dashed line is the policy before fine-tuning (05). A vertical line marks
+# each budget where the recommended n changes. The paper's fit is not charted: its lines are in LLaMA-token d, and
+# this d is in another tokenizer's (the plan above says so); that chart would show the mechanics only.
 
 # %%
+import json
+
 fit_for_chart = study_fit if study_fit is not None else paper_fit
 label = f"{R.name} study fit" if study_fit is not None else "paper fit (tokenizer mismatch)"
 budgets = bp.default_budgets(len(prompts))
 table = bp.crossover_table(prompts, fit_for_chart, tokenizer, budgets, lengths=fit_for_chart.lengths, seed=seed)
-switches = bp.crossovers(table)
-fig = plots.plot_budget_crossover(table, switches, title=f"{label}, HH-RLHF {pool_subset} pool")
-plots.save_figure(fig, "budget_crossover", pipeline.figures_dir(R))
-for s in switches:
-    print(f"recommendation changes from n={s['from_n']} to n={s['to_n']} between budgets "
-          f"{s['previous_budget']:,} and {s['budget']:,}")
+any_outside = table.groupby("budget")["extrapolated"].transform("any")     # some n's d outside the fit's range
+switches = bp.crossovers(table[~any_outside])
+initial_file = pipeline.results_dir(R) / "initial_policy.json"
+initial = json.loads(initial_file.read_text()) if initial_file.exists() else None
+fig = plots.plot_budget_crossover(table, switches, title=f"{label}, HH-RLHF {pool_subset} pool", initial=initial)
+_ = plots.save_figure(fig, "budget_crossover", pipeline.figures_dir(R))
+for s_ in switches:
+    print(f"where every n's d is inside the fit's range, the recommendation changes from n={s_['from_n']} to n={s_['to_n']} between "
+          f"budgets {s_['previous_budget']:,} and {s_['budget']:,}")
 if not switches:
-    print(f"the recommended n stays {int(table.recommended.iloc[0])} over budgets {budgets[0]:,}-{budgets[-1]:,}")
+    print("where every n's d is inside the fit's range, the recommended n does not change")
 extrapolated = table.groupby("ranking_len")["extrapolated"].mean()
-print("share of budgets where d is outside the fit's range, per n:", extrapolated.round(2).to_dict())
+print("share of budgets whose d is outside the fit's range, per n:", extrapolated.round(2).to_dict())
 
 # %%
 paper_table = bp.crossover_table(prompts, paper_fit, tokenizer, budgets, seed=seed)
-fig = plots.plot_budget_crossover(paper_table, bp.crossovers(paper_table),
-                                  title=f"paper fit, d in {R.diversity.tokenizer.split('/')[-1]} tokens (mismatch)")
-plots.save_figure(fig, "budget_crossover_paper", pipeline.figures_dir(R))
-print("paper fit, recommended n per budget:",
+print("paper fit (d in another tokenizer: mechanics only), recommended n per budget:",
       paper_table.drop_duplicates("budget").set_index("budget")["recommended"].value_counts().to_dict())
 
 # %% [markdown]
@@ -121,8 +125,8 @@ print("paper fit, recommended n per budget:",
 # other lines, and only the ordering of the lines matters for the recommendation. (2) **d is on the fit's
 # scale.** d depends on the tokenizer, N and the exponent; a mismatched tokenizer (as with the paper's fit
 # above) makes the prediction meaningless in absolute terms. (3) **Your d lies inside the range the fit saw.**
-# Outside it the line is extrapolated (the warnings and hollow points say where); the study's sizes are small,
-# so most budgets here are extrapolations. (4) **The lines are well determined.** When a line's slope is not
+# Outside it the line is extrapolated (the warnings say where, and the chart leaves those budgets out; the printed
+# share says how many they are). (4) **The lines are well determined.** When a line's slope is not
 # clearly different from zero (a warning gives its p-value) the prediction rests on its mean level, and when
 # the best option's prediction lies inside another option's prediction interval, a single training run can
 # easily come out the other way. Treat the recommendation as a hypothesis to check with a small pilot at your

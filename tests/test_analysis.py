@@ -524,3 +524,62 @@ def test_paper_decomposition_reproduces_the_issue_arithmetic():
     assert (row.total, row.prompts, row.length) == pytest.approx((1.52, -1.00, 2.52), abs=1e-9)
     assert np.allclose(t.total, t.prompts + t.length)
     assert len(t) == 2 * len(t.groupby(["algo", "model", "split"]))
+
+
+def _three_cells(means, sd=1.0, seeds=range(42, 50), rng=0):
+    g = np.random.default_rng(rng)
+    return pd.DataFrame([{"algo": "pro", "recipe": "r", "ranking_len": n, "n_prompts": k, "seed": s, "draw": s,
+                          "reward_global": mu + g.normal(0, sd), "reward_global_lo": mu - 1.96,
+                          "reward_global_hi": mu + 1.96}
+                         for (n, k), mu in means.items() for s in seeds])
+
+
+def test_paper_part_signs_are_the_ones_every_table1_setting_shares():
+    assert analysis.paper_part_signs() == {"total": 1, "prompts": -1, "length": 1}
+    assert analysis.part_direction(-5.0, 1) == "against the paper" and analysis.part_direction(-5.0, -1) == "as the paper"
+    assert analysis.part_direction(1.0, 0) == "the paper's settings disagree in sign"
+
+
+def test_primary_decomposition_reads_each_part_against_the_papers_sign():
+    df = _three_cells({(4, 60): 38.0, (2, 120): 44.0, (2, 60): 40.0})
+    sft = df.assign(algo="sft", reward_global=df.reward_global + 50)          # another algorithm: ignored
+    dec = analysis.primary_decomposition(pd.concat([df, sft]), "pro", 240)
+    assert dec["total"]["estimate"] == pytest.approx(analysis.budget_decomposition(df, 240)["total"]["estimate"])
+    assert dec["total"]["direction"] == "against the paper"                   # the paper: n = 4 wins
+    assert dec["prompts"]["direction"] == "as the paper"                      # the paper: fewer prompts lose
+    assert dec["length"]["direction"] == "against the paper"                  # the paper: longer rankings win
+    assert {r["algo"] for r in dec["paper"]} == {"pro"} and len(dec["paper"]) == 8
+
+
+def test_variance_decomposition_per_cell_and_pooled():
+    df = _three_cells({(4, 60): 38.0, (2, 60): 40.0}, sd=2.0, seeds=range(10))
+    v = analysis.variance_decomposition(df, [(4, 60), (2, 60), (2, 999)])
+    cell = v["cells"]["n4_k60"]
+    sd = df[df.ranking_len == 4].reward_global.std(ddof=1)
+    assert cell["sd"] == pytest.approx(sd) and cell["runs"] == 10 and cell["draws"] == 10
+    assert cell["eval_se"] == pytest.approx(1.0, rel=1e-3) and cell["eval_share"] == pytest.approx(cell["eval_se"] ** 2 / sd ** 2)
+    pooled = math.sqrt((df.groupby("ranking_len").reward_global.var(ddof=1) * 9).sum() / 18)
+    assert v["pooled"]["sd"] == pytest.approx(pooled) and v["pooled"]["df"] == 18
+    assert "n2_k999" not in v["cells"]                                        # a cell without runs is left out
+
+
+def test_paired_wins_counts_each_pair_once():
+    a = pd.DataFrame({"seed": [1, 2, 3, 4], "reward_global": [5.0, 1.0, 3.0, 2.0]})
+    b = pd.DataFrame({"seed": [1, 2, 3, 9], "reward_global": [4.0, 2.0, 3.0, 0.0]})
+    assert analysis.paired_wins(a, b) == {"pairs": 3, "a_above": 1, "b_above": 1, "on": [1, 2, 3]}
+
+
+def test_slopes_without_the_smallest_size():
+    df = make_results(sizes=(12, 60, 120, 240), lengths=(2, 4), algos=("pro",), seeds=(1, 2), noise=0.01)
+    fits = analysis.fit_lines(df, x="d")
+    assert analysis.slope_counts(fits) == {"lines": 2, "negative_slopes": 0, "slope_ci_above_0": 2,
+                                           "slope_ci_below_0": 0, "points": {2: 8, 4: 8}}
+    assert analysis.slopes_without_size(df, 12)["points"] == {2: 6, 4: 6}
+    assert analysis.slopes_without_size(df[df.n_prompts.isin([12, 60])], 12) is None    # one size left: no line
+
+
+def test_regression_sentence_states_each_lines_run_count():
+    df = make_results(sizes=(60, 120, 240), lengths=(2, 4), algos=("pro",), seeds=(1, 2, 3))
+    df = df[~((df.ranking_len == 4) & (df.seed > 1))]                   # n=4 on one replicate: 3 points
+    fits = analysis.fit_lines(df, x="d")
+    assert "9 / 3 runs on the lines n=2 / n=4" in analysis.regression_sentence("pro", fits)

@@ -92,7 +92,8 @@ def test_verdict_cells_get_the_extra_seeds_and_only_they():
     assert len(per_cell) == 2 * 3 * 5
     assert len({c.cell_id(recipe, KEYS) for c in cells}) == len(cells)
     with pytest.raises(ValueError, match="not in data.sizes"):
-        grid_runner.expand_grid(load_recipe("cpu", {"grid.contrast_sizes": "[30]", "grid.verdict_seeds": "[9]"}))
+        grid_runner.expand_grid(load_recipe("cpu", {"grid.contrast_sizes": "[30]", "grid.verdict_seeds": "[9]",
+                                                    "grid.primary.budget": "null"}))    # no declaration to check
 
 
 def test_beta_ablation_cells_override_sft_weight_and_are_keyed_apart():

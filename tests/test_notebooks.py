@@ -52,13 +52,54 @@ def test_smoke_profile_executes_every_notebook_and_draws_every_figure():
         notebooks.run_notebook(name, "smoke")
     for fig in ("diversity_by_size", "reward_models", "allocation_pro", "allocation_sft", "reward_vs_diversity_pro",
                 "exponent_fit", "paper_refit_pro", "augmentation", "selection", "listwise", "budget_crossover",
-                "variance_short_answers", "beta_ablation"):
+                "variance_short_answers", "beta_ablation", "budget_decomposition"):
         for ext in ("png", "pdf"):
             path = figures / f"{fig}.{ext}"
             assert path.exists() and path.stat().st_size > 2000, path
     executed = nbformat.read(notebooks.executed_path("06_diversity_regression", "smoke"), as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "mean MSE" in text and "Error" not in text
+    answers = (paths.RESULTS_DIR / "smoke" / "answers.jsonl").read_text().splitlines()
+    assert {json.loads(line)["policy"] for line in answers} >= {"initial policy"}
+    for name in ("01_data_construction", "02_prompt_diversity", "03_reward_models", "05_allocation",
+                 "06_diversity_regression", "07_augmentation", "08_selection", "10_budget_planner"):
+        assert output_clutter(nbformat.read(notebooks.executed_path(name, "smoke"), as_version=4)) == [], name
+
+
+def output_clutter(nb) -> list[str]:
+    """What an executed notebook shows that a reader should not see: anything on stderr (warnings, the HH reader's
+    notes, progress lines) and a cell's echoed return value that is a list of saved paths."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            if o.get("name") == "stderr":
+                out.append(f"cell {i} stderr: {o.get('text', '')[:120]!r}")
+            plain = o.get("data", {}).get("text/plain", "")
+            if "PosixPath(" in plain:
+                out.append(f"cell {i} echoes paths: {plain[:120]!r}")
+    return out
+
+
+# the committed executed notebooks of the listwise engineer's notebook (its own fixes)
+CLUTTER_NOT_YET = {"09_listwise": "the listwise engineer's notebook (oasst1 note, echoed figure paths)"}
+
+
+@pytest.mark.parametrize("name", [n for n in notebooks.ORDER if n != "04_finetune"])
+def test_committed_executed_notebooks_show_no_stderr_or_echoed_paths(name, request):
+    """results/cpu/notebooks/ (what `make figures` exports and a reader opens): no warnings, no progress lines,
+    no "dropped 2 of 1137 records" in every notebook (01 says it once, on stdout), no echoed PosixPath lists."""
+    if name in CLUTTER_NOT_YET:
+        request.applymarker(pytest.mark.xfail(reason=CLUTTER_NOT_YET[name], strict=False))
+    path = paths.RESULTS_DIR / "cpu" / "notebooks" / f"{name}.ipynb"
+    assert output_clutter(nbformat.read(path, as_version=4)) == []
+
+
+def test_the_clutter_check_sees_stderr_and_echoed_paths():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="./data/x.gz: dropped 2 of 1137 records\n"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "[PosixPath('./figures/cpu/a.png')]"}),
+        nbformat.v4.new_output("stream", name="stdout", text="fine\n")])])
+    assert len(output_clutter(nb)) == 2
 
 
 def test_clean_text_drops_progress_lines_and_machine_paths():

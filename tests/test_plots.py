@@ -174,10 +174,12 @@ def test_short_answers_scatter_names_the_within_cell_correlation(tmp_path, resul
 
 
 def test_beta_ablation_figure_draws_every_arm_and_share(tmp_path):
-    cell = lambda n, k: {"n": n, "n_prompts": k, "budget": 240, "contrasts": {}, "arms": {
-        "0": {"mean": 20.0, "ci_lo": 15.0, "ci_hi": 25.0, "runs": 2, "grad_share_rank": 1.0, "beta": 0.0},
-        "0.05": {"mean": 22.0, "ci_lo": 18.0, "ci_hi": 26.0, "runs": 6, "grad_share_rank": 0.05, "beta": 0.45},
-        "sft": {"mean": 21.0, "ci_lo": 17.0, "ci_hi": 25.0, "runs": 6}}}
+    cell = lambda n, k: {"n": n, "n_prompts": k, "budget": 240, "seeds": [42, 43], "contrasts": {}, "arms": {
+        "0": {"mean": 20.0, "ci_lo": 15.0, "ci_hi": 25.0, "runs": 2, "grad_share_rank": 1.0, "beta": 0.0,
+              "values": {"42": 19.0, "43": 21.0}},
+        "0.05": {"mean": 22.0, "ci_lo": 18.0, "ci_hi": 26.0, "runs": 2, "grad_share_rank": 0.05, "beta": 0.45,
+                 "values": {"42": 21.0, "43": 23.0}},
+        "sft": {"mean": 21.0, "ci_lo": 17.0, "ci_hi": 25.0, "runs": 2, "values": {"42": 20.5, "43": 21.5}}}}
     beta = {"paper_sft_weight": 0.05, "weights": [0.0, 0.05], "cells": {"240/n2": cell(2, 120), "240/n4": cell(4, 60)}}
     fig = plots.plot_beta_ablation(beta)
     left, right = fig.axes[:2]
@@ -185,6 +187,12 @@ def test_beta_ablation_figure_draws_every_arm_and_share(tmp_path):
     assert sorted(round(p.get_height()) for p in right.patches) == [5, 5, 100, 100]
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["PRO, sft_weight 0", "PRO, sft_weight 0.05 (paper)",
                                                                         "SFT"]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["n = 2, 120 prompts\nseeds 42, 43",
+                                                              "n = 4, 60 prompts\nseeds 42, 43"]
+    assert len([line for line in left.lines if len(line.get_xdata()) == 3]) == 4     # one seed's 3 runs joined
+    assert not [c for c in left.collections if type(c).__name__ == "LineCollection" and len(c.get_segments())]
+
+    assert "fewer than 3 seeds" in _caption_text(fig)
     _png(plots.save_figure(fig, "beta", tmp_path))
 
 
@@ -197,3 +205,56 @@ def test_budget_decomposition_draws_ours_beside_the_paper(tmp_path, results):
     heights = [p.get_height() for p in bx.patches]
     assert heights[:3] == pytest.approx([paper.iloc[0].total, paper.iloc[0].prompts, paper.iloc[0].length])
     check_saved(fig, "budget_decomposition", tmp_path)
+
+
+def test_budget_decomposition_of_one_algorithm_names_the_cells(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"algo": "pro", "recipe": "r", "ranking_len": n, "n_prompts": k, "seed": seed, "status": "ok",
+             "reward_global": mu + rng.normal(0, 1.0)}
+            for (n, k), mu in (((4, 60), 38.0), ((2, 120), 44.0), ((2, 60), 40.0)) for seed in range(42, 50)]
+    dec = analysis.primary_decomposition(pd.DataFrame(rows), "pro", 240)
+    fig = plots.plot_budget_decomposition({"pro": dec}, pd.DataFrame(dec["paper"]))
+    ax, bx = fig.axes[:2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "equal budget\n(4, 60) − (2, 120)", "fewer prompts\n(2, 60) − (2, 120)", "longer rankings\n(4, 60) − (2, 60)"]
+    assert ax.get_ylim() == bx.get_ylim() and len(bx.patches) == 3 * 8
+    assert [p.get_height() for p in ax.patches] == pytest.approx([dec[p]["estimate"] for p in ("total", "prompts",
+                                                                                               "length")])
+    check_saved(fig, "budget_decomposition_one", tmp_path)
+
+
+def test_allocation_draws_only_the_lengths_present_and_the_initial_policy(tmp_path, results):
+    two = results[(results.ranking_len != 3) & (results.algo == "pro")]
+    fig = plots.plot_allocation(two, budgets=[240], algo="pro", initial={"reward_global": 41.0, "ci": [40.0, 42.0]})
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["initial policy (95% CI)", "n = 2", "equal budget (n, B/n)", "n = 4"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["60", "120"]               # B/4 and B/2 only
+    assert any(line.get_ydata()[0] == 41.0 and line.get_linestyle() == "--" for line in ax.lines)
+    check_saved(fig, "allocation_two", tmp_path)
+
+
+def test_budget_crossover_draws_no_extrapolation(tmp_path):
+    rows = [{"budget": b, "ranking_len": n, "predicted": 40 + n + b / 1000, "pi_lo": 38 + n, "pi_hi": 42 + n + b / 500,
+             "extrapolated": b > 600 if n == 2 else b > 900} for b in range(200, 1201, 100) for n in (2, 4)]
+    fig = plots.plot_budget_crossover(pd.DataFrame(rows), [], initial={"reward_global": 39.0, "ci_lo": 37.0,
+                                                                      "ci_hi": 41.0})
+    ax = fig.axes[0]
+    drawn = {line.get_label(): max(line.get_xdata()) for line in ax.lines if line.get_label().startswith("n = ")}
+    assert drawn == {"n = 2 (6 of 11 budgets outside the fit's d range, not drawn)": 600,
+                     "n = 4 (3 of 11 budgets outside the fit's d range, not drawn)": 900}
+    assert not [c for c in ax.collections if type(c).__name__ == "PathCollection"]       # no hollow points
+    check_saved(fig, "crossover", tmp_path)
+
+
+def test_reward_panels_draw_no_interval_on_two_seeds(tmp_path):
+    df = pd.DataFrame([{"strategy": s, "algo": "pro", "seed": seed, "d": 1.0 + i, "reward_global": 40 + i + seed,
+                        "n_prompts": 60, "prompt_tokens_median": 20.0 * (i + 1)}
+                       for i, s in enumerate(["random", "d-greedy"]) for seed in (0, 1)])
+    fig = plots.plot_augmentation(df.rename(columns={"strategy": "method"}))
+    reward = fig.axes[-1]
+    segments = [seg for c in reward.collections if type(c).__name__ == "LineCollection" for seg in c.get_segments()]
+    assert all(np.ptp(seg[:, 1]) == 0 for seg in segments)                 # no interval bar has any length
+    assert "fewer than 3 seeds" in _caption_text(fig)
+    assert [t.get_text() for t in reward.get_xticklabels()][0] == "random\n60 prompts\nmedian 20 tokens"
+    check_saved(fig, "augmentation_two", tmp_path)

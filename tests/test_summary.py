@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from study_fixture import AGAINST, AS_PAPER, PRIMARY, write_study
 from test_analysis import make_results
 
 from divscale import paths
@@ -17,93 +18,163 @@ from divscale.report import publish as summary
 CONTRAST_KEYS = {"estimate", "ci_lo", "ci_hi", "mde", "test", "n_runs", "status", "direction", "identical"}
 
 
-def _study(tmp_path):
-    """A results folder like results/<recipe>/: a grid with sizes 60/80/120/240, augmentation and selection
-    tables (with two identical selection arms), an initial-policy file and an RM report."""
+def _study(tmp_path, means=AGAINST, replicates=16):
+    """A results folder like results/<recipe>/ for the cpu design (tests/study_fixture.py)."""
     out = tmp_path / "results" / "toy"
-    out.mkdir(parents=True)
-    runs = make_results(sizes=(60, 80, 120, 240), gain_per_n=1.0, noise=1.0)
-    runs["eval_dir"] = "runs/train/x/eval-abc"
-    analysis.write_results(out / "runs.csv", runs)
-    aug = pd.concat([make_results(sizes=(k,), lengths=(2,), rng=i).assign(method=m)
-                     for i, (m, k) in enumerate([("base only", 60), ("base + random", 120),
-                                                 ("base + diverse", 120)])], ignore_index=True)
-    aug["run_id"] = aug["run_id"] + "-" + aug["method"].str.replace(" ", "")
-    aug.to_csv(out / "augmentation.csv", index=False)
-    rnd = make_results(sizes=(60,), lengths=(2,), algos=("pro",), rng=7).assign(strategy="random")
-    deita = make_results(sizes=(60,), lengths=(2,), algos=("pro",), rng=8).assign(strategy="deita")
-    deita["run_id"] += "-deita"
-    pd.concat([rnd, rnd.assign(strategy="minhash-dedup"), deita]).to_csv(out / "selection.csv", index=False)
-    summary.write_initial_policy("toy", {"reward_global": 13.9, "ci": [13.2, 14.7]}, out)
-    report = pd.DataFrame([
-        {"model": m, "subset": s, "metric": met, "value": v, "ci_lo": v - 0.05, "ci_hi": v + 0.05, "n": 200}
-        for m, base in (("RM_train", 0.57), ("RM_test", 0.56)) for s in ("all", "harmless-base")
-        for met, v in (("accuracy", base if s == "all" else 0.51), ("length_baseline", 0.55),
-                       ("oa_agreement", 0.6), ("oa_accuracy", 0.66))])
-    summary.write_rm_report("toy", report, out)
+    write_study(out, means, replicates)
     return out
+
+
+def _summary(out, **kw):
+    return summary.build_summary("toy", out, budgets=[240], primary=PRIMARY, **kw)
 
 
 def test_summary_schema_and_values(tmp_path):
     out = _study(tmp_path)
-    path = summary.write_summary("toy", out, budgets=[240])
-    s = json.loads(path.read_text())
-    assert {"schema", "recipe", "inputs", "missing", "runs", "initial_policy", "reward_models", "contrasts",
-            "paper", "regression", "exponent", "diversity", "verdicts"} <= set(s)
-    assert s["missing"] == [summary.COLD_RUN] and set(s["inputs"]) == {"runs.csv", "augmentation.csv", "selection.csv",
-                                                        "initial_policy.json", "reports/reward_models.csv"}
-    assert s["initial_policy"] == {"reward_global": 13.9, "ci_lo": 13.2, "ci_hi": 14.7,
-                                   "ci_method": s["initial_policy"]["ci_method"]}
-    rm = s["reward_models"]["overall"]
-    assert rm["RM_train"]["accuracy"]["value"] == pytest.approx(0.57)
-    assert rm["RM_test"]["oa_accuracy"]["value"] == pytest.approx(0.66)
-    assert {"model": "RM_train", "subset": "harmless-base", "accuracy": 0.51} in s["reward_models"]["chance_subsets"]
-    # every contrast the verdicts use is an object with estimate, CI and MDE
+    summary.write_summary("toy", out, budgets=[240])                   # records the environment
+    s = _summary(out)
+    assert s["schema"] == 2
+    assert {"environment", "design", "runs", "initial_policy", "primary", "reward_models", "variance", "mde_reached",
+            "fine_tuned_vs_initial", "contrasts", "secondary", "paper", "regression", "exponent", "diversity",
+            "beta_ablation", "answers", "listwise", "cold_run", "verdicts"} <= set(s)
+    assert s["missing"] == [summary.LISTWISE, summary.COLD_RUN]
+    assert s["environment"]["runs_csv"] == s["inputs"]["runs.csv"] and s["environment"]["lock_sha256"]
+    # the primary contrast: what analysis.budget_decomposition gives on the algorithm's runs, with the paper beside
     runs = analysis.load_results(out / "runs.csv")
-    for algo in ("pro", "sft"):
-        c = s["contrasts"][f"equal_budget/{algo}/240/n4-n2"]
-        assert CONTRAST_KEYS <= set(c)
-        direct = analysis.more_responses_beat_more_prompts(runs[runs["algo"] == algo], 240)["contrast_4_vs_2"]
-        assert c["estimate"] == pytest.approx(direct["estimate"]) and c["mde"] == pytest.approx(direct["mde"])
-        assert c["n_runs"] == 6 and c["paper"] == pytest.approx({"pro": 2.15, "sft": 1.46}[algo])
-        assert c["welch"]["mde"] > c["mde"]           # pooling over 12 cells buys power
-        assert CONTRAST_KEYS <= set(s["contrasts"][f"augmentation/{algo}/base + diverse - base + random"])
-        assert s["contrasts"][f"same_prompts/{algo}/k60/n4-n2"]["test"].startswith("paired t by seed")
-    same = s["contrasts"]["selection/pro/minhash-dedup - random"]
-    assert same["identical"] and same["ci_lo"] is None and same["mde"] is None
-    assert not s["contrasts"]["selection/pro/deita - random"]["identical"]
-    assert s["regression"]["pro"]["d"]["lines"]["2"]["n_points"] == 12       # runs, not 4 seed means
-    assert s["paper"]["equal_budget_effect_range"] == pytest.approx([1.46, 2.43])
-    assert s["exponent"]["paper"]["pro"]["best_p"] == pytest.approx(1 / 0.45)
-    assert any("identical arms" in v for v in s["verdicts"])
+    direct = analysis.budget_decomposition(runs, 240)
+    p = s["primary"]
+    assert p["declared"] == {"algo": "pro", "budget": 240, "n_hi": 4, "n_lo": 2, "k_hi": 60, "k_lo": 120}
+    for part in ("total", "prompts", "length"):
+        assert CONTRAST_KEYS <= set(p[part])
+        assert p[part]["estimate"] == pytest.approx(direct[part]["estimate"])
+        assert p[part]["mde"] == pytest.approx(direct[part]["mde"])
+        assert p[part]["n_a"] == 16 and p[part]["n_b"] == 16
+    assert p["total"]["test"].startswith("Welch") and p["length"]["test"].startswith("paired t by seed (16 pairs)")
+    assert p["total"]["direction"] == "against the paper" and p["prompts"]["direction"] == "as the paper"
+    assert p["paper_signs"] == {"total": 1, "prompts": -1, "length": 1}
+    assert p["paper_range"]["total"] == pytest.approx([1.29, 2.36], abs=0.01) and len(p["paper"]) == 8
+    assert set(p["fine_tuned_vs_initial"]) == {"n4_k60", "n2_k120", "n2_k60"}
+    assert [s["mde_reached"][f"primary/{x}"] for x in ("total", "prompts", "length")] == \
+        pytest.approx([p[x]["mde"] for x in ("total", "prompts", "length")])
+    # the primary's contrasts are not counted again among the secondary ones
+    assert "equal_budget/pro/240/n4-n2" not in s["contrasts"] and "same_prompts/pro/k60/n4-n2" not in s["contrasts"]
+    assert all(c["role"] == "secondary" for c in s["contrasts"].values())
+    sec = s["secondary"]
+    assert sec["by_notebook"] == {"05_allocation": 6, "06_diversity_regression": 2, "07_augmentation": 3,
+                                  "08_selection": 2} and sec["n_tests"] == 13
+    # the RM validity table and RM_train vs RM_test
+    rm = s["reward_models"]
+    assert list(rm["overall"]) == ["RM_test", "RM_train"]
+    assert rm["overall"]["RM_test"]["oa_agreement"]["value"] == pytest.approx(0.672)
+    assert rm["by_subset"]["RM_test"]["harmless-base"]["accuracy"]["value"] == pytest.approx(0.52)
+    assert {"model": "RM_test", "subset": "harmless-base", "accuracy": 0.52} in rm["chance_subsets"]
+    assert rm["agreement"]["held_out_pairs"]["value"] == pytest.approx(0.753)
+    assert rm["agreement"]["rankings4"]["top1"]["value"] == pytest.approx(0.525)
+    # the variance decomposition of the primary cells
+    v = s["variance"]["primary_cells"]
+    assert set(v["cells"]) == {"n4_k60", "n2_k120", "n2_k60"} and v["pooled"]["df"] == 45
+    assert v["cells"]["n4_k60"]["eval_se"] == pytest.approx(1.2, rel=1e-4) and v["cells"]["n4_k60"]["draws"] == 16
+    # secondary contrasts carry each arm's prompt length
+    sel = s["contrasts"]["selection/pro/d-greedy - random"]
+    assert sel["prompt_tokens_median"] == {"d-greedy": 24.5, "random": 113.0}
+    assert s["regression"]["pro"]["d"]["lines"]["2"]["n_points"] == 34       # 1 + 16 + 16 + 1 runs
+    assert s["regression"]["pro"]["d"]["without_smallest"]["without_size"] == 12
+    assert s["answers"] == {"file": "answers.jsonl", "rows": 4, "prompts": 2,
+                            "policies": ["initial policy", "PRO n=4 k=60 seed 42"]}
+    assert s["verdicts"][0].startswith("PRO, primary, equal budget 240 responses")
     assert all(not isinstance(v, float) or math.isfinite(v) for v in s["runs"].values())
 
 
-def test_summary_tolerates_missing_notebook_files_and_extra_columns(tmp_path):
+def test_the_beta_line_compares_arms_on_the_same_seeds_and_counts_the_pairs(tmp_path):
+    out = _study(tmp_path)
+    b = _summary(out)["beta_ablation"]
+    cell = b["cells"]["240/n4"]
+    assert cell["seeds"] == [42, 43]
+    assert cell["arms"]["0.05"]["runs"] == 2 and cell["arms"]["0"]["runs"] == 2         # not 16 vs 2
+    assert set(cell["arms"]["0.05"]["values"]) == {"42", "43"}
+    runs = analysis.load_results(out / "runs.csv")
+    paper = runs[(runs.ranking_len == 4) & (runs.n_prompts == 60) & runs.seed.isin([42, 43])]
+    assert cell["arms"]["0.05"]["mean"] == pytest.approx(paper.reward_global.mean())
+    c = cell["contrasts"]["0.05 - 0"]
+    assert c["test"] == "paired t by seed (2 pairs)" and c["wins"]["pairs"] == 2
+    assert c["wins"]["a_above"] + c["wins"]["b_above"] == 2
+
+
+def test_summary_without_a_declaration_or_notebook_files(tmp_path):
     out = tmp_path / "results" / "toy"
     out.mkdir(parents=True)
     runs = make_results(sizes=(60, 80, 120, 240)).assign(train_seconds=1.0, cell_key="k", extra="x")
     analysis.write_results(out / "runs.csv", runs)
-    s = summary.build_summary("toy", out, budgets=[240])
-    assert s["initial_policy"] is None and s["reward_models"] is None
-    assert set(s["missing"]) == {"augmentation.csv", "selection.csv", "initial_policy.json", "reports/reward_models.csv",
-                                 summary.COLD_RUN}
-    assert "not generated yet" in summary.render_readme_block(s)
+    s = summary.build_summary("toy", out, budgets=[240], primary={"algo": "pro", "budget": None, "n_hi": 4, "n_lo": 2})
+    assert s["initial_policy"] is None and s["reward_models"] is None and s["primary"] is None
+    assert set(s["missing"]) == {"beta_ablation.csv", "augmentation.csv", "selection.csv", "initial_policy.json",
+                                 summary.ANSWERS, summary.RM_REPORT, summary.RM_AGREEMENT, summary.LISTWISE,
+                                 summary.COLD_RUN, summary.ENVIRONMENT}
+    block = summary.render_readme_block(s)
+    assert "none declared" in block and "not generated yet" in block
+    assert "equal_budget/pro/240/n4-n2" in s["contrasts"]              # undeclared: every contrast is secondary
+
+
+def test_a_listwise_block_is_read_labelled_and_counted(tmp_path):
+    out = _study(tmp_path)
+    (out / "reports" / "listwise.json").write_text(json.dumps({"contrasts": {"pl - pro": {
+        "estimate": 1.0, "ci_lo": -1.0, "ci_hi": 3.0, "mde": 2.8, "test": "Welch t", "n_a": 3, "n_b": 3,
+        "status": "inconclusive (CI spans 0)", "direction": "above pro"}}}))
+    s = _summary(out)
+    assert s["listwise"]["role"] == "secondary" and s["secondary"]["by_notebook"]["09_listwise"] == 1
+    assert "listwise: pl - pro" in summary.render_readme_block(s)
+
+
+def _numbers_given(block: str, s: dict) -> list[str]:
+    """The numbers of a rendered block that summary.json (or the conventions) does not give."""
+    from test_notebook_text import CONVENTIONS, _leaves, stale_numbers
+
+    return stale_numbers(block, sorted(abs(v) for v in set(_leaves(s)) | CONVENTIONS))
+
+
+@pytest.mark.parametrize("means,word,total,length", [
+    (AGAINST, "scored lower than", "against the paper's sign", "against the paper's sign"),
+    (AS_PAPER, "scored higher than", "the paper's sign", "the paper's sign")])
+def test_the_reading_follows_the_numbers(tmp_path, means, word, total, length):
+    s = _summary(_study(tmp_path, means))
+    text = summary.reading(s)
+    p = s["primary"]
+    assert f"longer rankings of fewer prompts (n = 4, 60 prompts) {word} shorter rankings" in text
+    assert f"{summary._est(p['total'])} points, {total} (the paper's Table 1, its 8 PRO settings" in text
+    assert f"ranking-length part (n = 4 vs 2 on the same 60 prompts) is {summary._est(p['length'])}, {length}" in text
+    assert "controlled world, as in Gao et al. (2022)" in text and "not what people prefer" in text
+    assert "agrees with the human label on 58.0% [53.0, 63.0] of 400, not distinguishable from the 55.0%" in text
+    block = summary.render_readme_block(s)
+    for part in ("total", "prompts", "length"):                  # MDE beside every CI of the primary
+        assert summary._est(p[part]) in block and ", MDE " in summary._est(p[part])
+    assert _numbers_given(block, s) == []
+
+
+def test_a_part_whose_ci_spans_0_is_not_given_a_direction(tmp_path):
+    s = _summary(_study(tmp_path, {(4, 60): 40.0, (2, 120): 40.0, (2, 60): 40.0}))
+    text = summary.reading(s)
+    assert "could not be told apart from" in text
+    assert "its CI spans 0" in text and "the paper's sign" not in text.split("What it cannot resolve")[0]
+    assert "What it cannot resolve: the equal budget's CI spans 0" in text
+    p = s["primary"]
+    assert f"its MDE of {p['length']['mde']:.1f} points lies inside the range the paper's settings give it" in text
+    assert "The larger part" not in text                         # no part stands out from 0: no "larger" one
 
 
 def test_readme_block_renders_and_check_detects_drift(tmp_path, monkeypatch):
     out = _study(tmp_path)
-    s = json.loads(summary.write_summary("toy", out, budgets=[240]).read_text())
+    s = _summary(out)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:toy:start -->\nold typed numbers 1.23\n<!-- results:toy:end -->\ntail\n")
     assert not summary.readme_agrees(s, readme)
     assert summary.update_readme(s, readme) and summary.readme_agrees(s, readme)
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("tail\n") and "old typed" not in text
-    c = s["contrasts"]["equal_budget/pro/240/n4-n2"]
-    assert f"{c['estimate']:+.1f}, CI [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}], MDE {c['mde']:.1f}" in text
+    c = s["primary"]["total"]
+    assert f"{c['estimate']:+.1f} [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}], MDE {c['mde']:.1f}" in text
+    assert "**Secondary / exploratory** (13 tests" in text
     assert not summary.update_readme(s, readme)                         # idempotent
-    s["contrasts"]["equal_budget/pro/240/n4-n2"]["estimate"] += 1.0     # summary moved, README not
+    s["primary"]["total"]["estimate"] += 1.0                            # summary moved, README not
     assert not summary.readme_agrees(s, readme)
     with pytest.raises(Exception, match="markers"):
         bare = tmp_path / "bare.md"
@@ -114,7 +185,8 @@ def test_readme_block_renders_and_check_detects_drift(tmp_path, monkeypatch):
 def test_cli_summarize_check(tmp_path, monkeypatch, capsys):
     out = _study(tmp_path)
     monkeypatch.setattr(summary, "build_summary",
-                        lambda recipe, results=None, budgets=None, _b=summary.build_summary: _b(recipe, results, [240]))
+                        lambda recipe, results=None, budgets=None, primary=None, _b=summary.build_summary:
+                        _b(recipe, results, [240], PRIMARY))
     assert main(["summarize", "--recipe", "toy", "--results", str(out)]) == 0
     assert (out / "summary.json").exists() and not list(out.glob("*.tmp*"))
     readme = tmp_path / "README.md"
@@ -123,11 +195,31 @@ def test_cli_summarize_check(tmp_path, monkeypatch, capsys):
     assert main(["summarize", "--recipe", "toy", "--results", str(out), "--check"]) == 1     # README stale
     assert main(["summarize", "--recipe", "toy", "--results", str(out), "--readme"]) == 0
     assert main(["summarize", "--recipe", "toy", "--results", str(out), "--check"]) == 0
-    (out / "runs.csv").write_text((out / "runs.csv").read_text().replace("pro,2,60,1", "pro,2,60,1", 1))
     runs = analysis.load_results(out / "runs.csv")
     runs.loc[0, "reward_global"] += 5
     analysis.write_results(out / "runs.csv", runs)
+    env = (out / summary.ENVIRONMENT).read_text()
     assert main(["summarize", "--recipe", "toy", "--results", str(out), "--check"]) == 1     # summary stale
+    assert (out / summary.ENVIRONMENT).read_text() == env                                  # --check writes nothing
+
+
+def test_the_environment_is_recorded_once_per_runs_table(tmp_path, monkeypatch):
+    from divscale import provenance
+
+    out = _study(tmp_path)
+    calls = []
+    monkeypatch.setattr(provenance, "environment", lambda: calls.append(1) or {"cpu": f"machine {len(calls)}"})
+    summary.write_summary("toy", out, budgets=[240])
+    summary.write_summary("toy", out, budgets=[240])                    # same runs.csv: the record stays
+    assert json.loads((out / summary.ENVIRONMENT).read_text())["cpu"] == "machine 1" and len(calls) == 1
+    runs = analysis.load_results(out / "runs.csv")
+    runs.loc[0, "reward_global"] += 1
+    analysis.write_results(out / "runs.csv", runs)
+    summary.write_summary("toy", out, budgets=[240])                    # new runs: recorded again
+    assert json.loads((out / summary.ENVIRONMENT).read_text())["cpu"] == "machine 2"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["environment"]["cpu"] == "machine 2"
+    assert any("machine 2" in line for line in summary.resolution_lines(s))
 
 
 @pytest.mark.parametrize("recipe", ["cpu"])
@@ -192,21 +284,33 @@ def test_beta_ablation_summary_pairs_by_seed_and_reads_the_gradient_share(tmp_pa
     assert summary.beta_ablation_summary(tmp_path / "none", runs, [240]) is None
 
 
-def test_summary_reports_design_mdes_and_resolution_lines(tmp_path):
+def test_summary_reports_design_variance_mdes_and_resolution_lines(tmp_path):
     out = _study(tmp_path)
-    s = summary.build_summary("toy", out, budgets=[240])
-    assert s["design"]["size_ratio"] == pytest.approx(4.0) and s["design"]["seeds_per_cell_min"] == 3
-    verdict = {cid for cid, c in s["contrasts"].items() if c.get("family") in ("equal_budget", "same_prompts")}
-    assert set(s["mde_reached"]) == verdict | {f"{cid} seed-blocked" for cid in verdict
-                                               if cid.startswith("equal_budget")}
-    assert s["fine_tuned_vs_initial"]["pro"]["estimate"] > 0
+    s = _summary(out)
+    assert s["design"]["size_ratio"] == pytest.approx(20.0) and s["design"]["seeds_per_cell_min"] == 1
+    assert s["design"]["seeds_per_cell_max"] == 16 and s["design"]["draws"] == 16
+    assert s["design"]["verdict_cells"] == ["n2-k120", "n2-k60", "n4-k60"]
+    assert s["fine_tuned_vs_initial"]["pro"]["n_a"] == len(analysis.load_results(out / "runs.csv"))
     lines = "\n".join(summary.resolution_lines(s))
-    assert "Minimum detectable" in lines and "Does fine-tuning help?" in lines and "Design:" in lines
+    assert "Where the variance is (the primary cells)" in lines and "MDEs reached" in lines and "Design:" in lines
+    v = s["variance"]["primary_cells"]["pooled"]
+    assert f"Pooled replicate SD {v['sd']:.1f}" in lines and f"{100 * v['eval_share']:.0f}% of that variance" in lines
+    assert "What the policies write" in lines
     # the sentence about short answers says what the measured r says, not a fixed claim
     assert summary.short_answer_link([0.68, 0.71]) == "follows"
     assert summary.short_answer_link([0.18, -0.07]) == "hardly follows"
     assert summary.short_answer_link([0.6, 0.1]) == "partly follows" == summary.short_answer_link([None, None])
-    assert "β" not in lines                                  # no ablation table in this study
+
+
+def test_regression_counts_slopes_both_ways_and_without_the_smallest_size(tmp_path):
+    runs = make_results(sizes=(12, 60, 120, 240), lengths=(2, 4), algos=("pro",), seeds=(1, 2, 3, 4), noise=0.05)
+    runs.loc[runs.n_prompts == 12, "reward_global"] += 30             # the smallest size alone makes the slopes fall
+    reg = summary.regression_block(runs)["pro"]["d"]
+    assert reg["negative_slopes"] == 2 and reg["slope_ci_below_0"] == 2 and reg["slope_ci_above_0"] == 0
+    assert reg["without_smallest"]["negative_slopes"] == 0 and reg["without_smallest"]["slope_ci_above_0"] == 2
+    phrase = summary.slope_phrase(reg)
+    assert phrase.startswith("2 of 2 per-n slopes of reward on d are negative, 2 with a CI below 0 and 0 with a CI")
+    assert "without the 8 runs at 12 prompts: 0 negative, 0 with a CI below 0, 2 above" in phrase
 
 
 GNU_TIME = """\tCommand being timed: "make figures"
@@ -227,8 +331,9 @@ def test_cold_run_report_is_parsed_recorded_and_rendered(tmp_path):
     got = json.loads(path.read_text())
     assert got["wall_s"] == pytest.approx(54 * 60 + 3.1) and got["user_s"] == pytest.approx(5400.5)
     assert got["command"] == "make figures" and got["note"] == "after make setup"
-    s = summary.build_summary("toy", out, budgets=[240])
+    s = _summary(out)
     assert s["cold_run"]["wall_s"] == pytest.approx(3243.1) and summary.COLD_RUN in s["inputs"]
+    assert summary.ENVIRONMENT in s["inputs"]                          # the cold run's machine is recorded with it
     assert any("54.1 min wall" in line for line in summary.resolution_lines(s))
     report.write_text(GNU_TIME.replace("Exit status: 0", "Exit status: 2"))
     with pytest.raises(Exception, match="status 2"):

@@ -728,8 +728,9 @@ def regression_sentence(algo: str, fits_d: pd.DataFrame, fits_n: pd.DataFrame | 
     parts = [f"n={int(r.ranking_len)} {r.slope:+.2f} [{r.slope_lo:+.2f}, {r.slope_hi:+.2f}]"
              for r in fits_d.itertuples()]
     neg = int((fits_d["slope"] < 0).sum())
-    text = (f"{algo.upper()}: slopes of reward on d (points per unit d, 95% CI, {int(fits_d['n_points'].iloc[0])} "
-            f"runs a line): {'; '.join(parts)}. {neg} of {len(fits_d)} are negative (against the paper), "
+    runs = " / ".join(f"{int(r.n_points)}" for r in fits_d.itertuples())
+    text = (f"{algo.upper()}: slopes of reward on d (points per unit d, 95% CI; {runs} runs on the lines "
+            f"{' / '.join(f'n={int(r.ranking_len)}' for r in fits_d.itertuples())}): {'; '.join(parts)}. {neg} of {len(fits_d)} are negative (against the paper), "
             f"{int((fits_d['slope_lo'] > 0).sum())} have a CI above 0, {int((fits_d['slope_hi'] < 0).sum())} below")
     if fits_n is not None:
         md, mn = mean_mse(fits_d), mean_mse(fits_n)
@@ -840,3 +841,106 @@ def paper_budget_decomposition(n_hi: int = 4, n_lo: int = 2) -> pd.DataFrame:
                      "total": r[(n_hi, k_hi)] - r[(n_lo, k_lo)], "prompts": r[(n_lo, k_hi)] - r[(n_lo, k_lo)],
                      "length": r[(n_hi, k_hi)] - r[(n_lo, k_hi)]})
     return pd.DataFrame(rows)
+
+
+PARTS = ("total", "prompts", "length")
+
+
+def paper_part_signs(n_hi: int = 4, n_lo: int = 2) -> dict[str, int]:
+    """The sign of each part of :func:`paper_budget_decomposition` where every Table 1 setting (algorithm, model,
+    split, budget) agrees on it, else 0: the direction "as the paper" of our total and of each part."""
+    t = paper_budget_decomposition(n_hi, n_lo)
+    out = {}
+    for part in PARTS:
+        signs = set(np.sign(t[part]).astype(int))
+        out[part] = signs.pop() if len(signs) == 1 else 0
+    return out
+
+
+def part_direction(estimate: float, paper_sign: int) -> str:
+    """"as the paper" / "against the paper" for a part whose sign every Table 1 setting shares; otherwise
+    "the paper's settings disagree in sign"."""
+    if paper_sign == 0:
+        return "the paper's settings disagree in sign"
+    return direction(estimate, paper_sign)
+
+
+def primary_decomposition(df: pd.DataFrame, algo: str, budget: int, n_hi: int = 4, n_lo: int = 2,
+                          y: str = "reward_global") -> dict:
+    """The declared primary contrast (``grid.primary``) on one algorithm's runs: :func:`budget_decomposition`
+    with each part's direction against the sign the paper's Table 1 gives that part (:func:`paper_part_signs`)
+    and the paper's own split of every Table 1 setting beside it (``paper``: rows of
+    :func:`paper_budget_decomposition` for ``algo``)."""
+    data = df[df["algo"] == algo] if "algo" in df.columns else df
+    dec = budget_decomposition(data, budget, n_hi, n_lo, y)
+    signs = paper_part_signs(n_hi, n_lo)
+    for part in PARTS:
+        dec[part] = dec[part] | {"direction": part_direction(dec[part]["estimate"], signs[part]),
+                                 "paper_sign": signs[part]}
+    paper = paper_budget_decomposition(n_hi, n_lo)
+    dec["algo"] = algo
+    dec["paper"] = paper[paper["algo"] == algo].to_dict("records")
+    dec["paper_signs"] = signs
+    return dec
+
+
+def paired_wins(a: pd.DataFrame, b: pd.DataFrame, y: str = "reward_global", on: str = "seed") -> dict:
+    """In how many of the pairs matched by ``on`` run a scores above run b (ties count for neither): the
+    plain count beside a paired contrast, e.g. "β = 0 beat the paper's β in 4 of 4 pairs"."""
+    m = a[[on, y]].merge(b[[on, y]], on=on, suffixes=("_a", "_b")).dropna()
+    return {"pairs": len(m), "a_above": int((m[f"{y}_a"] > m[f"{y}_b"]).sum()),
+            "b_above": int((m[f"{y}_a"] < m[f"{y}_b"]).sum()), "on": sorted(int(s) for s in m[on])}
+
+
+def variance_decomposition(df: pd.DataFrame, cells, y: str = "reward_global") -> dict:
+    """Where the spread of the replicates of ``cells`` [(n, k), ...] comes from, per cell and pooled.
+
+    ``sd``: the SD between a cell's replicates (training seed and, with ``data.redraw_per_seed``, the data draw);
+    ``eval_se``: the mean standard error of one run's reward over its test prompts (its bootstrap 95% interval's
+    width / 2z); ``eval_share``: eval_se² / sd², the share of the replicate variance that re-sampling the test
+    prompts alone would produce (near 0: the test set is not the noise; near 1: it is all of it);
+    ``draws``: the distinct data draws among the replicates. ``pooled``: the same with the variances pooled over
+    the cells (weights: replicates − 1)."""
+    data, z = df.dropna(subset=[y]), float(stats.norm.ppf(0.975))
+    out, num, den, se2 = {}, 0.0, 0, []
+    for n, k in cells:
+        c = data[(data["ranking_len"] == n) & (data["n_prompts"] == k)]
+        if c.empty:
+            continue
+        sd = float(c[y].std(ddof=1)) if len(c) > 1 else math.nan
+        se = (float(((c[f"{y}_hi"] - c[f"{y}_lo"]) / (2 * z)).mean())
+              if {f"{y}_lo", f"{y}_hi"} <= set(c.columns) and c[f"{y}_hi"].notna().any() else math.nan)
+        draws = sorted(int(v) for v in c["draw"].dropna().unique()) if "draw" in c.columns else []
+        out[f"n{n}_k{k}"] = {"n": int(n), "k": int(k), "runs": len(c), "mean": float(c[y].mean()), "sd": sd,
+                             "eval_se": se, "eval_share": se * se / (sd * sd) if sd and np.isfinite(sd) else math.nan,
+                             "draws": len(draws)}
+        if len(c) > 1:
+            num += (len(c) - 1) * sd * sd
+            den += len(c) - 1
+        if np.isfinite(se):
+            se2.append(se * se)
+    pooled_sd = math.sqrt(num / den) if den else math.nan
+    pooled_se = math.sqrt(float(np.mean(se2))) if se2 else math.nan
+    return {"cells": out, "pooled": {"sd": pooled_sd, "df": den, "eval_se": pooled_se,
+                                     "eval_share": pooled_se ** 2 / pooled_sd ** 2 if den and pooled_sd else math.nan}}
+
+
+def slope_counts(fits: pd.DataFrame) -> dict:
+    """How a set of per-n lines (:func:`fit_lines`) point: slopes below 0, CIs above 0, CIs below 0, and
+    the points per line."""
+    return {"lines": len(fits), "negative_slopes": int((fits["slope"] < 0).sum()),
+            "slope_ci_above_0": int((fits["slope_lo"] > 0).sum()),
+            "slope_ci_below_0": int((fits["slope_hi"] < 0).sum()),
+            "points": {int(r.ranking_len): int(r.n_points) for r in fits.itertuples()}}
+
+
+def slopes_without_size(df: pd.DataFrame, size: int, x: str = "d", y: str = "reward_global") -> dict | None:
+    """:func:`slope_counts` of the per-n lines refitted without the runs at subset size ``size`` (e.g. the
+    smallest, single-replicate size): whether the slopes' verdicts rest on those runs. None when a line would
+    be left with fewer than two distinct x values."""
+    rest = df[df["n_prompts"] != size]
+    try:
+        fits = fit_lines(rest, x=x, y=y, by="ranking_len")
+    except ValueError:
+        return None
+    return slope_counts(fits) | {"without_size": int(size)}

@@ -150,7 +150,7 @@ def plot_diversity_by_size(div_df: pd.DataFrame, paper: pd.DataFrame | None = No
         sns.lineplot(data=div_df, x="n_prompts", y=col, hue=hue, marker="o", errorbar=("ci", 95), ax=ax,
                      color=None if hue else LENGTH_COLORS[2])
         _size_ticks(ax, div_df["n_prompts"])
-        ax.set(xlabel="#prompts |X|", ylabel=label)
+        ax.set(xlabel="#prompts |X| (log scale)", ylabel=label)
     axes[0].set_title("(a) d grows with diminishing returns")
     axes[1].set_title("(b) bigrams repeat as |X| grows")
     if paper is not None:
@@ -171,7 +171,7 @@ def plot_diversity_by_size(div_df: pd.DataFrame, paper: pd.DataFrame | None = No
                     xytext=(8, -10), textcoords="offset points", ha="left", va="top", color=PAPER_COLOR,
                     fontsize="small")
         _size_ticks(ax, list(ours["n_prompts"]) + list(p["n_prompts"]))
-        ax.set(xlabel="#prompts |X|", ylabel="d / d(smallest subset)", title="(c) shape beside the paper")
+        ax.set(xlabel="#prompts |X| (log scale)", ylabel="d / d(smallest subset)", title="(c) shape beside the paper")
     return fig
 
 
@@ -285,47 +285,72 @@ def plot_reward_vs_diversity(df: pd.DataFrame, fits: pd.DataFrame | None = None,
 # Table 1: the equal-budget allocation
 # ---------------------------------------------------------------------------------------------------------
 
+def _initial_line(ax, initial: dict | None) -> None:
+    """The policy before fine-tuning as a dashed reference line with its bootstrap CI as a band."""
+    if not initial:
+        return
+    ci = initial.get("ci") or [initial.get("ci_lo"), initial.get("ci_hi")]
+    ax.axhline(initial["reward_global"], color="0.35", ls="--", lw=1.1, zorder=1, label="initial policy (95% CI)")
+    if ci and ci[0] is not None and np.isfinite(ci[0]):
+        ax.axhspan(ci[0], ci[1], color="0.5", alpha=0.12, lw=0, zorder=0)
+
+
 def plot_allocation(df: pd.DataFrame, budgets, y: str = "reward_global", scale: float = 1.0,
-                    algo: str | None = None) -> plt.Figure:
-    """Reward vs #prompts for each ranking length, one panel per budget (and one row per algo), the
-    equal-budget cells (n, budget/n) ringed in red as in the paper's Table 1. Small dots: the runs (seeds);
-    large dots and bars: the mean and a bounded 95% interval over seeds (:func:`divscale.metrics.stats.bounded_interval`,
-    never below 0). ``budgets`` are in annotations (responses = prompts × n). Reward ×100 (``scale=1``)."""
+                    algo: str | None = None, initial: dict | None = None) -> plt.Figure:
+    """Reward vs #prompts for each ranking length in the table, one panel per budget (and one row per algo), the
+    equal-budget cells (n, budget/n) ringed in red as in the paper's Table 1. Small dots: the runs (replicates);
+    large dots and bars: the mean and a bounded 95% interval over replicates
+    (:func:`divscale.metrics.stats.bounded_interval`; cells with fewer than three runs get no bar: a t-interval on
+    one degree of freedom spans ±12.7 SE and would flatten every other cell). ``initial``
+    (:func:`divscale.study.pipeline.initial_policy_reward` or initial_policy.json) draws the policy before
+    fine-tuning as a dashed line with its CI. ``budgets`` are in annotations (responses = prompts × n)."""
     set_style()
     data = _filter_algo(df, algo)
     algos = sorted(data["algo"].astype(str).unique()) if "algo" in data.columns else [None]
+    lengths = tuple(sorted(int(n) for n in data["ranking_len"].unique()))
     budgets = sorted(budgets, reverse=True)
-    fig, axes = plt.subplots(len(algos), len(budgets), figsize=(4.4 * len(budgets), 3.6 * len(algos) + 0.6),
+    fig, axes = plt.subplots(len(algos), len(budgets), figsize=(max(5.2, 4.6 * len(budgets)), 3.7 * len(algos) + 1.0),
                              squeeze=False, constrained_layout=True)
+    few = False
     for i, a in enumerate(algos):
         sub = _filter_algo(data, a)
-        table = analysis.equal_budget_table(sub, budgets, y=y)
+        table = analysis.equal_budget_table(sub, budgets, y=y, lengths=lengths)
         for col in ("mean", "ci_lo", "ci_hi"):
             table[col] = table[col] * scale
+        thin = table["n_seeds"] < 3
+        few |= bool((thin & (table["n_seeds"] > 0)).any())
+        table.loc[thin, ["ci_lo", "ci_hi"]] = np.nan
         for j, budget in enumerate(budgets):
             ax, t = axes[i, j], table[table["budget_group"] == budget]
+            _initial_line(ax, initial)
             prompts = sorted(t["n_prompts"].unique())
             where = {p: k for k, p in enumerate(prompts)}
+            mid = (lengths[0] + lengths[-1]) / 2
             for n, g in t.groupby("ranking_len"):
                 g = g.set_index("n_prompts").reindex(prompts).reset_index()
-                pos = np.arange(len(prompts)) + (n - 3) * 0.16
+                off = (n - mid) * 0.12
+                pos = np.arange(len(prompts)) + off
                 runs = sub[(sub["ranking_len"] == n) & sub["n_prompts"].isin(prompts)]
-                ax.scatter(runs["n_prompts"].map(where) + (n - 3) * 0.16 - 0.06, runs[y] * scale, s=10,
+                ax.scatter(runs["n_prompts"].map(where) + off - 0.05, runs[y] * scale, s=10,
                            color=LENGTH_COLORS.get(n), alpha=0.5, lw=0, zorder=3)
-                _intervals(ax, pos, g["mean"], g["ci_lo"], g["ci_hi"], LENGTH_COLORS.get(n), line=True,
-                           label=f"n = {n}")
-                diag = g["diagonal"].fillna(False).to_numpy(bool)
+                have = g["n_seeds"] > 0
+                _intervals(ax, pos[have], g["mean"][have], g["ci_lo"][have], g["ci_hi"][have], LENGTH_COLORS.get(n),
+                           line=True, label=f"n = {n}")
+                diag = (g["diagonal"].fillna(False) & have).to_numpy(bool)
                 ax.scatter(pos[diag], g["mean"][diag], s=170, facecolors="none", edgecolors=HIGHLIGHT,
-                           linewidths=1.8, zorder=5, label=f"equal budget (n, {budget:,}/n)" if n == 2 else None)
+                           linewidths=1.8, zorder=5, label="equal budget (n, B/n)" if n == lengths[0] else None)
             ax.set_xticks(np.arange(len(prompts)), [f"{p:,}" for p in prompts])
-            ax.set_ylim(bottom=0)
-            ax.set(xlabel="#prompts", title=f"{(a or '').upper()} · budget {budget:,} responses".strip(" ·"))
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(max(lo, 0.0), min(hi, 100.0 * scale))                   # rewards live in [0, 100]
+            ax.set(xlabel="#prompts", title=f"{(a or '').upper()} · budget B = {budget:,} responses".strip(" ·"))
             if j == 0:
                 ax.set_ylabel(REWARD_LABEL if scale == 1 else f"RM_test reward (×{100 * scale:g})")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize="small", markerscale=0.7)
-    _caption(fig, "Small dots: runs (seeds). Large dots and bars: mean and " + BOUNDED_NOTE
-             + ". Ringed: the equal-budget cells compared in Table 1.")
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 4), fontsize="small",
+               markerscale=0.8)
+    _caption(fig, "Small dots: runs (replicates). Large dots and bars: mean and " + BOUNDED_NOTE
+             + (" (no bar where a cell has fewer than 3 runs)" if few else "")
+             + ". Ringed: the equal-budget cells. Dashed line and band: the policy before fine-tuning and its 95% CI.")
     return fig
 
 
@@ -446,10 +471,13 @@ MEASURE_LABELS = {"d": "d (the paper's metric)", "r_unique": "unique-bigram rati
                   "chamfer": "chamfer distance (MiniLM)"}
 LESS_DIVERSE_WHEN_HIGHER = ("compression_ratio", "jaccard")
 REWARD_BARS = "dots: training seeds; bar: mean and " + BOUNDED_NOTE
+THIN_BARS = ("small dots: training seeds; large dot: their mean (no interval drawn where an arm has fewer than 3 "
+             "seeds: a t-interval on one degree of freedom spans ±12.7 SE; the CIs of the differences are in the table)")
 
 
-def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True) -> dict:
-    """Tick label per arm: its name, its #prompts (``prompts=True`` and the table has them), and
+def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True, lengths: bool = True) -> dict:
+    """Tick label per arm: its name, its #prompts (``prompts=True`` and the table has them), its prompts' median
+    length in metric tokens (when the table has ``prompt_tokens_median``: d favours short prompts), and
     '(= other)' for an arm identical to another."""
     labels = {}
     for arm in order:
@@ -457,6 +485,8 @@ def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True) ->
         text = str(arm)
         if prompts and "n_prompts" in rows.columns and rows["n_prompts"].notna().any():
             text += f"\n{int(rows['n_prompts'].iloc[0])} prompts"
+        if lengths and "prompt_tokens_median" in rows.columns and rows["prompt_tokens_median"].notna().any():
+            text += f"\nmedian {rows['prompt_tokens_median'].median():.0f} tokens"
         same = rows["identical_to"].dropna() if "identical_to" in rows.columns else pd.Series(dtype=object)
         same = same[same.astype(str).str.len() > 0]
         if len(same):
@@ -465,12 +495,19 @@ def _arm_labels(df: pd.DataFrame, by: str, order: list, prompts: bool = True) ->
     return labels
 
 
+def _reward_bars(df: pd.DataFrame, by: str) -> str:
+    """The reward panel's caption: :data:`THIN_BARS` when some arm has fewer than 3 seeds, else :data:`REWARD_BARS`."""
+    keys = [by] + (["algo"] if "algo" in df.columns else [])
+    return THIN_BARS if (df.groupby(keys).size() < 3).any() else REWARD_BARS
+
+
 def _reward_panel(ax, df: pd.DataFrame, by: str, order: list, labels: dict, y: str, scale: float,
                   hue: str | None) -> None:
     """Test reward per arm: every run as a small dot, the mean and its bounded 95% interval over seeds
     (:func:`_seed_summary`) beside it."""
     keys = [by] + ([hue] if hue and hue in df.columns else [])
     summary = _seed_summary(df, keys, y, scale)
+    summary.loc[summary["runs"] < 3, ["lo", "hi"]] = np.nan        # df = 1: an interval that says nothing
     hues = list(pd.unique(df[keys[1]])) if len(keys) > 1 else [None]
     colors = dict(zip(hues, sns.color_palette("colorblind", len(hues)))) if len(keys) > 1 else {None: LENGTH_COLORS[2]}
     _dots(ax, summary, by, hue=keys[1] if len(keys) > 1 else None, order=order, hue_order=hues, colors=colors)
@@ -503,7 +540,7 @@ def plot_selection(df: pd.DataFrame, by: str = "strategy", measures=None, y: str
     if by not in df.columns:
         raise ValueError(f"no column {by!r}; columns are {list(df.columns)}")
     order = list(pd.unique(df[by]))
-    labels = _arm_labels(df, by, order, prompts=False)          # equal budget: the same #prompts everywhere
+    labels = _arm_labels(df, by, order, prompts=False, lengths=False)   # equal budget; panel (b) has the lengths
     measures = list(measures) if measures is not None else [m for m in DIVERSITY_MEASURES if m in df.columns]
     per_arm = df.groupby(by, sort=False)[measures + [c for c in ("prompt_tokens_mean", "prompt_tokens_median")
                                                       if c in df.columns]].mean().reindex(order)
@@ -531,7 +568,7 @@ def plot_selection(df: pd.DataFrame, by: str = "strategy", measures=None, y: str
     ax.set_xlim(-1.15 * lim, 1.15 * lim)
     ax.set_xlabel(f"change against {base} (%)\n← less diverse    more diverse →")
     ax.set_title(f"(a) diversity of each selection vs {base}")
-    ax.legend(fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.06), ncol=max(len(others), 1), borderaxespad=0)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.32), ncol=max(len(others), 1), borderaxespad=0)
     ax.grid(axis="y", lw=0.3)
     if has_len:
         ax = axes[1]
@@ -551,7 +588,7 @@ def plot_selection(df: pd.DataFrame, by: str = "strategy", measures=None, y: str
         a.tick_params(axis="x", labelsize="small")
         plt.setp(a.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     fig.suptitle("Selection strategies at an equal budget")
-    fig.supxlabel(REWARD_BARS + " (panel c)", fontsize="small")
+    fig.supxlabel(_reward_bars(df, by) + " (panel c)", fontsize="small", wrap=True)
     return fig
 
 
@@ -567,7 +604,7 @@ def plot_augmentation(df: pd.DataFrame, by: str = "method", y: str = "reward_glo
     order = list(pd.unique(df[by]))
     labels = _arm_labels(df, by, order)
     measures = [m for m in measures if m in df.columns]
-    ratios = [1.0] * len(measures) + [1.6]
+    ratios = [1.3] * len(measures) + [1.6]
     fig, axes = plt.subplots(1, len(ratios), figsize=(1.0 * len(order) * sum(ratios) + 2.5, 3.6),
                              gridspec_kw={"width_ratios": ratios}, squeeze=False, constrained_layout=True)
     axes = axes[0]
@@ -582,29 +619,37 @@ def plot_augmentation(df: pd.DataFrame, by: str = "method", y: str = "reward_glo
     for a in axes:
         a.tick_params(axis="x", labelsize="small")
     fig.suptitle("Augmentation: the base set, plus random or diversity-guided prompts")
-    fig.supxlabel(REWARD_BARS + " (right)", fontsize="small")
+    fig.supxlabel(_reward_bars(df, by) + " (right)", fontsize="small", wrap=True)
     return fig
 
 
 def plot_budget_crossover(table: pd.DataFrame, crossovers: list[dict] | None = None, title: str | None = None,
-                          confidence: float = 0.95) -> plt.Figure:
+                          confidence: float = 0.95, initial: dict | None = None) -> plt.Figure:
     """The budget planner over a range of budgets: predicted test reward against the annotation budget, one line
-    per ranking length n with its prediction-interval band, points drawn hollow where the subset's d lies outside
-    the range the fit saw (extrapolated), and a dashed vertical line at each budget where the recommended n
-    changes. ``table``: :func:`divscale.tools.annotation_plan.crossover_table` (budget, ranking_len, predicted, pi_lo, pi_hi,
-    extrapolated); ``crossovers``: :func:`divscale.tools.annotation_plan.crossovers` (budget, previous_budget, from_n, to_n)."""
+    per ranking length n with its prediction-interval band **only where the subset's d lies inside the range the
+    fit saw**: budgets outside it (``extrapolated``) are not drawn (the legend counts them; a line fitted on one
+    range of d says nothing outside it), and a vertical dashed line marks each budget where the recommended n
+    changes. ``initial`` draws the policy
+    before fine-tuning as a reference line. ``table``: :func:`divscale.tools.annotation_plan.crossover_table`
+    (budget, ranking_len, predicted, pi_lo, pi_hi, extrapolated); ``crossovers``:
+    :func:`divscale.tools.annotation_plan.crossovers` (budget, previous_budget, from_n, to_n)."""
     set_style()
     for col in ("budget", "ranking_len", "predicted", "pi_lo", "pi_hi"):
         if col not in table.columns:
             raise ValueError(f"crossover table needs column {col!r}; columns are {list(table.columns)}")
-    fig, ax = plt.subplots(figsize=(8.0, 4.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8.0, 4.2), constrained_layout=True)
+    _initial_line(ax, initial)
     for n, g in table.sort_values("budget").groupby("ranking_len"):
         color = LENGTH_COLORS.get(int(n))
-        ax.fill_between(g["budget"], g["pi_lo"], g["pi_hi"], color=color, alpha=0.15, lw=0)
-        ax.plot(g["budget"], g["predicted"], color=color, lw=1.8, label=f"n = {n}")
-        ext = g["extrapolated"].astype(bool) if "extrapolated" in g.columns else np.zeros(len(g), bool)
-        ax.scatter(g["budget"][~ext], g["predicted"][~ext], color=color, s=14, zorder=3)
-        ax.scatter(g["budget"][ext], g["predicted"][ext], facecolors="white", edgecolors=color, s=14, zorder=3)
+        ext = (g["extrapolated"].astype(bool) if "extrapolated" in g.columns else pd.Series(False, index=g.index))
+        inside = g[~ext]
+        left_out = f" ({int(ext.sum())} of {len(g)} budgets outside the fit's d range, not drawn)" if ext.any() else ""
+        if len(inside):
+            ax.fill_between(inside["budget"], inside["pi_lo"], inside["pi_hi"], color=color, alpha=0.15, lw=0)
+            ax.plot(inside["budget"], inside["predicted"], color=color, lw=1.8, marker="o", ms=3.5,
+                    label=f"n = {n}{left_out}")
+        else:
+            ax.plot([], [], color=color, lw=1.8, label=f"n = {n}: every budget outside the fit's d range")
     for c in crossovers or []:
         at = (c["previous_budget"] + c["budget"]) / 2
         ax.axvline(at, color=HIGHLIGHT, ls="--", lw=1)
@@ -614,15 +659,14 @@ def plot_budget_crossover(table: pd.DataFrame, crossovers: list[dict] | None = N
     if not crossovers:
         ax.text(0.99, 0.02, "recommended n does not change over this range", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize="small", color="0.3")
+    span = table["budget"].max() - table["budget"].min()
+    ax.set_xlim(table["budget"].min() - 0.02 * span, table["budget"].max() + 0.02 * span)   # the whole range asked
     ax.xaxis.set_major_formatter(mticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_xlabel("annotation budget B (ranked responses; ⌊B/n⌋ prompts)")
     ax.set_ylabel("predicted test reward (×100)")
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Patch(color="0.6", alpha=0.3))
     labels.append(f"{confidence:.0%} prediction interval")
-    if "extrapolated" in table.columns and table["extrapolated"].any():
-        handles.append(plt.Line2D([], [], ls="", marker="o", mfc="white", mec="0.3"))
-        labels.append("d outside the fit's range")
     ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "Predicted reward per ranking length at equal budget")
     return fig
@@ -657,39 +701,55 @@ def plot_short_answers(df: pd.DataFrame, y: str = "reward_global", x: str = "sho
 
 
 def plot_beta_ablation(beta: dict) -> plt.Figure:
-    """PRO's β ablation (:func:`divscale.report.publish.beta_ablation_summary`): per equal-budget cell, the mean test
-    reward of each sft_weight with its t interval over seeds and SFT on the same prompts beside it (left), and
-    the ranking term's share of the gradient norm per sft_weight (right)."""
+    """PRO's β ablation (:func:`divscale.report.publish.beta_ablation_summary`): per equal-budget cell, each
+    sft_weight's runs on the seeds every arm of the cell has, one seed's runs joined by a line (the contrasts are
+    paired by seed), the mean as a larger marker and, with three or more seeds, its bounded 95% interval; SFT on
+    the same prompts beside it where the grid has it (left); the ranking term's share of the gradient norm per
+    sft_weight (right)."""
     set_style()
     cells = list(beta["cells"].values())
     weights = beta["weights"]
-    palette = dict(zip([f"{w:g}" for w in weights], sns.color_palette("rocket_r", len(weights) + 1)[1:]))
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8), constrained_layout=True)
-    width = 0.8 / (len(weights) + 1)
+    names_all = [f"{w:g}" for w in weights]
+    palette = dict(zip(names_all, sns.color_palette("rocket_r", len(weights) + 1)[1:])) | {"sft": (0.55, 0.55, 0.55)}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.0, 4.4), constrained_layout=True)
+    slots = names_all + (["sft"] if any("sft" in c["arms"] for c in cells) else [])
+    width = 0.7 / len(slots)
+    few = False
     for i, cell in enumerate(cells):
         arms = cell["arms"]
-        names = [f"{w:g}" for w in weights if f"{w:g}" in arms] + (["sft"] if "sft" in arms else [])
-        for j, name in enumerate(names):
+        xs = {name: i + (j - (len(slots) - 1) / 2) * width for j, name in enumerate(slots) if name in arms}
+        values = {n: {int(sd): v for sd, v in (a.get("values") or {}).items()} for n, a in arms.items()}
+        for sd in sorted({sd for v in values.values() for sd in v}):
+            pts = [(xs[n], values[n][sd]) for n in slots if n in arms and sd in values[n]]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), color="0.7", lw=0.8, zorder=2)
+            ax.scatter(*zip(*pts), s=14, color="0.45", zorder=3)
+        for name, x in xs.items():
             a = arms[name]
-            color = "0.55" if name == "sft" else palette[name]
-            xpos = i + (j - (len(names) - 1) / 2) * width
-            _intervals(ax, [xpos], [a["mean"]], [a["ci_lo"]], [a["ci_hi"]], color,
-                       label=(("SFT" if name == "sft" else f"PRO, sft_weight {name}"
-                               + (" (paper)" if float(name) == beta["paper_sft_weight"] else "")) if i == 0 else None))
-            if name != "sft" and np.isfinite(a.get("grad_share_rank", np.nan)):
-                ax2.bar(xpos, 100 * a["grad_share_rank"], width=width * 0.9, color=color,
+            label = ("SFT" if name == "sft" else f"PRO, sft_weight {name}"
+                     + (" (paper)" if float(name) == beta["paper_sft_weight"] else "")) if i == 0 else None
+            thin = a["runs"] < 3
+            few |= thin
+            _intervals(ax, [x], [a["mean"]], [np.nan if thin else a["ci_lo"]], [np.nan if thin else a["ci_hi"]],
+                       palette[name], label=label, ms=8)
+            if name != "sft" and a.get("grad_share_rank") is not None and np.isfinite(a["grad_share_rank"]):
+                ax2.bar(x, 100 * a["grad_share_rank"], width=width * 0.9, color=palette[name],
                         label=f"sft_weight {name}" if i == 0 else None)
-    labels = [f"n = {c['n']}\n{c['n_prompts']} prompts" for c in cells]
+    labels = [f"n = {c['n']}, {c['n_prompts']} prompts\nseeds {', '.join(str(x) for x in c['seeds'])}" for c in cells]
     for a_ in (ax, ax2):
         a_.set_xticks(range(len(cells)), labels)
+        a_.set_xlim(-0.6, len(cells) - 0.4)
     ax.set_ylabel("test reward (RM_test, ×100)")
-    ax.set_title("Test reward: mean of seeds, 95% interval (logit scale)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=2)
-    ax2.set_ylabel("ranking term's share of gradient norm (%)")
+    ax.set_title("Test reward on the seeds every arm has")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.22), ncol=2)
+    ax2.set_ylabel("ranking term's share\nof the gradient norm (%)")
     ax2.set_ylim(0, 105)
     ax2.set_title("What moves the weights")
-    _caption(fig, f"Equal-budget cells ({cells[0]['budget']:,} responses). PRO's loss = ranking term + β·SFT, "
-                  "β = sft_weight·(n−1)²; the paper's sft_weight is "
+    _caption(fig, f"Equal-budget cells ({cells[0]['budget']:,} responses). Small grey dots: runs, one seed's runs "
+                  "joined; large dots: the mean" + (" (no interval where an arm has fewer than 3 seeds: a t-interval "
+                                                     "on one degree of freedom says nothing)" if few else
+                                                     ", bars: 95% interval (logit scale)")
+                  + f". PRO's loss = ranking term + β·SFT, β = sft_weight·(n−1)²; the paper's sft_weight is "
                   f"{beta['paper_sft_weight']:g}. Share = ‖∇ranking‖ / (‖∇ranking‖ + ‖∇β·SFT‖), mean over the "
                   "measured steps.")
     return fig
@@ -700,56 +760,62 @@ PART_COLORS = {"total": "0.35", "prompts": "#0173B2", "length": "#029E73"}
 
 
 def plot_budget_decomposition(ours: dict, paper: pd.DataFrame, budget_label: str = "") -> plt.Figure:
-    """The equal-budget contrast and its two parts, ours beside the paper's (:func:`analysis.budget_decomposition`,
-    :func:`analysis.paper_budget_decomposition`).
+    """The equal-budget contrast and its two parts, ours beside the paper's (:func:`analysis.budget_decomposition`
+    or :func:`analysis.primary_decomposition`, :func:`analysis.paper_budget_decomposition`).
 
     Left: ours, one group of three bars per algorithm (``ours``: {algo: decomposition}), each a point estimate
-    with its 95% CI (Welch for the total and the prompt-count part, paired by seed for the ranking-length part)
-    and its MDE drawn as a dashed tick on both sides of 0. Right: the paper's Table 1 at both budgets (no seeds,
-    so no CIs), one group per setting. The total is the sum of the two parts in both panels."""
+    with its 95% CI (Welch for the total and the prompt-count part, paired by replicate for the ranking-length part)
+    and ± its MDE as dashed ticks. Right: the paper's Table 1 settings (no seeds, so no CIs), one group each. The
+    total is the sum of the two parts in both panels; both panels share the y axis."""
     set_style()
     parts = ["total", "prompts", "length"]
     settings = [(r.algo, r.model, r.split, r.budget) for r in paper.itertuples()]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [max(1, len(ours)) + 0.6,
-                                                                                          len(settings) * 0.55 + 1]})
-    width = 0.26
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 5.4), sharey=True, constrained_layout=True,
+                                 gridspec_kw={"width_ratios": [max(1, len(ours)) * 1.6 + 1.4,
+                                                               len(settings) * 0.55 + 1]})
+    single = len(ours) == 1
+    width = 0.6 if single else 0.26
     for i, (algo, dec) in enumerate(sorted(ours.items())):
         for j, part in enumerate(parts):
             c = dec[part]
-            x = i + (j - 1) * width
+            x = j if single else i + (j - 1) * width
             lo, hi = c["ci_lo"], c["ci_hi"]
             ax.bar(x, c["estimate"], width * 0.9, color=PART_COLORS[part], alpha=0.85,
-                   label=PART_LABELS[part] if i == 0 else None)
-            if np.isfinite(lo):
+                   label=PART_LABELS[part].replace("\n", " ") if i == 0 else None)
+            if lo is not None and np.isfinite(lo):
                 ax.errorbar(x, c["estimate"], yerr=[[c["estimate"] - lo], [hi - c["estimate"]]], fmt="none",
-                            ecolor="black", capsize=3, lw=1)
-            if np.isfinite(c.get("mde", np.nan)):
+                            ecolor="black", capsize=4, lw=1.2, label="95% CI" if i == 0 and j == 0 else None)
+            if c.get("mde") is not None and np.isfinite(c["mde"]):
                 for sign in (1, -1):
-                    ax.plot([x - width * 0.4, x + width * 0.4], [sign * c["mde"]] * 2, ls="--", lw=0.9, color="0.5")
+                    ax.plot([x - width * 0.42, x + width * 0.42], [sign * c["mde"]] * 2, ls="--", lw=1.0, zorder=5,
+                            color="0.45", label="± MDE (80% power)" if i == 0 and j == 0 and sign == 1 else None)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(ours)), [a.upper() for a in sorted(ours)])
     first = next(iter(ours.values())) if ours else None
-    ax.set_title("this study" + (f": ({first['n_hi']}, {first['k_hi']}) vs ({first['n_lo']}, {first['k_lo']}), "
-                                 f"{first['budget']} responses" if first else "") + budget_label)
+    if first and single:
+        ticks = [0, 1, 2]
+        cells = {"total": f"({first['n_hi']}, {first['k_hi']}) − ({first['n_lo']}, {first['k_lo']})",
+                 "prompts": f"({first['n_lo']}, {first['k_hi']}) − ({first['n_lo']}, {first['k_lo']})",
+                 "length": f"({first['n_hi']}, {first['k_hi']}) − ({first['n_lo']}, {first['k_hi']})"}
+        ax.set_xticks(ticks, [PART_LABELS[p_].split("\n")[0] + "\n" + cells[p_] for p_ in parts], fontsize="small")
+        ax.set_xlabel("cells (n, #prompts)", fontsize="small")
+    else:
+        ax.set_xticks(range(len(ours)), [a.upper() for a in sorted(ours)])
+    algo_names = "/".join(a.upper() for a in sorted(ours))
+    ax.set_title(f"this study, {algo_names}" + (f", {first['budget']:,} responses" if first else "") + budget_label)
     ax.set_ylabel(f"difference in {REWARD_LABEL}")
-    handles, labels = ax.get_legend_handles_labels()
-    for i, setting in enumerate(settings):
+    for i in range(len(settings)):
         row = paper.iloc[i]
         for j, part in enumerate(parts):
-            bx.bar(i + (j - 1) * width, row[part], width * 0.9, color=PART_COLORS[part], alpha=0.85)
+            bx.bar(i + (j - 1) * 0.26, row[part], 0.26 * 0.9, color=PART_COLORS[part], alpha=0.85)
     bx.axhline(0, color="black", lw=0.8)
-    bx.set_xticks(range(len(settings)), [f"{a.upper()} {m}\n{s} {b // 1000}k" for a, m, s, b in settings],
-                  rotation=60, ha="right", fontsize="x-small")
-    bx.set_title("the paper's Table 1 (one run per cell: no CI)")
-    bx.legend(handles, [label.replace("\n", " ") for label in labels], loc="upper right", fontsize="small")
-    lo = min(ax.get_ylim()[0], bx.get_ylim()[0])
-    hi = max(ax.get_ylim()[1], bx.get_ylim()[1])
-    for a in (ax, bx):
-        a.set_ylim(lo, hi)
-    _caption(fig, "Bars: total = prompt-count part + ranking-length part. Ours: 95% CI (black; Welch for the total and "
-                  "the prompt-count part, paired by seed for the ranking-length part) and the MDE at 80% power (dashed, "
-                  "±); an effect inside the dashed band cannot be told from 0.")
-    fig.tight_layout()
+    bx.set_xticks(range(len(settings)), [f"{a.upper()} {m}\n{s_} {b // 1000}k" for a, m, s_, b in settings],
+                  rotation=50, ha="right", fontsize="x-small")
+    bx.set_title("the paper's Table 1, every setting (one run a cell: no CI)")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize="small")
+    _caption(fig, "Total = prompt-count part + ranking-length part, in both panels. Ours: 95% CI (Welch's t for the "
+                  "total and the prompt-count part, paired by replicate for the ranking-length part) and ± the MDE, the "
+                  "smallest true difference a test finds with 80% power at α = 0.05.")
     return fig
 
 

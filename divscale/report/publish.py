@@ -3,40 +3,57 @@
 ``results/<recipe>/summary.json`` is built from the committed tables and the small files the notebooks
 write beside them (nothing is typed by hand):
 
-    results/<recipe>/runs.csv            the grid (divscale grid)                        required
-    results/<recipe>/augmentation.csv    07_augmentation                                 optional
-    results/<recipe>/selection.csv       08_selection                                    optional
-    results/<recipe>/initial_policy.json 05_allocation (:func:`write_initial_policy`)    optional
-    results/<recipe>/reports/reward_models.csv   03_reward_models (:func:`write_rm_report`)      optional
-    results/<recipe>/beta_ablation.csv   the grid's β-ablation cells (divscale grid)     optional
-    results/<recipe>/reports/cold_run.json  a timed cold `make figures` (summarize --cold-run) optional
+    runs.csv                      the grid (divscale grid)                                           required
+    beta_ablation.csv             the grid's β-ablation cells (divscale grid)                         optional
+    augmentation.csv              07_augmentation                                                     optional
+    selection.csv                 08_selection                                                        optional
+    initial_policy.json           05_allocation (:func:`write_initial_policy`)                        optional
+    answers.jsonl                 05_allocation (:func:`divscale.study.pipeline.write_answers`)       optional
+    reports/reward_models.csv     03_reward_models (:func:`write_rm_report`)                         optional
+    reports/rm_agreement.json     03_reward_models (:func:`write_rm_agreement`)                      optional
+    listwise.csv                  09_listwise (:mod:`divscale.study.listwise`, its head-to-head)     optional
+    reports/cold_run.json         a timed cold `make figures` (summarize --cold-run)                 optional
+    reports/environment.json      the machine that made the runs (:func:`record_environment`)         optional
 
-Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`):
+Top-level keys of summary.json (schema version :data:`SCHEMA_VERSION`); every contrast is an object with
+estimate, ci_lo, ci_hi, se, df, mde, test, n_a, n_b, mean_a, mean_b, status, direction (reward ×100):
 
-    schema, recipe, generated_by, scale, inputs {file: sha256}, missing [inputs not found]
-    runs            n_runs, eval_keys, reward mean/min/max, dev_reward_best_mean (×100), cell_spread,
-                    pooled_seed_sd {algo}
-    initial_policy  reward_global, ci_lo, ci_hi, ci_method                          (or null)
-    reward_models   {model: {accuracy, length_baseline, oa_agreement, oa_accuracy: {value, ci_lo, ci_hi, n}}}
-                    on the 0–1 scale of a fraction of pairs, plus chance_subsets (CI containing 0.5)
-    contrasts       {id: {estimate, ci_lo, ci_hi, mde, se, df, test, n_runs, n_a, n_b, status, direction,
-                          identical, paper?}}  ids: equal_budget/<algo>/<budget>/n4-n2, .../n3-n2 (OLS cell
-                    means; welch/... beside them), same_prompts/<algo>/k<k>/n4-n2 (paired by seed),
-                    augmentation/<algo>/<a> - <b>, selection/<algo>/<strategy> - random
-    paper           equal_budget_effect_range, table1 diagonal cells, printed and refit MSEs, d growth
-    regression      {algo: {d|n_prompts: {mean_mse, mean_r2, lines {n: slope, slope_lo, slope_hi, r2, mse,
-                    n_points}}}} on runs (12 points a line), MSE in points²
-    exponent        {ours|paper: {algo: {best_p, best_p_any_slope, rule}}}
-    diversity       ours {k: d}, growth over 4×, paper growth over 4×, augmentation d by method
-    design          sizes, size_ratio, seeds per cell (min/max), verdict cells, step budget and its passes
-                    over the largest subset, checkpoint rule
-    variance        {algo: eval_se (one run's SE over test prompts), seed_sd (pooled within cells),
-                    short_answer_r / _r2 (within-cell correlation of reward with the share of very short answers)}
+    schema, recipe, generated_by, scale, inputs {file: sha256[:16]}, missing [inputs not found]
+    environment     provenance.environment() of the machine that made the runs (lock hash, library versions,
+                    CPU, threads), recorded once per runs.csv (null when not recorded)
+    design          sizes, size_ratio, cells, replicates per cell (min/max), verdict cells, redraw_per_seed and
+                    the draws in the table, the step budget and its passes, checkpoint rule, the RMs' design,
+                    primary (the declaration)
+    runs            n_runs, algos, sizes, seeds, eval_keys, reward mean/min/max, cell_spread, pooled_seed_sd {algo}
+    initial_policy  reward_global, ci_lo, ci_hi, ci_method                                  (or null)
+    primary         the declared primary contrast (recipe grid.primary): declared {algo, budget, n_hi, n_lo,
+                    k_hi, k_lo}, cells {n<n>_k<k>: runs, mean, seeds}, total / prompts / length {contrast, part,
+                    comparison, paper_sign}, gap (total − the parts), paper [Table 1's split of every setting of the
+                    algorithm], paper_signs, paper_range {part: [min, max]}, fine_tuned_vs_initial {cell: contrast}
+                    (or null: no declaration, or its cells are not in runs.csv)
+    reward_models   overall {model: {metric: {value, ci_lo, ci_hi, n}}}, by_subset {model: {subset: {metric: ...}}},
+                    chance_subsets, agreement {held_out_pairs, rankings4} (RM_train vs RM_test): fractions (0–1),
+                    Wilson 95% CIs                                                            (or null)
+    variance        by_algo {algo: eval_se, seed_sd, short_answer_r}; primary_cells (replicate SD, one run's
+                    bootstrap SE and its share eval_se²/sd², per primary cell and pooled)
+    mde_reached     {id: MDE}: primary/total, primary/prompts, primary/length, then the secondary contrasts
     fine_tuned_vs_initial  {algo: contrast of the runs' mean reward against the initial policy's (one-sample t)}
+    contrasts       the secondary contrasts {id: contrast | role "secondary"}: equal_budget/<algo>/<B>/n<n>-n2 (Welch;
+                    not the primary), same_prompts/<algo>/k<k>/n4-n2 (paired by seed; not the primary's length part),
+                    augmentation/<algo>/<a> - <b>, selection/<algo>/<strategy> - random (Welch, with the arms'
+                    median prompt tokens where the table has them)
+    secondary       n_tests (every secondary test with a CI), by_notebook {notebook: n}, note
+    paper           equal-budget effect range, Table 1 diagonal cells and cells of the primary's shape, its
+                    decomposition (every setting), printed and refit MSEs, d growth
+    regression      {algo: {d|n_prompts: mean_mse, mean_r2, slope counts, lines {n: slope, CI, r2, mse, n_points},
+                    without_smallest (the counts without the smallest size's runs)}}
+    exponent        {ours|paper: {algo: {best_p, best_p_any_slope, rule}}}
+    diversity       ours {k: d}, growth, augmentation d by method
+    beta_ablation   PRO's sft_weight ablation (beta_ablation.csv): per cell, each arm on the seeds every arm has,
+                    paired contrasts with their win counts                                   (or null)
+    answers         what answers.jsonl holds (rows, prompts, policies)                        (or null)
+    listwise        09's block (:func:`listwise_summary` of listwise.csv, secondary)                    (or null)
     cold_run        wall_s, user_s, system_s, cores, cpu_utilisation, note of a timed cold run (or null)
-    mde_reached     {contrast id: MDE} of the equal-budget and same-prompts contrasts
-    beta_ablation   PRO's sft_weight ablation at the equal-budget cells (beta_ablation.csv, optional): per cell
-                    mean / bounded CI / gradient share of the ranking term per weight, SFT beside, paired contrasts
     verdicts        sentences (what the notebooks print and the README renders)
 
 ``divscale summarize --recipe R --readme`` also re-renders the README block between
@@ -60,13 +77,27 @@ from divscale.metrics import stats
 from divscale.provenance import file_sha256
 from divscale.report import analysis
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCALE = "reward ×100 = 100 · mean sigmoid(RM_test logit), in [0, 100]; slopes in points per unit x; MSE in points²"
 AUGMENT_PAIRS = [("base + diverse", "base + random"), ("base + diverse", "base only"), ("base + random", "base only")]
+SECONDARY_NOTE = ("secondary / exploratory: every test other than the declared primary contrast, reported with its "
+                  "CI and MDE and no correction for multiplicity; a CI that excludes 0 here is a hypothesis for a new "
+                  "study, not a finding")
+# which notebook reports which secondary family
+NOTEBOOK_OF = {"equal_budget": "05_allocation", "same_prompts": "05_allocation", "fine_tuned": "05_allocation",
+               "beta": "05_allocation", "regression": "06_diversity_regression", "augmentation": "07_augmentation",
+               "selection": "08_selection", "listwise": "09_listwise"}
 
-
-# not a table of runs (no eval_dir): kept out of results/<recipe>/*.csv, which hold only run tables
+# not tables of runs (no eval_dir): kept out of results/<recipe>/*.csv, which hold only run tables
 RM_REPORT = "reports/reward_models.csv"
+RM_AGREEMENT = "reports/rm_agreement.json"
+COLD_RUN = "reports/cold_run.json"
+ENVIRONMENT = "reports/environment.json"
+ANSWERS = "answers.jsonl"
+# Notebook 09's head-to-head table (divscale.study.listwise): summarize turns it into summary["listwise"]
+# (listwise_summary, role "secondary") and counts as secondary tests its contrasts that have a CI.
+LISTWISE = "listwise.csv"
+
 
 def results_dir(recipe: str) -> Path:
     return paths.RESULTS_DIR / recipe
@@ -100,10 +131,45 @@ def write_rm_report(recipe: str, report: pd.DataFrame, out_dir: str | os.PathLik
     return path
 
 
+def write_rm_agreement(recipe: str, held_out_pairs: dict, rankings4: dict | None,
+                       out_dir: str | os.PathLike | None = None) -> Path:
+    """03_reward_models: RM_train against RM_test, the proxy against the judge
+    (:func:`divscale.reward.rm.preference_agreement` on the held-out test pairs,
+    :func:`divscale.reward.rm.ranking_agreement` of RM_test on the grid's 4-rankings that RM_train ordered)."""
+    for key in ("value", "ci95", "n"):
+        if key not in held_out_pairs:
+            raise DataError(f"write_rm_agreement: held_out_pairs has no {key!r}; pass preference_agreement's output")
+    path = Path(out_dir or results_dir(recipe)) / RM_AGREEMENT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, _clean({"held_out_pairs": held_out_pairs, "rankings4": rankings4}))
+    return path
+
+
+def record_environment(folder: str | os.PathLike, force: bool = False) -> Path | None:
+    """``reports/environment.json``: :func:`divscale.provenance.environment` of this machine, with the sha of the
+    runs.csv it describes. Written by the first ``summarize`` after runs.csv changed (the last step of
+    ``make figures``, on the machine that made the runs) and kept while runs.csv stays the same, so a summary
+    rebuilt elsewhere still names the machine of the runs. None when there is no runs.csv."""
+    from divscale.provenance import environment
+
+    folder = Path(folder)
+    runs = folder / "runs.csv"
+    if not runs.exists():
+        return None
+    path = folder / ENVIRONMENT
+    sha = file_sha256(runs, 16)
+    if path.exists() and not force:
+        try:
+            if json.loads(path.read_text()).get("runs_csv") == sha:
+                return path
+        except json.JSONDecodeError:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"runs_csv": sha} | environment())
+    return path
+
+
 # ------------------------------------------------------------------------------------------- building blocks
-
-COLD_RUN = "reports/cold_run.json"
-
 
 def parse_gnu_time(text: str) -> dict:
     """The numbers of a GNU ``/usr/bin/time -v`` report: wall, user and system seconds, peak RSS, exit status."""
@@ -130,15 +196,18 @@ def parse_gnu_time(text: str) -> dict:
 def write_cold_run(recipe: str, time_report: str | os.PathLike, note: str = "",
                    out_dir: str | os.PathLike | None = None) -> Path:
     """``results/<recipe>/reports/cold_run.json`` from a ``/usr/bin/time -v`` report of a cold ``make figures``
-    (fresh clone, empty caches), with the machine's core count and a note on how it was run."""
+    (fresh clone, empty caches), with the machine's core count and a note on how it was run. The environment
+    of that machine is recorded beside it (:func:`record_environment`, replacing an older record)."""
     info = parse_gnu_time(Path(time_report).read_text())
     if info["exit_status"] != 0:
         raise DataError(f"{time_report}: the timed command exited with status {info['exit_status']}; a failed run "
                         "is not a timing")
     info |= {"cores": os.cpu_count(), "note": note}
-    path = Path(out_dir or results_dir(recipe)) / COLD_RUN
+    folder = Path(out_dir or results_dir(recipe))
+    path = folder / COLD_RUN
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, info)
+    record_environment(folder, force=True)
     return path
 
 
@@ -161,6 +230,11 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].astype(str) == "ok"] if "status" in df.columns else df
 
 
+def _has_ci(c: dict | None) -> bool:
+    return bool(c) and not c.get("identical") and c.get("ci_lo") is not None and c.get("ci_hi") is not None \
+        and all(math.isfinite(c[k]) for k in ("ci_lo", "ci_hi"))
+
+
 def _runs_block(runs: pd.DataFrame) -> dict:
     eval_keys = sorted({Path(str(p)).name for p in runs.get("eval_dir", pd.Series(dtype=str)).dropna()})
     return {"n_runs": len(runs), "algos": sorted(runs["algo"].unique()),
@@ -174,33 +248,118 @@ def _runs_block(runs: pd.DataFrame) -> dict:
             "pooled_seed_sd": {a: analysis.pooled_seed_sd(g) for a, g in runs.groupby("algo")}}
 
 
-def _contrasts(runs: pd.DataFrame, budgets, augmentation: pd.DataFrame | None,
-               selection: pd.DataFrame | None) -> dict:
+# ------------------------------------------------------------------------------------------- the primary contrast
+
+def primary_declaration(primary) -> dict | None:
+    """The recipe's ``grid.primary`` (a :class:`divscale.config.PrimaryContrast` or a dict of its fields) as a
+    dict with the three cells' prompt counts; None when nothing is declared."""
+    if primary is None:
+        return None
+    p = primary if isinstance(primary, dict) else {k: getattr(primary, k) for k in ("algo", "budget", "n_hi", "n_lo")}
+    if p.get("budget") is None:
+        return None
+    budget, n_hi, n_lo = int(p["budget"]), int(p["n_hi"]), int(p["n_lo"])
+    return {"algo": p["algo"], "budget": budget, "n_hi": n_hi, "n_lo": n_lo, "k_hi": budget // n_hi,
+            "k_lo": budget // n_lo}
+
+
+def primary_block(runs: pd.DataFrame, declared: dict | None, initial: dict | None = None) -> dict | None:
+    """The declared primary contrast on the runs: :func:`analysis.primary_decomposition` (total and both parts,
+    each with CI, MDE, test and direction against the sign the paper's Table 1 gives it), the range of the
+    paper's own split over its settings, and each cell's gain over the initial policy. None when nothing is
+    declared or the table lacks one of the three cells (e.g. a table from before the declaration)."""
+    if declared is None:
+        return None
+    try:
+        dec = analysis.primary_decomposition(runs, declared["algo"], declared["budget"], declared["n_hi"],
+                                             declared["n_lo"])
+    except ValueError:
+        return None
+    paper = pd.DataFrame(dec["paper"])
+    dec["paper_range"] = {part: [float(paper[part].min()), float(paper[part].max())] if len(paper) else None
+                          for part in analysis.PARTS}
+    dec["declared"] = declared
+    if initial:
+        data = runs[runs["algo"] == declared["algo"]]
+        dec["fine_tuned_vs_initial"] = {
+            name: fine_tuned_contrast(data[(data["ranking_len"] == n) & (data["n_prompts"] == k)]["reward_global"],
+                                      initial)
+            for name, (n, k) in _primary_cells(declared).items()}
+    return dec
+
+
+def declaration_markdown(declared: dict | None, recipe: str) -> str:
+    """The primary contrast as a reader sees it at the top of 05, generated from the recipe (not typed)."""
+    if declared is None:
+        return (f"**No primary contrast is declared** in `recipes/{recipe}.yaml` (`grid.primary`): every contrast "
+                "below is secondary / exploratory.")
+    d = declared
+    return (f"**The declared primary contrast** (`recipes/{recipe}.yaml`, `grid.primary`, fixed before the runs): "
+            f"{d['algo'].upper()} at an equal budget of {d['budget']:,} responses, the cell (n = {d['n_hi']}, "
+            f"{d['k_hi']} prompts) minus the cell (n = {d['n_lo']}, {d['k_lo']} prompts). Its two parts, which add up "
+            f"to it: the **prompt-count part** (n = {d['n_lo']}, {d['k_hi']} prompts) minus (n = {d['n_lo']}, "
+            f"{d['k_lo']} prompts), and the **ranking-length part** (n = {d['n_hi']}, {d['k_hi']} prompts) minus "
+            f"(n = {d['n_lo']}, {d['k_hi']} prompts). Tests: Welch's t for the total and the prompt-count part "
+            "(different prompts: independent runs), a paired t by replicate for the ranking-length part (same "
+            "prompts, data draw and order); 95% CIs; the MDE at 80% power and α = 0.05 beside each.")
+
+
+def primary_table(dec: dict) -> pd.DataFrame:
+    """The primary contrast and its parts as a table (one row a part): estimate, CI, MDE, test, runs, direction
+    against the sign the paper's Table 1 gives the part, and the range of that part over the paper's settings."""
+    rows = []
+    paper = pd.DataFrame(dec["paper"])
+    for part in analysis.PARTS:
+        c = dec[part]
+        rows.append({"part": PART_NAMES[part], "comparison": c["comparison"], "estimate": c["estimate"],
+                     "ci_lo": c["ci_lo"], "ci_hi": c["ci_hi"], "mde": c["mde"], "test": c["test"],
+                     "runs": f"{c['n_a']} / {c['n_b']}", "direction": c["direction"],
+                     "paper_min": paper[part].min() if len(paper) else None,
+                     "paper_max": paper[part].max() if len(paper) else None})
+    return pd.DataFrame(rows).set_index("part")
+
+
+def _primary_cells(declared: dict) -> dict[str, tuple[int, int]]:
+    """{"n4_k60": (4, 60), ...} in the order hi, lo, mid: the total's two cells, then the parts' shared one."""
+    cells = [(declared["n_hi"], declared["k_hi"]), (declared["n_lo"], declared["k_lo"]),
+             (declared["n_lo"], declared["k_hi"])]
+    return {f"n{n}_k{k}": (n, k) for n, k in cells}
+
+
+def fine_tuned_contrast(values, initial: dict) -> dict:
+    """Mean fine-tuned reward minus the initial policy's (one-sample t over the runs), with a direction."""
+    c = stats.versus_reference(values, initial["reward_global"])
+    return c | {"direction": "above the initial policy" if c["estimate"] > 0 else "below the initial policy"}
+
+
+# ------------------------------------------------------------------------------------------- secondary contrasts
+
+def secondary_contrasts(runs: pd.DataFrame | None, budgets=(), declared: dict | None = None,
+                        augmentation: pd.DataFrame | None = None, selection: pd.DataFrame | None = None) -> dict:
+    """Every contrast other than the primary's three, each labelled ``role: secondary``: equal-budget n − n_lo
+    (Welch: the cells hold different prompts), same-prompts n4 − n2 (paired by seed), augmentation and selection
+    arms (Welch, with the arms' median prompt tokens where the tables have them)."""
     out = {}
-    paper = analysis.paper_table1_long()
-    paper = paper[(paper["model"] == "OPT-1.3B") & (paper["split"] == "Global") & paper["diagonal"]]
-    for algo, g in runs.groupby("algo"):
+    p = declared or {}
+    for algo, g in (runs.groupby("algo") if runs is not None else []):
         for budget in budgets:
-            ols = analysis.more_responses_beat_more_prompts(g, budget, method="ols")
-            welch = analysis.more_responses_beat_more_prompts(g, budget, method="welch")
+            try:
+                welch = analysis.more_responses_beat_more_prompts(g, budget, method="welch")
+            except ValueError:
+                continue
             for n in (4, 3):
-                c = ols[f"contrast_{n}_vs_2"]
-                if c is None:
+                c = welch[f"contrast_{n}_vs_2"]
+                if c is None or (algo == p.get("algo") and budget == p.get("budget") and n == p.get("n_hi")
+                                 and p.get("n_lo") == 2):
                     continue
-                w = welch[f"contrast_{n}_vs_2"]
-                p = paper[(paper["algo"] == algo) & (paper["budget_group"] == 6000)].set_index("ranking_len")["reward"]
-                blocked = analysis.seed_blocked_contrast(g, (n, budget // n), (2, budget // 2))
-                out[f"equal_budget/{algo}/{budget}/n{n}-n2"] = c | {
-                    "algo": algo, "family": "equal_budget",
-                    "paper": float(p[n] - p[2]) if {n, 2} <= set(p.index) else None,
-                    "welch": {k: w[k] for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test")},
-                    "seed_blocked": {k: blocked.get(k) for k in ("estimate", "ci_lo", "ci_hi", "mde", "df", "test",
-                                                                 "seed_block_p")}}
+                out[f"equal_budget/{algo}/{budget}/n{n}-n2"] = c | {"algo": algo, "family": "equal_budget"}
         for k in sorted(g["n_prompts"].unique()):
-            have = set(g[g["n_prompts"] == k]["ranking_len"])
-            if {2, 4} <= have:
-                out[f"same_prompts/{algo}/k{int(k)}/n4-n2"] = analysis.same_prompts_contrast(g, int(k)) | {
-                    "algo": algo, "family": "same_prompts"}
+            runs_at = g[g["n_prompts"] == k]["ranking_len"].value_counts()
+            if not (runs_at.get(2, 0) >= 2 and runs_at.get(4, 0) >= 2) or (algo == p.get("algo") and int(k) == p.get("k_hi") and p.get("n_hi") == 4
+                                      and p.get("n_lo") == 2):
+                continue
+            out[f"same_prompts/{algo}/k{int(k)}/n4-n2"] = analysis.same_prompts_contrast(g, int(k)) | {
+                "algo": algo, "family": "same_prompts"}
     for name, df, by, pairs in [
             ("augmentation", augmentation, "method", AUGMENT_PAIRS),
             ("selection", selection, "strategy", None)]:
@@ -218,20 +377,70 @@ def _contrasts(runs: pd.DataFrame, budgets, augmentation: pd.DataFrame | None,
                     if name == "selection" and not c.get("identical"):     # the paper makes no claim here
                         c["direction"] = f"{'above' if c['estimate'] > 0 else 'below'} {b}"
                     sizes = {arm: int(g[g[by] == arm]["n_prompts"].iloc[0]) for arm in (a, b)}
-                    out[f"{name}/{algo}/{a} - {b}"] = c | {"algo": algo, "family": name, "n_prompts": sizes}
-    return out
+                    extra = {"n_prompts": sizes}
+                    if "prompt_tokens_median" in g.columns and g["prompt_tokens_median"].notna().any():
+                        extra["prompt_tokens_median"] = {arm: float(g[g[by] == arm]["prompt_tokens_median"].median())
+                                                         for arm in (a, b)}
+                    out[f"{name}/{algo}/{a} - {b}"] = c | {"algo": algo, "family": name} | extra
+    return {cid: c | {"role": "secondary"} for cid, c in out.items()}
 
 
-def _regression(runs: pd.DataFrame) -> dict:
+def count_tests(contrasts) -> int:
+    """How many of ``contrasts`` (dicts or a {id: dict}) are tests: a CI, not identical arms."""
+    values = contrasts.values() if isinstance(contrasts, dict) else contrasts
+    return sum(1 for c in values if _has_ci(c))
+
+
+def secondary_tests(summary: dict) -> dict:
+    """How many secondary tests the summary reports (a contrast or slope with a CI), in total and by the
+    notebook that reports them (:data:`NOTEBOOK_OF`)."""
+    by = {}
+
+    def add(family, n=1):
+        nb = NOTEBOOK_OF[family]
+        by[nb] = by.get(nb, 0) + n
+
+    for c in summary["contrasts"].values():
+        if _has_ci(c):
+            add(c["family"])
+    for r in summary["regression"].values():
+        add("regression", sum(1 for line in r["d"]["lines"].values() if line.get("slope_lo") is not None))
+    for c in (summary.get("fine_tuned_vs_initial") or {}).values():
+        if _has_ci(c):
+            add("fine_tuned")
+    for c in ((summary.get("primary") or {}).get("fine_tuned_vs_initial") or {}).values():
+        if _has_ci(c):
+            add("fine_tuned")
+    for cell in ((summary.get("beta_ablation") or {}).get("cells") or {}).values():
+        for c in cell["contrasts"].values():
+            if _has_ci(c):
+                add("beta")
+    for c in (((summary.get("listwise") or {}).get("contrasts")) or {}).values():
+        if _has_ci(c):
+            add("listwise")
+    by = {nb: by[nb] for nb in sorted(by)}
+    return {"n_tests": sum(by.values()), "by_notebook": by, "note": SECONDARY_NOTE}
+
+
+# ------------------------------------------------------------------------------------------- the other blocks
+
+def regression_block(runs: pd.DataFrame) -> dict:
+    """Per algorithm, the per-n lines of reward on d and on #prompts: MSEs, slope counts (also without the smallest
+    size's runs) and each line."""
     out = {}
     for algo, g in runs.groupby("algo"):
         out[algo] = {}
+        smallest = int(g["n_prompts"].min())
         for x in ("d", "n_prompts"):
             fits = analysis.fit_lines(g, x=x, y="reward_global", by="ranking_len", aggregate=False)
+            counts = analysis.slope_counts(fits)
             out[algo][x] = {"mean_mse": analysis.mean_mse(fits), "mean_r2": float(fits["r2"].mean()),
-                            "negative_slopes": int((fits["slope"] < 0).sum()),
-                            "slope_ci_above_0": int((fits["slope_lo"] > 0).sum()),
-                            "slope_ci_below_0": int((fits["slope_hi"] < 0).sum()),
+                            "negative_slopes": counts["negative_slopes"],
+                            "slope_ci_above_0": counts["slope_ci_above_0"],
+                            "slope_ci_below_0": counts["slope_ci_below_0"],
+                            "smallest_size": smallest,
+                            "runs_at_smallest": int((g["n_prompts"] == smallest).sum()),
+                            "without_smallest": analysis.slopes_without_size(g, smallest, x=x),
                             "lines": {int(r.ranking_len): {"slope": r.slope, "slope_lo": r.slope_lo,
                                                            "slope_hi": r.slope_hi, "intercept": r.intercept,
                                                            "r2": r.r2, "mse": r.mse, "n_points": int(r.n_points)}
@@ -254,15 +463,22 @@ def exponent_summary(table: pd.DataFrame) -> dict:
     return {"best_p": best, "best_p_any_slope": free.best_p, "rule": rule}
 
 
-def _paper_block() -> dict:
+def _paper_block(declared: dict | None) -> dict:
     lo, hi = analysis.paper_effect_range()
     t1 = analysis.paper_table1_long()
-    t1 = t1[(t1["model"] == "OPT-1.3B") & (t1["split"] == "Global") & t1["diagonal"]]
+    t1 = t1[(t1["model"] == "OPT-1.3B") & (t1["split"] == "Global")]
     refit = analysis.refit_paper(scale=1.0)
     div = analysis.paper_diversity().set_index("n_prompts")["d"]
+    n_hi, n_lo = (declared["n_hi"], declared["n_lo"]) if declared else (4, 2)
+    decomposition = analysis.paper_budget_decomposition(n_hi, n_lo)
+    cells = {f"{r.algo}/{int(r.budget_group)}/n{int(r.ranking_len)}_k{int(r.n_prompts)}": r.reward
+             for r in t1.itertuples()}
     return {"equal_budget_effect_range": [lo, hi],
             "table1_diagonal": {f"{r.algo}/{int(r.budget_group)}/n{int(r.ranking_len)}": r.reward
-                                for r in t1.itertuples()},
+                                for r in t1[t1["diagonal"]].itertuples()},
+            "table1_cells": cells,
+            "decomposition": decomposition.to_dict("records"),
+            "decomposition_signs": analysis.paper_part_signs(n_hi, n_lo),
             "printed_mse_0_1_scale": dict(analysis.PAPER_PRINTED_MSE),
             "printed_mse_points2": {k: analysis.paper_mse_points(k) for k in analysis.PAPER_PRINTED_MSE},
             "refit_mse_points2": {k: analysis.mean_mse(f) for k, f in refit.items()},
@@ -282,53 +498,27 @@ def _diversity(runs: pd.DataFrame, augmentation: pd.DataFrame | None) -> dict:
     return out
 
 
-def _reward_models(report: pd.DataFrame | None) -> dict | None:
-    if report is None:
+def _metric_block(g: pd.DataFrame) -> dict:
+    return {r.metric: {"value": r.value, "ci_lo": r.ci_lo, "ci_hi": r.ci_hi, "n": int(r.n)} for r in g.itertuples()}
+
+
+def _reward_models(report: pd.DataFrame | None, agreement: dict | None) -> dict | None:
+    """The RM validity table: each RM against the human labels (and the length baseline, the 6.9B's agreement
+    and the 6.9B's own accuracy on the same pairs) overall and by subset, and RM_train against RM_test."""
+    if report is None and agreement is None:
         return None
-    out = {}
-    overall = report[report["subset"] == "all"]
-    for model, g in overall.groupby("model"):
-        out[model] = {m: {"value": r.value, "ci_lo": r.ci_lo, "ci_hi": r.ci_hi, "n": int(r.n)}
-                      for m, r in g.set_index("metric").iterrows()}
-    acc = report[(report["metric"] == "accuracy") & (report["subset"] != "all")]
-    chance = acc[(acc["ci_lo"] <= 0.5) & (acc["ci_hi"] >= 0.5)]
-    return {"overall": out, "scale": "fraction of held-out human pairs (0–1), Wilson 95% CI",
-            "chance_subsets": [{"model": r.model, "subset": r.subset, "accuracy": r.value}
-                               for r in chance.itertuples()]}
-
-
-def verdicts(summary: dict) -> list[str]:
-    """The study's verdicts as sentences, from summary.json alone (what notebooks print, README renders)."""
-    out = []
-    rng = tuple(summary["paper"]["equal_budget_effect_range"])
-    for cid, c in summary["contrasts"].items():
-        fam = c.get("family")
-        if fam == "equal_budget":
-            algo, budget, comp = cid.split("/")[1:]
-            label = f"{algo.upper()}, equal budget {int(budget):,} responses, {comp.replace('-', ' − ')}"
-            out.append(analysis.contrast_sentence(label, _nan(c), rng if comp == "n4-n2" else None))
-        elif fam in ("augmentation", "selection"):
-            algo, comp = cid.split("/")[1], cid.split("/", 2)[2]
-            out.append(analysis.contrast_sentence(f"{algo.upper()}, {fam}: {comp.replace(' - ', ' − ')}", _nan(c)))
-    # the paper's claims: n=4 and n=3 beat n=2 at an equal budget, diverse beats random augmentation,
-    # reward rises with d (every per-n slope positive)
-    claims = [c for cid, c in summary["contrasts"].items()
-              if c.get("family") == "equal_budget" or cid.endswith("/base + diverse - base + random")]
-    slopes = [line["slope"] for r in summary["regression"].values() for line in r["d"]["lines"].values()]
-    n_against = sum(c["direction"] == "against the paper" for c in claims) + sum(v < 0 for v in slopes)
-    favour = sum(c["status"] == "holds" for c in claims) + \
-        sum(r["d"]["slope_ci_above_0"] for r in summary["regression"].values())
-    out.append(f"{n_against} of the {len(claims) + len(slopes)} estimates that test the paper's claims point against "
-               f"it ({len(claims)} equal-budget and diverse − random contrasts, {len(slopes)} per-n slopes of reward "
-               f"on d); {favour} of them {'has' if favour == 1 else 'have'} a CI that excludes 0 in the paper's "
-               f"favour.")
-    for algo, r in summary["regression"].items():
-        rd, rn = r["d"], r["n_prompts"]
-        out.append(f"{algo.upper()}: {rd['negative_slopes']} of {len(rd['lines'])} per-n slopes of reward on d are "
-                   f"negative ({rd['slope_ci_above_0']} with a CI above 0, {rd['slope_ci_below_0']} below); the "
-                   f"mean MSE on d ({rd['mean_mse']:.2f} points²) is "
-                   f"{'smaller' if rd['mean_mse'] < rn['mean_mse'] else 'larger'} than on #prompts "
-                   f"({rn['mean_mse']:.2f}).")
+    out = {"scale": "fraction of held-out test pairs (0–1), Wilson 95% CI", "overall": {}, "by_subset": {},
+           "chance_subsets": [], "agreement": agreement}
+    if report is not None:
+        order = sorted(pd.unique(report["model"]), key=lambda m: (m != "RM_test", m != "RM_train", m))
+        for model in order:
+            g = report[report["model"] == model]
+            out["overall"][model] = _metric_block(g[g["subset"] == "all"])
+            out["by_subset"][model] = {s: _metric_block(gs) for s, gs in g[g["subset"] != "all"].groupby("subset")}
+        acc = report[(report["metric"] == "accuracy") & (report["subset"] != "all")]
+        chance = acc[(acc["ci_lo"] <= 0.5) & (acc["ci_hi"] >= 0.5)]
+        out["chance_subsets"] = [{"model": r.model, "subset": r.subset, "accuracy": r.value}
+                                 for r in chance.itertuples()]
     return out
 
 
@@ -336,48 +526,55 @@ def fine_tuned_vs_initial(runs: pd.DataFrame, initial: dict | None) -> dict | No
     """Per algorithm: the mean fine-tuned test reward over the grid's runs minus the initial policy's."""
     if not initial:
         return None
-    out = {}
-    for algo, g in runs.groupby("algo"):
-        c = stats.versus_reference(g["reward_global"], initial["reward_global"])
-        out[algo] = c | {"direction": "above the initial policy" if c["estimate"] > 0 else "below the initial policy"}
-    return out
+    return {algo: fine_tuned_contrast(g["reward_global"], initial) for algo, g in runs.groupby("algo")}
 
 
-def _design(recipe: str, runs: pd.DataFrame) -> dict:
-    """How the grid spends its runs, from the table: seeds per cell, the size range, the step budget's reach."""
+def _design(recipe: str, runs: pd.DataFrame, declared: dict | None) -> dict:
+    """How the grid spends its runs, from the table: replicates per cell, the size range, the draws, the step
+    budget's reach, the RMs' design, and the declaration of the primary contrast."""
     per_cell = runs.groupby(["algo", "ranking_len", "n_prompts"]).size()
     sizes = sorted(int(k) for k in runs["n_prompts"].unique())
+    draws = sorted(int(v) for v in runs["draw"].dropna().unique()) if "draw" in runs.columns else []
     out = {"sizes": sizes, "size_ratio": sizes[-1] / sizes[0] if sizes else None,
            "seeds_per_cell_min": int(per_cell.min()), "seeds_per_cell_max": int(per_cell.max()),
-           "cells": len(per_cell),
-           "verdict_cells": sorted({f"n{n}-k{k}" for (_, n, k), v in per_cell.items() if v == per_cell.max()})}
+           "cells": len(per_cell), "algos": sorted(runs["algo"].unique()),
+           "ranking_lengths": sorted(int(n) for n in runs["ranking_len"].unique()),
+           "verdict_cells": sorted({f"n{n}-k{k}" for (_, n, k), v in per_cell.items() if v == per_cell.max()}),
+           "draws": len(draws), "primary": declared}
     try:
         from divscale.config import load_recipe
 
-        t = load_recipe(recipe).train
+        r = load_recipe(recipe)
+        t = r.train
         out |= {"max_steps": t.max_steps, "prompts_per_step": t.prompts_per_step, "checkpoint": t.checkpoint,
-                "passes_over_largest": t.max_steps * t.prompts_per_step / sizes[-1] if sizes else None}
+                "passes_over_largest": t.max_steps * t.prompts_per_step / sizes[-1] if sizes else None,
+                "passes": {int(k): t.max_steps * t.prompts_per_step / k for k in sizes},
+                "redraw_per_seed": r.data.redraw_per_seed,
+                "reward": {"design": r.reward.design, "train_share": getattr(r.reward, "train_share", None)},
+                "warmup_steps": r.policy.warmup_steps}
     except (FileNotFoundError, DataError, ValueError):
         pass
     return out
 
 
-def _mde_reached(contrasts: dict) -> dict:
-    """The MDE of each verdict contrast (equal budget n=4/3 − n=2, same prompts n=4 − n=2), by id; the equal-budget
-    ones also with seed blocks (``<id> seed-blocked``)."""
+def _mde_reached(primary: dict | None, contrasts: dict) -> dict:
+    """The MDE of the primary contrast and its parts, then of each secondary contrast, by id."""
     out = {}
+    if primary:
+        for part in analysis.PARTS:
+            out[f"primary/{part}"] = primary[part].get("mde")
     for cid, c in contrasts.items():
-        if c.get("family") in ("equal_budget", "same_prompts"):
+        if c.get("family") in ("equal_budget", "same_prompts") and not c.get("identical"):
             out[cid] = c.get("mde")
-            if c.get("seed_blocked"):
-                out[f"{cid} seed-blocked"] = c["seed_blocked"].get("mde")
     return out
 
 
 def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | None:
-    """PRO's β ablation at the equal-budget cells: mean reward (t CI over seeds) and the ranking term's gradient
-    share per sft_weight, beside SFT; contrasts paired by seed (same k and seed: same prompts, same order, same
-    initial weights), the paper's β against β = 0 and against SFT."""
+    """PRO's β ablation at the equal-budget cells: per cell and sft_weight, the mean reward (bounded t interval)
+    and the ranking term's gradient share *on the seeds every arm of the cell has* (a line that averages one arm
+    over 2 seeds and another over 16 compares different seeds), beside SFT on the same prompts; contrasts paired
+    by seed (same k and seed: same prompts, same order, same initial weights), the paper's β against each other
+    weight and against SFT, each with how many of its pairs went which way."""
     path = folder / "beta_ablation.csv"
     if not path.exists():
         return None
@@ -394,28 +591,37 @@ def beta_ablation_summary(folder: Path, runs: pd.DataFrame, budgets) -> dict | N
             k = budget // n
             cell = both[(both["ranking_len"] == n) & (both["n_prompts"] == k)]
             sft = runs[(runs["algo"] == "sft") & (runs["ranking_len"] == n) & (runs["n_prompts"] == k)]
-            if cell.empty:
+            if cell.empty or cell["sft_weight"].nunique() < 2:
                 continue
+            groups = [set(g["seed"]) for _, g in cell.groupby("sft_weight")] + ([set(sft["seed"])] if len(sft) else [])
+            common = sorted(set.intersection(*groups))
+            cell, sft = cell[cell["seed"].isin(common)], sft[sft["seed"].isin(common)]
             arms = {}
             for w, g in cell.groupby("sft_weight"):
                 mean, lo, hi = stats.bounded_interval(g["reward_global"])      # inside [0, 100]
                 share = g["grad_share_rank"].mean() if "grad_share_rank" in g else math.nan
+                g = g.sort_values("seed")
                 arms[f"{float(w):g}"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(g),
-                                         "grad_share_rank": share, "beta": float(w) * (n - 1) ** 2}
+                                         "grad_share_rank": share, "beta": float(w) * (n - 1) ** 2,
+                                         "values": {int(sd): float(v) for sd, v in zip(g["seed"], g["reward_global"])}}
             if not sft.empty:
                 mean, lo, hi = stats.bounded_interval(sft["reward_global"])
-                arms["sft"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(sft)}
-            entry = {"n": n, "n_prompts": k, "budget": budget, "arms": arms, "contrasts": {}}
+                arms["sft"] = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "runs": len(sft),
+                               "values": {int(sd): float(v) for sd, v in zip(sft["seed"], sft["reward_global"])}}
+            entry = {"n": n, "n_prompts": k, "budget": budget, "seeds": [int(s) for s in common], "arms": arms,
+                     "contrasts": {}}
             paper_runs = cell[cell["sft_weight"] == paper_w]
-            for w, g in cell.groupby("sft_weight"):
-                if float(w) != paper_w and not paper_runs.empty:
-                    c = stats.paired_contrast(paper_runs, g, "reward_global")
-                    entry["contrasts"][f"{paper_w:g} - {float(w):g}"] = c | {"direction": _above(c, "the paper's β")}
-            if not sft.empty and not paper_runs.empty:
-                c = stats.paired_contrast(paper_runs, sft, "reward_global")
-                entry["contrasts"][f"{paper_w:g} - sft"] = c | {"direction": _above(c, "PRO with the paper's β")}
+            others = [(f"{paper_w:g} - {float(w):g}", g, "the paper's β") for w, g in cell.groupby("sft_weight")
+                      if float(w) != paper_w]
+            others += [(f"{paper_w:g} - sft", sft, "PRO with the paper's β")] if not sft.empty else []
+            for name, g, what in others:
+                if paper_runs.empty:
+                    continue
+                c = stats.paired_contrast(paper_runs, g, "reward_global")
+                entry["contrasts"][name] = c | {"direction": _above(c, what),
+                                                "wins": analysis.paired_wins(paper_runs, g)}
             out["cells"][f"{budget}/n{n}"] = entry
-    return out
+    return out if out["cells"] else None
 
 
 def listwise_summary(df: pd.DataFrame | None) -> dict | None:
@@ -487,20 +693,82 @@ def _nan(c: dict) -> dict:
     return {k: (math.nan if v is None and k in ("ci_lo", "ci_hi", "mde", "se", "df") else v) for k, v in c.items()}
 
 
-def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets=None) -> dict:
-    """summary.json's content for ``recipe`` from ``results`` (default results/<recipe>/)."""
+def _answers(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"file": ANSWERS, "rows": len(rows), "prompts": len({(r.get("subset"), r.get("index")) for r in rows}),
+            "policies": list(dict.fromkeys(r.get("policy") for r in rows))}
+
+
+def verdicts(summary: dict) -> list[str]:
+    """The study's verdicts as sentences, from summary.json alone (what notebooks print, README renders): the
+    primary contrast and its parts first, then each secondary contrast, labelled."""
+    out = []
+    p = summary.get("primary")
+    if p:
+        d = p["declared"]
+        for part, label in (("total", (f"{d['algo'].upper()}, primary, equal budget {d['budget']:,} responses, "
+                                      f"(n={d['n_hi']}, k={d['k_hi']}) − (n={d['n_lo']}, k={d['k_lo']})")),
+                            ("prompts", (f"primary, prompt-count part (n={d['n_lo']}, k={d['k_hi']}) − "
+                                        f"(n={d['n_lo']}, k={d['k_lo']})")),
+                            ("length", (f"primary, ranking-length part (n={d['n_hi']}, k={d['k_hi']}) − "
+                                       f"(n={d['n_lo']}, k={d['k_hi']})"))):
+            lo, hi = p["paper_range"][part] or (None, None)
+            out.append(analysis.contrast_sentence(label, _nan(p[part])).rstrip(".")
+                       + (f"; the paper's Table 1 gives {lo:+.2f} to {hi:+.2f}." if lo is not None else "."))
+    for cid, c in summary["contrasts"].items():
+        fam = c.get("family")
+        if fam == "equal_budget":
+            algo, budget, comp = cid.split("/")[1:]
+            label = f"secondary: {algo.upper()}, equal budget {int(budget):,} responses, {comp.replace('-', ' − ')}"
+        elif fam == "same_prompts":
+            algo, k, comp = cid.split("/")[1:]
+            label = f"secondary: {algo.upper()}, same {k[1:]} prompts, {comp.replace('-', ' − ')}"
+        else:
+            algo, comp = cid.split("/")[1], cid.split("/", 2)[2]
+            label = f"secondary: {algo.upper()}, {fam}: {comp.replace(' - ', ' − ')}"
+        out.append(analysis.contrast_sentence(label, _nan(c)))
+    for algo, r in summary["regression"].items():
+        rd, rn = r["d"], r["n_prompts"]
+        out.append(f"secondary: {algo.upper()}: {slope_phrase(rd)}; the mean MSE on d ({rd['mean_mse']:.2f} points²) "
+                   f"is {'smaller' if rd['mean_mse'] < rn['mean_mse'] else 'larger'} than on #prompts "
+                   f"({rn['mean_mse']:.2f}).")
+    return out
+
+
+def slope_phrase(rd: dict) -> str:
+    """The per-n slopes of reward on d in words: how many are negative, how many have a CI above and below 0,
+    and the same without the smallest size's runs (whether the verdict rests on them)."""
+    n = len(rd["lines"])
+    text = (f"{rd['negative_slopes']} of {n} per-n slopes of reward on d are negative, {rd['slope_ci_below_0']} with a "
+            f"CI below 0 and {rd['slope_ci_above_0']} with a CI above 0")
+    w = rd.get("without_smallest")
+    if w:
+        text += (f"; without the {rd['runs_at_smallest']} run{'s' if rd['runs_at_smallest'] != 1 else ''} at "
+                 f"{rd['smallest_size']} prompts: {w['negative_slopes']} negative, {w['slope_ci_below_0']} with a CI "
+                 f"below 0, {w['slope_ci_above_0']} above")
+    return text
+
+
+def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets=None, primary=None) -> dict:
+    """summary.json's content for ``recipe`` from ``results`` (default results/<recipe>/). ``budgets`` and
+    ``primary`` (a PrimaryContrast or a dict) default to the recipe's grid.equal_budgets and grid.primary."""
     folder = Path(results or results_dir(recipe))
     runs_path = folder / "runs.csv"
     runs = _ok(analysis.load_results(runs_path))
     if runs.empty:
         raise DataError(f"{runs_path}: no ok runs to summarize")
-    if budgets is None:
+    if budgets is None or primary is None:
         from divscale.config import load_recipe
 
         try:
-            budgets = list(load_recipe(recipe).grid.equal_budgets)
+            grid = load_recipe(recipe).grid
         except (FileNotFoundError, DataError, ValueError):
-            budgets = []
+            grid = None
+        if budgets is None:
+            budgets = list(grid.equal_budgets) if grid else []
+        if primary is None and grid is not None:
+            primary = grid.primary
+    declared = primary_declaration(primary)
     inputs, missing = {"runs.csv": file_sha256(runs_path, 16)}, []
 
     def optional(name, read):
@@ -511,40 +779,52 @@ def build_summary(recipe: str, results: str | os.PathLike | None = None, budgets
         inputs[name] = file_sha256(path, 16)
         return read(path)
 
+    read_json = lambda p: json.loads(p.read_text())
+    beta = optional("beta_ablation.csv", lambda p: p)
     augmentation = optional("augmentation.csv", pd.read_csv)
     selection = optional("selection.csv", pd.read_csv)
-    initial = optional("initial_policy.json", lambda p: json.loads(p.read_text()))
+    initial = optional("initial_policy.json", read_json)
+    answers = optional(ANSWERS, _answers)
     report = optional(RM_REPORT, pd.read_csv)
-    cold = optional(COLD_RUN, lambda p: json.loads(p.read_text()))
+    agreement = optional(RM_AGREEMENT, read_json)
+    listwise = optional(LISTWISE, pd.read_csv)
+    cold = optional(COLD_RUN, read_json)
+    env = optional(ENVIRONMENT, read_json)
+    contrasts = secondary_contrasts(runs, budgets, declared, augmentation, selection)
+    prim = primary_block(runs, declared, initial)
     summary = {
         "schema": SCHEMA_VERSION, "recipe": recipe, "generated_by": "divscale summarize", "scale": SCALE,
-        "inputs": inputs, "missing": missing, "runs": _runs_block(runs), "initial_policy": initial,
-        "reward_models": _reward_models(report), "equal_budgets": list(budgets),
-        "contrasts": _contrasts(runs, budgets, augmentation, selection), "paper": _paper_block(),
-        "regression": _regression(runs),
+        "inputs": inputs, "missing": missing, "environment": env,
+        "design": _design(recipe, runs, declared),
+        "runs": _runs_block(runs), "initial_policy": initial, "primary": prim,
+        "reward_models": _reward_models(report, agreement), "equal_budgets": list(budgets),
+        "variance": {"by_algo": analysis.variance_sources(runs),
+                     "primary_cells": (analysis.variance_decomposition(
+                         runs[runs["algo"] == declared["algo"]], list(_primary_cells(declared).values()))
+                         if prim else None)},
+        "mde_reached": _mde_reached(prim, contrasts),
+        "fine_tuned_vs_initial": fine_tuned_vs_initial(runs, initial),
+        "contrasts": contrasts, "paper": _paper_block(declared),
+        "regression": regression_block(runs),
         "exponent": {"ours": {a: exponent_summary(g) for a, g in runs.groupby("algo")},
                      "paper": {a: exponent_summary(g) for a, g in analysis.paper_fig4_points().groupby("algo")}},
         "diversity": _diversity(runs, augmentation),
-        "design": _design(recipe, runs),
-        "variance": analysis.variance_sources(runs),
-        "fine_tuned_vs_initial": fine_tuned_vs_initial(runs, initial),
+        "beta_ablation": beta_ablation_summary(folder, runs, budgets) if beta is not None else None,
+        "answers": answers,
+        "listwise": (listwise_summary(listwise) | {"role": "secondary"}) if listwise is not None else None,
         "cold_run": cold,
     }
-    summary["mde_reached"] = _mde_reached(summary["contrasts"])
-    if (folder / "beta_ablation.csv").exists():
-        inputs["beta_ablation.csv"] = file_sha256(folder / "beta_ablation.csv", 16)
-    summary["beta_ablation"] = beta_ablation_summary(folder, runs, budgets)
-    if (folder / "listwise.csv").exists():              # notebook 09's head-to-head (absent: no key)
-        inputs["listwise.csv"] = file_sha256(folder / "listwise.csv", 16)
-        summary["listwise"] = listwise_summary(pd.read_csv(folder / "listwise.csv"))
     summary = _clean(summary)
+    summary["secondary"] = secondary_tests(summary)
     summary["verdicts"] = verdicts(summary)
     return summary
 
 
 def write_summary(recipe: str, results: str | os.PathLike | None = None, budgets=None) -> Path:
-    """Build and write ``results/<recipe>/summary.json`` atomically (temp file renamed on success)."""
+    """Build and write ``results/<recipe>/summary.json`` atomically (temp file renamed on success), after
+    recording this machine's environment for a runs.csv that has none yet (:func:`record_environment`)."""
     folder = Path(results or results_dir(recipe))
+    record_environment(folder)
     summary = build_summary(recipe, folder, budgets)
     path = folder / "summary.json"
     atomic_write_json(path, summary)
@@ -560,124 +840,419 @@ def load_summary(recipe: str, results: str | os.PathLike | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------------- the README block
 
+PART_NAMES = {"total": "equal budget", "prompts": "prompt-count part", "length": "ranking-length part"}
+
+
 def _f(v, fmt="{:.1f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
-def _ci(c: dict) -> str:
+def _pct(m: dict | None, n: bool = True) -> str:
+    """A proportion with its Wilson CI, in percent: "58.0% [53.1, 62.7] of 400"."""
+    if not m or m.get("value") is None:
+        return "—"
+    ci = f" [{100 * m['ci_lo']:.1f}, {100 * m['ci_hi']:.1f}]" if m.get("ci_lo") is not None else ""
+    return f"{100 * m['value']:.1f}%{ci}" + (f" of {m['n']}" if n and m.get("n") is not None else "")
+
+
+def _est(c: dict) -> str:
+    """Estimate [95% CI], MDE: the form every contrast of the README takes."""
     if c.get("identical"):
         return "identical arms (same runs): no CI"
-    ci = "no CI" if c["ci_lo"] is None else f"CI [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}]"
-    mde = "" if c["mde"] is None else f", MDE {c['mde']:.1f}"
-    return f"{c['estimate']:+.1f}, {ci}{mde} ({c['direction']})"
+    ci = " (no CI)" if c.get("ci_lo") is None else f" [{c['ci_lo']:+.1f}, {c['ci_hi']:+.1f}]"
+    return f"{c['estimate']:+.1f}{ci}" + ("" if c.get("mde") is None else f", MDE {c['mde']:.1f}")
 
 
-def render_readme_block(s: dict) -> str:
-    """The README's results table and reading, from summary.json only (every number here is generated)."""
+def _excludes_0(c: dict) -> bool:
+    return _has_ci(c) and (c["ci_lo"] > 0 or c["ci_hi"] < 0)
+
+
+def _ci(c: dict) -> str:
+    """A secondary contrast: estimate, CI and MDE, then what the CI says; a direction word only where the CI
+    excludes 0 (a sign inside a CI that spans 0 is not a direction)."""
+    if c.get("identical"):
+        return _est(c)
+    if not _has_ci(c):
+        return _est(c) + ": one run on a side"
+    return _est(c) + (f": CI excludes 0, {c['direction']}" if _excludes_0(c) else ": CI spans 0")
+
+
+def _test(c: dict) -> str:
+    t = str(c.get("test", ""))
+    if t.startswith("Welch"):
+        return f"Welch t, {c['n_a']} + {c['n_b']} runs"
+    if t.startswith("paired"):
+        return f"paired t by replicate, {c['n_a']} pairs"
+    return t
+
+
+def _cell(n: int, k: int) -> str:
+    return f"({n}, {k})"
+
+
+def primary_rows(s: dict) -> list[str]:
+    """The primary contrast's table: ours (estimate, CI, MDE, test, direction) beside the paper's Table 1 split."""
+    p, paper = s["primary"], s["paper"]
+    d = p["declared"]
+    hi, lo, mid = _cell(d["n_hi"], d["k_hi"]), _cell(d["n_lo"], d["k_lo"]), _cell(d["n_lo"], d["k_hi"])
+    comps = {"total": f"{hi} − {lo}", "prompts": f"{mid} − {lo}", "length": f"{hi} − {mid}"}
+    rows_p = [r for r in paper["decomposition"] if r["algo"] == d["algo"]]
+    matched = [r for r in rows_p if r["model"] == "OPT-1.3B" and r["split"] == "Global"]
+    budgets = " / ".join(f"{r['budget'] // 1000}k" for r in matched)
+    out = [(f"| {d['algo'].upper()}, {d['budget']:,} responses, cells (n, #prompts) | this study: estimate [95% CI], "
+           f"MDE (test) | the paper's Table 1: {d['algo'].upper()} OPT-1.3B Global at {budgets} responses; range over "
+           f"its {len(rows_p)} {d['algo'].upper()} settings (one run a cell: no CI) |"), "|---|---|---|"]
+    for part in analysis.PARTS:
+        c = p[part]
+        rng = p["paper_range"][part]
+        out.append(f"| {PART_NAMES[part]}: {comps[part]} | {_est(c)} ({_test(c)}): "
+                   f"{c['direction'] + ', CI excludes 0' if _excludes_0(c) else 'CI spans 0'} | "
+                   + " / ".join(f"{r[part]:+.2f}" for r in matched) + f"; {rng[0]:+.2f} to {rng[1]:+.2f} |")
+    cells = p["cells"]
+    means = " / ".join(f"{cells[f'n{n}_k{k}']['mean']:.1f}" for n, k in
+                       ((d["n_hi"], d["k_hi"]), (d["n_lo"], d["k_lo"]), (d["n_lo"], d["k_hi"])))
+    runs = " / ".join(str(cells[f"n{n}_k{k}"]["runs"]) for n, k in
+                      ((d["n_hi"], d["k_hi"]), (d["n_lo"], d["k_lo"]), (d["n_lo"], d["k_hi"])))
+    table1 = paper.get("table1_cells", {})
+    paper_means = []
+    for r in matched:
+        b = r["budget"]
+        vals = [table1.get(f"{d['algo']}/{b}/n{n}_k{b // m}") for n, m in
+                ((d["n_hi"], d["n_hi"]), (d["n_lo"], d["n_lo"]), (d["n_lo"], d["n_hi"]))]
+        if all(v is not None for v in vals):
+            paper_means.append(" / ".join(f"{v:.2f}" for v in vals) + f" ({b // 1000}k)")
+    ip = s.get("initial_policy")
+    out.append(f"| mean reward of {hi} / {lo} / {mid} | {means} ({runs} runs)"
+               + (f"; the initial policy {ip['reward_global']:.1f} [{ip['ci_lo']:.1f}, {ip['ci_hi']:.1f}]" if ip else "")
+               + f" | {'; '.join(paper_means) or '—'} |")
+    gains = p.get("fine_tuned_vs_initial")
+    if gains:
+        out.append(f"| each cell − the initial policy: {hi} / {lo} / {mid} | "
+                   + " / ".join(_est(gains[f"n{n}_k{k}"]) for n, k in
+                                ((d["n_hi"], d["k_hi"]), (d["n_lo"], d["k_lo"]), (d["n_lo"], d["k_hi"])))
+                   + " (one-sample t over the cell's runs) | — |")
+    return out
+
+
+RM_LABELS = {"RM_test": "RM_test (the judge: scores every test answer)",
+             "RM_train": "RM_train (the proxy: orders the training rankings)"}
+
+
+def rm_rows(s: dict) -> list[str]:
+    """The RM validity table: each RM against the human labels and the 6.9B, the length baseline, the 6.9B's own
+    accuracy, RM_test by subset; then RM_train against RM_test on the test pairs and the grid's 4-rankings."""
+    rm = s.get("reward_models")
+    if not rm:
+        return ["Reward models: not generated yet (notebook 03 writes their report)."]
+    ov, out = rm["overall"], []
+    if ov:
+        out += [("| reward models on the held-out test pairs (Wilson 95% CI) | agrees with the human label | prefers "
+                "the same response as the OpenAssistant 6.9B RM |"), "|---|---|---|"]
+        for model, m in ov.items():
+            out.append(f"| {RM_LABELS.get(model, model)} | {_pct(m.get('accuracy'))} | {_pct(m.get('oa_agreement'))} |")
+        first = next(iter(ov.values()))
+        out.append(f"| the longer response (no model) | {_pct(first.get('length_baseline'))} | — |")
+        if first.get("oa_accuracy"):
+            out.append(f"| the OpenAssistant 6.9B RM itself | {_pct(first.get('oa_accuracy'))} | — |")
+        sub = rm["by_subset"].get("RM_test") or {}
+        if sub:
+            names = list(sub)
+            out.append(f"| RM_test by subset: {' / '.join(names)} | "
+                       + " / ".join(_pct(sub[n].get("accuracy"), n=False) for n in names) + " | "
+                       + " / ".join(_pct(sub[n].get("oa_agreement"), n=False) for n in names) + " |")
+            out.append("| the longer response by subset | "
+                       + " / ".join(_pct(sub[n].get("length_baseline"), n=False) for n in names) + " | — |")
+    a = rm.get("agreement")
+    if a:
+        h = a["held_out_pairs"]
+        line = (f"- RM_train against RM_test: the same preference on {100 * h['value']:.1f}% "
+                f"[{100 * h['ci95'][0]:.1f}, {100 * h['ci95'][1]:.1f}] of {h['n']} test pairs"
+                + (f" (score r {h['score_r']:.2f})" if h.get("score_r") is not None else ""))
+        r4 = a.get("rankings4")
+        if r4:
+            t1, so, tau = r4["top1"], r4["same_order"], r4["kendall_tau"]
+            line += (f"; on the grid's {r4['n_rankings']} 4-rankings that RM_train ordered, RM_test puts the same "
+                     f"response first in {100 * t1['value']:.1f}% [{100 * t1['ci95'][0]:.1f}, "
+                     f"{100 * t1['ci95'][1]:.1f}] (chance {100 * r4['chance']['top1']:.0f}%) and orders all four "
+                     f"alike in {100 * so['value']:.1f}% (chance {100 * r4['chance']['same_order']:.1f}%); mean "
+                     f"Kendall τ {_f(tau['value'], '{:.2f}')}")
+        out += ["", line + "."]
+    return out
+
+
+def secondary_rows(s: dict) -> list[str]:
+    """Everything else, labelled secondary / exploratory with the number of tests."""
     p, runs, con, reg = s["paper"], s["runs"], s["contrasts"], s["regression"]
-    lo, hi = p["equal_budget_effect_range"]
-    rows = ["| | paper (OPT-1.3B, Global, ×100) | this study (×100) |", "|---|---|---|"]
-    for budget in s["equal_budgets"]:
-        for algo in runs["algos"]:
-            means = []
-            for n in (2, 3, 4):
-                c = con.get(f"equal_budget/{algo}/{budget}/n{n}-n2")
-                if n == 2:
-                    c = con.get(f"equal_budget/{algo}/{budget}/n4-n2")
-                    means.append(_f(c["mean_b"]) if c else "—")
-                else:
-                    means.append(_f(c["mean_a"]) if c else "—")
-            paper = " / ".join(_f(p["table1_diagonal"].get(f"{algo}/6000/n{n}"), "{:.2f}") for n in (2, 3, 4))
-            rows.append(f"| equal budget, {algo.upper()}, n = 2 / 3 / 4 | {paper} (6k responses) | "
-                        f"{' / '.join(means)} ({budget:,} responses, mean of seeds) |")
-            for n in (4, 3):
-                c = con.get(f"equal_budget/{algo}/{budget}/n{n}-n2")
-                if c:
-                    rows.append(f"| n = {n} − n = 2, {algo.upper()} | {c['paper']:+.2f} | {_ci(c)} |")
+    sec = s["secondary"]
+    per_nb = ", ".join(f"{nb[:2]}: {n}" for nb, n in sec["by_notebook"].items())
+    out = [(f"**Secondary / exploratory** ({sec['n_tests']} tests with a CI, by notebook {per_nb}; no correction for "
+           "multiplicity: a CI that excludes 0 here is a hypothesis, not a finding):"), "",
+           "| | paper | this study |", "|---|---|---|"]
     for algo, r in reg.items():
         key = f"{algo}_vs_d"
         paper = f"{p['printed_mse_points2'][key]:.3f}" if key in p["printed_mse_points2"] else "—"
         if algo == "pro":
             paper += f" vs {p['printed_mse_points2']['pro_vs_samples']:.2f} for ~#prompts"
-        rows.append(f"| reward ~ d, mean MSE ({algo.upper()}, points²) | {paper} | {r['d']['mean_mse']:.2f} vs "
-                    f"{r['n_prompts']['mean_mse']:.2f} for ~#prompts; {r['d']['negative_slopes']} of "
-                    f"{len(r['d']['lines'])} slopes negative, {r['d']['slope_ci_above_0']} with CI above 0 |")
+        pts = " / ".join(f"{line['n_points']}" for line in r["d"]["lines"].values())
+        out.append(f"| reward ~ d, mean MSE ({algo.upper()}, points²), one line per n ({pts} runs) | {paper} | "
+                   f"{r['d']['mean_mse']:.2f} vs {r['n_prompts']['mean_mse']:.2f} for ~#prompts; "
+                   f"{slope_phrase(r['d'])} |")
     rf = p["refit_mse_points2"]
-    rows.append(f"| our refit of the paper's transcribed points (points²) | {rf['pro_vs_samples']:.2f} / "
-                f"{rf['pro_vs_d']:.3f} / {rf['sft_vs_d']:.3f} (printed ×10⁴: "
-                f"{p['printed_mse_points2']['pro_vs_samples']:.2f} / {p['printed_mse_points2']['pro_vs_d']:.3f} / "
-                f"{p['printed_mse_points2']['sft_vs_d']:.3f}) | — |")
+    out.append(f"| our refit of the paper's transcribed points (points²) | {rf['pro_vs_samples']:.2f} / "
+               f"{rf['pro_vs_d']:.3f} / {rf['sft_vs_d']:.3f} (printed ×10⁴: "
+               f"{p['printed_mse_points2']['pro_vs_samples']:.2f} / {p['printed_mse_points2']['pro_vs_d']:.3f} / "
+               f"{p['printed_mse_points2']['sft_vs_d']:.3f}) | — |")
     ep, eo = s["exponent"]["paper"], s["exponent"]["ours"]
-    rows.append("| best p (d = \\|X\\|^(1/p)·r_unique), PRO / SFT | "
-                + " / ".join(f"{_f(ep[a]['best_p'], '{:.2f}')}" for a in ("pro", "sft"))
-                + " with every line rising; " + " / ".join(f"{ep[a]['best_p_any_slope']:.2f}" for a in ("pro", "sft"))
-                + " without that rule | "
-                + " / ".join(f"{_f(eo[a]['best_p'], '{:.2f}')}" for a in runs["algos"] if a in eo)
-                + " with every line rising; "
-                + " / ".join(f"{eo[a]['best_p_any_slope']:.2f}" for a in runs["algos"] if a in eo) + " without |")
+    ours = [a for a in runs["algos"] if a in eo]
+    out.append("| best p (d = \\|X\\|^(1/p)·r_unique), " + " / ".join(a.upper() for a in ep) + " (paper); "
+               + " / ".join(a.upper() for a in ours) + " (ours) | "
+               + " / ".join(f"{_f(ep[a]['best_p'], '{:.2f}')}" for a in ep) + " with every line rising; "
+               + " / ".join(f"{ep[a]['best_p_any_slope']:.2f}" for a in ep) + " without that rule | "
+               + " / ".join(f"{_f(eo[a]['best_p'], '{:.2f}')}" for a in ours) + " with every line rising; "
+               + " / ".join(f"{eo[a]['best_p_any_slope']:.2f}" for a in ours) + " without |")
     g, pg = s["diversity"]["growth"], p["d_growth_4x"]
-    rows.append(f"| d of the nested subsets | {pg['d_from']:.1f} → {pg['d_to']:.1f} (+{100 * pg['growth']:.0f}% over "
-                f"{pg['from_prompts']:,} → {pg['to_prompts']:,} prompts, 4×; LLaMA tokens) | {g['d_from']:.2f} → "
-                f"{g['d_to']:.2f} (+{100 * g['growth']:.0f}% over {g['from_prompts']} → {g['to_prompts']} prompts, "
-                f"{g['ratio_prompts']:.0f}×; SmolLM2 tokens) |")
+    out.append(f"| d of the nested subsets | {pg['d_from']:.1f} → {pg['d_to']:.1f} (+{100 * pg['growth']:.0f}% over "
+               f"{pg['from_prompts']:,} → {pg['to_prompts']:,} prompts, "
+               f"{pg['to_prompts'] / pg['from_prompts']:.0f}×; LLaMA tokens) | {g['d_from']:.2f} → {g['d_to']:.2f} "
+               f"(+{100 * g['growth']:.0f}% over {g['from_prompts']} → {g['to_prompts']} prompts, "
+               f"{g['ratio_prompts']:.0f}×; SmolLM2 tokens) |")
     for cid, c in con.items():
-        if c.get("family") in ("augmentation", "selection"):
-            algo, comp = cid.split("/")[1], cid.split("/", 2)[2]
+        fam, algo = c.get("family"), cid.split("/")[1]
+        if fam == "equal_budget":
+            budget, comp = cid.split("/")[2:]
+            paper = p["table1_diagonal"]
+            n = int(comp[1])
+            pv = [paper.get(f"{algo}/6000/n{m}") for m in (n, 2)]
+            out.append(f"| equal budget {int(budget):,}, {algo.upper()}, n = {n} − n = 2 | "
+                       + (f"{pv[0] - pv[1]:+.2f} (6k)" if None not in pv else "—") + f" | {_ci(c)} |")
+        elif fam == "same_prompts":
+            out.append(f"| same {cid.split('/')[2][1:]} prompts, {algo.upper()}, n = 4 − n = 2 | — | {_ci(c)} |")
+        elif fam in ("augmentation", "selection"):
+            comp = cid.split("/", 2)[2]
             sizes = c.get("n_prompts") or {}
-            size_note = ("" if len(set(sizes.values())) <= 1 else
-                         " (" + " vs ".join(f"{v} prompts" for v in sizes.values()) + ")")
-            rows.append(f"| {c['family']}: {comp.replace(' - ', ' − ')}, {algo.upper()}{size_note} | "
-                        f"{'gain reported (details not recoverable)' if c['family'] == 'augmentation' else '—'} | "
-                        f"{_ci(c)} |")
-    ip = s.get("initial_policy")
-    spread = runs["cell_spread"]
-    mdes = [c["mde"] for cid, c in con.items()
-            if cid.endswith("n4-n2") and c.get("family") == "equal_budget" and c.get("mde") is not None]
-    reading = [
-        "",
-        ("Estimates are differences of mean reward ×100 with 95% CIs and the minimum detectable effect (MDE: the "
-         "true difference a test at α = 0.05 finds with 80% power). Equal-budget contrasts: one OLS model per "
-         "algorithm over all its runs (the cells have different prompts, so nothing is paired); augmentation and "
-         f"selection: Welch's t. The paper's n = 4 − n = 2 effects are {lo:+.2f} to {hi:+.2f}."),
-        "",
-        "**Reading.** " + " ".join(v for v in s["verdicts"] if "point against" in v)
-        + " At this scale the study cannot confirm or refute the paper: see the MDEs.",
-        "",
-        ("- Each cell has one seed: there is no seed-to-seed spread" if spread is None else
-         f"- The largest seed-to-seed range of one cell is {spread['max_range']:.1f} points (SD "
-         f"{spread['sd_of_that_cell']:.1f})")
-        + "; the seed SD pooled over cells is "
-        + " / ".join(f"{v:.1f} ({a.upper()})" for a, v in runs["pooled_seed_sd"].items())
-        + ", so the equal-budget MDEs are " + " / ".join(f"{m:.1f}" for m in mdes)
-        + f" points against the paper's {lo:.1f}–{hi:.1f}: an effect of the paper's size "
-        + ("could not have been seen." if mdes and min(mdes) > hi else
-           "could have been seen." if mdes and max(mdes) <= lo else "could have been seen only in part."),
-        ("- Checkpoint: the last step of each run (no dev validation); " if runs.get("dev_reward_best_mean") is None else
-         f"- The best dev reward (RM_train, the checkpoint criterion) averages {_f(runs['dev_reward_best_mean'])}; ")
-        + f"on test the fine-tuned runs average {runs['reward_mean']:.1f} (range {runs['reward_min']:.1f}–"
-        f"{runs['reward_max']:.1f}), "
-        + (f"the policy before fine-tuning {ip['reward_global']:.1f} (CI {ip['ci_lo']:.1f}–{ip['ci_hi']:.1f})."
-           if ip else "the policy before fine-tuning: not generated yet (notebook 05 writes it)."),
-    ]
-    reading += resolution_lines(s)
-    rm = s.get("reward_models")
-    if rm:
-        ov = rm["overall"]
-        accs = " / ".join(f"{m} {100 * v['accuracy']['value']:.0f}%" for m, v in ov.items() if "accuracy" in v)
-        first = next(iter(ov.values()))
-        extra = ""
-        if "length_baseline" in first:
-            extra += f"; length baseline {100 * first['length_baseline']['value']:.0f}%"
-        if "oa_accuracy" in first:
-            extra += f"; the OpenAssistant 6.9B RM {100 * first['oa_accuracy']['value']:.0f}% on the same pairs"
-        reading.append(f"- Held-out pairwise accuracy against the human labels: {accs}{extra}.")
+            notes = []
+            if len(set(sizes.values())) > 1:
+                notes.append(" vs ".join(f"{v} prompts" for v in sizes.values()))
+            if c.get("prompt_tokens_median"):
+                notes.append("median prompt tokens " + " vs ".join(f"{v:.0f}" for v in c["prompt_tokens_median"].values()))
+            note = f" ({'; '.join(notes)})" if notes else ""
+            out.append(f"| {fam}: {comp.replace(' - ', ' − ')}, {algo.upper()}{note} | "
+                       f"{'gain reported (details not recoverable)' if fam == 'augmentation' else '—'} | {_ci(c)} |")
+    b = s.get("beta_ablation")
+    for cell in (b or {}).get("cells", {}).values():
+        arms = cell["arms"]
+        txt = "; ".join(f"sft_weight {w} (β = {a['beta']:g}) {a['mean']:.1f}"
+                        + (f", ranking term {100 * a['grad_share_rank']:.0f}% of the gradient"
+                           if a.get("grad_share_rank") is not None else "") for w, a in arms.items() if w != "sft")
+        if "sft" in arms:
+            txt += f"; SFT {arms['sft']['mean']:.1f}"
+        tests = []
+        for name, c in cell["contrasts"].items():
+            w = c.get("wins") or {}
+            tests.append(f"{name.replace(' - ', ' − ')}: {_ci(c)}"
+                         + (f" (higher in {w['a_above']} of {w['pairs']} pairs)" if w else ""))
+        out.append(f"| PRO's β at ({cell['n']}, {cell['n_prompts']}), on the seeds every arm has "
+                   f"({', '.join(str(x) for x in cell['seeds'])}): {txt} | — | {'; '.join(tests)} |")
+    f = s.get("fine_tuned_vs_initial")
+    for algo, c in (f or {}).items():
+        out.append(f"| fine-tuned − initial policy, {algo.upper()}, all {c['n_a']} runs | — | {_ci(c)} |")
+    lw = s.get("listwise")
+    for cid, c in ((lw or {}).get("contrasts") or {}).items():
+        out.append(f"| listwise: {cid} | — | {_ci(c)} |")
+    return out
+
+
+def _against(c: dict) -> str:
+    """What a primary part says, in words: its direction against the paper's sign where its CI excludes 0, and
+    only that its CI spans 0 where it does not (a sign inside a CI that spans 0 is not a direction)."""
+    if not _excludes_0(c):
+        return "its CI spans 0"
+    return {"as the paper": "the paper's sign", "against the paper": "against the paper's sign"}.get(
+        c["direction"], c["direction"])
+
+
+def _power_words(c: dict, rng: list[float] | None) -> str:
+    """For a part whose CI spans 0: whether effects of the size the paper's settings give it were within reach."""
+    if c.get("mde") is None:
+        return "it has no MDE"
+    if not rng:
+        return f"effects smaller than its MDE of {c['mde']:.1f} points could have been missed"
+    small, large = sorted(abs(v) for v in rng) if rng[0] * rng[1] > 0 else (0.0, max(abs(v) for v in rng))
+    if c["mde"] <= small:
+        return (f"its MDE of {c['mde']:.1f} points is below every size the paper's settings give it "
+                f"({_range_words(rng)}), so an effect that large would likely have shown")
+    if c["mde"] > large:
+        return (f"its MDE of {c['mde']:.1f} points is above every size the paper's settings give it "
+                f"({_range_words(rng)}), so effects that small could have been missed")
+    return (f"its MDE of {c['mde']:.1f} points lies inside the range the paper's settings give it "
+            f"({_range_words(rng)}): the larger of those effects would likely have shown, the smaller not")
+
+
+def reading(s: dict) -> str:
+    """The README's "Reading" paragraph, every number from summary.json and every word chosen by the numbers:
+    what RM_test is and is not, what the primary contrast and its two parts show beside the paper, and what the
+    study cannot resolve."""
+    out = []
+    rm = s.get("reward_models") or {}
+    judge = (rm.get("overall") or {}).get("RM_test")
+    design = s.get("design") or {}
+    if judge:
+        acc, oa, length = judge.get("accuracy"), judge.get("oa_agreement"), judge.get("length_baseline")
+        text = "RM_test stands in for the paper's judge, the OpenAssistant 6.9B RM"
+        if oa:
+            text += (f": on the held-out test pairs it prefers the same response as the 6.9B on {_pct(oa)} "
+                     f"({'above' if oa['ci_lo'] > 0.5 else 'not distinguishable from'} the 50% of chance)")
+        if acc:
+            text += f", and agrees with the human label on {_pct(acc)}"
+            if length:
+                where = ("above" if acc["ci_lo"] > length["value"] else "below" if acc["ci_hi"] < length["value"]
+                         else "not distinguishable from")
+                text += f", {where} the {100 * length['value']:.1f}% that answer length alone gives"
+            if judge.get("oa_accuracy"):
+                text += f" (the 6.9B itself: {_pct(judge['oa_accuracy'], n=False)})"
+        chance = [c["subset"] for c in rm.get("chance_subsets", []) if c["model"] == "RM_test"]
+        if chance:
+            text += f"; on {', '.join(chance)} its CI contains 50%"
+        out.append(text + ".")
+    proxy = ""
+    share = (design.get("reward") or {}).get("train_share")
+    if (design.get("reward") or {}).get("design") == "oa-distilled" and share:
+        proxy = f" (the same recipe on {100 * share:.0f}% of RM_test's training pairs)"
+    agree = ((rm.get("agreement") or {}).get("held_out_pairs"))
+    out.append("It is not a human judge: the study is a controlled world, as in Gao et al. (2022), in which RM_test "
+               "plays the gold reward and RM_train" + proxy + " the proxy whose rankings the policy is trained on"
+               + (f" (they prefer the same response on {100 * agree['value']:.1f}% of test pairs)" if agree else "")
+               + "; what it measures is what RM_test rewards in a small policy's answers, not what people prefer.")
+    p = s.get("primary")
+    if p:
+        d, t, pr, ln = p["declared"], p["total"], p["prompts"], p["length"]
+        word = ("scored lower than" if t["estimate"] < 0 else "scored higher than") if _excludes_0(t) else \
+            "could not be told apart from"
+        runs = sorted({c["runs"] for c in p["cells"].values()})
+        rng = p["paper_range"]
+        out.append(
+            f"On the declared primary contrast ({d['algo'].upper()} at {d['budget']:,} responses, "
+            f"{' to '.join(str(r) for r in runs)} replicates a cell), longer rankings of fewer prompts "
+            f"(n = {d['n_hi']}, {d['k_hi']} prompts) {word} shorter rankings of more prompts (n = {d['n_lo']}, "
+            f"{d['k_lo']} prompts): {_est(t)} points, {_against(t)} (the paper's Table 1, its "
+            f"{len([r for r in s['paper']['decomposition'] if r['algo'] == d['algo']])} {d['algo'].upper()} settings: "
+            f"{rng['total'][0]:+.2f} to {rng['total'][1]:+.2f}). Split in two, the prompt-count part (n = {d['n_lo']}, {d['k_hi']} vs "
+            f"{d['k_lo']} prompts) is {_est(pr)}, {_against(pr)} (the paper's: {rng['prompts'][0]:+.2f} to "
+            f"{rng['prompts'][1]:+.2f}), and the ranking-length part (n = {d['n_hi']} vs {d['n_lo']} on the same "
+            f"{d['k_hi']} prompts) is {_est(ln)}, {_against(ln)} (the paper's: {rng['length'][0]:+.2f} to "
+            f"{rng['length'][1]:+.2f}).")
+        larger = max(("prompts", "length"), key=lambda part: abs(p[part]["estimate"]))
+        if not (_excludes_0(p["prompts"]) or _excludes_0(p["length"])):
+            larger = None
+        theirs = {max(("prompts", "length"), key=lambda part: abs(r[part])) for r in s["paper"]["decomposition"]
+                  if r["algo"] == d["algo"]}
+        if larger:
+            out.append(f"The larger part here is the {PART_NAMES[larger]}"
+                       + (f"; in every {d['algo'].upper()} setting of the paper's Table 1 it is the "
+                          f"{PART_NAMES[theirs.pop()]}" if len(theirs) == 1 else "") + ".")
+        passes = design.get("passes") or {}
+        if str(d["k_hi"]) in passes and str(d["k_lo"]) in passes:
+            out.append(f"At the fixed step budget each of the {d['k_hi']} prompts is seen "
+                       f"{passes[str(d['k_hi'])]:.0f} times and each of the {d['k_lo']} prompts "
+                       f"{passes[str(d['k_lo'])]:.0f} times, so the prompt-count part holds repetition as well as "
+                       "fewer distinct prompts.")
+        gains = p.get("fine_tuned_vs_initial") or {}
+        if gains:
+            up = [name for name, c in gains.items() if _excludes_0(c) and c["estimate"] > 0]
+            down = [name for name, c in gains.items() if _excludes_0(c) and c["estimate"] < 0]
+            fmt = lambda names: ", ".join("(" + n[1:].replace("_k", ", ") + ")" for n in names)
+            out.append("Against the policy before fine-tuning, " + (
+                f"the reward rose in {fmt(up)}" if up else "no primary cell's reward rose with a CI above 0")
+                + (f" and fell in {fmt(down)}" if down else "") + ".")
+        unresolved = [part for part in analysis.PARTS if not _excludes_0(p[part])]
+        if unresolved:
+            out.append("What it cannot resolve: " + "; ".join(
+                f"the {PART_NAMES[part]}'s CI spans 0, and {_power_words(p[part], rng.get(part))}"
+                for part in unresolved) + ".")
+        else:
+            out.append("All three CIs exclude 0.")
     else:
-        reading.append("- Reward-model accuracies: not generated yet (notebook 03 writes them).")
-    if "augmentation" in s["diversity"]:
-        aug = s["diversity"]["augmentation"]
-        reading.append("- d of the augmentation sets: " + ", ".join(
-            f"{m} {v['d']:.2f} ({v['n_prompts']} prompts)" for m, v in aug.items()) + ".")
-    return "\n".join(rows + reading)
+        out.append("No primary contrast is declared for this recipe (grid.primary), or its cells are not in the "
+                   "results table yet.")
+    out.append("Whether the same holds for human preferences, for larger policies or at the paper's scale, this "
+               "study cannot say.")
+    sec = s.get("secondary")
+    if sec:
+        out.append(f"Everything else reported here is secondary ({sec['n_tests']} tests).")
+    return "**Reading.** " + " ".join(out)
+
+
+def _range_words(rng: list[float]) -> str:
+    return f"{rng[0]:+.2f} to {rng[1]:+.2f}" if rng[0] != rng[1] else f"{rng[0]:+.2f}"
+
+
+def resolution_lines(s: dict) -> list[str]:
+    """What the study can and cannot resolve, from summary.json: design, variance, MDEs, fine-tuning, the cold
+    run and the environment."""
+    out = []
+    d = s.get("design")
+    if d:
+        out.append(f"- Design: {d['cells']} cells over {d['sizes'][0]}–{d['sizes'][-1]} prompts "
+                   f"({d['size_ratio']:.0f}×), {d['seeds_per_cell_min']} replicate"
+                   f"{'s' if d['seeds_per_cell_min'] != 1 else ''} a cell and {d['seeds_per_cell_max']} on "
+                   f"{', '.join(d['verdict_cells'])}"
+                   + (f"; each replicate re-draws the data ({d['draws']} draws in the table)"
+                      if d.get("redraw_per_seed") and d.get("draws") else "")
+                   + (f"; {d['max_steps']} steps × {d['prompts_per_step']} prompts pass over the largest subset "
+                      f"{d['passes_over_largest']:.1f}×; checkpoint: {d['checkpoint']}" if "max_steps" in d else "")
+                   + ".")
+    v = (s.get("variance") or {}).get("primary_cells")
+    if v:
+        cells = "; ".join(f"({c['n']}, {c['k']}) SD {_f(c['sd'])}, one run's SE {_f(c['eval_se'])}"
+                          for c in v["cells"].values())
+        pooled = v["pooled"]
+        share = pooled.get("eval_share")
+        out.append(f"- Where the variance is (the primary cells): {cells}. Pooled replicate SD {_f(pooled['sd'])}; "
+                   f"re-sampling the test prompts alone would give "
+                   + (f"{100 * share:.0f}% of that variance" if share is not None else "an unmeasured share of it")
+                   + ".")
+    m = s.get("mde_reached") or {}
+    prim = {k.split("/")[1]: val for k, val in m.items() if k.startswith("primary/") and val is not None}
+    if prim:
+        p = s["primary"]
+        out.append("- MDEs reached (80% power at α = 0.05): " + ", ".join(
+            f"{PART_NAMES[part]} {val:.1f}" for part, val in prim.items())
+            + " points; the paper's parts in its Table 1: " + ", ".join(
+            f"{PART_NAMES[part]} {_range_words(p['paper_range'][part])}" for part in prim) + ".")
+    bv = (s.get("variance") or {}).get("by_algo") or {}
+    rs = {a: x.get("short_answer_r") for a, x in bv.items() if x.get("short_answer_r") is not None}
+    if rs:
+        out.append("- Within a cell, the reward " + short_answer_link(list(rs.values()))
+                   + " the share of very short answers (r = " + " / ".join(f"{r:+.2f}" for r in rs.values()) + ", "
+                   + " / ".join(a.upper() for a in rs) + ").")
+    cr = s.get("cold_run")
+    if cr:
+        out.append(f"- A cold `make figures` ({cr.get('note') or 'fresh clone, empty caches, one uninterrupted run'}) "
+                   f"took {cr['wall_s'] / 60:.1f} min wall on {cr['cores']} cores, {(cr['user_s'] + cr['system_s']) / 60:.1f} "
+                   f"CPU-min ({100 * cr['cpu_utilisation'] / cr['cores']:.0f}% of the cores), measured with "
+                   "`/usr/bin/time -v`.")
+    env = s.get("environment")
+    if env:
+        libs = env.get("libraries") or {}
+        th = env.get("threads") or {}
+        out.append(f"- Environment of the runs: Python {env.get('python')}, "
+                   + ", ".join(f"{k} {libs[k]}" for k in ("torch", "transformers", "trl") if k in libs)
+                   + (f", lock sha256 {env['lock_sha256'][:12]}" if env.get("lock_sha256") else ", no lock file")
+                   + (f" ({len(env['lock_differs'])} packages differ from it)" if env.get("lock_differs") else "")
+                   + f"; {env.get('cpu') or 'unknown CPU'}, {th.get('torch')} torch thread"
+                   + f"{'s' if th.get('torch') != 1 else ''} (summary.json: `environment`).")
+    ip = s.get("initial_policy")
+    runs = s["runs"]
+    out.append(f"- On test the fine-tuned runs average {runs['reward_mean']:.1f} (range {runs['reward_min']:.1f}–"
+               f"{runs['reward_max']:.1f}), "
+               + (f"the policy before fine-tuning {ip['reward_global']:.1f} (CI {ip['ci_lo']:.1f}–{ip['ci_hi']:.1f})."
+                  if ip else "the policy before fine-tuning: not generated yet (notebook 05 writes it)."))
+    if s.get("answers"):
+        a = s["answers"]
+        out.append(f"- What the policies write: `results/{s['recipe']}/{a['file']}` holds the greedy answers to "
+                   f"{a['prompts']} test prompts of the policies {'; '.join(str(x) for x in a['policies'])} "
+                   "(quoted in notebook 05).")
+    return out
 
 
 def short_answer_link(rs) -> str:
@@ -691,62 +1266,30 @@ def short_answer_link(rs) -> str:
     return "partly follows"
 
 
-def resolution_lines(s: dict) -> list[str]:
-    """What the study can and cannot resolve, from summary.json: design, variance, MDEs, fine-tuning, β."""
+def render_readme_block(s: dict) -> str:
+    """The README's results block, from summary.json only (every number here is generated)."""
     out = []
-    lo, hi = s["paper"]["equal_budget_effect_range"]
-    d = s.get("design")
-    if d:
-        out.append(f"- Design: {d['cells']} cells over {d['sizes'][0]}–{d['sizes'][-1]} prompts "
-                   f"({d['size_ratio']:.0f}×), {d['seeds_per_cell_min']} seed{'s' if d['seeds_per_cell_min'] != 1 else ''} a cell and "
-                   f"{d['seeds_per_cell_max']} on the verdict cells ({', '.join(d['verdict_cells'])}); "
-                   + (f"{d['max_steps']} steps × {d['prompts_per_step']} prompts pass over the largest subset "
-                      f"{d['passes_over_largest']:.1f}×; checkpoint: {d['checkpoint']}." if "max_steps" in d else ""))
-    v = s.get("variance") or {}
-    if v:
-        out.append("- Where the variance is: one run's SE over test prompts "
-                   + " / ".join(f"{x.get('eval_se', math.nan):.1f}" for x in v.values())
-                   + " against a seed SD of " + " / ".join(f"{x['seed_sd']:.1f}" for x in v.values())
-                   + f" ({' / '.join(a.upper() for a in v)}); within a cell the reward "
-                   + short_answer_link([x.get("short_answer_r") for x in v.values()])
-                   + " the share of very short answers (r = "
-                   + " / ".join(f"{x.get('short_answer_r', math.nan):+.2f}" for x in v.values())
-                   + "): training, not evaluation, sets the noise.")
-    m = s.get("mde_reached") or {}
-    if m:
-        parts = [f"{cid.replace('equal_budget/', 'equal budget ').replace('same_prompts/', 'same prompts ')} "
-                 f"{_f(val)}" for cid, val in m.items()
-                 if val is not None and (cid.endswith("n4-n2") or cid.endswith("n4-n2 seed-blocked"))]
-        best = min((val for cid, val in m.items() if val is not None and "n4-n2" in cid), default=math.nan)
-        verdict = ("so an effect of the paper's size cannot be resolved here" if best > hi else
-                   "so effects of the paper's size are within reach" if best <= lo else
-                   "so only the largest of the paper's effects could be seen")
-        out.append(f"- Minimum detectable n = 4 − n = 2 effects reached (points): {'; '.join(parts)}; the paper's "
-                   f"are {lo:.1f}–{hi:.1f}, {verdict}.")
-    f = s.get("fine_tuned_vs_initial")
-    if f:
-        out.append("- Does fine-tuning help? Mean fine-tuned − initial policy: " + "; ".join(
-            f"{a.upper()} {_ci(c)}" for a, c in f.items()) + ".")
-    cr = s.get("cold_run")
-    if cr:
-        out.append(f"- A cold `make figures` ({cr.get('note') or 'fresh clone, empty caches, one uninterrupted run'}) "
-                   f"took {cr['wall_s'] / 60:.1f} min wall on {cr['cores']} cores, {(cr['user_s'] + cr['system_s']) / 60:.1f} "
-                   f"CPU-min ({100 * cr['cpu_utilisation'] / cr['cores']:.0f}% of the cores), measured with "
-                   "`/usr/bin/time -v`.")
-    b = s.get("beta_ablation")
-    if b:
-        for cell in b["cells"].values():
-            if cell["n"] != 4:
-                continue
-            arms = cell["arms"]
-            txt = ", ".join(f"w = {w} (β = {a['beta']:g}) {a['mean']:.1f} [ranking-term gradient share "
-                            f"{100 * a['grad_share_rank']:.0f}%]" for w, a in arms.items() if w != "sft")
-            if "sft" in arms:
-                txt += f", SFT {arms['sft']['mean']:.1f}"
-            con = "; ".join(f"{name}: {_ci(c)}" for name, c in cell["contrasts"].items())
-            out.append(f"- PRO's β at n = 4, {cell['n_prompts']} prompts (mean reward of seeds): {txt}. Paired by "
-                       f"seed (sft_weight a − b): {con}.")
-    return out
+    p = s.get("primary")
+    if p:
+        d = p["declared"]
+        out += [(f"**The primary contrast**, declared in `recipes/{s['recipe']}.yaml` (`grid.primary`) before the runs: "
+                f"{d['algo'].upper()}, n = {d['n_hi']} vs n = {d['n_lo']} at an equal budget of {d['budget']:,} "
+                f"responses, with its two parts. Rewards ×100 (100 · mean sigmoid of the RM_test logit); MDE: the "
+                "true difference a two-sided test at α = 0.05 finds with 80% power; a part is \"the paper's sign\" "
+                "when its sign is the one every setting of the paper's Table 1 gives it."), ""]
+        out += primary_rows(s) + [""]
+    else:
+        out += [("**The primary contrast:** none declared for this recipe (grid.primary), or its cells are not in "
+                "the results table."), ""]
+    out += rm_rows(s) + [""]
+    out += [reading(s), ""]
+    out += resolution_lines(s) + [""]
+    out += secondary_rows(s)
+    if "augmentation" in s["diversity"]:
+        aug = s["diversity"]["augmentation"]
+        out += ["", "- d of the augmentation sets: " + ", ".join(
+            f"{m} {v['d']:.2f} ({v['n_prompts']} prompts)" for m, v in aug.items()) + "."]
+    return "\n".join(out)
 
 
 def _markers(recipe: str) -> tuple[str, str]:

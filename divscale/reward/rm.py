@@ -290,7 +290,7 @@ class OpenAssistantRM(RewardModel):
 # --------------------------------------------------------------------------------------------------
 # human pairs
 
-def _columns(pairs, names: Iterable[str]) -> dict[str, list]:
+def pair_columns(pairs, names: Iterable[str]) -> dict[str, list]:
     """The named columns of a ``datasets.Dataset``, a dict of lists or a list of records, as lists."""
     names = list(names)
     if hasattr(pairs, "column_names") or isinstance(pairs, dict):   # datasets.Dataset or dict of lists
@@ -330,11 +330,11 @@ def pair_records(pairs) -> dict[str, list]:
             out["subset"].append(r.subset)
             out["line"].append(int(tail) if tail.isdigit() else int(r.meta.get("line", -1)))
         return out
-    cols = _columns(pairs if rows is None else rows, ("prompt", "chosen", "rejected"))
+    cols = pair_columns(pairs if rows is None else rows, ("prompt", "chosen", "rejected"))
     n = len(cols["prompt"])
     for name, default in (("subset", ""), ("line", -1)):
         try:
-            cols[name] = _columns(pairs if rows is None else rows, (name,))[name]
+            cols[name] = pair_columns(pairs if rows is None else rows, (name,))[name]
         except ValueError:
             cols[name] = [default] * n
     return cols
@@ -387,7 +387,7 @@ def _same_start(a: str, b: str, n: int = 40) -> bool:
 
 def score_pairs(rm: RewardModel, pairs, batch_size: int | None = None, progress: bool = False):
     """``(r_chosen, r_rejected)`` for every pair."""
-    cols = _columns(pairs, ("prompt", "chosen", "rejected"))
+    cols = pair_columns(pairs, ("prompt", "chosen", "rejected"))
     n = len(cols["prompt"])
     scores = rm.score(cols["prompt"] * 2, cols["chosen"] + cols["rejected"], batch_size=batch_size, progress=progress)
     return scores[:n], scores[n:]
@@ -965,7 +965,7 @@ def rm_report(rm: RewardModel, test_pairs, oa_rewards: dict | None = None, progr
     cut at their first blank line, as its files keep them; the mapping is by ``(subset, line)``.) Intervals are 95% Wilson
     score intervals (ties counted as half a success). Pairs with identical responses are skipped.
     """
-    cols = _columns(test_pairs, ("prompt", "chosen", "rejected", "subset", "line"))
+    cols = pair_columns(test_pairs, ("prompt", "chosen", "rejected", "subset", "line"))
     keep = [i for i, (c, r) in enumerate(zip(cols["chosen"], cols["rejected"])) if c != r]
     cols = {k: [v[i] for i in keep] for k, v in cols.items()}
     if not keep:
@@ -1118,7 +1118,7 @@ def command(args: argparse.Namespace) -> int:
             oa = load_oa_rewards()
         except FileNotFoundError:
             oa = None
-        test = _columns(splits["test"], ("chosen", "rejected"))
+        test = pair_columns(splits["test"], ("chosen", "rejected"))
         scores = {role: score_pairs(rm, splits["test"], progress=args.progress)
                   for role, rm in (("rm_train", rm_train), ("rm_test", rm_test))}
         result["report"] = {role: rm_report(rm, splits["test"], oa, scores=scores[role])

@@ -24,8 +24,10 @@ fingerprints loads nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import time
@@ -75,9 +77,51 @@ def results_dir(R: Recipe) -> Path:
 # --------------------------------------------------------------------------------------------- data
 
 def splits(R: Recipe) -> dict:
+    """pool / dev / test. What the HH reader says about the files (records it cannot split into prompt + responses)
+    is kept for :func:`data_notes` instead of going to stderr, where every notebook would repeat it."""
     from divscale.data.hh import load_splits
 
-    return _memo("splits", R, lambda: load_splits(R.data))
+    def build():
+        with _captured_log("divscale.data.hh") as notes:
+            out = load_splits(R.data)
+        _MEMO[("data_notes", R.hash())] = notes
+        return out
+
+    return _memo("splits", R, build)
+
+
+def data_notes(R: Recipe) -> list[str]:
+    """The HH reader's warnings while :func:`splits` read the files (01_data_construction prints them, once)."""
+    splits(R)
+    return list(_MEMO.get(("data_notes", R.hash()), []))
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(project_relative_text(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _captured_log(name: str):
+    """Warnings of logger ``name`` go to a list for the duration, not to the handlers above it."""
+    logger, notes = logging.getLogger(name), []
+    handler, propagate = _ListHandler(notes), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def project_relative_text(text: str) -> str:
+    """``text`` with the project root written as ``.`` (notes and tables hold no machine paths)."""
+    return text.replace(str(paths.ROOT) + os.sep, "./").replace(str(paths.ROOT), ".")
 
 
 def pool_pairs(R: Recipe) -> list:
@@ -601,6 +645,23 @@ def exponent_fit(df: pd.DataFrame):
     return fit, note
 
 
+def rm_agreement(R: Recipe) -> dict:
+    """RM_train against RM_test, the proxy against the judge: how often they prefer the same response of a
+    held-out test pair (:func:`divscale.reward.rm.preference_agreement`; pairs with two different responses), and
+    how RM_test orders the grid's 4-rankings that RM_train ordered (:func:`divscale.reward.rm.ranking_agreement`)."""
+    from divscale.reward.rm import pair_columns, preference_agreement, ranking_agreement, score_pairs
+
+    def build():
+        rm_train, rm_test = reward_models(R)
+        test = splits(R)["test"]
+        cols = pair_columns(test, ("chosen", "rejected"))
+        same = [i for i, (c, r) in enumerate(zip(cols["chosen"], cols["rejected"])) if c != r]
+        scores = [tuple(x[same] for x in score_pairs(rm, test)) for rm in (rm_train, rm_test)]
+        return {"held_out_pairs": preference_agreement(*scores), "rankings4": ranking_agreement(rankings4(R), rm_test)}
+
+    return _memo("rm_agreement", R, build)
+
+
 def rm_report_table(R: Recipe) -> pd.DataFrame:
     """Held-out accuracy of RM_train / RM_test vs human labels (and a length baseline), and their agreement
     with the OpenAssistant 6.9B RM, per test subset, as a long table (model, subset, metric, accuracy, CI)."""
@@ -716,8 +777,9 @@ def augmentation_experiment(R: Recipe) -> pd.DataFrame:
     n = R.augment.ranking_len
     sets = augmentation_sets(R)
     same = _identical_to({method: rs for method, (rs, _) in sets.items()})
+    lengths = {method: prompt_lengths(R, [r.prompt for r in rs]) for method, (rs, _) in sets.items()}
     rows = [train_and_score(R, n_rankings(R, rs, n), algo, n, seed, method=method, identical_to=same[method],
-                            dropped=res.n_dropped if res is not None else 0)
+                            dropped=res.n_dropped if res is not None else 0, **lengths[method])
             for method, (rs, res) in sets.items()
             for algo in R.train.algos for seed in (R.augment.train_seeds or R.train.seeds)]
     return _write_table(R, "augmentation", rows)
@@ -783,6 +845,15 @@ def selection_diversity(R: Recipe) -> pd.DataFrame:
     return table.merge(selection_report(R)[["strategy", "removed", "identical_to"]], on="strategy", how="left")
 
 
+def prompt_lengths(R: Recipe, prompts: list[str]) -> dict:
+    """Mean and median length of ``prompts`` in the diversity metric's tokens (its tokenizer and cap): d's
+    unique-bigram ratio favours short prompts, so a set's d is read beside its prompts' lengths."""
+    from divscale.metrics.diversity import tokenize_prompts
+
+    n = pd.Series([len(x) for x in tokenize_prompts(prompts, diversity_tokenizer(R), max_tokens=R.diversity.max_tokens)])
+    return {"prompt_tokens_mean": float(n.mean()), "prompt_tokens_median": float(n.median())}
+
+
 def selection_experiment(R: Recipe) -> pd.DataFrame:
     """Train on each selection (equal annotation budget: same #prompts, same n); ``selection.csv``.
     ``identical_to`` names an earlier arm with the same prompt set (then the runs compare with themselves)."""
@@ -790,8 +861,9 @@ def selection_experiment(R: Recipe) -> pd.DataFrame:
     chosen_by = selections(R)
     same = _identical_to(chosen_by)
     removed = {name: res.n_removed for name, res in selection_results(R).items()}
+    lengths = {name: prompt_lengths(R, [r.prompt for r in chosen]) for name, chosen in chosen_by.items()}
     rows = [train_and_score(R, n_rankings(R, extend(R, chosen), n), algo, n, seed, strategy=name,
-                            removed=removed[name], identical_to=same[name])
+                            removed=removed[name], identical_to=same[name], **lengths[name])
             for name, chosen in chosen_by.items() for algo in R.select.algos
             for seed in (R.select.train_seeds or R.train.seeds)]
     return _write_table(R, "selection", rows)
@@ -814,7 +886,7 @@ def initial_policy_reward(R: Recipe) -> dict:
             res = evaluate_policy(model, tokenizer, test_prompts(R), rm_test, max_new_tokens=e.max_new_tokens,
                                   batch_size=e.batch_size, max_prompt_tokens=e.max_prompt_tokens,
                                   stop_strings=e.stop_strings, n_boot=e.bootstrap)
-        return {"reward_global": res.reward["Global"], "ci": res.ci["Global"]}
+        return {"reward_global": res.reward["Global"], "ci": res.ci["Global"], "records": res.records}
 
     return _memo("initial_reward", R, build)
 
@@ -833,3 +905,65 @@ def policy_command(args) -> int:
     print(fingerprint)
     return 0
 
+
+# --------------------------------------------------------------------------------------------- what the policies write
+
+ANSWER_PROMPTS_PER_SUBSET = 2
+
+
+def answers_table(R: Recipe, results_df: pd.DataFrame, initial: dict,
+                  per_subset: int = ANSWER_PROMPTS_PER_SUBSET) -> pd.DataFrame:
+    """Greedy answers to a handful of test prompts (the first ``per_subset`` of each test file, the same for every
+    policy), from the policy before fine-tuning (``initial``: :func:`initial_policy_reward`, with its records) and
+    from one replicate of each cell of the declared primary contrast (``grid.primary``; the replicate with the
+    smallest seed), with RM_test's score (×100) and the keys of the table they come from: what the study's
+    numbers are numbers of."""
+    from divscale.provenance import KEY_COLUMNS
+
+    p = R.grid.primary
+    if not p.declared:
+        raise DataError(f"recipe {R.name}: no grid.primary declared, so there are no primary cells to quote")
+    keys = {k: v for k, v in table_keys(R).items() if k in KEY_COLUMNS or k == "eval_key"}
+    picked = {}
+    for rec in sorted(initial["records"], key=lambda r: (r["subset"], r["index"])):
+        if sum(1 for s_, _ in picked if s_ == rec["subset"]) < per_subset:
+            picked[(rec["subset"], rec["index"])] = rec
+    sources = [("initial policy", {"algo": None, "ranking_len": None, "n_prompts": None, "seed": None, "draw": None,
+                                   "run_id": "initial"} | keys, {(r["subset"], r["index"]): r
+                                                                 for r in initial["records"]})]
+    data = results_df[results_df["algo"] == p.algo]
+    for n, k in p.cells().values():
+        cell = data[(data["ranking_len"] == n) & (data["n_prompts"] == k)].sort_values("seed")
+        if cell.empty:
+            raise DataError(f"recipe {R.name}: no run of the primary cell (n={n}, k={k}) in the results table; "
+                            f"run `divscale grid --recipe {R.name}` first")
+        row = cell.iloc[0]
+        gens = generations(row.to_dict())
+        by_key = {(g["subset"], g["index"]): g for g in gens.to_dict("records")}
+        sources.append((f"{p.algo.upper()} n={n} k={k} seed {int(row['seed'])}",
+                        {"algo": p.algo, "ranking_len": n, "n_prompts": k, "seed": int(row["seed"]),
+                         "draw": None if pd.isna(row.get("draw")) else int(row["draw"]), "run_id": row["run_id"]}
+                        | {c: row[c] for c in keys if c in row.index}, by_key))
+    rows = []
+    for policy, ident, records in sources:
+        for key in picked:
+            rec = records.get(key)
+            if rec is None:
+                raise DataError(f"{policy}: no generation for test prompt {key}; its evaluation used other test "
+                                "prompts than the initial policy's")
+            rows.append({"policy": policy, "subset": key[0], "index": int(key[1]),
+                         "prompt": picked[key]["prompt"], "response": rec["response"],
+                         "reward": 100.0 * float(rec["score"])} | ident)
+    return pd.DataFrame(rows)
+
+
+def write_answers(R: Recipe, results_df: pd.DataFrame, initial: dict,
+                  per_subset: int = ANSWER_PROMPTS_PER_SUBSET) -> pd.DataFrame:
+    """:func:`answers_table` written to ``results/<recipe>/answers.jsonl`` (atomically), one answer a line."""
+    from divscale.io import atomic_write_jsonl
+
+    table = answers_table(R, results_df, initial, per_subset)
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+               for r in table.to_dict("records")]
+    atomic_write_jsonl(results_dir(R) / "answers.jsonl", records)
+    return table
