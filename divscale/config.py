@@ -353,7 +353,8 @@ def check_recipe(recipe: Recipe) -> None:
     if bad:
         raise RecipeError(f"{where} data.ranking_lengths {recipe.data.ranking_lengths}: every n must be >= 2")
     for problem in recipe.grid.primary.problems(recipe)[:1]:
-        raise RecipeError(f"{where} {problem}")
+        raise RecipeError(f"{where} {problem} (a smaller grid for a try-out: also --set grid.primary.budget=null, "
+                          "which declares no primary contrast)")
 
 
 class RecipeError(ValueError):

@@ -264,7 +264,7 @@ def test_every_arm_trains_the_base_set_on_the_grid_cells_rankings(monkeypatch):
     from divscale.data.subsets import build_grid, sub_rankings
     from divscale.study import pipeline
 
-    R = pipeline.load("smoke", {"augment.seed_size": 6, "data.sizes": [6, 12]})
+    R = pipeline.load("smoke", {"augment.seed_size": 6, "data.sizes": [6, 12], "grid.primary.budget": None})
     grid4, extra = [_r4(i) for i in range(12)], [_r4(100 + i) for i in range(8)]
     monkeypatch.setattr(pipeline, "_MEMO", {})
     monkeypatch.setattr(pipeline, "rankings4", lambda R: grid4)

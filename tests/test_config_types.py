@@ -70,6 +70,9 @@ def test_every_field_has_a_checkable_type_and_a_default_of_it(section, cls):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(hints[f.name]):          # a nested section (grid.primary): its own fields
+            test_every_field_has_a_checkable_type_and_a_default_of_it(f"{section}.{f.name}", hints[f.name])
+            continue
         assert coerce_value(hints[f.name], default, f"{section}.{f.name}") == default, f.name
 
 

@@ -150,7 +150,8 @@ def test_killed_cell_is_redone_and_the_others_kept(fake_notebook, tmp_path):
 
 def test_submitit_local_executor_runs_the_same_cells(fake_notebook, tmp_path):
     pytest.importorskip("submitit")
-    small = dict(SMALL, **{"data.sizes": "[24]", "data.ranking_lengths": "[2]", "train.algos": "[sft]"})
+    small = dict(SMALL, **{"data.sizes": "[24]", "data.ranking_lengths": "[2]", "train.algos": "[sft]",
+                           "grid.primary.budget": "null"})
     summary = grid_runner.run_grid("smoke", small, executor="submitit-local", notebook=fake_notebook)
     assert summary["done"] == 1 and not summary["failed"]
     assert len(pd.read_csv(tmp_path / "results" / "smoke" / "runs.csv")) == 1
@@ -173,7 +174,7 @@ def test_cell_id_changes_with_every_key_component():
 
 def test_new_rm_test_makes_every_cell_stale_and_the_table_holds_one_eval_key(fake_notebook, tmp_path, fixed_keys):
     """The committed bug: cells scored by an older RM_test counted as complete and runs.csv mixed two evaluations."""
-    small = dict(SMALL, **{"train.algos": "[sft]"})
+    small = dict(SMALL, **{"train.algos": "[sft]", "grid.primary.budget": "null"})
     first = grid_runner.run_grid("smoke", small, notebook=fake_notebook)
     assert first["done"] == 4 and not first["failed"]
     new = {"key_rm_test": "rmtest-b", "eval_key": "eval-b"}
@@ -186,7 +187,7 @@ def test_new_rm_test_makes_every_cell_stale_and_the_table_holds_one_eval_key(fak
 
 
 def test_a_stale_row_in_a_cell_file_is_refused_by_name_and_redone(fake_notebook, tmp_path, fixed_keys):
-    small = dict(SMALL, **{"train.algos": "[sft]", "data.ranking_lengths": "[2]"})
+    small = dict(SMALL, **{"train.algos": "[sft]", "data.ranking_lengths": "[2]", "grid.primary.budget": "null"})
     assert grid_runner.run_grid("smoke", small, notebook=fake_notebook)["done"] == 2
     recipe = load_recipe("smoke", small)
     cell = grid_runner.expand_grid(recipe)[0]

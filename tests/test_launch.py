@@ -57,7 +57,8 @@ def test_a_launched_recipe_runs_one_cell_at_a_time_and_asks_slurm_for_its_gpus(m
     monkeypatch.setattr(paths, "RUNS_DIR", paths.ROOT / "runs" / ".test-launch")
     with pytest.raises(RuntimeError, match="recorded"):
         grid_runner.run_grid("smoke", {"train.num_processes": 2, "data.sizes": "[24]", "data.ranking_lengths": "[2]",
-                                       "train.algos": "[sft]", "grid.verdict_seeds": "[]", "grid.beta_ablation": "[]"},
+                                       "train.algos": "[sft]", "grid.verdict_seeds": "[]", "grid.beta_ablation": "[]",
+                                       "grid.primary.budget": "null"},
                              executor="slurm", keys={})
     assert asked["gpus_per_node"] == 2 and asked["tasks_per_node"] == 1
 

@@ -185,7 +185,7 @@ def test_summary_json_holds_the_block_when_the_table_exists(tmp_path):
     out = tmp_path / "toy"
     out.mkdir()
     analysis.write_results(out / "runs.csv", make_results(sizes=(60, 120)))
-    assert "listwise" not in publish.build_summary("toy", out, budgets=[240])
+    assert publish.build_summary("toy", out, budgets=[240])["listwise"] is None
     table().to_csv(out / listwise.TABLE, index=False)
     s = publish.build_summary("toy", out, budgets=[240])
     assert "listwise.csv" in s["inputs"] and set(s["listwise"]["arms"]) == {a.name for a in listwise.ARMS}

@@ -45,7 +45,7 @@ def test_write_result_is_atomic_and_optional(tmp_path):
 
 
 def test_load_accepts_json_overrides_from_papermill():
-    R = pipeline.load("smoke", '{"train.max_steps": 7, "data.sizes": [24]}')
+    R = pipeline.load("smoke", '{"train.max_steps": 7, "data.sizes": [24], "grid.primary.budget": null}')
     assert R.train.max_steps == 7 and R.data.sizes == [24]
     assert pipeline.load(R) is R
 
@@ -205,7 +205,8 @@ def test_each_replicate_redraws_the_data_with_redraw_per_seed(monkeypatch):
     monkeypatch.setattr(pipeline, "rankings4", lambda R: four)
     prompts = {}
     for redraw in (False, True):
-        R = load_recipe("smoke", {"data.redraw_per_seed": redraw, "data.sizes": [10, 40], "train.checkpoint": "last"})
+        R = load_recipe("smoke", {"data.redraw_per_seed": redraw, "data.sizes": [10, 40], "train.checkpoint": "last",
+                                     "grid.primary.budget": None})
         seen.clear()
         for seed in (42, 43):
             pipeline.train_cell(R, "pro", 2, 10, seed)

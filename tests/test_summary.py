@@ -5,7 +5,6 @@ import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from study_fixture import AGAINST, AS_PAPER, PRIMARY, write_study
 from test_analysis import make_results
@@ -116,13 +115,16 @@ def test_summary_without_a_declaration_or_notebook_files(tmp_path):
 
 
 def test_a_listwise_block_is_read_labelled_and_counted(tmp_path):
+    from test_listwise_study import table
+
+    from divscale.study import listwise
+
     out = _study(tmp_path)
-    (out / "reports" / "listwise.json").write_text(json.dumps({"contrasts": {"pl - pro": {
-        "estimate": 1.0, "ci_lo": -1.0, "ci_hi": 3.0, "mde": 2.8, "test": "Welch t", "n_a": 3, "n_b": 3,
-        "status": "inconclusive (CI spans 0)", "direction": "above pro"}}}))
+    table().to_csv(out / listwise.TABLE, index=False)
     s = _summary(out)
-    assert s["listwise"]["role"] == "secondary" and s["secondary"]["by_notebook"]["09_listwise"] == 1
-    assert "listwise: pl - pro" in summary.render_readme_block(s)
+    n = len(s["listwise"]["contrasts"])
+    assert s["listwise"]["role"] == "secondary" and n > 0 and s["secondary"]["by_notebook"]["09_listwise"] == n
+    assert "listwise: pro - trl_dpo_all_pairs" in summary.render_readme_block(s)
 
 
 def _numbers_given(block: str, s: dict) -> list[str]:

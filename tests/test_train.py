@@ -408,7 +408,8 @@ def test_load_initial_policy_of_a_cell(tmp_path, monkeypatch, hh_dir):
 
     monkeypatch.setenv("DIVSCALE_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe("smoke", {"policy.warmup_steps": 2, "data.pool_size": 40, "data.dev_size": 4,
-                                   "data.test_size": 8, "data.sizes": [8], "train.max_steps": 1})
+                                   "data.test_size": 8, "data.sizes": [8], "train.max_steps": 1,
+                                   "grid.primary.budget": None})
     (model, tokenizer), policy_id = study_policy(recipe)
     cell = [dict(r, id=f"c{i}") for i, r in enumerate(RANKINGS)]
     run_dir = train.train_run(recipe, "sft", 2, 8, 42, grid=cell, policy=(model, tokenizer), policy_id=policy_id,

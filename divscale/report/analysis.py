@@ -34,7 +34,7 @@ from scipy import stats
 
 from divscale import paths
 from divscale.io import DataError, atomic_path
-from divscale.metrics.stats import bounded_interval, paired_contrast, t_contrast, welch_contrast
+from divscale.metrics.stats import bounded_interval, direction, paired_contrast, t_contrast, welch_contrast
 
 # ---------------------------------------------------------------------------------------------------------
 # The results table: one row per training run (tidy), written atomically, upserted by run_id
