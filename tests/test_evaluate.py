@@ -238,7 +238,7 @@ def other_policy(tiny_gpt, seed: int = 1):
 
 
 def ranked_run(tmp_path: Path, tiny_gpt, tiny_tokenizer, held=("row 1", "row 3")) -> Path:
-    """A fake own-data run folder laid out by the contract in HELPERS.md (config.json of kind "ranked")."""
+    """A fake own-data run folder laid out by the contract in docs/architecture.md ("Run folders") (config.json of kind "ranked")."""
     run = tmp_path / "runs" / "train" / "plackett_luce-hh-s42-abc"
     save_policy(tiny_gpt, tiny_tokenizer, run / "best")
     (run / "config.json").write_text(json.dumps({

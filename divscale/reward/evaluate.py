@@ -303,7 +303,7 @@ RUN_EVAL_VERSION = 2     # 2: the win rate's Wilson interval
 
 
 def read_run_config(run: Path) -> dict:
-    """A run folder's ``config.json`` (the contract in HELPERS.md: ``"kind": "cell"`` for a grid cell, ``"ranked"``
+    """A run folder's ``config.json`` (the contract in docs/architecture.md, "Run folders": ``"kind": "cell"`` for a grid cell, ``"ranked"``
     for ``divscale train --data``; grid runs written before ``kind`` existed are cells)."""
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run folder (give a folder written by `divscale train`)")

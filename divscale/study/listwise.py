@@ -243,13 +243,13 @@ def train_listwise(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, 
 
 def dpo_trainer_class():
     """TRL's ``DPOTrainer`` with divscale's two run rules: a non-finite loss stops the run
-    (:class:`~divscale.train.trainer.FiniteLossMixin`), and weight decay applies to every parameter, as in
+    (:class:`~divscale.train.trainer.DivergenceGuard`), and weight decay applies to every parameter, as in
     :class:`~divscale.train.trainer.RankingTrainer` (TRL exempts biases and norms), so the optimizers are equal."""
     from trl import DPOTrainer
 
-    from divscale.train.trainer import FiniteLossMixin
+    from divscale.train.trainer import DivergenceGuard
 
-    class DPOOnPairs(FiniteLossMixin, DPOTrainer):
+    class DPOOnPairs(DivergenceGuard, DPOTrainer):
         def get_decay_parameter_names(self, model):
             return [name for name, _ in model.named_parameters()]
 
@@ -281,13 +281,12 @@ def code_key() -> str:
 def train_pairs(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, policy_id: str) -> Path:
     """One TRL arm's run folder: TRL's ``DPOTrainer`` on the pairs of seed ``seed``'s rows, in their order,
     ``rows_per_step x pairs per row`` pairs a step, written by :func:`divscale.train.runs.execute_run` (the own-data
-    run folder of HELPERS.md: ``divscale evaluate --run`` reads it); reused when it exists."""
+    run folder of docs/architecture.md, "Run folders": ``divscale evaluate --run`` reads it); reused when it exists."""
     import torch
     import trl
     from datasets import Dataset
 
     from divscale.train.runs import execute_run
-    from divscale.train.trainer import DivergenceGuard
 
     model, tokenizer = policy
     rows = data_order(data.train, seed)
@@ -319,7 +318,7 @@ def train_pairs(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, pol
         start = copy.deepcopy(model)
         trainer = dpo_trainer_class()(model=start, ref_model=copy.deepcopy(start), args=args,
                                       train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                                      callbacks=[*callbacks, DivergenceGuard()])
+                                      callbacks=callbacks)
         if len(trainer.train_dataset) != len(pairs):     # TRL drops a pair whose prompt fills max_length
             raise DataError(f"TRL kept {len(trainer.train_dataset)} of {len(pairs)} pairs; the steps would no longer "
                             "hold the same rankings as the listwise arms'")
