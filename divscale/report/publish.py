@@ -1250,8 +1250,8 @@ def resolution_lines(s: dict) -> list[str]:
     if s.get("answers"):
         a = s["answers"]
         out.append(f"- What the policies write: `results/{s['recipe']}/{a['file']}` holds the greedy answers to "
-                   f"{a['prompts']} test prompts of the policies {'; '.join(str(x) for x in a['policies'])} "
-                   "(quoted in notebook 05).")
+                   f"{a['prompts']} test prompts of {len(a['policies'])} policies ({'; '.join(str(x) for x in a['policies'])}), "
+                   "quoted in notebook 05.")
     return out
 
 
