@@ -155,3 +155,16 @@ def test_export_copies_only_the_figure_notebooks(tmp_path, monkeypatch):
     assert all(str(paths.ROOT) not in p.read_text() for p in written)
     with pytest.raises(FileNotFoundError, match="not executed yet"):
         notebooks.export_executed("nothing-here", out_dir=tmp_path / "x")
+
+
+def test_make_figures_builds_every_figure_notebook_once():
+    """BUILD_ORDER (the order `make figures` starts the notebooks in) holds the same notebooks as FIGURE_NOTEBOOKS
+    (the ones it exports), each once."""
+    import re
+
+    text = (paths.ROOT / "Makefile").read_text().replace("\\\n", " ")
+    lists = {name: re.search(rf"^{name} := (.*)$", text, re.M).group(1).split()
+             for name in ("FIGURE_NOTEBOOKS", "BUILD_ORDER")}
+    assert sorted(lists["BUILD_ORDER"]) == sorted(lists["FIGURE_NOTEBOOKS"])
+    assert len(set(lists["BUILD_ORDER"])) == len(lists["BUILD_ORDER"])
+    assert set(lists["FIGURE_NOTEBOOKS"]) == set(notebooks.ORDER) - {"04_finetune"}
