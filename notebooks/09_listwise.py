@@ -48,13 +48,24 @@ overrides = "{}"
 
 # %%
 import json
+import logging
+import sys
 import time
+import warnings
 
 import pandas as pd
 
 from divscale.report import plots
 from divscale.report.publish import listwise_summary
 from divscale.study import listwise, pipeline
+
+# The readers' notes of divscale go to this notebook's output, not to stderr; the HH reader's note on the two test
+# records it cannot split is printed by 01_data_construction and would repeat here once per evaluated run. TRL 1.16
+# reads a transformers attribute that transformers deprecates (FutureWarning, nothing a reader can change).
+logging.getLogger("divscale").addHandler(logging.StreamHandler(sys.stdout))
+logging.getLogger("divscale").propagate = False
+logging.getLogger("divscale.data.hh").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 started = time.time()
 R = pipeline.load(recipe, overrides)
@@ -125,7 +136,7 @@ listwise.measured_cost_table(S).round(3)
 
 # %%
 fig = plots.plot_listwise(table, S)
-plots.save_figure(fig, "listwise", pipeline.figures_dir(R))
+_ = plots.save_figure(fig, "listwise", pipeline.figures_dir(R))
 
 # %% [markdown]
 # ## Reading it

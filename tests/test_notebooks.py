@@ -80,8 +80,8 @@ def output_clutter(nb) -> list[str]:
     return out
 
 
-# the committed executed notebooks of the listwise engineer's notebook (its own fixes)
-CLUTTER_NOT_YET = {"09_listwise": "the listwise engineer's notebook (oasst1 note, echoed figure paths)"}
+# committed executed notebooks that are known to show clutter still (none)
+CLUTTER_NOT_YET: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [n for n in notebooks.ORDER if n != "04_finetune"])
@@ -111,6 +111,9 @@ def test_clean_text_drops_progress_lines_and_machine_paths():
     assert got == ("loading\n./divscale/data/hh.py:480: UserWarning: x\n  at <venv>/lib/site-packages/tqdm/auto.py\n"
                    "done: 5/10 prompts kept\n")
     assert notebooks.clean_text("a\rb\rfinal\n") == "final\n"
+    mask = ("[transformers] We strongly recommend passing in an `attention_mask` since your input_ids may be padded. "
+            "See https://huggingface.co/docs/transformers/troubleshooting\n")
+    assert notebooks.clean_text("before\n" + mask + "the attention_mask is fine\n") == "before\nthe attention_mask is fine\n"
 
 
 def test_run_notebook_writes_a_lean_machine_free_notebook(tmp_path, monkeypatch):

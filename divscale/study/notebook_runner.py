@@ -60,6 +60,11 @@ def _kernel_env() -> dict:
 
 # a progress-bar line: "desc:  45%|####5     | 9/20 [00:01<00:02, 5.1it/s]" (tqdm's text fallback)
 _PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+/\d*|\|\s*\d+/\d+\s*\[\d")
+# transformers' advice to pass an attention mask, which GPT-2's forward gives during generate's decode steps when a
+# finished row's next token is the pad token, although divscale passes the mask (models.generation.generate); that
+# padded rows generate what they generate alone is tested (tests/test_generation.py::
+# test_batched_equals_unbatched_and_order_restored), so the line is a false alarm a reader cannot act on
+_FALSE_ALARMS = re.compile(r"We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
 
 
 @contextlib.contextmanager
@@ -88,11 +93,11 @@ def _machine_paths() -> list[tuple[str, str]]:
 
 def clean_text(text: str, replacements: list[tuple[str, str]] | None = None) -> str:
     """One output text, cleaned: carriage-return rewrites collapsed to their final state, progress-bar
-    lines dropped, absolute machine paths rewritten (checkout -> ``.``, environment -> ``<venv>``, home -> ``~``)."""
+    lines and one known false alarm (:data:`_FALSE_ALARMS`) dropped, absolute machine paths rewritten (checkout -> ``.``, environment -> ``<venv>``, home -> ``~``)."""
     lines = []
     for line in text.split("\n"):
         line = line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
-        if _PROGRESS.search(line):
+        if _PROGRESS.search(line) or _FALSE_ALARMS.search(line):
             continue
         lines.append(line)
     text = "\n".join(lines)
