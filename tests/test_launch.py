@@ -116,7 +116,7 @@ def test_stopping_the_grid_stops_the_notebook_and_what_it_launched(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "cell.ipynb")
     small = {"data.sizes": "[24]", "data.ranking_lengths": "[2]", "train.algos": "[sft]", "grid.verdict_seeds": "[]",
-             "grid.beta_ablation": "[]"}
+             "grid.beta_ablation": "[]", "grid.primary.budget": "null"}
     script = (f"import pathlib\nfrom divscale import paths\nfrom divscale.signals import stop_children_on_signal\n"
               f"from divscale.study import grid\n"
               f"paths.RUNS_DIR = pathlib.Path({str(tmp_path / 'runs')!r})\n"

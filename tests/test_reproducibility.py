@@ -170,7 +170,7 @@ def test_smoke_artifacts_rebuild_identically_from_two_empty_caches(tmp_path):
     on two threads; embeddings, RM heads, generations, rankings, policy and eval key must hash alike."""
     from divscale.study.grid import verify_builds
 
-    small = ["data.sizes=[6, 12]", "ranking.max_new_tokens=8", "data.pool_size=60"]
+    small = ["data.sizes=[6, 12]", "ranking.max_new_tokens=8", "data.pool_size=60", "grid.primary.budget=null"]
     report = verify_builds("smoke", small, tmp_path, warm=["reward.max_pairs=20", "data.sizes=[4]"])
     assert report["differ"] == [], {k: (report["a"][k], report["b"].get(k)) for k in report["differ"]}
     assert {"embeddings", "rm_train", "rm_test", "generations", "rankings", "policy"} <= set(report["a"])

@@ -396,10 +396,11 @@ def _fingerprint_in(recipe_name: str, overrides: list[str], folder: Path, env: d
 
 
 def verify_builds(recipe_name: str, overrides: list[str] = (), workdir: str | Path | None = None,
-                  warm: list[str] = ("reward.max_pairs=40", "data.sizes=[12]")) -> dict:
+                  warm: list[str] = ("reward.max_pairs=40", "data.sizes=[12]", "grid.primary.budget=null")) -> dict:
     """Build the shared artifacts twice from empty caches and compare their hashes: build ``a`` pre-warmed by
     a different build (fewer RM pairs, fewer grid prompts: embeddings and generations cached in other batches)
-    on one thread, build ``b`` cold on two threads. Returns ``{"a": ..., "b": ..., "differ": [keys]}``."""
+    on one thread, build ``b`` cold on two threads (the warm build declares no primary contrast: its grid is too
+    small for one, and the grid section is not part of any artifact's key). Returns ``{"a": ..., "b": ..., "differ": [keys]}``."""
     import tempfile
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="divscale-verify-"))
