@@ -51,3 +51,19 @@ def hh_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
 def hub_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def project_relative(path: str | os.PathLike) -> str:
+    """A path inside the project as a POSIX path relative to :data:`ROOT`, any other path as it is: what results
+    tables and run configs record, so that neither holds a machine's checkout path (a run id then survives a
+    fresh clone elsewhere)."""
+    if not path:
+        return ""
+    path = Path(path)
+    return path.relative_to(ROOT).as_posix() if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """The inverse of :func:`project_relative`: a relative path is read under :data:`ROOT`."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path

@@ -250,6 +250,30 @@ def ranked_run(tmp_path: Path, tiny_gpt, tiny_tokenizer, held=("row 1", "row 3")
     return run
 
 
+def test_run_prompts_read_a_project_relative_source_under_the_checkout_from_any_folder(tmp_path, monkeypatch):
+    """A run config's data.source may be project-relative (the listwise study records it so, so that run ids do
+    not depend on where the project is checked out): the held-out prompts are found under the checkout, whatever
+    the working folder; a source that is in neither place is a one-line error naming it."""
+    import shutil
+
+    from divscale import paths
+    from divscale.io import DataError
+    from divscale.reward.evaluate import run_prompts
+
+    root = tmp_path / "checkout"
+    (root / "runs" / "listwise").mkdir(parents=True)
+    shutil.copy(FORMATS / "hh.jsonl", root / "runs" / "listwise" / "hh.jsonl")
+    monkeypatch.setattr(paths, "ROOT", root)
+    monkeypatch.chdir(tmp_path)
+    config = {"kind": "ranked", "data": {"source": "runs/listwise/hh.jsonl", "split": "train",
+                                         "held_out_ids": ["row 1", "row 3"]}}
+    got = run_prompts(tmp_path / "run", config, recipe=None)
+    assert got.ids == {"held-out": ["row 1", "row 3"]} and all(p for p in got.groups["held-out"])
+    config["data"]["source"] = "runs/listwise/gone.jsonl"
+    with pytest.raises((DataError, FileNotFoundError), match="gone.jsonl"):
+        run_prompts(tmp_path / "run", config, recipe=None)
+
+
 @pytest.fixture()
 def fake_initial(monkeypatch, tiny_gpt, tiny_tokenizer):
     """divscale.train.runs.load_initial_policy (the trainer's; stubbed here): another policy, calls recorded."""

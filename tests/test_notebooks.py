@@ -114,6 +114,8 @@ def test_clean_text_drops_progress_lines_and_machine_paths():
     mask = ("[transformers] We strongly recommend passing in an `attention_mask` since your input_ids may be padded. "
             "See https://huggingface.co/docs/transformers/troubleshooting\n")
     assert notebooks.clean_text("before\n" + mask + "the attention_mask is fine\n") == "before\nthe attention_mask is fine\n"
+    mtime = "[transformers] mtime may not be reliable on this filesystem, falling back to numerical ordering\n"
+    assert notebooks.clean_text("saved\n" + mtime + "mtime of results.csv\n") == "saved\nmtime of results.csv\n"
 
 
 def test_run_notebook_writes_a_lean_machine_free_notebook(tmp_path, monkeypatch):

@@ -66,9 +66,9 @@ def test_exponent_fit_reports_instead_of_failing_when_no_exponent_gives_rising_l
 def test_result_paths_are_project_relative():
     from divscale import paths
 
-    assert pipeline.project_relative(paths.ROOT / "runs" / "train" / "x") == "runs/train/x"
-    assert pipeline.project_path("runs/train/x") == paths.ROOT / "runs" / "train" / "x"
-    assert pipeline.project_relative("/elsewhere/x") == "/elsewhere/x" and pipeline.project_relative("") == ""
+    assert paths.project_relative(paths.ROOT / "runs" / "train" / "x") == "runs/train/x"
+    assert paths.project_path("runs/train/x") == paths.ROOT / "runs" / "train" / "x"
+    assert paths.project_relative("/elsewhere/x") == "/elsewhere/x" and paths.project_relative("") == ""
 
 
 def test_checkpoint_rule_decides_whether_the_run_validates_on_dev(monkeypatch):

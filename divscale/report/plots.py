@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -131,6 +132,16 @@ def _filter_algo(df: pd.DataFrame, algo: str | None) -> pd.DataFrame:
 # Figure 4(b): diversity vs subset size
 # ---------------------------------------------------------------------------------------------------------
 
+def _growth_title(div_df: pd.DataFrame) -> str:
+    """Panel (a)'s title, from the data: how many times the prompts and d grow from the smallest size to the
+    largest, beside the sqrt(|X|) growth d would have if no bigram repeated (a log x hides that d grows slower)."""
+    mean = div_df.groupby("n_prompts")["d"].mean().sort_index()
+    if len(mean) < 2:
+        return "(a) d"
+    kx, kd = mean.index[-1] / mean.index[0], mean.iloc[-1] / mean.iloc[0]
+    return f"(a) {kx:.0f}\u00d7 the prompts, {kd:.1f}\u00d7 d (\u221a|X|: {kx ** 0.5:.1f}\u00d7)"
+
+
 def plot_diversity_by_size(div_df: pd.DataFrame, paper: pd.DataFrame | None = None,
                            hue: str | None = None) -> plt.Figure:
     """d and r_unique against the number of prompts (log x), the Figure 4(b) analogue.
@@ -151,7 +162,7 @@ def plot_diversity_by_size(div_df: pd.DataFrame, paper: pd.DataFrame | None = No
                      color=None if hue else LENGTH_COLORS[2])
         _size_ticks(ax, div_df["n_prompts"])
         ax.set(xlabel="#prompts |X| (log scale)", ylabel=label)
-    axes[0].set_title("(a) d grows with diminishing returns")
+    axes[0].set_title(_growth_title(div_df if hue is None else div_df[div_df[hue] == div_df[hue].iloc[0]]))
     axes[1].set_title("(b) bigrams repeat as |X| grows")
     if paper is not None:
         ax = axes[2]
@@ -841,7 +852,8 @@ def plot_listwise(df: pd.DataFrame, summary: dict) -> plt.Figure:
             _intervals(ax, [i + 0.05], [a[column] * scale], [a[f"{column}_lo"] * scale], [a[f"{column}_hi"] * scale],
                        color)
         ax.axhline(reference, ls="--", lw=1, color="0.4")
-        ax.set_xticks(range(len(order)), [arms[a]["label"].replace(", ", ",\n").replace(" (", "\n(") for a in order],
+        # labels wrapped to about a column's width, so that neighbours do not run into each other
+        ax.set_xticks(range(len(order)), [textwrap.fill(arms[a]["label"], 10, break_long_words=False) for a in order],
                       fontsize="x-small")
     axes[0].set_ylabel(REWARD_LABEL)
     axes[0].set_title("Test reward (dashed: initial policy)")

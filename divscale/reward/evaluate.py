@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from divscale import paths
 from divscale.io import DataError, atomic_path, atomic_write_json, atomic_write_jsonl
 from divscale.metrics.stats import bootstrap_ci, paired_win_rate, sigmoid, stratified_bootstrap_ci
 from divscale.models.generation import STOP_STRINGS, format_prompt, generate
@@ -379,7 +380,10 @@ def run_prompts(run: Path, config: dict, recipe, prompts: str | None = None, spl
     if not held or not data.get("source"):
         raise DataError(f"{run / 'config.json'}: no data.source / data.held_out_ids to evaluate on; pass --prompts "
                         "FILE")
-    got = load_prompts(data["source"], split=data.get("split") or "train")
+    source = data["source"]                 # as given, else (a project-relative path) under the checkout
+    if not Path(source).exists() and paths.project_path(source).exists():
+        source = paths.project_path(source)
+    got = load_prompts(source, split=data.get("split") or "train")
     where = dict(zip(got.ids, got.prompts))
     missing = [i for i in held if i not in where]
     if missing:

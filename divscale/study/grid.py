@@ -184,7 +184,6 @@ def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
 
     keys = cell_keys(recipe) if keys is None else keys
     dirs = recipe_dirs(recipe)
-    from divscale.study.pipeline import project_relative
 
     def rows_of(cells, expected, table):
         done = [cell_result_path(recipe, c, keys) for c in cells]
@@ -195,7 +194,7 @@ def collect_results(recipe: Recipe, keys: dict | None = None) -> Path:
         for row in rows:                   # results tables hold project-relative paths, not machine paths
             for key in ("run_dir", "eval_dir"):
                 if key in row:
-                    row[key] = project_relative(row[key])
+                    row[key] = paths.project_relative(row[key])
         return rows
 
     out = dirs["results"] / "runs.csv"

@@ -164,7 +164,8 @@ _MEMO: dict = {}
 @dataclass(frozen=True)
 class Data:
     """The experiment's rankings: ``train`` (K-rankings), ``test`` (held-out contexts as they are), the file
-    holding both (the run folders' ``data.source``: ``divscale evaluate --run`` finds the held-out prompts there),
+    holding both (the run folders' ``data.source``, recorded project-relative so that run ids do not depend on where
+    the project is checked out: ``divscale evaluate --run`` finds the held-out prompts there),
     its content hash and the counts the notebook prints."""
     train: object
     test: object
@@ -235,7 +236,8 @@ def train_listwise(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, 
 
     extra = {"sft_weight": d.sft_weight, "sft_reduction": "sequence_sum"} if a.loss == "pro" else {}
     return train_ranked(data_order(data.train, seed), a.loss, policy, policy_id, seed=seed,
-                        data_name=str(data.source), model_name=R.policy.model, recipe_name=R.name, split="train",
+                        data_name=paths.project_relative(data.source), model_name=R.policy.model, recipe_name=R.name,
+                        split="train",
                         held_out_ids=list(data.test["id"]), per_device_train_batch_size=d.rows_per_step,
                         max_prompt_length=d.max_prompt_length, beta=d.beta, loss_balance_steps=0,
                         **{k: v for k, v in shared_options(d, seed).items() if k != "seed"}, **extra)
@@ -300,7 +302,7 @@ def train_pairs(R: Recipe, d: Design, a: Arm, seed: int, data: Data, policy, pol
                 "truncation_mode": "keep_start", "precompute_ref_log_probs": False, "activation_checkpointing": False,
                 **shared_options(d, seed), "max_prompt_length": d.max_prompt_length}
     config = {"kind": "ranked",
-              "data": {"source": str(data.source), "split": "train", "limit": None,
+              "data": {"source": paths.project_relative(data.source), "split": "train", "limit": None,
                        "held_out_ids": list(data.test["id"]), "n_train": len(rows),
                        "rows_sha256": sha256_json(rows.to_list()), "pairs_sha256": sha256_json(pairs)},
               "model": {"name": R.policy.model, "recipe": R.name, "policy_id": policy_id},
@@ -395,7 +397,6 @@ def table_keys(R: Recipe, data: Data) -> dict:
 def result_row(R: Recipe, d: Design, a: Arm, seed: int, run_dir: Path, evaluation: dict, keys: dict,
                n_train: int) -> dict:
     """One row of listwise.csv for a finished, evaluated run."""
-    from divscale.study.pipeline import project_relative
 
     run = json.loads((run_dir / "result.json").read_text())
     trained, win = evaluation["trained"], evaluation["win_rate"]["Global"]
@@ -415,7 +416,7 @@ def result_row(R: Recipe, d: Design, a: Arm, seed: int, run_dir: Path, evaluatio
             "train_seconds": run["train_runtime_s"], "seconds_per_step": run["train_runtime_s"] / steps,
             "first_train_loss": run.get("first_train_loss"), "final_train_loss": run.get("final_train_loss"),
             "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "created": run.get("finished"),
-            "run_dir": project_relative(run_dir), "eval_dir": project_relative(evaluation["eval_dir"]), **keys}
+            "run_dir": paths.project_relative(run_dir), "eval_dir": paths.project_relative(evaluation["eval_dir"]), **keys}
 
 
 def initial_row(R: Recipe, d: Design, evaluation: dict, keys: dict) -> dict:

@@ -63,8 +63,12 @@ _PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+/\d*|\|\s*\d+/\d+\s*\[\d")
 # transformers' advice to pass an attention mask, which GPT-2's forward gives during generate's decode steps when a
 # finished row's next token is the pad token, although divscale passes the mask (models.generation.generate); that
 # padded rows generate what they generate alone is tested (tests/test_generation.py::
-# test_batched_equals_unbatched_and_order_restored), so the line is a false alarm a reader cannot act on
-_FALSE_ALARMS = re.compile(r"We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
+# test_batched_equals_unbatched_and_order_restored), so the line is a false alarm a reader cannot act on;
+# and transformers' note that checkpoint mtimes lie less than 1 s apart (trainer_utils.sort_checkpoints), which a
+# small model saving every few steps (save_total_limit=1) gives on any filesystem: transformers then orders the
+# checkpoints by step number, which is right, so the note depends on timing, not on anything a reader can fix
+_FALSE_ALARMS = re.compile(r"We strongly recommend passing in an `attention_mask` since your input_ids may be padded"
+                           r"|mtime may not be reliable on this filesystem, falling back to numerical ordering")
 
 
 @contextlib.contextmanager

@@ -509,8 +509,8 @@ def result_row(R: Recipe, algo: str, ranking_len: int, n_prompts: int, seed: int
            "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok",
            # when the run finished (its evaluation's finish time, recorded then: a re-built table keeps it)
            "created": evaluation.get("finished") or _now(),
-           "run_dir": project_relative(run_dir),
-           "eval_dir": project_relative(evaluation.get("eval_dir", ""))}
+           "run_dir": paths.project_relative(run_dir),
+           "eval_dir": paths.project_relative(evaluation.get("eval_dir", ""))}
     return row | table_keys(R) | {"eval_key": evaluation.get("eval_key") or Path(evaluation.get("eval_dir", "")).name} \
         | extra
 
@@ -549,23 +549,9 @@ def write_result(row: dict, result_path: str | None) -> None:
         atomic_write_json(result_path, row)
 
 
-def project_relative(path: str | Path) -> str:
-    """A path inside the project as a path relative to its root (results tables hold no machine paths)."""
-    if not path:
-        return ""
-    path = Path(path)
-    return str(path.relative_to(paths.ROOT)) if path.is_absolute() and path.is_relative_to(paths.ROOT) else str(path)
-
-
-def project_path(path: str | Path) -> Path:
-    """The inverse of :func:`project_relative`."""
-    path = Path(path)
-    return path if path.is_absolute() else paths.ROOT / path
-
-
 def training_curve(run_dir: str | Path) -> pd.DataFrame:
     """Loss and dev reward per step from a run's ``metrics.jsonl``."""
-    lines = (project_path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    lines = (paths.project_path(run_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line]
     return pd.DataFrame(records).groupby("step", as_index=False).first()
 
@@ -573,7 +559,7 @@ def training_curve(run_dir: str | Path) -> pd.DataFrame:
 def run_loss_balance(row: dict) -> pd.Series:
     """One run's PRO loss balance (``result.json``'s ``loss_balance``: mean ranking and weighted SFT terms,
     each one's gradient norm and share) beside its β; empty for SFT runs."""
-    run = json.loads((project_path(row["run_dir"]) / "result.json").read_text())
+    run = json.loads((paths.project_path(row["run_dir"]) / "result.json").read_text())
     balance = run.get("loss_balance") or {}
     return pd.Series({"algo": row["algo"], "ranking_len": row["ranking_len"],
                       "sft_weight": row.get("sft_weight")} | balance, dtype=object)
@@ -581,7 +567,7 @@ def run_loss_balance(row: dict) -> pd.Series:
 
 def generations(row: dict) -> pd.DataFrame:
     """The test generations and RM_test scores of a run (its result row's ``eval_dir``)."""
-    return pd.read_json(project_path(row["eval_dir"]) / "generations.jsonl", lines=True)
+    return pd.read_json(paths.project_path(row["eval_dir"]) / "generations.jsonl", lines=True)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -616,7 +602,7 @@ def loss_balance(df: pd.DataFrame) -> pd.DataFrame:
     steps into the run's ``result.json``), one row per PRO run of ``df`` (a results table), SFT runs left out."""
     rows = []
     for row in df[df["algo"] == "pro"].itertuples():
-        run = json.loads((project_path(row.run_dir) / "result.json").read_text())
+        run = json.loads((paths.project_path(row.run_dir) / "result.json").read_text())
         balance = run.get("loss_balance") or {}
         if balance:
             rows.append({"ranking_len": row.ranking_len, "n_prompts": row.n_prompts, "seed": row.seed,
