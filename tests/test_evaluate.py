@@ -250,6 +250,23 @@ def ranked_run(tmp_path: Path, tiny_gpt, tiny_tokenizer, held=("row 1", "row 3")
     return run
 
 
+def test_run_eval_key_names_what_changes_the_numbers_and_not_the_run():
+    """One evaluation key for runs evaluated alike (listwise.csv's rows share it, as the grid's share
+    pipeline.eval_key); the checkpoint, the reward model, the prompts, the settings and the initial answers each
+    change it."""
+    from divscale.config import EvalConfig
+    from divscale.reward.evaluate import run_eval_key
+
+    items = [("held-out", "a", "Human: hi"), ("held-out", "b", "Human: yo")]
+    base = {"checkpoint": "best", "rm_desc": "rm_test", "rm_fingerprint": "fp1", "items": items,
+            "eval_config": EvalConfig(), "with_initial": True}
+    key = run_eval_key(**base)
+    assert key.startswith("eval-") and key == run_eval_key(**dict(base))
+    for change in ({"checkpoint": "final"}, {"rm_desc": "rm_train"}, {"rm_fingerprint": "fp2"},
+                   {"items": items[:1]}, {"eval_config": EvalConfig(max_new_tokens=7)}, {"with_initial": False}):
+        assert run_eval_key(**(base | change)) != key, change
+
+
 def test_run_prompts_read_a_project_relative_source_under_the_checkout_from_any_folder(tmp_path, monkeypatch):
     """A run config's data.source may be project-relative (the listwise study records it so, so that run ids do
     not depend on where the project is checked out): the held-out prompts are found under the checkout, whatever

@@ -438,6 +438,21 @@ def win_rate(trained, initial, n_boot: int) -> dict:
     return out | {"ci_wilson": list(wilson_ci(out["win_rate"] * out["n"], out["n"]))}
 
 
+def run_eval_key(checkpoint: str, rm_desc: str, rm_fingerprint, items: list, eval_config,
+                 with_initial: bool) -> str:
+    """``eval-<hash>``: the folder of one evaluation inside a run (``RUN/eval-<key>/``) and the ``eval_key`` of the
+    results-table rows made from it. It holds what changes the numbers: the checkpoint's name, the reward model,
+    the prompts (group, id, text), the eval settings, whether the initial policy answers too, and the evaluation
+    code (:data:`RUN_EVAL_VERSION` and the code :func:`evaluate_run` reaches). Not the weights: a finished run
+    folder's checkpoints never change (a changed run trains into another folder), so runs evaluated alike share
+    one key, as the grid's cells share :func:`divscale.study.pipeline.eval_key`."""
+    from divscale.provenance import closure, config_hash
+
+    return "eval-" + config_hash(RUN_EVAL_VERSION, checkpoint, rm_desc, rm_fingerprint, items,
+                                 dataclasses.asdict(eval_config), with_initial,
+                                 closure("divscale.reward.evaluate:evaluate_run"), length=10)
+
+
 def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = None, prompts: str | None = None,
                  recipe: str | None = None, overrides: dict | None = None, checkpoint: str = "best",
                  split: str = "train", limit: int | None = None, progress: bool = False,
@@ -450,7 +465,7 @@ def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = N
     ``device``: where the trained checkpoint answers (:func:`divscale.models.hub.resolve_device`; the initial policy
     goes where ``initial_policy`` puts it); one policy at a time is on it."""
     from divscale.models.hub import free_device_memory, load_causal_lm
-    from divscale.provenance import config_hash, deterministic, file_sha256
+    from divscale.provenance import deterministic
 
     run = Path(run)
     config = read_run_config(run)
@@ -464,10 +479,8 @@ def evaluate_run(run, initial_policy: Callable | None = None, rm: str | None = N
     items = [(g, i, p) for g, ps in ev.groups.items() for i, p in zip(ev.ids[g], ps)]
     if not items:
         raise DataError(f"{ev.source}: no prompts to evaluate on")
-    key = "eval-" + config_hash(RUN_EVAL_VERSION, [file_sha256(w) for w in weights], rm_desc,
-                                getattr(rm_model, "fingerprint", None), items, dataclasses.asdict(R.eval),
-                                initial_policy is not None, length=10)
-    out = run / key
+    out = run / run_eval_key(checkpoint, rm_desc, getattr(rm_model, "fingerprint", None), items, R.eval,
+                             initial_policy is not None)
     if (out / "eval.json").exists():
         return json.loads((out / "eval.json").read_text()) | {"eval_dir": str(out), "reused": True}
     texts = [p for _, _, p in items]

@@ -48,7 +48,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -81,8 +81,8 @@ ARMS = (Arm("pro", "PRO", "divscale", "pro"),
         Arm("plackett_luce", "Plackett–Luce", "divscale", "plackett_luce"),
         Arm("lipo_lambda", "LiPO-λ", "divscale", "lipo_lambda"),
         Arm("all_pairs_dpo", "all-pairs DPO (divscale)", "divscale", "all_pairs_dpo"),
-        Arm("trl_dpo_best_vs_rest", "TRL DPO, best vs rest", "trl", "sigmoid", "best-vs-rest"),
-        Arm("trl_dpo_all_pairs", "TRL DPO, all pairs", "trl", "sigmoid", "all"))
+        Arm("trl_dpo_best_vs_rest", "TRL DPO (best vs rest)", "trl", "sigmoid", "best-vs-rest"),
+        Arm("trl_dpo_all_pairs", "TRL DPO (all pairs)", "trl", "sigmoid", "all"))
 BASELINE = "trl_dpo_all_pairs"          # TRL's answer at its fullest: every pair of the ranking
 INITIAL = "initial"                     # the table's row for the policy before training
 
@@ -369,20 +369,10 @@ def _initial_policy_of(loader):
     return load
 
 
-def eval_key(R: Recipe, data: Data) -> str:
-    """``eval-<hash>``: what every row's evaluation shares -- the recipe's eval settings, RM_test, the held-out
-    prompts and the evaluation code."""
-    from divscale.provenance import closure
-    from divscale.reward.evaluate import RUN_EVAL_VERSION
-    from divscale.study import pipeline
-
-    _, rm_test = pipeline.reward_models(R)
-    return "eval-" + config_hash(asdict(R.eval), getattr(rm_test, "fingerprint", None), list(data.test["id"]),
-                                 RUN_EVAL_VERSION, closure("divscale.reward.evaluate:evaluate_run"), length=10)
-
-
 def table_keys(R: Recipe, data: Data) -> dict:
-    """The key columns (divscale.provenance.KEY_COLUMNS) every row of listwise.csv shares."""
+    """The key columns (divscale.provenance.KEY_COLUMNS) every row of listwise.csv shares, but ``eval_key``: each
+    row takes that from its evaluation's folder (:func:`divscale.reward.evaluate.run_eval_key`), so rows
+    evaluated otherwise do not pass for one evaluation."""
     from divscale.provenance import closure
     from divscale.study import pipeline
 
@@ -390,8 +380,7 @@ def table_keys(R: Recipe, data: Data) -> dict:
     return {"key_recipe": pipeline.recipe_key(R),
             "key_rm_test": getattr(rm_test, "fingerprint", None) or type(rm_test).__name__,
             "key_policy": pipeline.policy_fingerprint(R), "key_rankings": data.sha, "key_code_train": code_key(),
-            "key_code_eval": config_hash(closure("divscale.reward.evaluate:evaluate_run"), length=12),
-            "eval_key": eval_key(R, data)}
+            "key_code_eval": config_hash(closure("divscale.reward.evaluate:evaluate_run"), length=12)}
 
 
 def result_row(R: Recipe, d: Design, a: Arm, seed: int, run_dir: Path, evaluation: dict, keys: dict,
@@ -416,18 +405,25 @@ def result_row(R: Recipe, d: Design, a: Arm, seed: int, run_dir: Path, evaluatio
             "train_seconds": run["train_runtime_s"], "seconds_per_step": run["train_runtime_s"] / steps,
             "first_train_loss": run.get("first_train_loss"), "final_train_loss": run.get("final_train_loss"),
             "eval_seconds": evaluation.get("seconds", math.nan), "status": "ok", "created": run.get("finished"),
-            "run_dir": paths.project_relative(run_dir), "eval_dir": paths.project_relative(evaluation["eval_dir"]), **keys}
+            "run_dir": paths.project_relative(run_dir), **keys, **evaluation_columns(evaluation)}
+
+
+def evaluation_columns(evaluation: dict) -> dict:
+    """``eval_dir`` (project-relative) and ``eval_key`` (its folder name) of a row made from ``evaluation``."""
+    return {"eval_dir": paths.project_relative(evaluation["eval_dir"]), "eval_key": Path(evaluation["eval_dir"]).name}
 
 
 def initial_row(R: Recipe, d: Design, evaluation: dict, keys: dict) -> dict:
-    """The initial policy's row (arm ``initial``): its reward on the same prompts, from any run's evaluation."""
+    """The initial policy's row (arm ``initial``): its reward on the same prompts, from any run's evaluation (its
+    ``eval_dir``: the initial answers are in that folder's generations, beside the run's)."""
     initial = evaluation["initial"]
     records = [{"response": r["initial_response"]} for r in evaluation["records"]]
     return {"run_id": INITIAL, "recipe": R.name, "arm": INITIAL, "label": "initial policy", "trainer": "",
             "loss": "", "pairs": "", "seed": math.nan, "ranking_len": d.ranking_len,
             "reward": initial["reward"]["Global"], "reward_lo": initial["ci"]["Global"][0],
             "reward_hi": initial["ci"]["Global"][1], "reward_minus_initial": 0.0, "win_rate": math.nan,
-            **answer_profile(records), "n_test": initial["n"]["Global"], "status": "ok", "created": None, **keys}
+            **answer_profile(records), "n_test": initial["n"]["Global"], "status": "ok", "created": None, **keys,
+            **evaluation_columns(evaluation)}
 
 
 # --------------------------------------------------------------------------------------------- the experiment
