@@ -52,8 +52,9 @@ def test_diversity_by_size(tmp_path):
     ours = pd.DataFrame({"size": sizes * 2, "label": ["hh"] * 4 + ["oasst"] * 4,
                          "r_unique": [0.5, 0.42, 0.35, 0.29, 0.6, 0.5, 0.41, 0.33]})
     ours["d"] = np.sqrt(ours["size"]) * ours["r_unique"]
-    check_saved(plots.plot_diversity_by_size(ours, paper=analysis.paper_diversity(), hue="label"),
-                "diversity", tmp_path)
+    fig = plots.plot_diversity_by_size(ours, paper=analysis.paper_diversity(), hue="label")
+    assert fig.axes[0].get_title() == "(a) 8\u00d7 the prompts, 1.6\u00d7 d (\u221a|X|: 2.8\u00d7) for hh"
+    check_saved(fig, "diversity", tmp_path)
     fig = plots.plot_diversity_by_size(ours[ours["label"] == "hh"])
     # the title says from the data how d grows: 5.0 -> 8.2 (1.6x) while |X| grows 8x (sqrt: 2.8x)
     assert fig.axes[0].get_title() == "(a) 8\u00d7 the prompts, 1.6\u00d7 d (\u221a|X|: 2.8\u00d7)"

@@ -162,7 +162,11 @@ def plot_diversity_by_size(div_df: pd.DataFrame, paper: pd.DataFrame | None = No
                      color=None if hue else LENGTH_COLORS[2])
         _size_ticks(ax, div_df["n_prompts"])
         ax.set(xlabel="#prompts |X| (log scale)", ylabel=label)
-    axes[0].set_title(_growth_title(div_df if hue is None else div_df[div_df[hue] == div_df[hue].iloc[0]]))
+    if hue is None:
+        axes[0].set_title(_growth_title(div_df))
+    else:                                   # the first curve's growth, named
+        first = div_df[hue].iloc[0]
+        axes[0].set_title(f"{_growth_title(div_df[div_df[hue] == first])} for {first}", fontsize="small")
     axes[1].set_title("(b) bigrams repeat as |X| grows")
     if paper is not None:
         ax = axes[2]

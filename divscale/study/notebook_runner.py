@@ -96,8 +96,9 @@ def _machine_paths() -> list[tuple[str, str]]:
 
 
 def clean_text(text: str, replacements: list[tuple[str, str]] | None = None) -> str:
-    """One output text, cleaned: carriage-return rewrites collapsed to their final state, progress-bar
-    lines and one known false alarm (:data:`_FALSE_ALARMS`) dropped, absolute machine paths rewritten (checkout -> ``.``, environment -> ``<venv>``, home -> ``~``)."""
+    """One output text, cleaned: carriage-return rewrites collapsed to their final state, progress-bar lines and
+    the known false alarms (:data:`_FALSE_ALARMS`: two library lines a reader cannot act on) dropped, absolute
+    machine paths rewritten (checkout -> ``.``, environment -> ``<venv>``, home -> ``~``)."""
     lines = []
     for line in text.split("\n"):
         line = line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
